@@ -1,0 +1,116 @@
+"""Command line: `aggregator build|check` (contract and exit codes in docs/cli.md).
+
+Exit codes: 0 fine (warnings only); 1 some inputs skipped / problems listed;
+2 unusable config or missing content dir, nothing written; 3 publishing failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aggregator import __version__
+from aggregator.config import Config, load_config
+from aggregator.problems import ConfigError, ProblemLog
+from aggregator.publish.atomic import PublishError
+
+log = logging.getLogger("aggregator")
+
+EXIT_OK, EXIT_SKIPPED, EXIT_CONFIG, EXIT_PUBLISH = 0, 1, 2, 3
+
+
+class _ProblemFormatter(logging.Formatter):
+    """`path:line: warning: message` for problems (gcc style, so editors jump to them),
+    `level: message` for other warnings and errors, bare messages for info."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        problem = getattr(record, "problem", None)
+        if problem is not None:
+            return f"{problem.where}: {problem.severity.value}: {problem.message}"
+        message = super().format(record)
+        return message if record.levelno <= logging.INFO else \
+            f"{record.levelname.lower()}: {message}"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ProblemFormatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="aggregator", description=__doc__.splitlines()[0])
+    top.add_argument("--version", action="version", version=f"aggregator {__version__}")
+    top.add_argument("--log-level", default="info",
+                     choices=["debug", "info", "warning", "error"])
+    sub = top.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("build", "publish every feed from the content dir and stored upstream entries; "
+                  "never uses the network"),
+        ("check", "validate the config and every post; write nothing"),
+    ):
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument("-c", "--config", type=Path, default=Path("config.yaml"),
+                         help="config file (default: ./config.yaml)")
+    return top
+
+
+def _load(path: Path, problems: ProblemLog) -> Config | None:
+    try:
+        config = load_config(path, problems)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return None
+    missing = [d for d in config.content_dirs if not d.is_dir()]
+    if missing:
+        for folder in missing:
+            log.error("%s: content dir does not exist", folder)
+        return None
+    return config
+
+
+def cmd_build(config: Config, problems: ProblemLog) -> int:
+    from aggregator.pipeline import build
+
+    try:
+        report = build(config)
+    except PublishError as exc:
+        log.error("%s; the previous feeds are kept", exc)
+        return EXIT_PUBLISH
+    report.problems.items[:0] = problems.items
+    log.info("published %d feeds from %d entries in %.2fs: %d written, %d unchanged, "
+             "%d removed; posts: %d read, %d skipped; %d warnings",
+             report.feeds, report.entries, report.seconds, len(report.written),
+             report.unchanged, len(report.removed), report.posts_read, report.skipped,
+             len(report.problems.warnings))
+    return EXIT_SKIPPED if report.problems.errors else EXIT_OK
+
+
+def cmd_check(config: Config, problems: ProblemLog) -> int:
+    from aggregator.pipeline import BuildReport, read_posts
+    from aggregator.state.store import StateStore
+
+    report = BuildReport(problems=problems)
+    # A throwaway state: check writes nothing, not even first-seen times.
+    state = StateStore(Path(":memory:"))
+    read_posts(config, state, report)
+    log.info("checked %d posts: %d usable, %d skipped; %d errors, %d warnings",
+             report.posts_found, report.posts_read, report.skipped,
+             len(problems.errors), len(problems.warnings))
+    return EXIT_SKIPPED if problems.items else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.log_level)
+    problems = ProblemLog()
+    config = _load(args.config, problems)
+    if config is None:
+        return EXIT_CONFIG
+    commands = {"build": cmd_build, "check": cmd_check}
+    return commands[args.command](config, problems)

@@ -1,0 +1,344 @@
+"""config.yaml: every key, its default and its check, in one place.
+
+Relative paths are relative to the config file. A problem is reported with the file
+and line it comes from; a broken upstream line only drops that source, anything that
+makes the whole run meaningless (no site URL, no content dir) is a ConfigError.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+from aggregator.problems import ConfigError, ProblemLog
+
+try:  # libyaml is ~10x faster; fall back silently where it is not compiled in
+    from yaml import CSafeLoader as SafeLoader
+except ImportError:  # pragma: no cover
+    from yaml import SafeLoader  # type: ignore[assignment]
+
+DEFAULT_DROP_SELECTORS = (
+    ".appendQr_wrap",
+    "p.article-editor",
+    "style",
+    "script",
+    "ins.adsbygoogle",
+    "input",
+)
+DEFAULT_IFRAME_HOSTS = (
+    "www.youtube.com",
+    "www.youtube-nocookie.com",
+    "player.bilibili.com",
+    "player.vimeo.com",
+)
+_EVERY = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class UpstreamSource:
+    url: str
+    category: tuple[str, ...]
+    title: str | None = None
+    every_seconds: int = 1800
+    enabled: bool = True
+    drop_selectors: tuple[str, ...] = ()
+    retention: int = 200
+    write_posts: bool = False
+    where: str = ""  # config file and line, for messages
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    site_url: str
+    site_title: str
+    timezone: ZoneInfo
+    post_url: str | None
+    id_date: str
+    content_dirs: tuple[Path, ...]
+    body: str
+    follow_symlinks: bool
+    max_post_bytes: int
+    output_dir: Path
+    max_items: int
+    full_content: bool
+    slugs: dict[str, str]
+    max_depth: int
+    drop_selectors: tuple[str, ...]
+    iframe_hosts: tuple[str, ...]
+    images_probe: bool
+    upstream: tuple[UpstreamSource, ...]
+    opml_files: tuple[Path, ...]
+    allow_private_addresses: bool
+    per_host_limit: int
+    max_bytes: int
+    state_path: Path
+    serve_host: str | None
+    serve_port: int | None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def site_host(self) -> str:
+        return urlsplit(self.site_url).hostname or "localhost"
+
+
+class _LineLoader(SafeLoader):  # type: ignore[misc,valid-type]
+    """Records the line of every mapping key, so messages can say where."""
+
+
+def _load_with_lines(text: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    lines: dict[tuple[str, ...], int] = {}
+    root = yaml.compose(text, Loader=_LineLoader)
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = path + (str(key.value),)
+                lines[sub] = key.start_mark.line + 1
+                walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, path + (str(i),))
+
+    if root is not None:
+        walk(root, ())
+    return yaml.load(text, Loader=SafeLoader), lines
+
+
+def parse_every(value: object) -> int:
+    """`30m`, `2h`, `1d`, `45s` or a number of seconds → seconds."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _EVERY.match(str(value))
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(f"'every' must look like 30m, 2h or 1d, not {value!r}")
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def category_path(value: object) -> tuple[str, ...]:
+    """A list is a path (nested lists flattened); a string is one level."""
+    out: list[str] = []
+
+    def add(item: object) -> None:
+        if isinstance(item, list | tuple):
+            for sub in item:
+                add(sub)
+        elif item is not None and not isinstance(item, dict):
+            text = str(item).strip()
+            if text:
+                out.append(text)
+
+    add(value)
+    return tuple(out)
+
+
+class _Reader:
+    """Typed access to the raw mapping, reporting `file:line: message`."""
+
+    def __init__(self, path: Path, data: dict[str, Any], lines: dict[tuple[str, ...], int],
+                 problems: ProblemLog) -> None:
+        self.path, self.data, self.lines, self.problems = path, data, lines, problems
+
+    def where(self, *keys: str) -> str:
+        for n in range(len(keys), -1, -1):
+            if keys[:n] in self.lines:
+                return f"{self.path}:{self.lines[keys[:n]]}"
+        return str(self.path)
+
+    def get(self, *keys: str, default: Any = None) -> Any:
+        node: Any = self.data
+        for key in keys:
+            if not isinstance(node, dict) or key not in node or node[key] is None:
+                return default
+            node = node[key]
+        return node
+
+    def typed(self, kind: type | tuple[type, ...], *keys: str, default: Any) -> Any:
+        value = self.get(*keys, default=default)
+        if isinstance(value, bool) and kind in (int, float):
+            value = None
+        if not isinstance(value, kind):
+            raise ConfigError(f"{self.where(*keys)}: {'.'.join(keys)} must be "
+                              f"{getattr(kind, '__name__', kind)}, not {value!r}")
+        return value
+
+
+KNOWN_KEYS = {
+    "site": {"url", "title", "timezone", "post_url", "id_date"},
+    "content": {"dir", "body", "follow_symlinks", "max_post_bytes"},
+    "output": {"dir", "max_items", "full_content", "slugs", "max_depth"},
+    "sanitize": {"drop_selectors", "iframe_hosts"},
+    "images": {"probe"},
+    "upstream": None,
+    "fetch": {"allow_private_addresses", "per_host_limit", "max_bytes"},
+    "state": {"path"},
+    "serve": {"host", "port"},
+}
+
+
+def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
+    problems = problems if problems is not None else ProblemLog()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    try:
+        data, lines = _load_with_lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: config must be a mapping of sections")
+    r = _Reader(path, data, lines, problems)
+    for section, value in data.items():
+        if section not in KNOWN_KEYS:
+            problems.warn(r.where(str(section)), f"unknown config section {section!r} ignored")
+            continue
+        allowed = KNOWN_KEYS[section]
+        if allowed is not None and isinstance(value, dict):
+            for key in value:
+                if key not in allowed:
+                    problems.warn(r.where(str(section), str(key)),
+                                  f"unknown key {section}.{key} ignored")
+    base = path.parent
+
+    site_url = r.typed(str, "site", "url", default="http://localhost:8080/")
+    parts = urlsplit(site_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{r.where('site', 'url')}: site.url must be an absolute http(s) URL, "
+                          f"not {site_url!r}")
+    if not site_url.endswith("/"):
+        site_url += "/"
+    tz_name = r.typed(str, "site", "timezone", default="UTC")
+    try:
+        timezone = ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"{r.where('site', 'timezone')}: unknown timezone {tz_name!r}") from exc
+    post_url = r.get("site", "post_url")
+    if post_url is not None and (not isinstance(post_url, str) or "{path}" not in post_url):
+        raise ConfigError(f"{r.where('site', 'post_url')}: site.post_url must be a string "
+                          f"holding {{path}}")
+
+    dirs_value = r.get("content", "dir", default="content/posts")
+    dirs = dirs_value if isinstance(dirs_value, list) else [dirs_value]
+    if not dirs or not all(isinstance(d, str) and d for d in dirs):
+        raise ConfigError(f"{r.where('content', 'dir')}: content.dir must be a folder or a list")
+    content_dirs = tuple((base / d).resolve() for d in dirs)
+    body = r.typed(str, "content", "body", default="auto")
+    if body not in ("auto", "html", "markdown"):
+        raise ConfigError(f"{r.where('content', 'body')}: content.body must be auto, html "
+                          f"or markdown, not {body!r}")
+
+    max_items = r.typed(int, "output", "max_items", default=50)
+    if max_items < 0:
+        raise ConfigError(f"{r.where('output', 'max_items')}: output.max_items must be >= 0")
+    slugs_raw = r.typed(dict, "output", "slugs", default={})
+    slugs: dict[str, str] = {}
+    for name, slug in slugs_raw.items():
+        if not isinstance(slug, str) or not _SLUG.match(slug):
+            problems.warn(r.where("output", "slugs", str(name)),
+                          f"slug {slug!r} for {name!r} ignored: use a-z, 0-9 and '-'")
+            continue
+        slugs[str(name)] = slug
+
+    selectors = r.typed(list, "sanitize", "drop_selectors", default=list(DEFAULT_DROP_SELECTORS))
+    hosts = r.typed(list, "sanitize", "iframe_hosts", default=list(DEFAULT_IFRAME_HOSTS))
+
+    upstream, opml_files = _read_upstream(r, base)
+    serve = r.get("serve")
+    serve_host = serve_port = None
+    if isinstance(serve, dict):
+        serve_host = r.typed(str, "serve", "host", default="127.0.0.1")
+        serve_port = r.typed(int, "serve", "port", default=8080)
+
+    return Config(
+        path=path.resolve(),
+        site_url=site_url,
+        site_title=str(r.get("site", "title", default="aggregator")),
+        timezone=timezone,
+        post_url=post_url,
+        id_date=str(r.get("site", "id_date", default="2026")),
+        content_dirs=content_dirs,
+        body=body,
+        follow_symlinks=r.typed(bool, "content", "follow_symlinks", default=False),
+        max_post_bytes=r.typed(int, "content", "max_post_bytes", default=10 * 1024 * 1024),
+        output_dir=(base / r.typed(str, "output", "dir", default="feeds")).resolve(),
+        max_items=max_items,
+        full_content=r.typed(bool, "output", "full_content", default=True),
+        slugs=slugs,
+        max_depth=r.typed(int, "output", "max_depth", default=16),
+        drop_selectors=tuple(str(s) for s in selectors),
+        iframe_hosts=tuple(str(h).lower() for h in hosts),
+        images_probe=r.typed(bool, "images", "probe", default=True),
+        upstream=upstream,
+        opml_files=opml_files,
+        allow_private_addresses=r.typed(bool, "fetch", "allow_private_addresses", default=False),
+        per_host_limit=r.typed(int, "fetch", "per_host_limit", default=2),
+        max_bytes=r.typed(int, "fetch", "max_bytes", default=15 * 1024 * 1024),
+        state_path=(base / r.typed(str, "state", "path",
+                                   default="state/aggregator.sqlite")).resolve(),
+        serve_host=serve_host,
+        serve_port=serve_port,
+        raw=data,
+    )
+
+
+def _read_upstream(r: _Reader, base: Path) -> tuple[tuple[UpstreamSource, ...], tuple[Path, ...]]:
+    """Each bad line is reported and skipped; the rest of the sources still run."""
+    items = r.get("upstream", default=[])
+    if not isinstance(items, list):
+        r.problems.error(r.where("upstream"), "upstream must be a list of sources; ignored")
+        return (), ()
+    sources: list[UpstreamSource] = []
+    opml: list[Path] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        where = r.where("upstream", str(i))
+        if isinstance(item, dict) and "opml" in item:
+            opml.append(base / str(item["opml"]))
+            continue
+        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+            r.problems.error(where, "upstream entry needs a 'url'; skipped")
+            continue
+        url = item["url"].strip()
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+            r.problems.error(where, f"upstream url {url!r} is not an http(s) URL; skipped")
+            continue
+        if url in seen:
+            r.problems.warn(where, f"upstream {url} listed twice; the first entry is used")
+            continue
+        try:
+            every = parse_every(item.get("every", "30m"))
+        except ValueError as exc:
+            r.problems.error(where, f"{exc}; skipped")
+            continue
+        category = category_path(item.get("category"))
+        if not category:
+            r.problems.warn(where, f"upstream {url} has no category; its entries are only "
+                                   f"in the all-items feeds")
+        selectors = item.get("drop_selectors") or []
+        retention = item.get("retention", 200)
+        if not isinstance(retention, int) or isinstance(retention, bool) or retention < 1:
+            r.problems.warn(where, f"retention {retention!r} is not a positive number; 200 used")
+            retention = 200
+        seen.add(url)
+        sources.append(UpstreamSource(
+            url=url, category=category,
+            title=str(item["title"]) if item.get("title") is not None else None,
+            every_seconds=every, enabled=bool(item.get("enabled", True)),
+            drop_selectors=tuple(str(s) for s in selectors) if isinstance(selectors, list) else (),
+            retention=retention, write_posts=bool(item.get("write_posts", False)), where=where,
+        ))
+    return tuple(sources), tuple(opml)

@@ -1,0 +1,50 @@
+"""The normalised entry: what every source produces and every writer consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class Image:
+    url: str
+    mime_type: str | None  # None: unknown, so no RSS <enclosure>, media:* only
+    length: int = 0  # 0 = unknown (allowed by the RSS Board profile)
+
+
+@dataclass(frozen=True)
+class Enclosure:
+    """An upstream enclosure (audio, video, image) kept as the source gave it."""
+
+    url: str
+    mime_type: str
+    length: int = 0
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    title: str
+    link: str | None
+    author: str | None
+    published: datetime | None  # None: the source had no usable date
+    updated: datetime  # always set, and stable between builds of unchanged input
+    category: tuple[str, ...]  # category path, root first
+    tags: tuple[str, ...]
+    html: str  # sanitised before it reaches a writer
+    summary: str  # plain text
+    image: Image | None
+    enclosures: tuple[Enclosure, ...] = ()
+    source: str = ""  # relative post path or upstream URL, for messages
+    base_url: str | None = None  # for resolving relative URLs in html
+
+    @property
+    def dated(self) -> bool:
+        return self.published is not None
+
+
+def sort_key(entry: Entry) -> tuple[int, float, str]:
+    """Newest first; undated below dated; ties broken by id (ascending)."""
+    stamp = entry.published or entry.updated
+    return (0 if entry.dated else 1, -stamp.timestamp(), entry.id)

@@ -1,0 +1,167 @@
+"""Article HTML → safe HTML, treating every byte as hostile.
+
+Order matters: junk selectors are removed first (selectolax, a real HTML5 parser), then
+nh3 (ammonia, html5ever) applies the allowlist and is the last thing to serialise, so
+what reaches a feed is exactly what the allowlist sanitiser wrote. URLs are checked
+and made absolute inside nh3's attribute filter, after entity decoding.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import urljoin, urlsplit
+
+import nh3
+from selectolax.lexbor import LexborHTMLParser
+
+from aggregator.sanitize.text import strip_xml_illegal
+
+TAGS = set(nh3.ALLOWED_TAGS) | {
+    "figure", "figcaption", "picture", "source", "video", "audio", "track", "iframe",
+    "section", "main", "address",
+}
+# Removed with their content (nh3 keeps the text of other disallowed tags).
+CONTENT_TAGS = {"script", "style", "noscript", "template", "object", "embed", "applet",
+                "form", "button", "select", "textarea", "title", "head", "frameset"}
+TAGS -= CONTENT_TAGS
+
+_GLOBAL = {"title", "lang", "dir"}
+ATTRIBUTES: dict[str, set[str]] = {tag: set(attrs) for tag, attrs in nh3.ALLOWED_ATTRIBUTES.items()}
+ATTRIBUTES.setdefault("a", set()).update({"href", "title", "hreflang"})
+ATTRIBUTES["img"] = {"src", "srcset", "sizes", "alt", "width", "height", "referrerpolicy",
+                     "loading"}
+ATTRIBUTES["source"] = {"src", "srcset", "type", "media", "sizes"}
+ATTRIBUTES["video"] = {"src", "poster", "controls", "width", "height", "loop", "muted",
+                       "preload"}
+ATTRIBUTES["audio"] = {"src", "controls", "loop", "preload"}
+ATTRIBUTES["track"] = {"src", "kind", "srclang", "label"}
+ATTRIBUTES["iframe"] = {"src", "width", "height", "allowfullscreen", "frameborder"}
+ATTRIBUTES["code"] = {"class"}  # language-xxx hints
+ATTRIBUTES["*"] = _GLOBAL
+
+URL_ATTRIBUTES = {"href", "src", "poster", "cite", "longdesc"}
+_RASTER_DATA = re.compile(r"^data:image/(png|jpeg|gif|webp)[;,]", re.IGNORECASE)
+# Browsers drop ASCII tab/newline anywhere and C0 controls + space at the ends of a URL
+# before they read its scheme: `jav\tascript:` is `javascript:`.
+_URL_NOISE = re.compile(r"[\x00-\x20\x7f]+")
+_SRCSET_SPLIT = re.compile(r",\s+")
+
+
+class Sanitizer:
+    def __init__(self, drop_selectors: Iterable[str], iframe_hosts: Iterable[str]) -> None:
+        self.drop_selectors = tuple(drop_selectors)
+        self.iframe_hosts = frozenset(h.lower() for h in iframe_hosts)
+
+    def clean(self, html: str, base_url: str | None = None,
+              extra_selectors: Iterable[str] = ()) -> str:
+        html = strip_xml_illegal(html)
+        if not html.strip():
+            return ""
+        html = self._drop_junk(html, (*self.drop_selectors, *extra_selectors))
+        cleaned = self._allowlist(html, base_url, allow_iframes=True)
+        if "<iframe" in cleaned and self._has_unsafe_iframe(cleaned):
+            # The two parsers disagreed about an iframe (a parser-differential trick):
+            # clean again with no iframes at all rather than keep an unchecked frame.
+            cleaned = self._allowlist(html, base_url, allow_iframes=False)
+        return strip_xml_illegal(cleaned).strip()
+
+    def _drop_junk(self, html: str, selectors: tuple[str, ...]) -> str:
+        tree = LexborHTMLParser(html)
+        body = tree.body
+        if body is None:
+            return html
+        for selector in selectors:
+            try:
+                nodes = body.css(selector)
+            except Exception:  # a bad selector from config must not stop the build
+                continue
+            for node in nodes:
+                node.decompose()
+        for frame in body.css("iframe"):
+            if not self._iframe_src_allowed(frame.attributes.get("src")):
+                frame.decompose()
+        return body.inner_html or ""
+
+    def _allowlist(self, html: str, base_url: str | None, *, allow_iframes: bool) -> str:
+        tags = TAGS if allow_iframes else TAGS - {"iframe"}
+        content_tags = CONTENT_TAGS if allow_iframes else CONTENT_TAGS | {"iframe"}
+
+        def attribute_filter(tag: str, attr: str, value: str) -> str | None:
+            return self._filter_attribute(tag, attr, value, base_url)
+
+        return nh3.clean(
+            html,
+            tags=tags,
+            clean_content_tags=content_tags,
+            attributes=ATTRIBUTES,
+            attribute_filter=attribute_filter,
+            strip_comments=True,
+            link_rel="noopener noreferrer",
+            url_schemes={"http", "https", "mailto", "data"},
+        )
+
+    def _filter_attribute(self, tag: str, attr: str, value: str,
+                          base_url: str | None) -> str | None:
+        if attr == "srcset":
+            return _clean_srcset(value, base_url)
+        if attr not in URL_ATTRIBUTES:
+            return value
+        if tag == "iframe" and attr == "src":
+            url = absolute_url(value, base_url)
+            return url if url and self._iframe_src_allowed(url) else None
+        if tag == "img" and attr == "src" and _RASTER_DATA.match(_URL_NOISE.sub("", value)):
+            return _URL_NOISE.sub("", value)
+        return absolute_url(value, base_url, allow_mailto=(attr == "href"))
+
+    def _iframe_src_allowed(self, src: str | None) -> bool:
+        if not src:
+            return False
+        url = absolute_url(src, None)
+        if url is None:
+            return False
+        parts = urlsplit(url)
+        return parts.scheme == "https" and (parts.hostname or "") in self.iframe_hosts
+
+    @staticmethod
+    def _has_unsafe_iframe(html: str) -> bool:
+        body = LexborHTMLParser(html).body
+        return body is not None and any(
+            not frame.attributes.get("src") for frame in body.css("iframe"))
+
+
+def absolute_url(value: str, base_url: str | None, *, allow_mailto: bool = False) -> str | None:
+    """An http(s) URL (or mailto:), made absolute; None for anything else."""
+    url = _URL_NOISE.sub("", value)
+    if not url:
+        return None
+    url = url.replace("\\", "/")
+    if url.startswith("//"):
+        url = "https:" + url
+    try:
+        scheme = urlsplit(url).scheme.lower()
+        if not scheme:
+            if base_url is None:
+                return None if ":" in url.split("/", 1)[0] else url
+            url = urljoin(base_url, url)
+            scheme = urlsplit(url).scheme.lower()
+    except ValueError:
+        return None
+    if scheme in ("http", "https"):
+        return url
+    if scheme == "mailto" and allow_mailto:
+        return url
+    return None
+
+
+def _clean_srcset(value: str, base_url: str | None) -> str | None:
+    candidates = []
+    for candidate in _SRCSET_SPLIT.split(value.strip()):
+        pieces = candidate.strip().split()
+        if not pieces:
+            continue
+        url = absolute_url(pieces[0], base_url)
+        if url is None or "," in url and url.endswith(","):
+            continue
+        candidates.append(" ".join([url, *pieces[1:2]]))
+    return ", ".join(candidates) or None

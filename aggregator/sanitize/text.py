@@ -1,0 +1,51 @@
+"""Plain-text helpers: XML-legal strings and summaries of sanitised HTML."""
+
+from __future__ import annotations
+
+import re
+
+from selectolax.lexbor import LexborHTMLParser
+
+# XML 1.0 Char: #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF]
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_SPACE = re.compile(r"\s+")
+# Hexo escapes braces in bodies and sometimes in titles; nothing else is touched.
+_HEXO_BRACES = {"&#123;": "{", "&#125;": "}"}
+
+
+def strip_xml_illegal(text: str) -> str:
+    return _XML_ILLEGAL.sub("", text)
+
+
+def clean_line(text: str) -> str:
+    """One line of plain text: legal XML, braces unescaped, whitespace collapsed."""
+    text = strip_xml_illegal(text)
+    for escaped, brace in _HEXO_BRACES.items():
+        text = text.replace(escaped, brace)
+    return _SPACE.sub(" ", text).strip()
+
+
+# Block boundaries become spaces; inline tags join their text ("<b>A</b>, b" → "A, b").
+_BLOCK_TAG = re.compile(
+    r"<(?:/?(?:p|div|br|li|ul|ol|h[1-6]|figure|figcaption|tr|td|th|table|blockquote|pre|hr|"
+    r"section|article|dd|dt)\b)[^>]*>", re.IGNORECASE)
+
+
+def html_to_text(html: str) -> str:
+    if not html:
+        return ""
+    body = LexborHTMLParser(_BLOCK_TAG.sub(" ", html)).body
+    if body is None:
+        return ""
+    return clean_line(body.text(separator=""))
+
+
+def summarize(html: str, limit: int = 300) -> str:
+    text = html_to_text(html)
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    if space > limit * 0.6:
+        cut = cut[:space]
+    return cut.rstrip(" ,.;:") + "…"

@@ -1,0 +1,385 @@
+"""The content directory: find the posts, read their front matter and body into entries.
+
+Every problem is reported as `path:line: message` (path relative to its content dir)
+and either recovered (a warning; the post is used) or the post is skipped (an error).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import quote
+
+import frontmatter
+import yaml
+from markdown_it import MarkdownIt
+
+from aggregator.config import Config, category_path
+from aggregator.media import image_type_from_url
+from aggregator.model import Entry, Image
+from aggregator.problems import ProblemLog
+from aggregator.sanitize.html import absolute_url
+from aggregator.sanitize.text import clean_line
+from aggregator.sources.dates import DateError, parse_date
+
+try:
+    from yaml import CSafeLoader as SafeLoader
+except ImportError:  # pragma: no cover
+    from yaml import SafeLoader  # type: ignore[assignment]
+
+SKIPPED_DIRS = {".git", ".hg", ".svn"}
+# Bounds for hostile front matter: a YAML alias bomb is small on disk but huge when walked.
+MAX_FRONT_MATTER_NODES = 10_000
+MAX_TITLE_CHARS = 1_000
+_HTML_START = re.compile(r"<[A-Za-z!/?]")
+_CONTROL = re.compile("[\x00-\x1f\x7f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_KEY_LINE = re.compile(r"^([A-Za-z_][\w-]*)\s*:(.*)$")
+_markdown = MarkdownIt("commonmark")
+
+
+@dataclass(frozen=True)
+class PostFile:
+    path: Path  # where it is read from
+    rel: str  # posix path relative to its content dir: the post's identity
+    root: Path
+
+
+def display(rel: str) -> str:
+    """A path safe to print: control and bidi-override characters escaped."""
+    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", rel)
+
+
+def is_editor_artefact(name: str) -> bool:
+    return name.startswith(".#") or name.endswith("~") or name.endswith(".swp")
+
+
+def discover(config: Config, problems: ProblemLog) -> list[PostFile]:
+    """Every regular `*.md` file under the content dirs, sorted by relative path."""
+    found: list[PostFile] = []
+    roots = [d.resolve() for d in config.content_dirs]
+    for root in config.content_dirs:
+        found.extend(_walk(root, roots, config.follow_symlinks, problems))
+    return sorted(found, key=lambda p: (p.rel, str(p.root)))
+
+
+def _walk(root: Path, roots: list[Path], follow: bool,
+          problems: ProblemLog) -> Iterator[PostFile]:
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def on_error(exc: OSError) -> None:
+        problems.error(str(exc.filename or root), f"cannot read folder: {exc.strerror}")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow, onerror=on_error):
+        here = Path(dirpath)
+        if follow:  # a symlinked folder may loop back on itself
+            st = here.stat()
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                dirnames[:] = []
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
+        kept = []
+        for d in sorted(dirnames):
+            if d in SKIPPED_DIRS:
+                continue
+            if (here / d).is_symlink() and not _symlink_ok(here / d, root, roots, follow,
+                                                          problems):
+                continue
+            kept.append(d)
+        dirnames[:] = kept
+        for name in sorted(filenames):
+            if not name.endswith(".md") or is_editor_artefact(name):
+                continue
+            path = here / name
+            rel = PurePosixPath(path.relative_to(root)).as_posix()
+            try:
+                st = path.lstat()
+            except OSError as exc:
+                problems.error(display(rel), f"cannot stat: {exc.strerror}")
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                if not _symlink_ok(path, root, roots, follow, problems):
+                    continue
+                try:
+                    st = path.stat()
+                except OSError:
+                    problems.error(display(rel), "broken symlink; skipped")
+                    continue
+            if not stat.S_ISREG(st.st_mode):
+                problems.error(display(rel), "not a regular file; skipped")
+                continue
+            yield PostFile(path=path, rel=rel, root=root)
+
+
+def _symlink_ok(path: Path, root: Path, roots: list[Path], follow: bool,
+                problems: ProblemLog) -> bool:
+    rel = display(PurePosixPath(path.relative_to(root)).as_posix())
+    if not follow:
+        problems.warn(rel, "symlink not followed (content.follow_symlinks is false)")
+        return False
+    target = path.resolve()
+    if not any(target == r or r in target.parents for r in roots):
+        problems.error(rel, f"symlink points outside the content dirs ({target}); skipped")
+        return False
+    return True
+
+
+class PostReader:
+    """Reads one post file into an Entry whose html is not yet sanitised."""
+
+    def __init__(self, config: Config, problems: ProblemLog,
+                 first_seen: Callable[[str], datetime]) -> None:
+        self.config = config
+        self.problems = problems
+        self.first_seen = first_seen
+
+    def read(self, post: PostFile) -> Entry | None:
+        where = display(post.rel)
+        try:
+            size = post.path.stat().st_size
+            if size > self.config.max_post_bytes:
+                self.problems.error(f"{where}:1", f"post is {size} bytes, over "
+                                    f"content.max_post_bytes ({self.config.max_post_bytes}); skipped")
+                return None
+            data = post.path.read_bytes()
+        except OSError as exc:
+            self.problems.error(where, f"cannot read: {exc.strerror}")
+            return None
+        text = self._decode(data, where)
+        if "\x00" in text:
+            self.problems.warn(f"{where}:{text[:text.index(chr(0))].count(chr(10)) + 1}",
+                               "NUL bytes removed")
+            text = text.replace("\x00", "")
+        return self._parse(post, text, where)
+
+    def _decode(self, data: bytes, where: str) -> str:
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = data[:exc.start].count(b"\n") + 1
+            self.problems.warn(f"{where}:{line}", "not valid UTF-8; undecodable bytes replaced")
+            return data.decode("utf-8-sig", errors="replace")
+
+    def _parse(self, post: PostFile, text: str, where: str) -> Entry | None:
+        meta, body, fm_line = self._front_matter(text, where)
+        if meta is None:
+            return None
+        lines = _key_lines(text, fm_line)
+
+        def at(key: str) -> str:
+            return f"{where}:{lines.get(key, fm_line)}"
+
+        title = self._title(meta.get("title"), post, at("title"))
+        category = category_path(meta.get("categories", meta.get("category")))
+        if not category:
+            category = tuple(PurePosixPath(post.rel).parent.parts)
+        category = tuple(clean_line(c) for c in category if clean_line(c))
+        if len(category) > self.config.max_depth:
+            self.problems.warn(at("categories"), f"category path has {len(category)} levels; "
+                               f"cut to output.max_depth ({self.config.max_depth})")
+            category = category[: self.config.max_depth]
+
+        entry_id = self._entry_id(meta.get("id"), post, at("id"))
+        published = self._date(meta.get("date"), at("date"), "date")
+        updated = self._date(meta.get("updated"), at("updated"), "updated")
+        if published is None and updated is not None:
+            published = updated
+        if updated is None or (published is not None and updated < published):
+            updated = published if published is not None else self.first_seen(entry_id)
+
+        link = self._url(meta.get("link"), at("link"), "link") or self._post_url(post)
+        image = None
+        for key in ("headimg", "thumbnail"):
+            url = self._url(meta.get(key), at(key), key)
+            if url:
+                image = Image(url=url, mime_type=image_type_from_url(url))
+                break
+        description = meta.get("description")
+        html = self._body(body, where)
+        return Entry(
+            id=entry_id,
+            title=title,
+            link=link,
+            author=_text(meta.get("author")),
+            published=published,
+            updated=updated,
+            category=category,
+            tags=tuple(t for t in (clean_line(str(x)) for x in _as_list(meta.get("tags"))) if t),
+            html=html,
+            summary=clean_line(str(description)) if isinstance(description, str | int) else "",
+            image=image,
+            source=post.rel,
+            base_url=link or self.config.site_url,
+        )
+
+    def _front_matter(self, text: str, where: str) -> tuple[dict[str, Any] | None, str, int]:
+        """(metadata, body, 1-based line of the opening ---); recovers bad value lines."""
+        stripped = text.lstrip("\n\r\t ")
+        if not stripped.startswith("---"):
+            if not text.strip():
+                self.problems.error(f"{where}:1", "empty post; skipped")
+                return None, "", 1
+            self.problems.warn(f"{where}:1", "no front matter; title and category from the path")
+            return {}, text, 1
+        handler = frontmatter.YAMLHandler()
+        try:
+            fm, body = handler.split(stripped)
+        except ValueError:
+            self.problems.error(f"{where}:1", "front matter opened with --- is never closed; skipped")
+            return None, "", 1
+        fm_line = text[: len(text) - len(stripped)].count("\n") + 1
+        lines = fm.split("\n")
+        for _attempt in range(20):
+            try:
+                meta = yaml.load("\n".join(lines), Loader=SafeLoader)
+                break
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+                bad = _recover_line(lines, mark.line if mark is not None else -1)
+                line_no = fm_line + 1 + (bad if bad is not None else 0)
+                if bad is None:
+                    self.problems.error(f"{where}:{line_no}", f"front matter is not valid YAML: "
+                                        f"{getattr(exc, 'problem', exc)}; skipped")
+                    return None, "", fm_line
+                self.problems.warn(f"{where}:{line_no}",
+                                   "malformed YAML value read as plain text")
+        else:
+            self.problems.error(f"{where}:{fm_line}", "front matter is not valid YAML; skipped")
+            return None, "", fm_line
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict):
+            self.problems.error(f"{where}:{fm_line + 1}", "front matter is not a mapping; skipped")
+            return None, "", fm_line
+        if not _bounded(meta, MAX_FRONT_MATTER_NODES):
+            self.problems.error(f"{where}:{fm_line + 1}", "front matter expands to more than "
+                                f"{MAX_FRONT_MATTER_NODES} values (YAML alias bomb?); skipped")
+            return None, "", fm_line
+        return {str(k): v for k, v in meta.items()}, body, fm_line
+
+    def _title(self, value: object, post: PostFile, where: str) -> str:
+        fallback = clean_line(PurePosixPath(post.rel).stem) or "(untitled)"
+        if value is None:
+            self.problems.warn(where, f"no title; the file name {fallback!r} is used")
+            return fallback
+        if isinstance(value, list):
+            self.problems.warn(where, "title is a list; its items are joined")
+            value = ", ".join(str(v) for v in value if v is not None)
+        elif isinstance(value, dict):
+            self.problems.warn(where, f"title is a mapping; the file name {fallback!r} is used")
+            return fallback
+        title = clean_line(str(value))
+        if not title:
+            self.problems.warn(where, f"blank title; the file name {fallback!r} is used")
+            return fallback
+        return title[:MAX_TITLE_CHARS]
+
+    def _entry_id(self, value: object, post: PostFile, where: str) -> str:
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
+            return clean_line(str(value))
+        if value is not None:
+            self.problems.warn(where, "id is not text; the path-based id is used")
+        return f"tag:{self.config.site_host},{self.config.id_date}:{quote(post.rel)}"
+
+    def _date(self, value: object, where: str, key: str) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            return parse_date(value, self.config.timezone)
+        except DateError as exc:
+            self.problems.warn(where, f"{exc}; the post is treated as undated"
+                               if key == "date" else f"{exc}; {key} ignored")
+            return None
+
+    def _url(self, value: object, where: str, key: str) -> str | None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        url = absolute_url(str(value), None) if isinstance(value, str) else None
+        if url is None or not url.startswith(("http://", "https://")):
+            self.problems.warn(where, f"{key} {str(value)[:200]!r} is not an http(s) URL; ignored")
+            return None
+        return url
+
+    def _post_url(self, post: PostFile) -> str | None:
+        if not self.config.post_url:
+            return None
+        path = post.rel[:-3] if post.rel.endswith(".md") else post.rel
+        return self.config.post_url.replace("{path}", quote(path))
+
+    def _body(self, body: str, where: str) -> str:
+        mode = self.config.body
+        if mode == "auto":
+            start = body.lstrip()
+            mode = "html" if _HTML_START.match(start[:2]) else "markdown"
+        if mode == "html":
+            return body
+        try:
+            return _markdown.render(body)
+        except Exception as exc:  # markdown-it on pathological input: keep the text
+            self.problems.warn(where, f"Markdown failed ({exc}); body kept as text")
+            return "<pre>" + body.replace("&", "&amp;").replace("<", "&lt;") + "</pre>"
+
+
+def _recover_line(lines: list[str], index: int) -> int | None:
+    """Quote the raw value of a `key: value` line YAML choked on; None if not possible."""
+    for i in (index, index - 1):
+        if 0 <= i < len(lines):
+            match = _KEY_LINE.match(lines[i])
+            value = match.group(2).strip() if match else ""
+            if match and value and not value.startswith(("'", '"')) or (
+                    match and value.count('"') + value.count("'") > 2):
+                lines[i] = f"{match.group(1)}: {json.dumps(value, ensure_ascii=False)}"
+                return i
+    return None
+
+
+def _key_lines(text: str, fm_line: int) -> dict[str, int]:
+    """Top-level front-matter key → 1-based line in the file (for messages)."""
+    out: dict[str, int] = {}
+    lines = text.split("\n")
+    for number in range(fm_line, min(len(lines), fm_line + 500)):
+        line = lines[number]
+        if line.startswith("---"):
+            break
+        match = _KEY_LINE.match(line)
+        if match:
+            out.setdefault(match.group(1), number + 1)
+    return out
+
+
+def _bounded(value: object, limit: int) -> bool:
+    """True if walking `value` visits at most `limit` nodes (stops early otherwise)."""
+    budget = [limit]
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        budget[0] -= 1
+        if budget[0] < 0:
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.values())
+            stack.extend(item.keys())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return True
+
+
+def _as_list(value: object) -> list[object]:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [v for v in value if v is not None and not isinstance(v, dict | list)]
+    return [value]
+
+
+def _text(value: object) -> str | None:
+    if value is None or isinstance(value, dict | list):
+        return None
+    text = clean_line(str(value))
+    return text or None

@@ -1,0 +1,97 @@
+"""SQLite state: created and migrated automatically; a corrupt file never stops a build.
+
+Holds what must survive between runs: first-seen times (stable `updated` for undated
+posts and upstream entries), and the tables the upstream and cache layers add.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Each step runs once, in order; PRAGMA user_version records how many have run.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE first_seen (
+        entry_id TEXT PRIMARY KEY,
+        seen_at  TEXT NOT NULL
+    );
+    """,
+]
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class StateStore:
+    def __init__(self, path: Path, clock: Clock = utc_now) -> None:
+        self.path = path
+        self.clock = clock
+        self.db = self._open()
+        self._first_seen: dict[str, datetime] | None = None
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._connect_and_migrate()
+        except sqlite3.DatabaseError as exc:
+            # Corrupt or foreign file: keep it for inspection, start a fresh one.
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error("%s: state file unusable (%s); moved to %s and rebuilt",
+                      self.path, exc, aside.name)
+            try:
+                self.path.replace(aside)
+            except OSError:
+                self.path.unlink(missing_ok=True)
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            return self._connect_and_migrate()
+
+    def _connect_and_migrate(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+                db.execute("BEGIN IMMEDIATE")
+                for statement in _statements(step):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+                db.execute("COMMIT")
+            db.execute("SELECT count(*) FROM first_seen").fetchone()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def first_seen(self, entry_id: str) -> datetime:
+        """When this id was first seen; recorded now if it is new."""
+        if self._first_seen is None:
+            self._first_seen = {
+                row[0]: datetime.fromisoformat(row[1])
+                for row in self.db.execute("SELECT entry_id, seen_at FROM first_seen")
+            }
+        seen = self._first_seen.get(entry_id)
+        if seen is None:
+            seen = self.clock()
+            self._first_seen[entry_id] = seen
+            self.db.execute("INSERT OR IGNORE INTO first_seen VALUES (?, ?)",
+                            (entry_id, seen.isoformat()))
+        return seen
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

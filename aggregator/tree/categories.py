@@ -1,0 +1,87 @@
+"""Category paths → a tree of nodes with stable ASCII slugs.
+
+A node's feed holds its own entries and all its descendants'; the root holds all.
+Slugs only ever contain `a-z0-9-`, so no name can reach outside the output dir or
+clobber a feed file (`atom.xml` has a dot; no slug does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from slugify import slugify
+
+from aggregator.model import Entry, sort_key
+
+MAX_SLUG_CHARS = 60
+
+
+@dataclass
+class Node:
+    names: tuple[str, ...]
+    slugs: tuple[str, ...]
+    children: dict[str, Node] = field(default_factory=dict)
+    own: list[Entry] = field(default_factory=list)
+
+    @property
+    def rel_dir(self) -> str:
+        """Folder of this node's feeds relative to the output dir ('' for the root)."""
+        return "".join(f"{slug}/" for slug in self.slugs)
+
+    @property
+    def title(self) -> str:
+        return " / ".join(self.names)
+
+    def walk(self) -> Iterator[Node]:
+        yield self
+        for child in self.children.values():
+            yield from child.walk()
+
+    def entries(self, limit: int = 0) -> list[Entry]:
+        """Own and descendants' entries, newest first; at most `limit` (0 = all)."""
+        runs = [sorted(node.own, key=sort_key) for node in self.walk() if node.own]
+        merged = heapq.merge(*runs, key=sort_key)
+        if limit:
+            return [entry for _, entry in zip(range(limit), merged, strict=False)]
+        return list(merged)
+
+
+def base_slug(name: str, overrides: dict[str, str]) -> str:
+    if name in overrides:
+        return overrides[name]
+    slug = slugify(name, max_length=MAX_SLUG_CHARS, word_boundary=True)
+    if not slug:  # `..`, `/`, emoji: nothing readable survives
+        slug = "c-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return slug
+
+
+def build_tree(entries: Iterable[Entry], overrides: dict[str, str]) -> Node:
+    root = Node(names=(), slugs=())
+    for entry in entries:
+        node = root
+        for name in entry.category:
+            child = node.children.get(name)
+            if child is None:
+                child = node.children[name] = Node(names=node.names + (name,), slugs=())
+            node = child
+        node.own.append(entry)
+    _assign_slugs(root, overrides)
+    return root
+
+
+def _assign_slugs(node: Node, overrides: dict[str, str]) -> None:
+    used: set[str] = set()
+    # Sorted by name, so collisions get -2, -3 in a stable order whatever else changes.
+    for name in sorted(node.children):
+        base = base_slug(name, overrides)
+        slug, n = base, 2
+        while slug in used:
+            slug, n = f"{base}-{n}", n + 1
+        used.add(slug)
+        child = node.children[name]
+        child.slugs = node.slugs + (slug,)
+        _assign_slugs(child, overrides)
+    node.children = dict(sorted(node.children.items(), key=lambda kv: kv[1].slugs))

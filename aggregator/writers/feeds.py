@@ -1,0 +1,202 @@
+"""Atom 1.0 and RSS 2.0 through feedgen, with its traps fixed in this one module.
+
+feedgen 1.0.0 (unmaintained) is used to build each element, then corrected:
+- Atom entry `<link>`s lose every attribute (a shadowed variable), so an enclosure
+  turns into a second alternate link: entry links are rebuilt here.
+- `updated`/`lastBuildDate` default to now: always set from the entries (stable).
+- RSS channel `<link>` is whatever link came last: self first, alternate last.
+- RSS `<author>` must be an e-mail address: names go to `dc:creator` instead.
+Each entry is rendered once per format and the bytes are spliced into every feed
+that holds it (a post sits in one feed per ancestor node).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from feedgen.entry import FeedEntry
+from feedgen.feed import FeedGenerator
+from lxml import etree
+
+from aggregator import PROJECT_URL, __version__
+from aggregator.config import Config
+from aggregator.model import Entry
+
+ATOM_NS = "http://www.w3.org/2005/Atom"
+MEDIA_NS = "http://search.yahoo.com/mrss/"
+CONTENT_NS = "http://purl.org/rss/1.0/modules/content/"
+DC_NS = "http://purl.org/dc/elements/1.1/"
+# A feed with no entries still needs an `updated`: a fixed instant keeps it stable.
+EMPTY_FEED_UPDATED = datetime(2000, 1, 1, tzinfo=UTC)
+
+_ATOM_SCOPE = {None: ATOM_NS, "media": MEDIA_NS}
+_RSS_SCOPE = {"media": MEDIA_NS, "content": CONTENT_NS, "dc": DC_NS, "atom": ATOM_NS}
+
+
+def _serialise_in_scope(element: etree._Element, scope: dict[str | None, str]) -> bytes:
+    """The element's XML with the namespace declarations the feed root already makes
+    removed from its start tag (they are in scope once spliced into the feed)."""
+    wrapper = etree.Element("wrapper", nsmap=scope)
+    wrapper.append(element)
+    text = etree.tostring(element, encoding="unicode")
+    end = text.index(">")  # attribute values escape '>', so this ends the start tag
+    head = text[:end]
+    for prefix, uri in scope.items():
+        head = head.replace(f' xmlns:{prefix}="{uri}"' if prefix else f' xmlns="{uri}"', "")
+    return (head + text[end:] + "\n").encode("utf-8")
+
+
+class FeedRenderer:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    # -- entries -------------------------------------------------------------
+
+    def _feed_entry(self, entry: Entry) -> FeedEntry:
+        fe = FeedEntry()
+        fe.id(entry.id)
+        fe.title(entry.title)
+        fe.updated(entry.updated)
+        if entry.published is not None:
+            fe.published(entry.published)
+            fe.pubDate(entry.published)
+        else:
+            fe.pubDate(entry.updated)
+        if entry.author:
+            fe.author({"name": entry.author})
+        if entry.summary:
+            fe.summary(entry.summary)
+        for term in self._categories(entry):
+            fe.category({"term": term})
+        return fe
+
+    @staticmethod
+    def _add_media(element: etree._Element, entry: Entry) -> None:
+        """media:content + media:thumbnail, whether or not the type is known.
+        Not feedgen's: it wraps one media:content in a media:group, which the
+        validator rejects (a group needs alternatives)."""
+        if entry.image is None:
+            return
+        content = etree.SubElement(element, f"{{{MEDIA_NS}}}content")
+        content.set("url", entry.image.url)
+        content.set("medium", "image")
+        if entry.image.mime_type:
+            content.set("type", entry.image.mime_type)
+            if entry.image.length:
+                content.set("fileSize", str(entry.image.length))
+        etree.SubElement(element, f"{{{MEDIA_NS}}}thumbnail").set("url", entry.image.url)
+
+    @staticmethod
+    def _categories(entry: Entry) -> list[str]:
+        seen: dict[str, None] = {}
+        for term in (*entry.category, *entry.tags):
+            seen.setdefault(term, None)
+        return list(seen)
+
+    def atom_entry(self, entry: Entry) -> bytes:
+        fe = self._feed_entry(entry)
+        # Atom needs content or an alternate link; without a link, content it is.
+        if entry.html and (self.config.full_content or not entry.link):
+            fe.content(entry.html, type="html")
+        elif not entry.link:
+            fe.content(entry.summary or entry.title, type="text")
+        element = fe.atom_entry(extensions=True)
+        for link in element.findall("link"):
+            element.remove(link)
+        anchor = element.find("content")
+        position = list(element).index(anchor) + 1 if anchor is not None else len(element)
+        links = []
+        if entry.link:
+            links.append({"rel": "alternate", "type": "text/html", "href": entry.link})
+        for enclosure in self._enclosures(entry):
+            links.append({"rel": "enclosure", **enclosure})
+        for offset, attributes in enumerate(links):
+            link = etree.Element("link")
+            for key, value in attributes.items():
+                link.set(key, value)
+            element.insert(position + offset, link)
+        self._add_media(element, entry)
+        return _serialise_in_scope(element, _ATOM_SCOPE)
+
+    def rss_entry(self, entry: Entry) -> bytes:
+        fe = self._feed_entry(entry)
+        if entry.link:
+            fe.link(href=entry.link)
+        fe.guid(entry.id, permalink=False)
+        # RSS <description> is HTML: escape the plain-text summary so "A & B" stays text.
+        fe.description(html.escape(entry.summary or entry.title, quote=False))
+        if self.config.full_content and entry.html:
+            # Escaped text, not CDATA: lxml refuses CDATA holding "]]>", which hostile
+            # attribute values can carry.
+            fe.content(entry.html)
+        element = fe.rss_entry(extensions=True)
+        for enclosure in self._enclosures(entry)[:1]:  # RSS allows one per item
+            old = element.find("enclosure")
+            if old is not None:
+                element.remove(old)
+            node = etree.SubElement(element, "enclosure")
+            node.set("url", enclosure["href"])
+            node.set("length", enclosure["length"])
+            node.set("type", enclosure["type"])
+        if entry.author:
+            creator = etree.SubElement(element, f"{{{DC_NS}}}creator")
+            creator.text = entry.author
+        self._add_media(element, entry)
+        return _serialise_in_scope(element, _RSS_SCOPE)
+
+    @staticmethod
+    def _enclosures(entry: Entry) -> list[dict[str, str]]:
+        """The entry image (when its type is known), then upstream enclosures."""
+        out = []
+        if entry.image is not None and entry.image.mime_type:
+            out.append({"href": entry.image.url, "type": entry.image.mime_type,
+                        "length": str(max(entry.image.length, 0))})
+        for enclosure in entry.enclosures:
+            if entry.image is not None and enclosure.url == entry.image.url:
+                continue
+            out.append({"href": enclosure.url, "type": enclosure.mime_type,
+                        "length": str(max(enclosure.length, 0))})
+        return out
+
+    # -- feeds ---------------------------------------------------------------
+
+    def _head(self, title: str, self_url: str, updated: datetime, kind: str) -> FeedGenerator:
+        fg = FeedGenerator()
+        fg.load_extension("media")
+        fg.id(self_url)
+        fg.title(title)
+        fg.updated(updated)
+        fg.lastBuildDate(updated)
+        fg.author({"name": self.config.site_title})
+        fg.generator("aggregator", version=__version__, uri=PROJECT_URL)
+        mime = "application/atom+xml" if kind == "atom" else "application/rss+xml"
+        fg.link(href=self_url, rel="self", type=mime)  # self first: RSS keeps the last
+        fg.link(href=self.config.site_url, rel="alternate", type="text/html")
+        fg.description(f"{title}: every entry, newest first")
+        return fg
+
+    def atom_feed(self, title: str, self_url: str, entries: list[Entry],
+                  rendered: Iterable[bytes]) -> bytes:
+        head = self._head(title, self_url, _newest(entries), "atom").atom_str(pretty=False)
+        return _splice(head, b"</feed>", rendered)
+
+    def rss_feed(self, title: str, self_url: str, entries: list[Entry],
+                 rendered: Iterable[bytes]) -> bytes:
+        fg = self._head(title, self_url, _newest(entries), "rss")
+        head = fg.rss_str(pretty=False)
+        # feedgen declares dc only when its own extension is loaded: add what is missing.
+        for prefix, uri in (("content", CONTENT_NS), ("dc", DC_NS)):
+            if f"xmlns:{prefix}=".encode() not in head[: head.index(b"<channel")]:
+                head = head.replace(b"<rss ", f'<rss xmlns:{prefix}="{uri}" '.encode(), 1)
+        return _splice(head, b"</channel>", rendered)
+
+
+def _newest(entries: list[Entry]) -> datetime:
+    return max((e.updated for e in entries), default=EMPTY_FEED_UPDATED)
+
+
+def _splice(head: bytes, closing: bytes, rendered: Iterable[bytes]) -> bytes:
+    cut = head.rindex(closing)
+    return b"".join([head[:cut], b"\n", *rendered, head[cut:], b"\n"])
