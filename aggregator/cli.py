@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aggregator import __version__
@@ -49,14 +49,12 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--log-level", default="info",
                      choices=["debug", "info", "warning", "error"])
     sub = top.add_subparsers(dest="command", required=True)
-    for name, text in (
-        ("build", "publish every feed from the content dir and stored upstream entries; "
-                  "never uses the network"),
-        ("check", "validate the config and every post; write nothing"),
-    ):
+    for name, (text, _run, add_arguments) in COMMANDS.items():
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("-c", "--config", type=Path, default=Path("config.yaml"),
                          help="config file (default: ./config.yaml)")
+        if add_arguments is not None:
+            add_arguments(cmd)
     return top
 
 
@@ -74,7 +72,7 @@ def _load(path: Path, problems: ProblemLog) -> Config | None:
     return config
 
 
-def cmd_build(config: Config, problems: ProblemLog) -> int:
+def cmd_build(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
     from aggregator.pipeline import build
 
     try:
@@ -91,7 +89,7 @@ def cmd_build(config: Config, problems: ProblemLog) -> int:
     return EXIT_SKIPPED if report.problems.errors else EXIT_OK
 
 
-def cmd_check(config: Config, problems: ProblemLog) -> int:
+def cmd_check(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
     from aggregator.pipeline import BuildReport, read_posts
     from aggregator.state.store import StateStore
 
@@ -112,5 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = _load(args.config, problems)
     if config is None:
         return EXIT_CONFIG
-    commands = {"build": cmd_build, "check": cmd_check}
-    return commands[args.command](config, problems)
+    _text, run, _add_arguments = COMMANDS[args.command]
+    return run(config, problems, args)
+
+
+Command = Callable[[Config, ProblemLog, argparse.Namespace], int]
+AddArguments = Callable[[argparse.ArgumentParser], None] | None
+# name -> (help text, runner, extra arguments). Each command module adds its own line.
+COMMANDS: dict[str, tuple[str, Command, AddArguments]] = {
+    "build": ("publish every feed from the content dir and stored upstream entries; "
+              "never uses the network", cmd_build, None),
+    "check": ("validate the config and every post; write nothing", cmd_check, None),
+}
