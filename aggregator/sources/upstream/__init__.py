@@ -1,0 +1,1 @@
+"""Upstream feeds: fetch (httpx), parse (feedparser / our JSON Feed), normalise, poll."""

@@ -1,0 +1,174 @@
+"""HTTP for upstream feeds: conditional GET, timeouts, a total deadline, a decoded-size cap.
+
+We decode gzip/deflate ourselves from the raw stream with a bounded decompressor, so a
+small compressed body can never expand past `max_bytes` in memory (gzip bombs), and we
+stop reading as soon as the cap or the deadline is passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+
+from aggregator import PROJECT_URL, __version__
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"aggregator/{__version__} (+{PROJECT_URL})"
+MAX_REDIRECTS = 5
+
+
+class FetchError(Exception):
+    """The source could not be fetched; the message is meant for users."""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int  # 200 or 304
+    url: str  # after redirects
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes = b""
+
+    @property
+    def not_modified(self) -> bool:
+        return self.status == 304
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout: float = 20.0  # connect and per-read
+    deadline: float = 60.0  # whole request, redirects and body included
+    max_bytes: int = 15 * 1024 * 1024  # decoded body
+    per_host: int = 2
+    concurrency: int = 16
+
+
+class _Decoder:
+    """gzip / deflate / identity, never producing more than `limit` bytes."""
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        encoding = encoding.strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            self._z: zlib._Decompress | None = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._z = None  # zlib-wrapped or raw: decided on the first bytes
+            self._deflate = True
+        elif encoding in ("", "identity"):
+            self._z = None
+            self._deflate = False
+        else:
+            raise FetchError(f"unsupported Content-Encoding {encoding!r}")
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._z is None and getattr(self, "_deflate", False):
+            wbits = zlib.MAX_WBITS if chunk[:1] and chunk[0] & 0x0F == 8 else -zlib.MAX_WBITS
+            self._z = zlib.decompressobj(wbits)
+        if self._z is None:
+            out = chunk
+        else:
+            # max_length bounds the output of this one call; the rest stays pending.
+            try:
+                out = self._z.decompress(chunk, self.limit - self.size + 1)
+            except zlib.error as exc:
+                raise FetchError(f"corrupt compressed body: {exc}") from exc
+        self.size += len(out)
+        if self.size > self.limit:
+            raise FetchError(f"body larger than {self.limit} bytes (decoded); not read")
+        return out
+
+
+class Fetcher:
+    """One shared httpx client; per-host semaphores bound how hard we hit one server."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.client = httpx.Client(
+            timeout=httpx.Timeout(limits.timeout),
+            follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate",
+                     "Accept": "application/atom+xml, application/rss+xml, "
+                               "application/feed+json, application/json;q=0.9, "
+                               "application/xml;q=0.9, text/xml;q=0.9, */*;q=0.8"},
+            limits=httpx.Limits(max_connections=max(limits.concurrency, 1) * 2,
+                                max_keepalive_connections=max(limits.concurrency, 1)),
+        )
+        self._hosts: dict[str, threading.Semaphore] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _host_slot(self, url: str) -> threading.Semaphore:
+        host = (urlsplit(url).hostname or "").lower()
+        with self._lock:
+            slot = self._hosts.get(host)
+            if slot is None:
+                slot = self._hosts[host] = threading.Semaphore(max(self.limits.per_host, 1))
+            return slot
+
+    def get(self, url: str, etag: str | None = None,
+            last_modified: str | None = None) -> Response:
+        """200 with the decoded body, or 304; FetchError for anything else."""
+        headers: dict[str, str] = {}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        with self._host_slot(url):
+            started = time.monotonic()
+            try:
+                return self._get(url, headers, started)
+            except FetchError:
+                raise
+            except httpx.TooManyRedirects as exc:
+                raise FetchError(f"more than {MAX_REDIRECTS} redirects") from exc
+            except httpx.TimeoutException as exc:
+                raise FetchError(f"timed out ({type(exc).__name__})") from exc
+            except httpx.HTTPError as exc:
+                raise FetchError(f"request failed: {type(exc).__name__}: {exc}") from exc
+
+    def _get(self, url: str, headers: dict[str, str], started: float) -> Response:
+        limits = self.limits
+        with self.client.stream("GET", url, headers=headers) as resp:
+            final = str(resp.url)
+            if resp.status_code == 304:
+                return Response(304, final, _headers(resp))
+            if resp.status_code != 200:
+                reason = resp.reason_phrase or ""
+                raise FetchError(f"HTTP {resp.status_code} {reason}".rstrip())
+            declared = resp.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > limits.max_bytes \
+                    and not resp.headers.get("content-encoding"):
+                raise FetchError(f"body larger than {limits.max_bytes} bytes "
+                                 f"(Content-Length {declared}); not read")
+            decoder = _Decoder(resp.headers.get("content-encoding", ""), limits.max_bytes)
+            parts: list[bytes] = []
+            for chunk in _raw(resp):
+                parts.append(decoder.feed(chunk))
+                if time.monotonic() - started > limits.deadline:
+                    raise FetchError(f"deadline of {limits.deadline:g}s passed while reading")
+            return Response(200, final, _headers(resp), b"".join(parts))
+
+
+def _raw(resp: httpx.Response) -> Iterator[bytes]:
+    yield from resp.iter_raw()
+
+
+def _headers(resp: httpx.Response) -> dict[str, str]:
+    return {k.lower(): v for k, v in resp.headers.items()}
