@@ -38,6 +38,7 @@ class Entry:
     enclosures: tuple[Enclosure, ...] = ()
     source: str = ""  # relative post path or upstream URL, for messages
     base_url: str | None = None  # for resolving relative URLs in html
+    drop_selectors: tuple[str, ...] = ()  # per-source junk selectors (upstream)
 
     @property
     def dated(self) -> bool:

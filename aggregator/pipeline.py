@@ -90,7 +90,7 @@ def merge_duplicates(entries: Iterable[Entry], problems: ProblemLog) -> list[Ent
 
 def finish_entry(entry: Entry, sanitizer: Sanitizer) -> Entry:
     """Sanitise the body; fill the summary and the image from it when missing."""
-    html = sanitizer.clean(entry.html, entry.base_url)
+    html = sanitizer.clean(entry.html, entry.base_url, entry.drop_selectors)
     image = entry.image or _first_image(html)
     summary = entry.summary or summarize(html)
     return replace(entry, html=html, image=image, summary=summary)

@@ -11,7 +11,6 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -56,26 +55,25 @@ class _Decoder:
     def __init__(self, encoding: str, limit: int) -> None:
         self.limit = limit
         self.size = 0
+        self._deflate = False
+        self._z: zlib._Decompress | None = None
         encoding = encoding.strip().lower()
         if encoding in ("gzip", "x-gzip"):
-            self._z: zlib._Decompress | None = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif encoding == "deflate":
-            self._z = None  # zlib-wrapped or raw: decided on the first bytes
-            self._deflate = True
-        elif encoding in ("", "identity"):
-            self._z = None
-            self._deflate = False
-        else:
+            self._deflate = True  # zlib-wrapped or raw: decided on the first bytes
+        elif encoding not in ("", "identity"):
             raise FetchError(f"unsupported Content-Encoding {encoding!r}")
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._z is None and getattr(self, "_deflate", False):
+        if self._z is None and self._deflate and chunk:
             wbits = zlib.MAX_WBITS if chunk[:1] and chunk[0] & 0x0F == 8 else -zlib.MAX_WBITS
             self._z = zlib.decompressobj(wbits)
         if self._z is None:
             out = chunk
         else:
-            # max_length bounds the output of this one call; the rest stays pending.
+            # max_length bounds this call's output; when it is reached we are over the
+            # cap and stop, otherwise all input was consumed (no unconsumed_tail).
             try:
                 out = self._z.decompress(chunk, self.limit - self.size + 1)
             except zlib.error as exc:
@@ -159,15 +157,11 @@ class Fetcher:
                                  f"(Content-Length {declared}); not read")
             decoder = _Decoder(resp.headers.get("content-encoding", ""), limits.max_bytes)
             parts: list[bytes] = []
-            for chunk in _raw(resp):
+            for chunk in resp.iter_raw():
                 parts.append(decoder.feed(chunk))
                 if time.monotonic() - started > limits.deadline:
                     raise FetchError(f"deadline of {limits.deadline:g}s passed while reading")
             return Response(200, final, _headers(resp), b"".join(parts))
-
-
-def _raw(resp: httpx.Response) -> Iterator[bytes]:
-    yield from resp.iter_raw()
 
 
 def _headers(resp: httpx.Response) -> dict[str, str]:
