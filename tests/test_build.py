@@ -89,8 +89,8 @@ def test_every_rss_enclosure_has_url_length_and_type(tmp_path: Path) -> None:
         assert enclosure.get("length", "").isdigit()
         assert enclosure.get("type", "").startswith("image/")
     atom = etree.parse(str(config.output_dir / "atom.xml"))
-    links = [l for l in atom.iter(f"{ATOM}link") if l.get("rel") == "enclosure"]
-    assert {l.get("type") for l in links} == {"image/jpeg"}
+    links = [link for link in atom.iter(f"{ATOM}link") if link.get("rel") == "enclosure"]
+    assert {link.get("type") for link in links} == {"image/jpeg"}
     media = atom.getroot().nsmap["media"]
     thumbnails = {t.get("url") for t in atom.iter(f"{{{media}}}thumbnail")}
     assert "https://picsum.photos/400/300" in thumbnails  # first content image, untyped

@@ -144,8 +144,8 @@ class PostReader:
         try:
             size = post.path.stat().st_size
             if size > self.config.max_post_bytes:
-                self.problems.error(f"{where}:1", f"post is {size} bytes, over "
-                                    f"content.max_post_bytes ({self.config.max_post_bytes}); skipped")
+                self.problems.error(f"{where}:1", f"post is {size} bytes, over content."
+                                    f"max_post_bytes ({self.config.max_post_bytes}); skipped")
                 return None
             data = post.path.read_bytes()
         except OSError as exc:
@@ -231,7 +231,8 @@ class PostReader:
         try:
             fm, body = handler.split(stripped)
         except ValueError:
-            self.problems.error(f"{where}:1", "front matter opened with --- is never closed; skipped")
+            self.problems.error(f"{where}:1",
+                                "front matter opened with --- is never closed; skipped")
             return None, "", 1
         fm_line = text[: len(text) - len(stripped)].count("\n") + 1
         lines = fm.split("\n")

@@ -59,11 +59,10 @@ class FeedRenderer:
         fe.id(entry.id)
         fe.title(entry.title)
         fe.updated(entry.updated)
+        # feedgen's pubDate *is* Atom's published: an undated entry gets one in RSS
+        # (its stable first-seen time, for ordering) but none in Atom.
         if entry.published is not None:
             fe.published(entry.published)
-            fe.pubDate(entry.published)
-        else:
-            fe.pubDate(entry.updated)
         if entry.author:
             fe.author({"name": entry.author})
         if entry.summary:
@@ -122,6 +121,8 @@ class FeedRenderer:
 
     def rss_entry(self, entry: Entry) -> bytes:
         fe = self._feed_entry(entry)
+        if entry.published is None:
+            fe.pubDate(entry.updated)
         if entry.link:
             fe.link(href=entry.link)
         fe.guid(entry.id, permalink=False)

@@ -1,0 +1,79 @@
+"""kill -9 during a build never leaves a truncated feed; the next build cleans up.
+
+The default suite kills at 12 moments; `-m slow` runs the full 100.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import write_config, write_post
+from lxml import etree
+
+from aggregator.publish.atomic import TEMP_SUFFIX
+
+
+def _content(tmp_path: Path, posts: int = 400) -> Path:
+    rng = random.Random(7)
+    for i in range(posts):
+        a, b = rng.randrange(8), rng.randrange(6)
+        write_post(tmp_path / "posts", f"p{i}.md", f"""
+            title: Post {i}
+            categories: [Top {a}, Sub {a}-{b}, Leaf {i % 5}]
+            date: 2026-01-{1 + i % 28:02d} 10:{i % 60:02d}:00
+            headimg: https://img.example/{i}.jpg
+        """, body="<div>" + "<p>Paragraph with <b>bold</b> text.</p>" * 20 + "</div>")
+    return write_config(tmp_path)
+
+
+def _build(config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "aggregator", "--log-level", "error",
+                             "build", "-c", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _assert_every_feed_parses(out: Path) -> int:
+    count = 0
+    for path in out.rglob("*.xml"):
+        etree.parse(str(path))  # raises on a truncated or empty file
+        count += 1
+    return count
+
+
+def _kill_loop(tmp_path: Path, kills: int) -> None:
+    config = _content(tmp_path)
+    out = tmp_path / "feeds"
+    assert _build(config).wait(timeout=120) == 0
+    rng = random.Random(11)
+    posts = sorted((tmp_path / "posts").glob("*.md"))
+    caught_mid_write = 0
+    for round_ in range(kills):
+        # change a few posts so the build has real writes to do
+        for post in rng.sample(posts, 5):
+            post.write_text(post.read_text().replace("text.", f"text {round_}."))
+        proc = _build(config)
+        time.sleep(rng.uniform(0.2, 1.5))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        caught_mid_write += bool(list(out.rglob(f"*{TEMP_SUFFIX}")))
+        assert _assert_every_feed_parses(out) > 0
+    print(f"{caught_mid_write} of {kills} kills left a temp file behind")
+    assert _build(config).wait(timeout=120) == 0
+    assert list(out.rglob(f"*{TEMP_SUFFIX}")) == []
+    assert _assert_every_feed_parses(out) >= 2 * (1 + 8 + 8 * 6)
+
+
+def test_killed_builds_leave_only_whole_feeds(tmp_path: Path) -> None:
+    _kill_loop(tmp_path, kills=12)
+
+
+@pytest.mark.slow
+def test_killed_builds_leave_only_whole_feeds_100_times(tmp_path: Path) -> None:
+    _kill_loop(tmp_path, kills=100)
