@@ -74,9 +74,14 @@ def _load(path: Path, problems: ProblemLog) -> Config | None:
 
 def cmd_build(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
     from aggregator.pipeline import build
+    from aggregator.service.lock import BuildLock
 
     try:
-        report = build(config)
+        with BuildLock(config.state_path):  # never at the same time as `aggregator run`
+            report = build(config)
+    except OSError as exc:  # the lock file (the build itself raises PublishError)
+        log.error("%s; nothing written", exc)
+        return EXIT_PUBLISH
     except PublishError as exc:
         log.error("%s; the previous feeds are kept", exc)
         return EXIT_PUBLISH
@@ -103,6 +108,20 @@ def cmd_check(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
     return EXIT_SKIPPED if problems.items else EXIT_OK
 
 
+def cmd_run(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
+    from aggregator.service.runner import Service
+
+    return Service(config, _load, quiet=args.debounce_ms / 1000,
+                   max_delay=args.max_delay_ms / 1000).run()
+
+
+def _run_arguments(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--debounce-ms", type=int, default=50,
+                     help="quiet window after file events before a rebuild (default 50)")
+    cmd.add_argument("--max-delay-ms", type=int, default=1000,
+                     help="rebuild at least this often during a steady stream (default 1000)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.log_level)
@@ -121,4 +140,6 @@ COMMANDS: dict[str, tuple[str, Command, AddArguments]] = {
     "build": ("publish every feed from the content dir and stored upstream entries; "
               "never uses the network", cmd_build, None),
     "check": ("validate the config and every post; write nothing", cmd_check, None),
+    "run": ("the service: first build, then watch the content dir, poll upstream, "
+            "rebuild, optionally serve; 0 after SIGTERM", cmd_run, _run_arguments),
 }

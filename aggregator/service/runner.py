@@ -1,0 +1,253 @@
+"""`aggregator run`: lifecycle, signals and the single build thread.
+
+Every trigger (start, file events, polls, SIGHUP) only *requests* a build; one worker
+thread runs them one after another, folding requests that arrive meanwhile into the
+next build, so builds never overlap and a burst costs at most one extra build.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from aggregator.config import Config
+from aggregator.problems import ProblemLog
+from aggregator.publish.atomic import PublishError
+from aggregator.service.http import HTTPService
+from aggregator.service.lock import BuildLock
+from aggregator.service.metrics import ServiceStats
+from aggregator.service.notify import Notifier
+from aggregator.service.scheduler import PollScheduler
+from aggregator.service.watcher import ContentWatcher
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[Path, ProblemLog], Config | None]
+STOP_TIMEOUT = 60.0  # below systemd's default TimeoutStopSec (90 s)
+
+
+class BuildWorker:
+    """One thread, one build at a time; pending requests are merged."""
+
+    def __init__(self, config: Callable[[], Config], stats: ServiceStats,
+                 notifier: Notifier) -> None:
+        self._config = config
+        self.stats = stats
+        self.notifier = notifier
+        self._cv = threading.Condition()
+        self._reasons: list[str] = []
+        self._stopping = threading.Event()
+        self.builds = 0
+        self.first_done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="build", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def request(self, reason: str) -> None:
+        with self._cv:
+            self._reasons.append(reason)
+            self._cv.notify()
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
+        """Let the running build publish, drop pending ones; True if the thread ended."""
+        self._stopping.set()
+        with self._cv:
+            self._cv.notify()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._reasons and not self._stopping.is_set():
+                    self._cv.wait()
+                if self._stopping.is_set():
+                    return
+                reasons, self._reasons = self._reasons, []
+            self._build(reasons)
+
+    def _build(self, reasons: list[str]) -> None:
+        from aggregator.pipeline import build
+
+        config = self._config()
+        why = reasons[0] if len(reasons) == 1 else f"{reasons[0]} +{len(reasons) - 1} more"
+        lock = BuildLock(config.state_path)
+        started = time.perf_counter()
+        try:
+            if not lock.acquire(cancel=self._stopping):
+                return  # stopping while a shell build held the lock
+        except OSError as exc:
+            log.error("%s: cannot take the build lock: %s", lock.path, exc)
+            self.stats.record_build(False, time.perf_counter() - started)
+            self.first_done.set()
+            return
+        self.builds += 1
+        number = self.builds
+        try:
+            self.notifier.status(f"build #{number} ({why})")
+            report = build(config)
+        except PublishError as exc:
+            log.error("build #%d failed: %s; the previous feeds are kept", number, exc)
+            self.stats.record_build(False, time.perf_counter() - started)
+            self.notifier.status(f"build #{number} failed: {exc}")
+        except Exception:  # the service outlives a bug in one build
+            log.exception("build #%d crashed; the previous feeds are kept", number)
+            self.stats.record_build(False, time.perf_counter() - started)
+            self.notifier.status(f"build #{number} crashed")
+        else:
+            self.stats.record_build(True, report.seconds, report.entries, report.feeds)
+            log.info("build #%d (%s) published %d feeds from %d entries in %.2fs: "
+                     "%d written, %d unchanged, %d removed; %d errors, %d warnings",
+                     number, why, report.feeds, report.entries, report.seconds,
+                     len(report.written), report.unchanged, len(report.removed),
+                     len(report.problems.errors), len(report.problems.warnings))
+            self.notifier.status(f"build #{number}: {report.entries} entries, "
+                                 f"{report.feeds} feeds, {report.seconds:.2f}s")
+        finally:
+            lock.release()
+            self.first_done.set()
+
+
+class Service:
+    def __init__(self, config: Config, loader: Loader, *, quiet: float = 0.05,
+                 max_delay: float = 1.0, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.loader = loader
+        self.quiet, self.max_delay = quiet, max_delay
+        self.notifier = notifier or Notifier()
+        self.stats = ServiceStats()
+        self.worker = BuildWorker(lambda: self.config, self.stats, self.notifier)
+        self.scheduler = PollScheduler(lambda: self.config, self.stats, self.worker.request)
+        self.watcher: ContentWatcher | None = None
+        self.http: HTTPService | None = None
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._wake = threading.Event()
+
+    # signal handlers run in the main thread between bytecodes: only set flags here.
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self._reload.set()
+        self._wake.set()
+
+    def run(self) -> int:
+        if logging.getLogger().level > logging.DEBUG:
+            # "Scheduler started", "Job executed": noise at info level.
+            logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        self.notifier.status("first build")
+        # Watch before the first build so nothing changed meanwhile is missed.
+        self._start_watcher()
+        self.worker.start()
+        self.worker.request("start")
+        while not self.worker.first_done.wait(0.1):
+            if self._stop.is_set():
+                break
+            self._ping()
+        if not self._stop.is_set():
+            self._start_http()
+            self.scheduler.start()
+            health = self.stats.health()
+            state = "published" if health["ok"] else "FAILED (previous feeds kept)"
+            log.info("first build %s; service ready, watching %s", state,
+                     ", ".join(map(str, self.config.content_dirs)))
+            self.notifier.ready(f"first build {state}; watching for changes")
+        self._main_loop()
+        return self._shutdown()
+
+    def _main_loop(self) -> None:
+        interval = self.notifier.watchdog_seconds or 5.0
+        while not self._stop.is_set():
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._reload.is_set() and not self._stop.is_set():
+                self._reload.clear()
+                self.reload()
+            self._ping()
+
+    def _ping(self) -> None:
+        # A dead build thread means no more feeds: stop pinging and let systemd restart us.
+        if self.notifier.watchdog_seconds and self.worker.alive:
+            self.notifier.watchdog()
+
+    def _start_watcher(self) -> None:
+        self.watcher = ContentWatcher(self.config.content_dirs, self._on_files,
+                                      self.quiet, self.max_delay)
+        self.watcher.start()
+
+    def _on_files(self, count: int) -> None:
+        self.stats.file_events.inc(count)
+        self.worker.request(f"{count} file event{'s' if count != 1 else ''}")
+
+    def _start_http(self) -> None:
+        config = self.config
+        if config.serve_host is None or config.serve_port is None:
+            return
+        try:
+            self.http = HTTPService(config.serve_host, config.serve_port,
+                                    lambda: self.config.output_dir, self.stats)
+        except OSError as exc:
+            log.error("cannot serve on %s:%s: %s; feeds are still built",
+                      config.serve_host, config.serve_port, exc)
+            return
+        self.http.start()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; keep the old one if the new one is unusable."""
+        self.notifier.reloading()
+        path = self.config.path
+        log.info("SIGHUP: reloading %s", path)
+        new = self.loader(path, ProblemLog())
+        if new is None:
+            log.error("%s: config reload failed; keeping the previous config", path)
+            self.notifier.ready("config reload failed; previous config kept")
+            return
+        old, self.config = self.config, new
+        if new.content_dirs != old.content_dirs:
+            if self.watcher is not None:
+                self.watcher.stop()
+            self._start_watcher()
+        if (new.serve_host, new.serve_port) != (old.serve_host, old.serve_port):
+            if self.http is not None:
+                self.http.stop()
+                self.http = None
+            self._start_http()
+        self.scheduler.schedule(new)
+        self.worker.request("config reloaded")
+        log.info("%s: config reloaded", path)
+        self.notifier.ready("config reloaded")
+
+    def _shutdown(self) -> int:
+        log.info("stopping: finishing the current build")
+        self.notifier.stopping()
+        self.scheduler.shutdown()
+        if self.watcher is not None:
+            self.watcher.stop()
+        finished = self.worker.stop()
+        if self.http is not None:
+            self.http.stop()
+        self.notifier.close()
+        if not finished:
+            log.error("the running build did not finish within %.0fs", STOP_TIMEOUT)
+            return 1
+        log.info("stopped")
+        return 0
+
+
+def run_service(config: Config, loader: Loader) -> int:
+    return Service(config, loader).run()
