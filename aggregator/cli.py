@@ -122,6 +122,31 @@ def _run_arguments(cmd: argparse.ArgumentParser) -> None:
                      help="rebuild at least this often during a steady stream (default 1000)")
 
 
+def cmd_fetch(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
+    """Poll due (or all) upstream sources, store what they gave, then publish like build."""
+    from aggregator.pipeline import open_state
+    from aggregator.sources.upstream.poll import poll
+    from aggregator.state.store import utc_now
+
+    state = open_state(config, utc_now, problems)
+    try:
+        polled = poll(config, state, problems, utc_now, everything=args.all)
+    finally:
+        state.close()
+    log.info("polled %d sources in %.2fs: %d fetched, %d not modified, %d failed; "
+             "%d new entries", polled.due, polled.seconds, polled.fetched,
+             polled.not_modified, len(polled.failed), polled.new_entries)
+    code = cmd_build(config, problems, args)
+    if code == EXIT_PUBLISH:
+        return code
+    return EXIT_SKIPPED if polled.failed or code != EXIT_OK else EXIT_OK
+
+
+def _fetch_arguments(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--all", action="store_true",
+                     help="poll every enabled source, not only the due ones")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.log_level)
@@ -140,6 +165,8 @@ COMMANDS: dict[str, tuple[str, Command, AddArguments]] = {
     "build": ("publish every feed from the content dir and stored upstream entries; "
               "never uses the network", cmd_build, None),
     "check": ("validate the config and every post; write nothing", cmd_check, None),
+    "fetch": ("poll the due upstream sources (--all: every enabled one), store their "
+              "entries, then publish like build", cmd_fetch, _fetch_arguments),
     "run": ("the service: first build, then watch the content dir, poll upstream, "
             "rebuild, optionally serve; 0 after SIGTERM", cmd_run, _run_arguments),
 }

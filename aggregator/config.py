@@ -82,6 +82,9 @@ class Config:
     state_path: Path
     serve_host: str | None
     serve_port: int | None
+    fetch_timeout: float = 20.0  # seconds, connect and each read
+    fetch_deadline: float = 60.0  # seconds, one whole request
+    fetch_concurrency: int = 16  # sources fetched at once
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -178,7 +181,8 @@ KNOWN_KEYS = {
     "sanitize": {"drop_selectors", "iframe_hosts"},
     "images": {"probe"},
     "upstream": None,
-    "fetch": {"allow_private_addresses", "per_host_limit", "max_bytes"},
+    "fetch": {"allow_private_addresses", "per_host_limit", "max_bytes", "timeout_seconds",
+              "deadline_seconds", "concurrency"},
     "state": {"path"},
     "serve": {"host", "port"},
 }
@@ -291,8 +295,18 @@ def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
                                    default="state/aggregator.sqlite")).resolve(),
         serve_host=serve_host,
         serve_port=serve_port,
+        fetch_timeout=_positive(r, "timeout_seconds", 20.0),
+        fetch_deadline=_positive(r, "deadline_seconds", 60.0),
+        fetch_concurrency=int(_positive(r, "concurrency", 16)),
         raw=data,
     )
+
+
+def _positive(r: _Reader, key: str, default: float) -> float:
+    value = r.typed((int, float), "fetch", key, default=default)
+    if isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{r.where('fetch', key)}: fetch.{key} must be a positive number")
+    return float(value)
 
 
 def _read_upstream(r: _Reader, base: Path) -> tuple[tuple[UpstreamSource, ...], tuple[Path, ...]]:

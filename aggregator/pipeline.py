@@ -24,6 +24,7 @@ from aggregator.sanitize.html import Sanitizer
 from aggregator.sanitize.text import summarize
 from aggregator.sources.content import PostReader, discover
 from aggregator.state.store import Clock, StateStore, utc_now
+from aggregator.state.upstream import stored_upstream_entries
 from aggregator.tree.categories import Node, build_tree
 from aggregator.writers.feeds import FeedRenderer
 from aggregator.writers.index import feed_title, feed_url, feeds_opml, index_html
@@ -114,8 +115,9 @@ def build(config: Config, clock: Clock = utc_now,
     report = BuildReport()
     state = open_state(config, clock, report.problems)
     try:
-        entries = merge_duplicates([*read_posts(config, state, report), *extra_entries],
-                                   report.problems)
+        entries = merge_duplicates([*read_posts(config, state, report),
+                                    *stored_upstream_entries(state, config.upstream),
+                                    *extra_entries], report.problems)
     finally:
         state.close()
     report.entries = len(entries)

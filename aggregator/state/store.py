@@ -23,6 +23,29 @@ MIGRATIONS: list[str] = [
         seen_at  TEXT NOT NULL
     );
     """,
+    # 2: upstream sources (validators, health, schedule) and their stored entries
+    """
+    CREATE TABLE upstream_source (
+        url            TEXT PRIMARY KEY,
+        etag           TEXT,
+        last_modified  TEXT,
+        last_status    INTEGER,
+        error_count    INTEGER NOT NULL DEFAULT 0,
+        last_error     TEXT,
+        last_polled_at TEXT,
+        next_poll_at   TEXT
+    );
+    CREATE TABLE upstream_entry (
+        source_url TEXT NOT NULL,
+        entry_id   TEXT NOT NULL,
+        first_seen TEXT NOT NULL,
+        last_seen  TEXT NOT NULL,
+        sort_at    TEXT NOT NULL,
+        data       TEXT NOT NULL,
+        PRIMARY KEY (source_url, entry_id)
+    );
+    CREATE INDEX upstream_entry_sort ON upstream_entry (source_url, sort_at);
+    """,
 ]
 
 Clock = Callable[[], datetime]

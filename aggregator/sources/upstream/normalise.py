@@ -84,6 +84,10 @@ class Normaliser:
         entry_id = self.entry_id(raw_id, link, title, html)
         if not title:
             title = summarize(html, 80) or link or "(untitled)"
+        if not html_to_text(html) and "<img" not in html:
+            # writers/feeds.py gives feedgen no link when there is no content, and
+            # feedgen then refuses the entry: never hand over an empty body.
+            html = f"<p>{htmllib.escape(title)}</p>"
         published = published or updated
         return Entry(
             id=entry_id, title=title, link=link, author=author or None,

@@ -1,0 +1,172 @@
+"""Upstream state: per-source validators, health and schedule; stored entries.
+
+Entries are stored per source with their first-seen time, so they stay in our feeds
+after they drop out of the upstream feed (up to the source's retention) and their
+order and `updated` stay stable. Everything one poll of one source changes is written
+in one transaction: a run killed half-way leaves each source either fully stored or
+untouched (and still due), never half.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aggregator.config import UpstreamSource
+from aggregator.model import Enclosure, Entry, Image
+from aggregator.state.store import StateStore
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class SourceState:
+    url: str
+    etag: str | None = None
+    last_modified: str | None = None
+    last_status: int | None = None
+    error_count: int = 0
+    last_error: str | None = None
+    last_polled_at: datetime | None = None
+    next_poll_at: datetime | None = None
+
+
+def _iso(stamp: datetime) -> str:
+    return stamp.astimezone(UTC).replace(microsecond=0).isoformat()
+
+
+def _dt(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+class UpstreamState:
+    def __init__(self, store: StateStore) -> None:
+        self.db = store.db
+
+    def source(self, url: str) -> SourceState:
+        row = self.db.execute(
+            "SELECT url, etag, last_modified, last_status, error_count, last_error, "
+            "last_polled_at, next_poll_at FROM upstream_source WHERE url = ?", (url,)).fetchone()
+        if row is None:
+            return SourceState(url)
+        return SourceState(row[0], row[1], row[2], row[3], row[4], row[5],
+                           _dt(row[6]), _dt(row[7]))
+
+    def due(self, sources: Iterable[UpstreamSource], now: datetime) -> list[UpstreamSource]:
+        out = []
+        for source in sources:
+            state = self.source(source.url)
+            if state.next_poll_at is None or state.next_poll_at <= now:
+                out.append(source)
+        return out
+
+    def store_entries(self, source: UpstreamSource, entries: Iterable[Entry],
+                      etag: str | None, last_modified: str | None, now: datetime) -> int:
+        """Upsert a 200's entries, trim to retention, save validators; returns new ids."""
+        stamp = _iso(now)
+        new = 0
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for entry in entries:
+                known = self.db.execute(
+                    "SELECT first_seen FROM upstream_entry WHERE source_url = ? AND entry_id = ?",
+                    (source.url, entry.id)).fetchone()
+                first_seen = known[0] if known else stamp
+                new += known is None
+                sort_at = _iso(entry.published) if entry.published else first_seen
+                self.db.execute(
+                    "INSERT INTO upstream_entry VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (source_url, entry_id) DO UPDATE SET "
+                    "last_seen = excluded.last_seen, sort_at = excluded.sort_at, "
+                    "data = excluded.data",
+                    (source.url, entry.id, first_seen, stamp, sort_at, _dump(entry)))
+            self.db.execute(
+                "DELETE FROM upstream_entry WHERE source_url = ? AND entry_id NOT IN ("
+                "SELECT entry_id FROM upstream_entry WHERE source_url = ? "
+                "ORDER BY sort_at DESC, first_seen DESC, entry_id LIMIT ?)",
+                (source.url, source.url, source.retention))
+            self._save(source, 200, etag, last_modified, None, now)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return new
+
+    def not_modified(self, source: UpstreamSource, etag: str | None,
+                     last_modified: str | None, now: datetime) -> None:
+        old = self.source(source.url)
+        self._save(source, 304, etag or old.etag, last_modified or old.last_modified, None, now)
+
+    def failed(self, source: UpstreamSource, message: str, now: datetime,
+               status: int | None = None) -> None:
+        """Validators are kept (the stored entries still match them); backoff grows."""
+        old = self.source(source.url)
+        self._save(source, status, old.etag, old.last_modified, message, now,
+                   errors=old.error_count + 1)
+
+    def _save(self, source: UpstreamSource, status: int | None, etag: str | None,
+              last_modified: str | None, error: str | None, now: datetime,
+              errors: int = 0) -> None:
+        wait = timedelta(seconds=source.every_seconds)
+        if errors:
+            wait = min(wait * 2 ** min(errors - 1, 10), max(MAX_BACKOFF, wait))
+        self.db.execute(
+            "INSERT OR REPLACE INTO upstream_source VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (source.url, etag, last_modified, status, errors, error, _iso(now),
+             _iso(now + wait)))
+
+    def entries(self, sources: Iterable[UpstreamSource]) -> list[Entry]:
+        """Stored entries of these sources, with today's config (category, selectors)."""
+        out: list[Entry] = []
+        for source in sources:
+            rows = self.db.execute(
+                "SELECT first_seen, data FROM upstream_entry WHERE source_url = ?",
+                (source.url,))
+            for first_seen, data in rows:
+                try:
+                    entry = _load(json.loads(data), datetime.fromisoformat(first_seen))
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("%s: a stored entry is unreadable (%s); skipped", source.url, exc)
+                    continue
+                out.append(replace(entry, category=source.category, source=source.url,
+                                   drop_selectors=source.drop_selectors))
+        return out
+
+
+def stored_upstream_entries(store: StateStore, sources: Iterable[UpstreamSource]) -> list[Entry]:
+    """For `build`: what earlier polls stored, no network. Disabled sources are left out."""
+    return UpstreamState(store).entries(s for s in sources if s.enabled)
+
+
+def _dump(entry: Entry) -> str:
+    return json.dumps({
+        "id": entry.id, "title": entry.title, "link": entry.link, "author": entry.author,
+        "published": _iso(entry.published) if entry.published else None,
+        "updated": _iso(entry.updated) if entry.published else None,
+        "tags": list(entry.tags), "html": entry.html, "summary": entry.summary,
+        "image": [entry.image.url, entry.image.mime_type, entry.image.length]
+        if entry.image else None,
+        "enclosures": [[e.url, e.mime_type, e.length] for e in entry.enclosures],
+        "base_url": entry.base_url,
+    }, ensure_ascii=False)
+
+
+def _load(data: dict[str, Any], first_seen: datetime) -> Entry:
+    # Undated upstream entries take their first-seen time: stable across builds.
+    published = _dt(data["published"]) or first_seen
+    updated = _dt(data["updated"]) or published
+    image = data.get("image")
+    return Entry(
+        id=data["id"], title=data["title"], link=data["link"], author=data["author"],
+        published=published, updated=max(updated, published), category=(),
+        tags=tuple(data["tags"]), html=data["html"], summary=data["summary"],
+        image=Image(image[0], image[1], image[2]) if image else None,
+        enclosures=tuple(Enclosure(u, m, n) for u, m, n in data["enclosures"]),
+        base_url=data["base_url"],
+    )
