@@ -1,0 +1,234 @@
+"""`aggregator run` end to end, as a real subprocess on a temp content dir."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import feedparser
+import pytest
+from helpers import REPO, write_config, write_post
+
+from aggregator.service.lock import BuildLock
+
+ID = "tag:example.org,2026:"
+
+
+def wait_for(check: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+def feed(out: Path, rel: str = "") -> feedparser.FeedParserDict:
+    path = out / rel / "atom.xml"
+    return feedparser.parse(path.read_bytes()) if path.exists() else feedparser.parse(b"")
+
+
+def ids(out: Path, rel: str = "") -> set[str]:
+    return {e.get("id", "") for e in feed(out, rel).entries}
+
+
+def titles(out: Path, rel: str = "") -> dict[str, str]:
+    return {e.get("id", ""): e.get("title", "") for e in feed(out, rel).entries}
+
+
+class Running:
+    """The service subprocess, its stderr lines and its sd_notify messages."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.posts = tmp / "posts"
+        self.out = tmp / "feeds"
+        self.config = write_config(tmp)
+        self.notify_path = tmp / "notify.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.notify.settimeout(0.2)
+        self.messages: list[str] = []
+        self.lines: list[str] = []
+        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path), WATCHDOG_USEC="1000000",
+                   PYTHONPATH=str(REPO))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "aggregator", "run", "-c", str(self.config)],
+            cwd=tmp, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        threading.Thread(target=self._read_notify, daemon=True).start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def _read_notify(self) -> None:
+        while self.proc.poll() is None:
+            try:
+                data = self.notify.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.messages.extend(data.decode().split("\n"))
+
+    def builds(self) -> int:
+        return sum(1 for line in self.lines if re.match(r"build #\d+ \(", line))
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def write_config(self, **sections: object) -> None:
+        write_config(self.tmp, **sections)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    tmp = tmp_path_factory.mktemp("svc")
+    write_post(tmp / "posts", "Tech/Python/first.md", """
+        title: First
+        categories: [Tech, Python]
+        date: 2026-01-01 10:00:00
+    """)
+    running = Running(tmp)
+    try:
+        assert wait_for(lambda: "READY=1" in running.messages, 30), running.log()
+        yield running
+    finally:
+        if running.proc.poll() is None:
+            running.proc.kill()
+            running.proc.wait()
+        running.notify.close()
+
+
+def test_ready_after_first_build(svc: Running) -> None:
+    assert ID + "Tech/Python/first.md" in ids(svc.out, "tech/python")
+    assert any("first build published" in line for line in svc.lines), svc.log()
+    assert svc.builds() >= 1
+    ready = svc.messages.index("READY=1")
+    assert any(m.startswith("STATUS=") for m in svc.messages[:ready + 2])
+    assert wait_for(lambda: "WATCHDOG=1" in svc.messages, 3)
+
+
+def test_add_post_reaches_category_and_every_ancestor(svc: Running) -> None:
+    write_post(svc.posts, "Tech/Python/Async/new.md", """
+        title: Brand new
+        categories: [Tech, Python, Async]
+        date: 2026-02-01 10:00:00
+    """)
+    new = ID + "Tech/Python/Async/new.md"
+    for rel in ("tech/python/async", "tech/python", "tech", ""):
+        assert wait_for(lambda rel=rel: new in ids(svc.out, rel), 2.0), (rel, svc.log())
+
+
+def test_edit_changes_the_feed(svc: Running) -> None:
+    write_post(svc.posts, "Tech/Python/Async/new.md", """
+        title: Edited title
+        categories: [Tech, Python, Async]
+        date: 2026-02-01 10:00:00
+    """)
+    new = ID + "Tech/Python/Async/new.md"
+    assert wait_for(lambda: titles(svc.out, "tech/python").get(new) == "Edited title", 2.0)
+
+
+def test_delete_removes_the_entry_and_the_empty_category(svc: Running) -> None:
+    (svc.posts / "Tech/Python/Async/new.md").unlink()
+    new = ID + "Tech/Python/Async/new.md"
+    assert wait_for(lambda: new not in ids(svc.out) and new not in ids(svc.out, "tech"), 2.0)
+    assert wait_for(lambda: not (svc.out / "tech/python/async/atom.xml").exists(), 2.0)
+
+
+def test_rename_swaps_the_entries(svc: Running) -> None:
+    old, new = svc.posts / "Tech/Python/first.md", svc.posts / "Tech/Python/renamed.md"
+    os.rename(old, new)
+    assert wait_for(lambda: ids(svc.out, "tech/python") == {ID + "Tech/Python/renamed.md"}, 2.0)
+    assert ID + "Tech/Python/first.md" not in ids(svc.out)
+
+
+def test_editor_artefacts_and_other_files_do_not_rebuild(svc: Running) -> None:
+    time.sleep(0.3)
+    before = svc.builds()
+    for name in (".#renamed.md", "renamed.md~", ".renamed.md.swp", "notes.txt"):
+        (svc.posts / "Tech/Python" / name).write_text("junk", encoding="utf-8")
+    time.sleep(0.5)
+    assert svc.builds() == before
+
+
+def test_shell_build_waits_for_the_lock(svc: Running) -> None:
+    lock = BuildLock(svc.tmp / "state/test.sqlite")
+    lock.acquire()
+    try:
+        write_post(svc.posts, "Tech/locked.md", "title: Locked\ncategories: [Tech]")
+        time.sleep(0.6)
+        assert ID + "Tech/locked.md" not in ids(svc.out, "tech")  # the service waits
+    finally:
+        lock.release()
+    assert wait_for(lambda: ID + "Tech/locked.md" in ids(svc.out, "tech"), 2.0)
+    # and a shell build meanwhile is fine too
+    done = subprocess.run([sys.executable, "-m", "aggregator", "build", "-c", str(svc.config)],
+                          cwd=svc.tmp, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_thousand_posts_copied_in_are_few_rebuilds(svc: Running, tmp_path: Path) -> None:
+    staging = tmp_path / "bulk"
+    for i in range(1000):
+        write_post(staging, f"post-{i:04d}.md",
+                   f"title: Bulk {i}\ncategories: [Bulk]\ndate: 2025-01-01 00:00:00")
+    time.sleep(0.3)
+    before = svc.builds()
+    shutil.copytree(staging, svc.posts / "Bulk")
+    want = {f"{ID}Bulk/post-{i:04d}.md" for i in range(1000)}
+    assert wait_for(lambda: want <= ids(svc.out, "bulk"), 60), svc.log()[-2000:]
+    time.sleep(1.5)  # let any trailing build finish before counting
+    rebuilds = svc.builds() - before
+    assert 1 <= rebuilds <= 6, svc.log()[-3000:]
+    print(f"1,000 posts: {rebuilds} rebuilds")
+    assert want <= ids(svc.out)
+
+
+def test_sighup_applies_a_changed_config(svc: Running) -> None:
+    svc.write_config(site={"title": "Reloaded site"})
+    svc.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: feed(svc.out).feed.get("title", "").startswith("Reloaded site"),
+                    10), svc.log()[-2000:]
+    assert any("config reloaded" in line for line in svc.lines)
+
+
+def test_sighup_with_a_broken_config_keeps_the_old_one(svc: Running) -> None:
+    svc.config.write_text("site: [unclosed\n", encoding="utf-8")
+    svc.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: any("config reload failed" in line for line in svc.lines), 5)
+    assert any("not valid YAML" in line for line in svc.lines), svc.log()[-2000:]
+    # still running on the old config: a new post appears, the title is kept
+    write_post(svc.posts, "Tech/after-bad-reload.md", "title: Still alive\ncategories: [Tech]")
+    assert wait_for(lambda: ID + "Tech/after-bad-reload.md" in ids(svc.out, "tech"), 2.0)
+    assert feed(svc.out).feed.get("title", "").startswith("Reloaded site")
+
+
+def test_sigterm_exits_zero_without_temp_files(svc: Running) -> None:
+    write_post(svc.posts, "Tech/last.md", "title: Last\ncategories: [Tech]")
+    time.sleep(0.1)  # likely mid-build: SIGTERM must let the publish finish
+    svc.proc.send_signal(signal.SIGTERM)
+    assert svc.proc.wait(timeout=30) == 0, svc.log()[-2000:]
+    assert not list(svc.tmp.rglob("*.aggregator-tmp"))
+    assert "STOPPING=1" in svc.messages
+    assert feed(svc.out).entries  # a complete, parseable feed is left
+
+
+def test_unusable_config_at_start_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("site: {url: not-a-url}\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "aggregator", "run", "-c", str(config)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
