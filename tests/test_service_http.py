@@ -1,0 +1,162 @@
+"""The optional HTTP server: conditional GET, gzip, Content-Types, /healthz, /metrics."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import REPO, write_config, write_post
+from prometheus_client.parser import text_string_to_metric_families
+
+from aggregator.config import load_config
+from aggregator.pipeline import build
+from aggregator.service.http import HTTPService, accepts_gzip
+from aggregator.service.metrics import ServiceStats
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, \
+            response.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    tmp = tmp_path_factory.mktemp("http")
+    for i in range(3):
+        write_post(tmp / "posts", f"Tech/Python/p{i}.md",
+                   f"title: Post {i}\ncategories: [Tech, Python]\ndate: 2026-01-0{i + 1}",
+                   "<div><p>" + "Long enough to be worth compressing. " * 20 + "</p></div>")
+    config = load_config(write_config(tmp))
+    report = build(config)
+    stats = ServiceStats()
+    stats.record_build(True, report.seconds, report.entries, report.feeds)
+    stats.record_poll("https://feeds.example/a.xml", "not_modified")
+    stats.record_poll("https://feeds.example/b.xml", "failed", "HTTP 500")
+    (tmp / "secret.txt").write_text("outside", encoding="utf-8")
+    service = HTTPService("127.0.0.1", free_port(), lambda: config.output_dir, stats)
+    service.start()
+    try:
+        yield service.address[1], config.output_dir
+    finally:
+        service.stop()
+
+
+def test_etag_then_304(served: tuple[int, Path]) -> None:
+    port, _out = served
+    status, headers, body = get(port, "/atom.xml")
+    assert status == 200 and body.startswith(b"<?xml")
+    assert headers["etag"].startswith('"') and headers["last-modified"]
+    status, headers2, body2 = get(port, "/atom.xml", **{"If-None-Match": headers["etag"]})
+    assert status == 304 and body2 == b"" and headers2["etag"] == headers["etag"]
+    status, _h, _b = get(port, "/atom.xml", **{"If-Modified-Since": headers["last-modified"]})
+    assert status == 304
+    status, _h, _b = get(port, "/atom.xml", **{"If-None-Match": '"other"'})
+    assert status == 200
+
+
+def test_gzip_when_accepted(served: tuple[int, Path]) -> None:
+    port, out = served
+    status, headers, body = get(port, "/tech/atom.xml", **{"Accept-Encoding": "gzip, br"})
+    assert status == 200 and headers["content-encoding"] == "gzip"
+    assert gzip.decompress(body) == (out / "tech/atom.xml").read_bytes()
+    assert "accept-encoding" in headers["vary"].lower()
+    # the gzip ETag validates the identity one too (weak comparison)
+    status, _h, _b = get(port, "/tech/atom.xml", **{"If-None-Match": headers["etag"]})
+    assert status == 304
+    status, plain, body = get(port, "/tech/atom.xml", **{"Accept-Encoding": "gzip;q=0"})
+    assert "content-encoding" not in plain and body.startswith(b"<?xml")
+    assert accepts_gzip("deflate, gzip;q=0.5") and not accepts_gzip("identity")
+
+
+@pytest.mark.parametrize(("path", "ctype"), [
+    ("/atom.xml", "application/atom+xml"),
+    ("/rss.xml", "application/rss+xml"),
+    ("/tech/python/rss.xml", "application/rss+xml"),
+    ("/", "text/html"),
+    ("/index.html", "text/html"),
+    ("/feeds.opml", "text/x-opml"),
+])
+def test_content_types(served: tuple[int, Path], path: str, ctype: str) -> None:
+    status, headers, _body = get(served[0], path)
+    assert status == 200
+    assert headers["content-type"].split(";")[0] == ctype
+
+
+@pytest.mark.parametrize("path", [
+    "/../secret.txt", "/%2e%2e/secret.txt", "/tech/../../secret.txt", "/.aggregator-manifest",
+    "/tech/%2e%2e/%2e%2e/secret.txt", "/nope.xml", "/tech/", "/..%2fsecret.txt",
+    "/%00atom.xml",
+])
+def test_no_traversal_or_hidden_files(served: tuple[int, Path], path: str) -> None:
+    status, _headers, body = get(served[0], path)
+    assert status == 404 and b"outside" not in body
+
+
+def test_healthz(served: tuple[int, Path]) -> None:
+    status, headers, body = get(served[0], "/healthz")
+    assert status == 200 and headers["content-type"] == "application/json"
+    health = json.loads(body)
+    assert health["ok"] is True and health["last_build"]
+    assert [s["url"] for s in health["failing_sources"]] == ["https://feeds.example/b.xml"]
+
+
+def test_metrics_parse(served: tuple[int, Path]) -> None:
+    status, headers, body = get(served[0], "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(body.decode())
+               for s in family.samples}
+    assert samples[("aggregator_builds_total", (("outcome", "published"),))] == 1
+    assert samples[("aggregator_build_seconds_count", ())] == 1
+    assert samples[("aggregator_polls_total", (("outcome", "failed"),))] == 1
+    assert samples[("aggregator_polls_total", (("outcome", "not_modified"),))] == 1
+    assert samples[("aggregator_entries", ())] == 3
+
+
+def test_run_serves_when_configured(tmp_path: Path) -> None:
+    """The subprocess path: `serve:` in config starts the server after the first build."""
+    write_post(tmp_path / "posts", "Tech/a.md", "title: A\ncategories: [Tech]")
+    port = free_port()
+    config = write_config(tmp_path, serve={"host": "127.0.0.1", "port": port})
+    proc = subprocess.Popen([sys.executable, "-m", "aggregator", "run", "-c", str(config)],
+                            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, _h, body = get(port, "/healthz")
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+        assert status == 200 and json.loads(body)["ok"] is True
+        status, _h, body = get(port, "/metrics")
+        families = {f.name for f in text_string_to_metric_families(body.decode())}
+        assert {"aggregator_builds", "aggregator_build_seconds", "aggregator_polls",
+                "aggregator_entries"} <= families
+        assert get(port, "/tech/atom.xml")[0] == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
