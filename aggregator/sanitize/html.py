@@ -45,7 +45,8 @@ _RASTER_DATA = re.compile(r"^data:image/(png|jpeg|gif|webp)[;,]", re.IGNORECASE)
 # Browsers drop ASCII tab/newline anywhere and C0 controls + space at the ends of a URL
 # before they read its scheme: `jav\tascript:` is `javascript:`.
 _URL_NOISE = re.compile(r"[\x00-\x20\x7f]+")
-_SRCSET_SPLIT = re.compile(r",\s+")
+_SRCSET_SPACE = " \t\n\r\f"
+_SRCSET_DESCRIPTOR = re.compile(r"^(?:\d+w|\d+(?:\.\d+)?x)$")
 
 
 class Sanitizer:
@@ -154,14 +155,44 @@ def absolute_url(value: str, base_url: str | None, *, allow_mailto: bool = False
     return None
 
 
+def _srcset_candidates(value: str) -> list[tuple[str, str]]:
+    """(url, descriptors) pairs exactly as the HTML srcset algorithm splits them.
+
+    A plain split on ", " let `a.png 1x,javascript:alert(1) 2x` pass the second URL
+    off as a descriptor of the first; browsers end a candidate at any bare comma.
+    """
+    candidates: list[tuple[str, str]] = []
+    i, n = 0, len(value)
+    while i < n:
+        while i < n and value[i] in _SRCSET_SPACE + ",":
+            i += 1
+        start = i
+        while i < n and value[i] not in _SRCSET_SPACE:
+            i += 1
+        url = value[start:i]
+        if not url:
+            break
+        descriptors = ""
+        if url.endswith(","):
+            url = url.rstrip(",")
+        else:  # descriptors end at the next comma outside parentheses
+            start, depth = i, 0
+            while i < n and (value[i] != "," or depth):
+                depth += {"(": 1, ")": -1}.get(value[i], 0)
+                i += 1
+            descriptors = value[start:i].strip()
+        candidates.append((url, descriptors))
+    return candidates
+
+
 def _clean_srcset(value: str, base_url: str | None) -> str | None:
-    candidates = []
-    for candidate in _SRCSET_SPLIT.split(value.strip()):
-        pieces = candidate.strip().split()
-        if not pieces:
+    kept = []
+    for raw_url, descriptors in _srcset_candidates(value):
+        url = absolute_url(raw_url, base_url)
+        # Whitespace can only come from a hostile base URL; in srcset it would split the
+        # URL and start a new candidate (`https://a/, javascript:...`).
+        if url is None or _URL_NOISE.search(url):
             continue
-        url = absolute_url(pieces[0], base_url)
-        if url is None or "," in url and url.endswith(","):
-            continue
-        candidates.append(" ".join([url, *pieces[1:2]]))
-    return ", ".join(candidates) or None
+        # Only one well-formed width or density survives; anything else is dropped.
+        kept.append(f"{url} {descriptors}" if _SRCSET_DESCRIPTOR.match(descriptors) else url)
+    return ", ".join(kept) or None
