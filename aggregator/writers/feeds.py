@@ -101,6 +101,8 @@ class FeedRenderer:
             fe.content(entry.html, type="html")
         elif not entry.link:
             fe.content(entry.summary or entry.title, type="text")
+        if entry.link:  # feedgen insists on it; rebuilt below with its attributes
+            fe.link(href=entry.link)
         element = fe.atom_entry(extensions=True)
         for link in element.findall("link"):
             element.remove(link)
