@@ -1,0 +1,116 @@
+"""Service building blocks in-process: event filter, debouncer, sd_notify, build lock."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from watchdog.events import (
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedNoWriteEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileOpenedEvent,
+)
+
+from aggregator.config import UpstreamSource
+from aggregator.service.lock import BuildLock
+from aggregator.service.notify import Notifier
+from aggregator.service.scheduler import _outcomes
+from aggregator.service.watcher import Debouncer, is_relevant
+
+
+@pytest.mark.parametrize(("event", "relevant"), [
+    (FileCreatedEvent("/c/a/post.md"), True),
+    (FileModifiedEvent("/c/a/.hidden.md"), True),
+    (FileDeletedEvent("/c/a/_draft.md"), True),
+    (FileMovedEvent("/c/a/.post.md.swp", "/c/a/post.md"), True),  # vim's save
+    (FileMovedEvent("/c/a/post.md", "/c/a/post.txt"), True),  # a post went away
+    (FileCreatedEvent("/c/a/.#post.md"), False),  # emacs lock
+    (FileModifiedEvent("/c/a/post.md~"), False),
+    (FileModifiedEvent("/c/a/.post.md.swp"), False),
+    (FileCreatedEvent("/c/a/image.png"), False),
+    (FileOpenedEvent("/c/a/post.md"), False),  # our own build reading it
+    (FileClosedNoWriteEvent("/c/a/post.md"), False),
+    (DirModifiedEvent("/c/a"), False),
+    (DirMovedEvent("/c/a", "/c/b"), True),  # folder rename moves every post in it
+])
+def test_event_filter(event: object, relevant: bool) -> None:
+    assert is_relevant(event) is relevant  # type: ignore[arg-type]
+
+
+def test_debounce_burst_is_one_fire() -> None:
+    fired: list[int] = []
+    debouncer = Debouncer(fired.append, quiet=0.05, max_delay=1.0)
+    debouncer.start()
+    try:
+        for _ in range(500):
+            debouncer.poke()
+        time.sleep(0.3)
+        assert fired == [500]
+    finally:
+        debouncer.stop()
+
+
+def test_debounce_steady_stream_still_fires_every_max_delay() -> None:
+    fired: list[float] = []
+    debouncer = Debouncer(lambda n: fired.append(time.monotonic()), quiet=0.05, max_delay=0.3)
+    debouncer.start()
+    try:
+        start = time.monotonic()
+        while time.monotonic() - start < 1.0:  # never 50 ms quiet
+            debouncer.poke()
+            time.sleep(0.01)
+        assert 2 <= len(fired) <= 5
+    finally:
+        debouncer.stop()
+
+
+def test_notify_sends_datagrams(tmp_path: Path) -> None:
+    path = tmp_path / "n.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(2)
+        notifier = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "30000000"})
+        assert notifier.watchdog_seconds == 15.0
+        notifier.ready("first build published")
+        assert sock.recv(1024) == b"READY=1\nSTATUS=first build published"
+        notifier.watchdog()
+        assert sock.recv(1024) == b"WATCHDOG=1"
+        notifier.close()
+
+
+def test_notify_without_socket_is_a_no_op() -> None:
+    notifier = Notifier({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"})
+    assert not notifier.enabled and notifier.watchdog_seconds is None
+    assert notifier.send("READY=1") is False
+
+
+def test_build_lock_excludes_and_can_be_cancelled(tmp_path: Path) -> None:
+    state = tmp_path / "state" / "s.sqlite"
+    held = BuildLock(state)
+    held.acquire()
+    cancel = threading.Event()
+    other = BuildLock(state)
+    threading.Timer(0.2, cancel.set).start()
+    assert other.acquire(cancel=cancel, poll=0.02) is False
+    held.release()
+    with BuildLock(state) as again:
+        assert again.path == tmp_path / "state" / "s.sqlite.lock"
+
+
+def test_poll_outcomes_are_read_loosely() -> None:
+    source = UpstreamSource(url="https://a.example/f.xml", category=())
+
+    class Result:
+        outcomes = {"https://a.example/f.xml": "not_modified"}
+
+    assert _outcomes(Result(), source) == {source.url: "not_modified"}
+    assert _outcomes(None, source) == {source.url: "ok"}
+    assert _outcomes({source.url: "failed"}, source) == {source.url: "failed"}
