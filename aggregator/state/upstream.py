@@ -73,11 +73,13 @@ class UpstreamState:
         new = 0
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            for entry in entries:
+            for position, entry in enumerate(entries):
                 known = self.db.execute(
                     "SELECT first_seen FROM upstream_entry WHERE source_url = ? AND entry_id = ?",
                     (source.url, entry.id)).fetchone()
-                first_seen = known[0] if known else stamp
+                # New entries of one poll are a second apart in feed order, so undated
+                # ones keep the feed's order and get distinct `updated` values.
+                first_seen = known[0] if known else _iso(now - timedelta(seconds=position))
                 new += known is None
                 sort_at = _iso(entry.published) if entry.published else first_seen
                 self.db.execute(

@@ -12,6 +12,7 @@ import hashlib
 import html as htmllib
 import re
 import time
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -117,7 +118,7 @@ class Normaliser:
             raw_id=raw.get("id"), title=title, link=link,
             author=clean_line(raw.get("author") or "") or None,
             published=self._date(raw.get("published_parsed"), raw.get("created_parsed")),
-            updated=self._date(raw.get("updated_parsed")),
+            updated=self._date(_updated(raw)),
             tags=tuple(t for t in tags if t), html=content,
             image=_xml_image(raw, base, enclosures), enclosures=enclosures, base_url=base,
         )
@@ -144,6 +145,13 @@ class Normaliser:
             image=image or _image_from_enclosures(enclosures), enclosures=enclosures,
             base_url=base,
         )
+
+
+def _updated(raw: Any) -> Any:
+    # feedparser maps a missing updated_parsed to published_parsed, with a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return raw.get("updated_parsed")
 
 
 def _xml_content(raw: Any) -> tuple[str, str | None]:
