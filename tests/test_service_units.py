@@ -114,3 +114,58 @@ def test_poll_outcomes_are_read_loosely() -> None:
     assert _outcomes(Result(), source) == {source.url: "not_modified"}
     assert _outcomes(None, source) == {source.url: "ok"}
     assert _outcomes({source.url: "failed"}, source) == {source.url: "failed"}
+
+    class Report:  # the shape of sources.upstream.poll.PollReport
+        def __init__(self, failed: list[str], not_modified: int, fetched: int) -> None:
+            self.due, self.failed = 1, failed
+            self.not_modified, self.fetched = not_modified, fetched
+
+    assert _outcomes(Report([source.url], 0, 0), source) == {source.url: "failed"}
+    assert _outcomes(Report([], 1, 0), source) == {source.url: "not_modified"}
+    assert _outcomes(Report([], 0, 1), source) == {source.url: "fetched"}
+
+
+def test_poll_job_without_poll_sources_warns_once(monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    import sys
+    import types
+
+    from aggregator.service.metrics import ServiceStats
+    from aggregator.service.scheduler import PollScheduler
+
+    source = UpstreamSource(url="https://a.example/f.xml", category=())
+    requests: list[str] = []
+    scheduler = PollScheduler(lambda: None, ServiceStats(), requests.append)  # type: ignore[arg-type,return-value]
+    monkeypatch.setitem(sys.modules, "aggregator.sources.upstream", types.ModuleType("empty"))
+    scheduler._poll(source)
+    scheduler._poll(source)
+    assert [r.message for r in caplog.records].count(
+        next(r.message for r in caplog.records if "not available" in r.message)) == 1
+    assert requests == []
+
+    fake = types.ModuleType("fake")
+    fake.poll_sources = lambda config, sources: {s.url: "fetched" for s in sources}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "aggregator.sources.upstream", fake)
+    scheduler._poll(source)
+    assert requests == [f"poll {source.url}"]
+    assert scheduler.stats.health()["failing_sources"] == []
+
+
+def test_one_job_per_enabled_source() -> None:
+    from types import SimpleNamespace
+
+    from aggregator.service.metrics import ServiceStats
+    from aggregator.service.scheduler import PollScheduler
+
+    config = SimpleNamespace(upstream=(
+        UpstreamSource(url="https://a.example/f.xml", category=(), every_seconds=600),
+        UpstreamSource(url="https://b.example/f.xml", category=(), enabled=False),
+        UpstreamSource(url="https://c.example/f.xml", category=(), every_seconds=3600),
+    ))
+    scheduler = PollScheduler(lambda: config, ServiceStats(), lambda reason: None)  # type: ignore[arg-type,return-value]
+    assert scheduler.schedule(config) == 2  # type: ignore[arg-type]
+    jobs = {job.id: job for job in scheduler._scheduler.get_jobs()}
+    assert set(jobs) == {"https://a.example/f.xml", "https://c.example/f.xml"}
+    job = jobs["https://a.example/f.xml"]
+    assert job.coalesce is True and job.max_instances == 1
+    assert job.trigger.interval.total_seconds() == 600 and job.trigger.jitter == 60

@@ -82,8 +82,9 @@ class PollScheduler:
 
 
 def _outcomes(result: object, source: UpstreamSource) -> dict[str, str]:
-    """Best effort over poll_sources' result: `.outcomes` / a mapping url → outcome
-    (a string, or an object with `.outcome`), else the poll counts as ok."""
+    """Best effort over poll_sources' result, so its exact type can evolve: a mapping
+    url → outcome (or `.outcomes`), or a report with `failed` (URLs), `not_modified`,
+    `fetched` and `due` counts (sources.upstream.poll.PollReport); else ok."""
     found = getattr(result, "outcomes", result)
     if isinstance(found, Mapping):
         out: dict[str, str] = {}
@@ -93,6 +94,12 @@ def _outcomes(result: object, source: UpstreamSource) -> dict[str, str]:
         if out:
             return out
     failed = getattr(result, "failed", None)
-    if isinstance(failed, list | tuple | set | frozenset) and failed:
-        return {source.url: "failed"}
+    if isinstance(failed, list | tuple | set | frozenset):
+        if source.url in failed or (failed and not all(isinstance(f, str) for f in failed)):
+            return {source.url: "failed"}
+        for name in ("not_modified", "fetched"):
+            if getattr(result, name, 0):
+                return {source.url: name}
+        if getattr(result, "due", 1) == 0:
+            return {source.url: "not_due"}
     return {source.url: "ok"}
