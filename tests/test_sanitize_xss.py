@@ -80,10 +80,10 @@ def srcset_urls(value: str) -> list[str]:
             break
         if url.endswith(","):
             url = url.rstrip(",")
-        else:  # descriptors run to the next comma outside parentheses
-            depth = 0
-            while i < n and (value[i] != "," or depth):
-                depth += {"(": 1, ")": -1}.get(value[i], 0)
+        else:  # descriptors run to the next comma outside parentheses (not nested)
+            in_parens = False
+            while i < n and (value[i] != "," or in_parens):
+                in_parens = {"(": True, ")": False}.get(value[i], in_parens)
                 i += 1
         urls.append(url)
     return urls

@@ -175,10 +175,10 @@ def _srcset_candidates(value: str) -> list[tuple[str, str]]:
         descriptors = ""
         if url.endswith(","):
             url = url.rstrip(",")
-        else:  # descriptors end at the next comma outside parentheses
-            start, depth = i, 0
-            while i < n and (value[i] != "," or depth):
-                depth += {"(": 1, ")": -1}.get(value[i], 0)
+        else:  # descriptors end at the next comma outside parentheses (not nested)
+            start, in_parens = i, False
+            while i < n and (value[i] != "," or in_parens):
+                in_parens = {"(": True, ")": False}.get(value[i], in_parens)
                 i += 1
             descriptors = value[start:i].strip()
         candidates.append((url, descriptors))
