@@ -25,6 +25,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
 
 from aggregator.sources.content import is_editor_artefact
 
@@ -126,13 +127,26 @@ class ContentWatcher:
 
     def start(self) -> None:
         self.debouncer.start()
-        observer = Observer()
         handler = _Handler(self.debouncer.poke)
+        try:
+            self._observer = self._observe(Observer(), handler)
+        except OSError as exc:
+            # Typically the inotify watch limit (fs.inotify.max_user_watches) on a huge
+            # tree: stat-polling is slower to notice but still correct.
+            log.warning("cannot watch the content dirs with inotify (%s); polling them "
+                        "every 2 s instead", exc)
+            self._observer = self._observe(PollingObserver(timeout=2), handler)
+        log.debug("watching %s", ", ".join(map(str, self.dirs)))
+
+    def _observe(self, observer: BaseObserver, handler: _Handler) -> BaseObserver:
         for folder in self.dirs:
             observer.schedule(handler, str(folder), recursive=True)
-        observer.start()
-        self._observer = observer
-        log.debug("watching %s", ", ".join(map(str, self.dirs)))
+        try:
+            observer.start()
+        except OSError:
+            observer.unschedule_all()
+            raise
+        return observer
 
     def stop(self) -> None:
         if self._observer is not None:
