@@ -19,6 +19,8 @@ import httpx
 from aggregator import PROJECT_URL, __version__
 
 log = logging.getLogger(__name__)
+# httpx logs every request at INFO: one line per source is noise at 1,000 sources.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 USER_AGENT = f"aggregator/{__version__} (+{PROJECT_URL})"
 MAX_REDIRECTS = 5
