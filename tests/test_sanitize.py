@@ -138,3 +138,17 @@ def test_summary_is_plain_text() -> None:
     html = "<p><b>A</b>, b</p><p>&lt;script&gt;</p>"
     assert html_to_text(html) == "A, b <script>"
     assert summarize("<p>" + "word " * 100 + "</p>", 50).endswith("…")
+
+
+def test_leading_frameset_does_not_skip_the_pre_pass(clean: Sanitizer) -> None:
+    # A leading <frameset> used to leave lexbor without a body: junk kept, and an off-list
+    # iframe sent nh3 into its no-iframe fallback, which panicked (a BaseException).
+    out = clean.clean('<frameset><div class="appendQr_wrap">QR</div><p>kept</p>'
+                      '<iframe src="https://evil.example/"></iframe>', BASE)
+    assert out == "<p>kept</p>"
+
+
+def test_no_iframe_fallback_does_not_panic(clean: Sanitizer) -> None:
+    out = clean._allowlist('<iframe src="https://www.youtube.com/embed/x"></iframe><p>x</p>',
+                           BASE, allow_iframes=False)
+    assert out == "<p>x</p>"

@@ -205,3 +205,35 @@ def test_checker_finds(html: str) -> None:
 ])
 def test_checker_accepts(html: str) -> None:
     assert survivors(html) == []
+
+
+# Each vector again inside the contexts where parsers (lexbor, html5ever, html5lib) are
+# most likely to disagree; the full matrix, plus cleaning the output twice, is slow.
+CONTEXTS = ["<table>{}</table>", "<svg>{}</svg>", "<math><mtext>{}</mtext></math>",
+            "<select>{}</select>", "<noscript>{}</noscript>", "<template>{}</template>",
+            "<frameset>{}", "<svg><foreignObject>{}</foreignObject></svg>"]
+SLOW_CONTEXTS = CONTEXTS + [
+    "<math>{}</math>", "<a href='https://ok.example/'>{}</a>", "<p>{}", "<textarea>{}</textarea>",
+    "<iframe src='https://www.youtube.com/embed/x'>{}</iframe>",
+    "<div class='appendQr_wrap'>x</div>{}", "{}<!--", "<title>{}", "<svg><title>{}</title></svg>",
+    "<style>{}</style>", "<xmp>{}</xmp>", "<noembed>{}</noembed>", "<head>{}</head>",
+    "<html><body>{}", "<table><tr><td>{}", "<svg><desc>{}", "<object>{}",
+    "<math><annotation-xml encoding='text/html'>{}", "<frameset><noframes>{}",
+    "<body><frameset>{}"]
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+def test_no_survivors_in_context(context: str, sanitizer: Sanitizer) -> None:
+    for vector in VECTORS:
+        out = sanitizer.clean(context.replace("{}", vector.html), vector.base)
+        assert survivors(out) == [], f"{vector.path.name} in {context}: {out!r}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("context", SLOW_CONTEXTS)
+def test_no_survivors_in_context_twice(context: str, sanitizer: Sanitizer) -> None:
+    for vector in VECTORS:
+        out = sanitizer.clean(context.replace("{}", vector.html), vector.base)
+        assert survivors(out) == [], f"{vector.path.name} in {context}: {out!r}"
+        again = sanitizer.clean(out, vector.base)
+        assert survivors(again) == [], f"{vector.path.name} in {context}, cleaned twice"

@@ -68,7 +68,9 @@ class Sanitizer:
         return strip_xml_illegal(cleaned).strip()
 
     def _drop_junk(self, html: str, selectors: tuple[str, ...]) -> str:
-        tree = LexborHTMLParser(html)
+        # An explicit <body> first: a leading <frameset> would otherwise replace the body,
+        # leaving nothing to clean here and unchecked iframes for nh3.
+        tree = LexborHTMLParser("<body>" + html)
         body = tree.body
         if body is None:
             return html
@@ -86,6 +88,9 @@ class Sanitizer:
 
     def _allowlist(self, html: str, base_url: str | None, *, allow_iframes: bool) -> str:
         tags = TAGS if allow_iframes else TAGS - {"iframe"}
+        # ammonia panics (a BaseException) when a tag has attributes and is a content tag.
+        attributes = ATTRIBUTES if allow_iframes else {
+            tag: attrs for tag, attrs in ATTRIBUTES.items() if tag != "iframe"}
         content_tags = CONTENT_TAGS if allow_iframes else CONTENT_TAGS | {"iframe"}
 
         def attribute_filter(tag: str, attr: str, value: str) -> str | None:
@@ -95,7 +100,7 @@ class Sanitizer:
             html,
             tags=tags,
             clean_content_tags=content_tags,
-            attributes=ATTRIBUTES,
+            attributes=attributes,
             attribute_filter=attribute_filter,
             strip_comments=True,
             link_rel="noopener noreferrer",
