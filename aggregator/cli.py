@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -78,7 +79,7 @@ def cmd_build(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
 
     try:
         with BuildLock(config.state_path):  # never at the same time as `aggregator run`
-            report = build(config)
+            report = build(config, workers=os.cpu_count() or 1)
     except OSError as exc:  # the lock file (the build itself raises PublishError)
         log.error("%s; nothing written", exc)
         return EXIT_PUBLISH

@@ -10,23 +10,29 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from selectolax.lexbor import LexborHTMLParser
-
 from aggregator.config import Config
-from aggregator.media import image_type_from_url
-from aggregator.model import Entry, Image
+from aggregator.model import Entry
 from aggregator.problems import ProblemLog
 from aggregator.publish.atomic import Publisher
-from aggregator.sanitize.html import Sanitizer
-from aggregator.sanitize.text import summarize
-from aggregator.sources.content import PostReader, discover
+from aggregator.render import (
+    entry_key,
+    fingerprint_of,
+    finish_entry,
+    read_fingerprint,
+    render_entries,
+    render_fingerprint,
+)
+from aggregator.sources.content import PostFile, PostReader, discover
+from aggregator.state.cache import BuildCache, CachedPost, digest
 from aggregator.state.store import Clock, StateStore, utc_now
 from aggregator.state.upstream import stored_upstream_entries
 from aggregator.tree.categories import Node, build_tree
 from aggregator.writers.feeds import FeedRenderer
+
+__all__ = ["build", "finish_entry", "read_posts", "open_state", "BuildReport"]
 from aggregator.writers.index import feed_title, feed_url, feeds_opml, index_html
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,7 @@ class BuildReport:
     written: list[str] = field(default_factory=list)
     unchanged: int = 0
     removed: list[str] = field(default_factory=list)
+    rendered: int = 0  # entries sanitised and serialised (the rest came from the cache)
     seconds: float = 0.0
     problems: ProblemLog = field(default_factory=ProblemLog)
 
@@ -63,13 +70,52 @@ def open_state(config: Config, clock: Clock, problems: ProblemLog) -> StateStore
         return StateStore(Path(":memory:"), clock)
 
 
-def read_posts(config: Config, state: StateStore, report: BuildReport) -> list[Entry]:
+def read_posts(config: Config, state: StateStore, report: BuildReport,
+               cache: BuildCache | None = None) -> list[Entry]:
+    """Every post as an Entry (html not yet sanitised). With a cache, a post whose file
+    identity or content is unchanged is not parsed again; its problems are replayed."""
+    cache = cache if cache is not None else BuildCache(None)
+    cache.invalidate_if_changed("read", read_fingerprint(config), "post_cache")
     posts = discover(config, report.problems)
     report.posts_found = len(posts)
     reader = PostReader(config, report.problems, state.first_seen)
-    entries = [entry for post in posts if (entry := reader.read(post)) is not None]
+    entries: list[Entry] = []
+    fresh: list[tuple[str, CachedPost]] = []
+    for post in posts:
+        source = f"{post.root}\0{post.rel}"
+        entry, record = _read_post(post, cache.post(source), reader, report.problems)
+        if record is not None:
+            fresh.append((source, record))
+        if entry is not None:
+            entries.append(entry)
+    cache.store_posts(fresh)
+    cache.forget_posts_except({f"{p.root}\0{p.rel}" for p in posts})
     report.posts_read = len(entries)
     return entries
+
+
+def _read_post(post: PostFile, cached: CachedPost | None, reader: PostReader,
+               problems: ProblemLog) -> tuple[Entry | None, CachedPost | None]:
+    """(entry, what to cache if it changed). Unchanged identity: no read at all;
+    unchanged bytes: no parse."""
+    identity = post.identity
+    if cached is not None and identity == (cached.size, cached.mtime_ns, cached.inode):
+        problems.replay(cached.problems)
+        return cached.entry, None
+    reader.problems = ProblemLog()  # a log of this post's own problems, to cache with it
+    data = reader.read_bytes(post)
+    if data is None:
+        problems.items.extend(reader.problems.items)
+        return None, None
+    content_digest = digest(data)
+    if cached is not None and cached.digest == content_digest:
+        problems.replay(cached.problems)
+        entry, found = cached.entry, cached.problems
+    else:
+        entry = reader.parse(post, data)
+        found = tuple(reader.problems.items)
+        problems.items.extend(found)
+    return entry, CachedPost(*identity, content_digest, entry, found)
 
 
 def merge_duplicates(entries: Iterable[Entry], problems: ProblemLog) -> list[Entry]:
@@ -89,75 +135,111 @@ def merge_duplicates(entries: Iterable[Entry], problems: ProblemLog) -> list[Ent
     return list(by_id.values())
 
 
-def finish_entry(entry: Entry, sanitizer: Sanitizer) -> Entry:
-    """Sanitise the body; fill the summary and the image from it when missing."""
-    html = sanitizer.clean(entry.html, entry.base_url, entry.drop_selectors)
-    image = entry.image or _first_image(html)
-    summary = entry.summary or summarize(html)
-    return replace(entry, html=html, image=image, summary=summary)
-
-
-def _first_image(html: str) -> Image | None:
-    if "<img" not in html:
-        return None
-    body = LexborHTMLParser(html).body
-    for img in body.css("img") if body is not None else []:
-        src = img.attributes.get("src") or ""
-        if src.startswith(("http://", "https://")):
-            return Image(url=src, mime_type=image_type_from_url(src))
-    return None
-
-
 def build(config: Config, clock: Clock = utc_now,
-          extra_entries: Iterable[Entry] = ()) -> BuildReport:
+          extra_entries: Iterable[Entry] = (), workers: int = 1) -> BuildReport:
     """Publish every feed from the content dir (+ stored upstream entries)."""
     started = time.perf_counter()
     report = BuildReport()
     state = open_state(config, clock, report.problems)
+    cache = open_cache(config)
     try:
-        entries = merge_duplicates([*read_posts(config, state, report),
-                                    *stored_upstream_entries(state, config.upstream),
-                                    *extra_entries], report.problems)
+        try:
+            entries = merge_duplicates([*read_posts(config, state, report, cache),
+                                        *stored_upstream_entries(state, config.upstream),
+                                        *extra_entries], report.problems)
+        finally:
+            state.close()
+        report.entries = len(entries)
+        root = build_tree(entries, config.slugs)
+        publish(config, root, report, cache, workers)
     finally:
-        state.close()
-    report.entries = len(entries)
-    root = build_tree(entries, config.slugs)
-    publish(config, root, report)
+        cache.close()
     report.seconds = time.perf_counter() - started
     return report
 
 
-def publish(config: Config, root: Node, report: BuildReport) -> None:
-    limit = config.max_items
-    sanitizer = Sanitizer(config.drop_selectors, config.iframe_hosts)
-    renderer = FeedRenderer(config)
-    # Only entries that reach some feed are sanitised and rendered, each once per format.
-    selected = {node.names: node.entries(limit) for node in root.walk()}
-    finished: dict[str, Entry] = {}
-    atom: dict[str, bytes] = {}
-    rss: dict[str, bytes] = {}
-    for members in selected.values():
-        for entry in members:
-            if entry.id not in finished:
-                done = finished[entry.id] = finish_entry(entry, sanitizer)
-                atom[entry.id] = renderer.atom_entry(done)
-                rss[entry.id] = renderer.rss_entry(done)
+def open_cache(config: Config) -> BuildCache:
+    if str(config.state_path) == ":memory:":
+        return BuildCache(None)
+    try:
+        config.state_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return BuildCache(None)
+    return BuildCache(config.state_path.with_name(config.state_path.name + ".cache"))
 
+
+def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
+            workers: int = 1) -> None:
+    """Write every feed whose inputs changed; render each needed entry once."""
+    fingerprint = render_fingerprint(config)
+    cache.invalidate_if_changed("render", fingerprint, "rendered", "feed_state")
+    renderer = FeedRenderer(config)
     publisher = Publisher(config.output_dir)
     publisher.prepare()
+    keys: dict[str, str] = {}  # entry id -> render key
+
+    def key(entry: Entry) -> str:
+        found = keys.get(entry.id)
+        if found is None:
+            found = keys[entry.id] = entry_key(fingerprint, entry)
+        return found
+
+    # Plan: a feed whose fingerprint and file are as the last build left them is kept.
+    previous = cache.feed_states()
+    plans: list[tuple[Node, str, str, list[Entry], str]] = []
     counts: dict[tuple[str, ...], int] = {}
     for node in root.walk():
-        members = [finished[e.id] for e in selected[node.names]]
+        members = node.entries(config.max_items)
         counts[node.names] = len(members)
-        title = feed_title(config, node)
-        publisher.write(f"{node.rel_dir}atom.xml", renderer.atom_feed(
-            title, feed_url(config, node, "atom"), members, (atom[e.id] for e in members)))
-        publisher.write(f"{node.rel_dir}rss.xml", renderer.rss_feed(
-            title, feed_url(config, node, "rss"), members, (rss[e.id] for e in members)))
-        report.feeds += 2
+        for kind in ("atom", "rss"):
+            rel = f"{node.rel_dir}{kind}.xml"
+            feed_print = fingerprint_of(kind, feed_title(config, node),
+                                        feed_url(config, node, kind), [key(e) for e in members])
+            plans.append((node, kind, rel, members, feed_print))
+    todo = {plan[2] for plan in plans if not _untouched(publisher, plan[2], plan[4], previous)}
+
+    needed = {e.id: e for plan in plans if plan[2] in todo for e in plan[3]}
+    rendered = cache.rendered({key(e) for e in needed.values()})
+    missing = [e for e in needed.values() if key(e) not in rendered]
+    if missing:
+        pairs = render_entries(config, missing, workers)
+        fresh = [(key(e), atom, rss) for e, (atom, rss) in zip(missing, pairs, strict=True)]
+        cache.store_rendered(fresh)
+        rendered.update({k: (atom, rss) for k, atom, rss in fresh})
+    report.rendered = len(missing)
+
+    states: dict[str, tuple[str, int, int]] = {}
+    for node, kind, rel, members, feed_print in plans:
+        report.feeds += 1
+        if rel in todo:
+            title, url = feed_title(config, node), feed_url(config, node, kind)
+            parts = (rendered[key(e)][0 if kind == "atom" else 1] for e in members)
+            data = (renderer.atom_feed if kind == "atom" else renderer.rss_feed)(
+                title, url, members, parts)
+            publisher.write(rel, data)
+        else:
+            publisher.keep(rel)
+        st = (config.output_dir / rel).stat()
+        states[rel] = (feed_print, st.st_size, st.st_mtime_ns)
     publisher.write("index.html", index_html(config, root, counts))
     publisher.write("feeds.opml", feeds_opml(config, root))
     publisher.finish()
+    cache.store_feed_states((rel, *value) for rel, value in states.items())
+    if missing:
+        cache.keep_rendered(set(keys.values()))
     report.written = publisher.written
     report.unchanged = len(publisher.unchanged)
     report.removed = publisher.removed
+
+
+def _untouched(publisher: Publisher, rel: str, feed_print: str,
+               previous: dict[str, tuple[str, int, int]]) -> bool:
+    """Same inputs as last time, and the file is still what we wrote then."""
+    known = previous.get(rel)
+    if known is None or known[0] != feed_print:
+        return False
+    try:
+        st = (publisher.out_dir / rel).stat()
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns) == known[1:]

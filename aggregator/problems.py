@@ -36,6 +36,11 @@ class ProblemLog:
     def error(self, where: str, message: str) -> None:
         self._add(Problem(where, message, Severity.ERROR))
 
+    def replay(self, problems: list[Problem] | tuple[Problem, ...]) -> None:
+        """Report again what an earlier run found in an input that has not changed."""
+        for problem in problems:
+            self._add(problem)
+
     def _add(self, problem: Problem) -> None:
         self.items.append(problem)
         level = logging.WARNING if problem.severity is Severity.WARNING else logging.ERROR

@@ -67,6 +67,11 @@ class Publisher:
         self.written.append(rel)
         return True
 
+    def keep(self, rel: str) -> None:
+        """`rel` is current as it is: published, not rewritten."""
+        self._published.add(rel)
+        self.unchanged.append(rel)
+
     def _target(self, rel: str) -> Path:
         target = (self.out_dir / rel).resolve()
         root = self.out_dir.resolve()

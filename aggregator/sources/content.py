@@ -49,6 +49,7 @@ class PostFile:
     path: Path  # where it is read from
     rel: str  # posix path relative to its content dir: the post's identity
     root: Path
+    identity: tuple[int, int, int] = (0, 0, 0)  # size, mtime_ns, inode when found
 
 
 def display(rel: str) -> str:
@@ -93,13 +94,15 @@ def _walk(root: Path, roots: list[Path], follow: bool,
                 continue
             kept.append(d)
         dirnames[:] = kept
+        prefix = "" if dirpath == str(root) else \
+            dirpath[len(str(root)) + 1:].replace(os.sep, "/") + "/"
         for name in sorted(filenames):
             if not name.endswith(".md") or is_editor_artefact(name):
                 continue
             path = here / name
-            rel = PurePosixPath(path.relative_to(root)).as_posix()
+            rel = prefix + name
             try:
-                st = path.lstat()
+                st = os.lstat(path)
             except OSError as exc:
                 problems.error(display(rel), f"cannot stat: {exc.strerror}")
                 continue
@@ -114,7 +117,8 @@ def _walk(root: Path, roots: list[Path], follow: bool,
             if not stat.S_ISREG(st.st_mode):
                 problems.error(display(rel), "not a regular file; skipped")
                 continue
-            yield PostFile(path=path, rel=rel, root=root)
+            yield PostFile(path=path, rel=rel, root=root,
+                           identity=(st.st_size, st.st_mtime_ns, st.st_ino))
 
 
 def _symlink_ok(path: Path, root: Path, roots: list[Path], follow: bool,
@@ -140,6 +144,10 @@ class PostReader:
         self.first_seen = first_seen
 
     def read(self, post: PostFile) -> Entry | None:
+        data = self.read_bytes(post)
+        return None if data is None else self.parse(post, data)
+
+    def read_bytes(self, post: PostFile) -> bytes | None:
         where = display(post.rel)
         try:
             size = post.path.stat().st_size
@@ -147,10 +155,13 @@ class PostReader:
                 self.problems.error(f"{where}:1", f"post is {size} bytes, over content."
                                     f"max_post_bytes ({self.config.max_post_bytes}); skipped")
                 return None
-            data = post.path.read_bytes()
+            return post.path.read_bytes()
         except OSError as exc:
             self.problems.error(where, f"cannot read: {exc.strerror}")
             return None
+
+    def parse(self, post: PostFile, data: bytes) -> Entry | None:
+        where = display(post.rel)
         text = self._decode(data, where)
         if "\x00" in text:
             self.problems.warn(f"{where}:{text[:text.index(chr(0))].count(chr(10)) + 1}",

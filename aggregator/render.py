@@ -1,0 +1,96 @@
+"""Entry → sanitised → Atom and RSS bytes, once per entry, in parallel when it pays.
+
+Also the fingerprints that say when cached work is still valid: every setting and
+library version that shapes a stage's output is in its fingerprint, so changing one
+invalidates exactly that stage's cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from importlib.metadata import version
+
+from selectolax.lexbor import LexborHTMLParser
+
+from aggregator import __version__
+from aggregator.config import Config
+from aggregator.media import image_type_from_url
+from aggregator.model import Entry, Image
+from aggregator.sanitize.html import Sanitizer
+from aggregator.sanitize.text import summarize
+from aggregator.writers.feeds import FeedRenderer
+
+# Below this many entries a process pool costs more than it saves (measured: ~0.15 s
+# to start two workers; an entry takes ~1 ms).
+PARALLEL_THRESHOLD = 400
+
+
+def fingerprint_of(*parts: object) -> str:
+    return hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=16).hexdigest()
+
+
+def read_fingerprint(config: Config) -> str:
+    """What shapes an Entry read from a post file (besides the file itself)."""
+    return fingerprint_of(__version__, str(config.timezone), config.post_url, config.id_date,
+                 config.site_host, config.site_url, config.body, config.max_depth,
+                 config.max_post_bytes, config.follow_symlinks,
+                 tuple(map(str, config.content_dirs)))
+
+
+def render_fingerprint(config: Config) -> str:
+    """What shapes an entry's sanitised, serialised bytes (besides the entry)."""
+    return fingerprint_of(__version__, version("nh3"), version("feedgen"), version("lxml"),
+                 config.site_url, config.site_title, config.full_content,
+                 config.drop_selectors, config.iframe_hosts)
+
+
+def entry_key(fingerprint: str, entry: Entry) -> str:
+    return fingerprint_of(fingerprint, entry)  # a frozen dataclass's repr lists every field
+
+
+def finish_entry(entry: Entry, sanitizer: Sanitizer) -> Entry:
+    """Sanitise the body; fill the summary and the image from it when missing."""
+    html = sanitizer.clean(entry.html, entry.base_url, entry.drop_selectors)
+    image = entry.image or _first_image(html)
+    summary = entry.summary or summarize(html)
+    return replace(entry, html=html, image=image, summary=summary)
+
+
+def _first_image(html: str) -> Image | None:
+    if "<img" not in html:
+        return None
+    body = LexborHTMLParser(html).body
+    for img in body.css("img") if body is not None else []:
+        src = img.attributes.get("src") or ""
+        if src.startswith(("http://", "https://")):
+            return Image(url=src, mime_type=image_type_from_url(src))
+    return None
+
+
+def _render(config: Config, entries: Sequence[Entry]) -> list[tuple[bytes, bytes]]:
+    sanitizer = Sanitizer(config.drop_selectors, config.iframe_hosts)
+    renderer = FeedRenderer(config)
+    out = []
+    for entry in entries:
+        done = finish_entry(entry, sanitizer)
+        out.append((renderer.atom_entry(done), renderer.rss_entry(done)))
+    return out
+
+
+def render_entries(config: Config, entries: Sequence[Entry],
+                   workers: int = 1) -> list[tuple[bytes, bytes]]:
+    """(atom, rss) bytes for each entry, in order."""
+    workers = min(workers, os.cpu_count() or 1)
+    if workers <= 1 or len(entries) < PARALLEL_THRESHOLD:
+        return _render(config, entries)
+    size = -(-len(entries) // (workers * 4))  # a few chunks per worker evens out the load
+    chunks = [entries[i:i + size] for i in range(0, len(entries), size)]
+    # fork: workers inherit the imported modules, so they start in milliseconds
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        results = pool.map(_render, [config] * len(chunks), chunks)
+        return [pair for chunk in results for pair in chunk]

@@ -1,0 +1,192 @@
+"""The build cache: what a build can skip when its inputs did not change.
+
+Kept in its own SQLite file beside the state (`<state>.cache`), because it is
+disposable: deleting it (or it being corrupt) only costs one slow build.
+
+- post_cache: a post file's identity (size, mtime, inode) and content digest → the
+  Entry read from it and the problems reported while reading it (replayed, so a
+  no-op build reports what a full one does).
+- rendered: an entry's render key (its fields + every setting and version that shapes
+  the output) → its Atom and RSS bytes, sanitised and serialised once.
+- feed_state: a published feed's fingerprint (its head + the render keys of its
+  entries, in order) and the size/mtime it was written with: an unchanged
+  fingerprint with an untouched file means nothing to render or write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import sqlite3
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aggregator.model import Entry
+from aggregator.problems import Problem
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS post_cache (
+    source   TEXT PRIMARY KEY,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    inode    INTEGER NOT NULL,
+    digest   TEXT NOT NULL,
+    payload  BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rendered (
+    key  TEXT PRIMARY KEY,
+    atom BLOB NOT NULL,
+    rss  BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feed_state (
+    rel         TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL
+);
+"""
+SCHEMA_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class CachedPost:
+    size: int
+    mtime_ns: int
+    inode: int
+    digest: str
+    entry: Entry | None  # None: the post was skipped (its problems say why)
+    problems: tuple[Problem, ...]
+
+
+def digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class BuildCache:
+    def __init__(self, path: Path | None) -> None:
+        self.db = self._open(path)
+        self._posts: dict[str, tuple[int, int, int, str, bytes]] | None = None
+
+    @staticmethod
+    def _open(path: Path | None) -> sqlite3.Connection:
+        if path is None:
+            return _connect(":memory:")
+        try:
+            db = _connect(str(path))
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None or row[0] != SCHEMA_VERSION:
+                db.execute("DELETE FROM post_cache")
+                db.execute("DELETE FROM rendered")
+                db.execute("DELETE FROM feed_state")
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            return db
+        except sqlite3.DatabaseError as exc:
+            log.warning("%s: build cache unusable (%s); starting a new one", path, exc)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            try:
+                return _connect(str(path))
+            except sqlite3.DatabaseError:
+                return _connect(":memory:")
+
+    # -- settings fingerprints ------------------------------------------------
+
+    def invalidate_if_changed(self, name: str, fingerprint: str, *tables: str) -> None:
+        """Forget `tables` when the settings they depend on changed."""
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
+        if row is not None and row[0] == fingerprint:
+            return
+        with self.db:
+            for table in tables:
+                self.db.execute(f"DELETE FROM {table}")  # noqa: S608 (fixed names)
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, fingerprint))
+        self._posts = None
+
+    # -- posts -----------------------------------------------------------------
+
+    def post(self, source: str) -> CachedPost | None:
+        if self._posts is None:
+            self._posts = {row[0]: row[1:] for row in self.db.execute(
+                "SELECT source, size, mtime_ns, inode, digest, payload FROM post_cache")}
+        row = self._posts.get(source)
+        if row is None:
+            return None
+        size, mtime_ns, inode, content_digest, payload = row
+        try:
+            entry, problems = pickle.loads(payload)
+        except Exception:  # a cache from another version: just read the post again
+            return None
+        return CachedPost(size, mtime_ns, inode, content_digest, entry, problems)
+
+    def store_posts(self, rows: Iterable[tuple[str, CachedPost]]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO post_cache VALUES (?, ?, ?, ?, ?, ?)",
+                [(source, p.size, p.mtime_ns, p.inode, p.digest,
+                  pickle.dumps((p.entry, p.problems), protocol=pickle.HIGHEST_PROTOCOL))
+                 for source, p in rows])
+
+    def forget_posts_except(self, sources: set[str]) -> None:
+        known = {row[0] for row in self.db.execute("SELECT source FROM post_cache")}
+        gone = known - sources
+        if gone:
+            with self.db:
+                self.db.executemany("DELETE FROM post_cache WHERE source=?",
+                                    [(s,) for s in gone])
+
+    # -- rendered entries --------------------------------------------------------
+
+    def rendered(self, keys: Iterable[str]) -> dict[str, tuple[bytes, bytes]]:
+        out: dict[str, tuple[bytes, bytes]] = {}
+        wanted = list(keys)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, atom, rss in self.db.execute(
+                    f"SELECT key, atom, rss FROM rendered WHERE key IN ({marks})", chunk):
+                out[key] = (zlib.decompress(atom), zlib.decompress(rss))
+        return out
+
+    def store_rendered(self, rows: Iterable[tuple[str, bytes, bytes]]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO rendered VALUES (?, ?, ?)",
+                                [(key, zlib.compress(atom, 1), zlib.compress(rss, 1))
+                                 for key, atom, rss in rows])
+
+    def keep_rendered(self, keys: set[str]) -> None:
+        """Drop renders no feed uses any more (bounded disk)."""
+        with self.db:
+            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS live (key TEXT PRIMARY KEY)")
+            self.db.execute("DELETE FROM live")
+            self.db.executemany("INSERT OR IGNORE INTO live VALUES (?)", [(k,) for k in keys])
+            self.db.execute("DELETE FROM rendered WHERE key NOT IN (SELECT key FROM live)")
+
+    # -- published feeds ------------------------------------------------------------
+
+    def feed_states(self) -> dict[str, tuple[str, int, int]]:
+        return {row[0]: (row[1], row[2], row[3]) for row in self.db.execute(
+            "SELECT rel, fingerprint, size, mtime_ns FROM feed_state")}
+
+    def store_feed_states(self, rows: Iterable[tuple[str, str, int, int]]) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM feed_state")
+            self.db.executemany("INSERT INTO feed_state VALUES (?, ?, ?, ?)", list(rows))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _connect(target: str) -> sqlite3.Connection:
+    db = sqlite3.connect(target, timeout=30)  # implicit BEGIN: batches commit once
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=OFF")  # a lost cache costs one slow build, no data
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    return db
