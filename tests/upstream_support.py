@@ -11,12 +11,13 @@ import yaml
 from aggregator.cli import main
 
 
-def upstream_config(tmp: Path, sources: list[dict[str, Any]], **fetch: Any) -> Path:
+def upstream_config(tmp: Path, sources: list[dict[str, Any]], max_items: int = 0,
+                    **fetch: Any) -> Path:
     (tmp / "posts").mkdir(exist_ok=True)
     data: dict[str, Any] = {
         "site": {"url": "https://example.org/feeds/", "title": "Test site"},
         "content": {"dir": "posts"},
-        "output": {"dir": "feeds", "max_items": 0},
+        "output": {"dir": "feeds", "max_items": max_items},
         "images": {"probe": False},
         "state": {"path": "state/test.sqlite"},
         "fetch": {"allow_private_addresses": True, "timeout_seconds": 0.5,
