@@ -1,0 +1,145 @@
+"""The build cache never serves a stale feed.
+
+After every kind of change, an incremental build (warm cache) must publish exactly
+the bytes a clean build (no cache, no state) publishes, and touch only what it must.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import fixed_clock, write_config, write_post
+
+import aggregator.render
+from aggregator.config import load_config
+from aggregator.pipeline import BuildReport, build
+
+
+def _site(tmp_path: Path) -> Path:
+    posts = tmp_path / "posts"
+    for i in range(12):
+        write_post(posts, f"{'a' if i % 2 else 'b'}/p{i}.md", f"""
+            title: Post {i}
+            categories: [{'Alpha' if i % 2 else 'Beta'}, Sub{i % 3}]
+            date: 2026-01-{i + 1:02d} 08:00:00
+            headimg: https://img.example/{i}.jpg
+        """, body=f'<div><p class="junk">junk {i}</p><p>Body {i} <a href="/x">x</a></p></div>')
+    return write_config(tmp_path)
+
+
+def _feeds(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+def _clean_build(tmp_path: Path, config_path: Path) -> dict[str, bytes]:
+    """The same inputs built from nothing: the reference an incremental build must match."""
+    clean = tmp_path / "clean"
+    shutil.rmtree(clean, ignore_errors=True)
+    clean.mkdir()
+    shutil.copytree(tmp_path / "posts", clean / "posts", symlinks=True)
+    shutil.copy(config_path, clean / "config.yaml")
+    build(load_config(clean / "config.yaml"), clock=fixed_clock())
+    return _feeds(clean / "feeds")
+
+
+def _edit_config(path: Path, section: str, key: str, value: object) -> None:
+    data = yaml.safe_load(path.read_text())
+    data.setdefault(section, {})[key] = value
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+
+
+def _rewrite(path: Path, old: str, new: str) -> None:
+    path.write_text(path.read_text().replace(old, new))
+
+
+CHANGES: dict[str, tuple[Callable[[Path, Path], None], set[str] | None]] = {
+    # name: (change, the feeds that must be rewritten; None = not checked exactly)
+    "edit": (lambda t, c: _rewrite(t / "posts/a/p1.md", "Body 1", "Edited 1"),
+             {"atom.xml", "rss.xml", "alpha/atom.xml", "alpha/rss.xml",
+              "alpha/sub1/atom.xml", "alpha/sub1/rss.xml"}),
+    "rename": (lambda t, c: (t / "posts/a/p1.md").rename(t / "posts/a/renamed.md"),
+               {"atom.xml", "rss.xml", "alpha/atom.xml", "alpha/rss.xml",
+                "alpha/sub1/atom.xml", "alpha/sub1/rss.xml"}),
+    "delete": (lambda t, c: (t / "posts/b/p0.md").unlink(),
+               {"atom.xml", "rss.xml", "beta/atom.xml", "beta/rss.xml",
+                "beta/sub0/atom.xml", "beta/sub0/rss.xml"}),
+    "recategorise": (lambda t, c: _rewrite(t / "posts/a/p1.md", "[Alpha, Sub1]", "[Beta, Sub1]"),
+                     {"atom.xml", "rss.xml", "alpha/atom.xml", "alpha/rss.xml",
+                      "alpha/sub1/atom.xml", "alpha/sub1/rss.xml", "beta/atom.xml",
+                      "beta/rss.xml", "beta/sub1/atom.xml", "beta/sub1/rss.xml"}),
+    "touch-only": (lambda t, c: (t / "posts/a/p1.md").write_bytes(
+        (t / "posts/a/p1.md").read_bytes()), set()),
+    "sanitiser-setting": (lambda t, c: _edit_config(c, "sanitize", "drop_selectors",
+                                                    ["p.junk"]), None),
+    "site-url": (lambda t, c: _edit_config(c, "site", "url", "https://moved.example/f/"), None),
+    "max-items": (lambda t, c: _edit_config(c, "output", "max_items", 2), None),
+    "timezone": (lambda t, c: _edit_config(c, "site", "timezone", "Asia/Tokyo"), None),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_incremental_build_equals_clean_build(tmp_path: Path, change: str) -> None:
+    config_path = _site(tmp_path)
+    config = load_config(config_path)
+    build(config, clock=fixed_clock())
+    before = _feeds(config.output_dir)
+    apply, must_write = CHANGES[change]
+    apply(tmp_path, config_path)
+    config = load_config(config_path)
+    report = build(config, clock=fixed_clock())
+    after = _feeds(config.output_dir)
+    assert after == _clean_build(tmp_path, config_path)
+    feeds_written = {rel for rel in report.written if rel.endswith(".xml")}
+    if must_write is not None:
+        assert feeds_written == must_write
+    else:
+        assert after != before
+
+
+def test_a_new_program_version_rerenders_everything(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(_site(tmp_path))
+    first = build(config, clock=fixed_clock())
+    assert first.rendered == 12
+    assert build(config, clock=fixed_clock()).rendered == 0
+    monkeypatch.setattr(aggregator.render, "__version__", "999.0")
+    again: BuildReport = build(config, clock=fixed_clock())
+    assert again.rendered == 12
+
+
+def test_a_lost_or_corrupt_cache_costs_only_time(tmp_path: Path) -> None:
+    config = load_config(_site(tmp_path))
+    build(config, clock=fixed_clock())
+    reference = _feeds(config.output_dir)
+    cache = config.state_path.with_name(config.state_path.name + ".cache")
+    assert cache.exists()
+    cache.write_bytes(b"this is not sqlite" * 100)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{cache}{suffix}").unlink(missing_ok=True)
+    report = build(config, clock=fixed_clock())
+    assert _feeds(config.output_dir) == reference and report.written == []
+
+
+def test_a_feed_edited_by_hand_is_rewritten(tmp_path: Path) -> None:
+    config = load_config(_site(tmp_path))
+    build(config, clock=fixed_clock())
+    target = config.output_dir / "alpha/atom.xml"
+    good = target.read_bytes()
+    target.write_bytes(b"<broken")
+    report = build(config, clock=fixed_clock())
+    assert target.read_bytes() == good and report.written == ["alpha/atom.xml"]
+
+
+def test_warnings_are_reported_again_from_cache(tmp_path: Path) -> None:
+    config_path = _site(tmp_path)
+    write_post(tmp_path / "posts", "undated.md", "title: U\ndate: Invalid Date")
+    config = load_config(config_path)
+    first = build(config, clock=fixed_clock())
+    second = build(config, clock=fixed_clock())
+    assert [str(p) for p in first.problems.items] == [str(p) for p in second.problems.items]
+    assert any("Invalid Date" in p.message for p in second.problems.warnings)
