@@ -177,7 +177,7 @@ def test_shell_build_waits_for_the_lock(svc: Running) -> None:
     # and a shell build meanwhile is fine too
     done = subprocess.run([sys.executable, "-m", "aggregator", "build", "-c", str(svc.config)],
                           cwd=svc.tmp, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, (done.returncode, done.stderr, svc.log()[-2000:])
 
 
 def test_thousand_posts_copied_in_are_few_rebuilds(svc: Running, tmp_path: Path) -> None:
