@@ -10,6 +10,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 from upstream_support import published, rss, run, titles, upstream_config
 
+from aggregator.config import load_config
+from aggregator.sources.upstream import poll_sources
 from aggregator.sources.upstream.jsonfeed import JSONFeedError, parse_json_feed
 
 ATOM_FEED = b"""<?xml version="1.0" encoding="utf-8"?>
@@ -162,3 +164,15 @@ def test_corrupt_state_does_not_stop_fetch_or_build(tmp_path: Path, httpserver: 
     state.write_bytes(b"garbage again" * 100)
     code, err = run(config, capsys, "build")
     assert code == 0, err  # the stored entries are gone with the state, the build goes on
+
+
+def test_poll_sources_seam_for_the_service(tmp_path: Path, httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/p").respond_with_data(rss([("p1", "P")]),
+                                                      content_type="application/rss+xml")
+    config = load_config(upstream_config(tmp_path, [
+        {"url": httpserver.url_for("/p"), "category": "P"},
+        {"url": httpserver.url_for("/missing"), "category": "M"}]))
+    report = poll_sources(config, config.upstream)
+    assert report.outcomes == {httpserver.url_for("/p"): "fetched",
+                               httpserver.url_for("/missing"): "failed"}
+    assert report.new_entries == 1

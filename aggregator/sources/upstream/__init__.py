@@ -1,1 +1,26 @@
 """Upstream feeds: fetch (httpx), parse (feedparser / our JSON Feed), normalise, poll."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aggregator.config import Config, UpstreamSource
+    from aggregator.sources.upstream.poll import PollReport
+
+
+def poll_sources(config: Config, sources: Sequence[UpstreamSource]) -> PollReport:
+    """Poll exactly these sources now and store the results (the service's seam;
+    it decides when, and rebuilds afterwards). Problems are logged as `url: message`."""
+    from aggregator.pipeline import open_state
+    from aggregator.problems import ProblemLog
+    from aggregator.sources.upstream.poll import poll
+    from aggregator.state.store import utc_now
+
+    problems = ProblemLog()
+    state = open_state(config, utc_now, problems)
+    try:
+        return poll(config, state, problems, utc_now, only=sources)
+    finally:
+        state.close()

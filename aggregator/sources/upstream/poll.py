@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ class PollReport:
     failed: list[str] = field(default_factory=list)  # source URLs
     new_entries: int = 0
     seconds: float = 0.0
+    outcomes: dict[str, str] = field(default_factory=dict)  # url -> fetched|not_modified|failed
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,16 @@ def _fetch_one(fetcher: Fetcher, source: UpstreamSource, etag: str | None,
 
 
 def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
-         everything: bool = False) -> PollReport:
+         everything: bool = False, only: Sequence[UpstreamSource] | None = None) -> PollReport:
+    """Poll the due enabled sources (`everything`: all enabled; `only`: exactly these)."""
     started = time.perf_counter()
     report = PollReport()
     state = UpstreamState(store)
     enabled = [s for s in config.upstream if s.enabled]
-    sources = enabled if everything else state.due(enabled, clock())
+    if only is not None:
+        sources = list(only)
+    else:
+        sources = enabled if everything else state.due(enabled, clock())
     report.due = len(sources)
     if not sources:
         return report
@@ -102,12 +108,14 @@ def _record(outcome: _Outcome, config: Config, state: UpstreamState, problems: P
         problems.error(source.url, f"{outcome.error}; stored entries kept")
         state.failed(source, outcome.error, now, outcome.status)
         report.failed.append(source.url)
+        report.outcomes[source.url] = "failed"
         return
     assert response is not None
     etag, last_modified = response.headers.get("etag"), response.headers.get("last-modified")
     if response.not_modified:
         state.not_modified(source, etag, last_modified, now)
         report.not_modified += 1
+        report.outcomes[source.url] = "not_modified"
         return
     feed = outcome.feed
     assert feed is not None
@@ -119,4 +127,5 @@ def _record(outcome: _Outcome, config: Config, state: UpstreamState, problems: P
         problems.warn(source.url, "feed has no entries; stored entries kept")
     report.new_entries += state.store_entries(source, entries, etag, last_modified, now)
     report.fetched += 1
+    report.outcomes[source.url] = "fetched"
     log.debug("%s: %d entries (%s)", source.url, len(entries), feed.kind)
