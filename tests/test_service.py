@@ -48,11 +48,11 @@ def titles(out: Path, rel: str = "") -> dict[str, str]:
 class Running:
     """The service subprocess, its stderr lines and its sd_notify messages."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, config: Path | None = None) -> None:
         self.tmp = tmp
         self.posts = tmp / "posts"
         self.out = tmp / "feeds"
-        self.config = write_config(tmp)
+        self.config = config or write_config(tmp)
         self.notify_path = tmp / "notify.sock"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.notify_path))
@@ -232,3 +232,38 @@ def test_unusable_config_at_start_exits_2(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "aggregator", "run", "-c", str(config)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
+
+
+RSS = b"""<?xml version="1.0"?><rss version="2.0"><channel><title>Up</title>
+<link>https://up.example/</link><description>d</description>
+<item><title>From upstream</title><link>https://up.example/1</link><guid>up-1</guid>
+<pubDate>Sat, 10 Jan 2026 05:10:03 GMT</pubDate><description>Hello</description></item>
+</channel></rss>"""
+
+
+def test_upstream_poll_then_rebuild(tmp_path: Path, httpserver: object) -> None:
+    """A scheduled poll stores the upstream entry and triggers a rebuild."""
+    from pytest_httpserver import HTTPServer
+
+    assert isinstance(httpserver, HTTPServer)
+    httpserver.expect_request("/feed.xml").respond_with_data(
+        RSS, content_type="application/rss+xml")
+    write_post(tmp_path / "posts", "Tech/a.md", "title: A\ncategories: [Tech]")
+    config = write_config(tmp_path, fetch={"allow_private_addresses": True})
+    text = config.read_text(encoding="utf-8") + (
+        f"upstream:\n  - url: {httpserver.url_for('/feed.xml')}\n"
+        f"    category: [News, Up]\n    every: 2s\n")
+    config.write_text(text, encoding="utf-8")
+    running = Running(tmp_path, config)
+    try:
+        assert wait_for(lambda: "READY=1" in running.messages, 30), running.log()
+        assert wait_for(lambda: any(e.get("title") == "From upstream"
+                                    for e in feed(running.out, "news/up").entries), 10), \
+            running.log()[-2000:]
+        # the log line follows the publish: wait for it too
+        assert wait_for(lambda: any(re.match(r"build #\d+ \(poll http", line)
+                                    for line in running.lines), 5), running.log()[-2000:]
+    finally:
+        running.proc.terminate()
+        assert running.proc.wait(timeout=30) == 0
+        running.notify.close()

@@ -65,6 +65,12 @@ class ServiceStats:
             else:
                 self.failing_sources.pop(url, None)
 
+    def forget_sources_except(self, urls: set[str]) -> None:
+        """After a reload: a removed or disabled source is no longer 'failing'."""
+        with self._lock:
+            for url in set(self.failing_sources) - urls:
+                del self.failing_sources[url]
+
     def health(self) -> dict[str, Any]:
         with self._lock:
             return {

@@ -39,6 +39,7 @@ class PollScheduler:
     def schedule(self, config: Config) -> int:
         """(Re)create the jobs from `config`; called at start and after SIGHUP."""
         self._scheduler.remove_all_jobs()
+        self.stats.forget_sources_except({s.url for s in config.upstream if s.enabled})
         now = datetime.now(UTC)
         count = 0
         for source in config.upstream:
@@ -63,7 +64,7 @@ class PollScheduler:
 
     def _poll(self, source: UpstreamSource) -> None:
         try:
-            from aggregator.sources.upstream import poll_sources  # type: ignore[attr-defined]
+            from aggregator.sources.upstream import poll_sources
         except ImportError as exc:
             if not self._import_warned:
                 log.warning("upstream polling is not available (%s); sources are not polled",
