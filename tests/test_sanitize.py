@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import html5lib
 import pytest
 from test_sanitize_xss import survivors
 
 from aggregator.config import DEFAULT_DROP_SELECTORS, DEFAULT_IFRAME_HOSTS
-from aggregator.sanitize.html import Sanitizer, _srcset_candidates
+from aggregator.sanitize.html import Sanitizer, _srcset_candidates, cap_depth
 from aggregator.sanitize.text import clean_line, html_to_text, strip_xml_illegal, summarize
 
 BASE = "https://blog.example/2024/post/"
@@ -152,3 +154,20 @@ def test_no_iframe_fallback_does_not_panic(clean: Sanitizer) -> None:
     out = clean._allowlist('<iframe src="https://www.youtube.com/embed/x"></iframe><p>x</p>',
                            BASE, allow_iframes=False)
     assert out == "<p>x</p>"
+
+
+@pytest.mark.parametrize("html", ["<div>" * 200_000 + "deep" + "</div>" * 200_000,
+                                  "<i><b>" * 100_000 + "deep",
+                                  "<table><tr><td>" * 20_000 + "deep"])
+def test_deep_nesting_is_bounded(clean: Sanitizer, html: str) -> None:
+    # html5ever and lexbor are quadratic in depth: 200,000 divs took minutes uncapped.
+    started = time.perf_counter()
+    out = clean.clean(html, BASE)
+    assert time.perf_counter() - started < 5
+    assert "deep" in out and survivors(out) == []
+
+
+def test_depth_cap_keeps_shallow_and_flat_html() -> None:
+    flat = "<ul>" + "<li><p>item" * 5_000 + "</ul>"  # optional end tags are not depth
+    assert cap_depth(flat) == flat
+    assert cap_depth("<div>" * 5 + "x" + "</div>" * 5, 3) == "<div>" * 3 + "x" + "</div>" * 3

@@ -8,6 +8,7 @@ and made absolute inside nh3's attribute filter, after entity decoding.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from urllib.parse import urljoin, urlsplit
@@ -16,6 +17,8 @@ import nh3
 from selectolax.lexbor import LexborHTMLParser
 
 from aggregator.sanitize.text import strip_xml_illegal
+
+log = logging.getLogger(__name__)
 
 TAGS = set(nh3.ALLOWED_TAGS) | {
     "figure", "figcaption", "picture", "source", "video", "audio", "track", "iframe",
@@ -46,6 +49,15 @@ _RASTER_DATA = re.compile(r"^data:image/(png|jpeg|gif|webp)[;,]", re.IGNORECASE)
 # before they read its scheme: `jav\tascript:` is `javascript:`.
 _URL_NOISE = re.compile(r"[\x00-\x20\x7f]+")
 _SRCSET_SPACE = " \t\n\r\f"
+# Both parsers take time quadratic in nesting depth (10,000 nested divs: ~1 s, 100,000:
+# minutes), so tags nested deeper than this are dropped (their text kept) beforehand.
+MAX_DEPTH = 512
+_TAG = re.compile(r"<(/?)([A-Za-z][^\s/<>]*)[^<>]*>")  # no '<' inside: linear scan
+_NO_DEPTH = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+         "source", "track", "wbr", "param", "keygen", "frame", "isindex",
+         # optional end tags: often left open in legacy HTML, so never counted as depth
+         "p", "li", "dt", "dd", "tr", "td", "th", "option", "optgroup", "rp", "rt",
+         "thead", "tbody", "tfoot", "colgroup", "caption"}
 _SRCSET_DESCRIPTOR = re.compile(r"^(?:\d+w|\d+(?:\.\d+)?x)$")
 
 
@@ -59,6 +71,7 @@ class Sanitizer:
         html = strip_xml_illegal(html)
         if not html.strip():
             return ""
+        html = cap_depth(html)
         html = self._drop_junk(html, (*self.drop_selectors, *extra_selectors))
         cleaned = self._allowlist(html, base_url, allow_iframes=True)
         if "<iframe" in cleaned and self._has_unsafe_iframe(cleaned):
@@ -158,6 +171,31 @@ def absolute_url(value: str, base_url: str | None, *, allow_mailto: bool = False
     if scheme == "mailto" and allow_mailto:
         return url
     return None
+
+
+def cap_depth(html: str, limit: int = MAX_DEPTH) -> str:
+    """Drop start and end tags nested deeper than `limit`, by a tag count (an estimate:
+    what it drops is only markup, and the real parsers still see everything else)."""
+    if html.count("<") <= limit:
+        return html
+    depth = deepest = 0
+
+    def visit(match: re.Match[str]) -> str:
+        nonlocal depth, deepest
+        closing, name = match.group(1), match.group(2).lower()
+        if name in _NO_DEPTH or match.group(0).endswith("/>"):
+            return match.group(0)
+        if closing:
+            depth = max(depth - 1, 0)
+            return match.group(0) if depth < limit else ""
+        depth += 1
+        deepest = max(deepest, depth)
+        return match.group(0) if depth <= limit else ""
+
+    capped = _TAG.sub(visit, html)
+    if deepest > limit:
+        log.warning("HTML nested %d deep; tags below depth %d dropped", deepest, limit)
+    return capped
 
 
 def _srcset_candidates(value: str) -> list[tuple[str, str]]:
