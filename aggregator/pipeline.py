@@ -208,7 +208,7 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
         rendered.update({k: (atom, rss) for k, atom, rss in fresh})
     report.rendered = len(missing)
 
-    states: dict[str, tuple[str, int, int]] = {}
+    prints: dict[str, str] = {}
     for node, kind, rel, members, feed_print in plans:
         report.feeds += 1
         if rel in todo:
@@ -219,12 +219,15 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
             publisher.write(rel, data)
         else:
             publisher.keep(rel)
-        st = (config.output_dir / rel).stat()
-        states[rel] = (feed_print, st.st_size, st.st_mtime_ns)
+        prints[rel] = feed_print
     publisher.write("index.html", index_html(config, root, counts))
     publisher.write("feeds.opml", feeds_opml(config, root))
     publisher.finish()
-    cache.store_feed_states((rel, *value) for rel, value in states.items())
+    states = []
+    for rel, feed_print in prints.items():  # as published: size and mtime after the rename
+        st = (config.output_dir / rel).stat()
+        states.append((rel, feed_print, st.st_size, st.st_mtime_ns))
+    cache.store_feed_states(states)
     if missing:
         cache.keep_rendered(set(keys.values()))
     report.written = publisher.written
