@@ -113,7 +113,9 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 def test_ready_after_first_build(svc: Running) -> None:
     assert ID + "Tech/Python/first.md" in ids(svc.out, "tech/python")
-    assert any("first build published" in line for line in svc.lines), svc.log()
+    # stderr is read by another thread than the notify socket: allow it a moment
+    assert wait_for(lambda: any("first build published" in line for line in svc.lines), 2), \
+        svc.log()
     assert svc.builds() >= 1
     ready = svc.messages.index("READY=1")
     assert any(m.startswith("STATUS=") for m in svc.messages[:ready + 2])
