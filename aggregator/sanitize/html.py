@@ -23,6 +23,10 @@ from aggregator.sanitize.text import strip_xml_illegal
 
 log = logging.getLogger(__name__)
 
+# Bump on any change to what clean() outputs: cached renders keyed on it must be redone
+# (render.render_fingerprint should include it, with selectolax's version).
+SANITIZER_VERSION = 2
+
 TAGS = set(nh3.ALLOWED_TAGS) | {
     "figure", "figcaption", "picture", "source", "video", "audio", "track", "iframe",
     "section", "main", "address",
