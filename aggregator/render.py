@@ -21,7 +21,7 @@ from aggregator import __version__
 from aggregator.config import Config
 from aggregator.media import image_type_from_url
 from aggregator.model import Entry, Image
-from aggregator.sanitize.html import Sanitizer
+from aggregator.sanitize.html import SANITIZER_VERSION, Sanitizer
 from aggregator.sanitize.text import summarize
 from aggregator.writers.feeds import FeedRenderer
 
@@ -44,7 +44,8 @@ def read_fingerprint(config: Config) -> str:
 
 def render_fingerprint(config: Config) -> str:
     """What shapes an entry's sanitised, serialised bytes (besides the entry)."""
-    return fingerprint_of(__version__, version("nh3"), version("feedgen"), version("lxml"),
+    return fingerprint_of(__version__, SANITIZER_VERSION, version("nh3"), version("selectolax"),
+                          version("feedgen"), version("lxml"),
                  config.site_url, config.site_title, config.full_content,
                  config.drop_selectors, config.iframe_hosts)
 

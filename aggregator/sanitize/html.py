@@ -24,8 +24,8 @@ from aggregator.sanitize.text import strip_xml_illegal
 log = logging.getLogger(__name__)
 
 # Bump on any change to what clean() outputs: cached renders keyed on it must be redone
-# (render.render_fingerprint should include it, with selectolax's version).
-SANITIZER_VERSION = 2
+# (render.render_fingerprint includes it, with nh3's and selectolax's versions).
+SANITIZER_VERSION = 3
 
 TAGS = set(nh3.ALLOWED_TAGS) | {
     "figure", "figcaption", "picture", "source", "video", "audio", "track", "iframe",
@@ -55,6 +55,8 @@ _RASTER_DATA = re.compile(r"^data:image/(png|jpeg|gif|webp)[;,]", re.IGNORECASE)
 # Browsers drop ASCII tab/newline anywhere and C0 controls + space at the ends of a URL
 # before they read its scheme: `jav\tascript:` is `javascript:`.
 _URL_NOISE = re.compile(r"[\x00-\x20\x7f]+")
+_URL_TAB_NEWLINE = re.compile(r"[\t\n\r]+")
+_URL_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SRCSET_SPACE = " \t\n\r\f"
 # Both parsers take time quadratic in nesting depth (10,000 nested divs: ~1 s, 100,000:
 # minutes), so tags nested deeper than this are dropped (their text kept) beforehand.
@@ -157,10 +159,18 @@ class Sanitizer:
 
 
 def absolute_url(value: str, base_url: str | None, *, allow_mailto: bool = False) -> str | None:
-    """An http(s) URL (or mailto:), made absolute; None for anything else."""
-    url = _URL_NOISE.sub("", value)
-    if not url:
+    """An http(s) URL (or mailto:), made absolute; None for anything else.
+
+    Cleaned the way browsers read URLs (WHATWG URL parsing): C0 controls and spaces at
+    the ends and tab/CR/LF anywhere are removed, so `jav\tascript:` is `javascript:`;
+    inner spaces are kept as %20 (`/img/a b.png` is a real file name), and any other
+    control character inside makes the URL unusable."""
+    url = _URL_TAB_NEWLINE.sub("", value).strip("\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0b"
+                                                "\x0c\x0e\x0f\x10\x11\x12\x13\x14\x15\x16"
+                                                "\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f\x20")
+    if not url or _URL_CONTROL.search(url):
         return None
+    url = url.replace(" ", "%20")
     url = url.replace("\\", "/")
     if url.startswith("//"):
         url = "https:" + url
