@@ -85,6 +85,7 @@ class Config:
     fetch_timeout: float = 20.0  # seconds, connect and each read
     fetch_deadline: float = 60.0  # seconds, one whole request
     fetch_concurrency: int = 16  # sources fetched at once
+    parse_processes: int = 0  # 0: one per CPU (max 4) for big polls; 1: parse in threads
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -182,7 +183,7 @@ KNOWN_KEYS = {
     "images": {"probe"},
     "upstream": None,
     "fetch": {"allow_private_addresses", "per_host_limit", "max_bytes", "timeout_seconds",
-              "deadline_seconds", "concurrency"},
+              "deadline_seconds", "concurrency", "parse_processes"},
     "state": {"path"},
     "serve": {"host", "port"},
 }
@@ -298,6 +299,7 @@ def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
         fetch_timeout=_positive(r, "timeout_seconds", 20.0),
         fetch_deadline=_positive(r, "deadline_seconds", 60.0),
         fetch_concurrency=int(_positive(r, "concurrency", 16)),
+        parse_processes=r.typed(int, "fetch", "parse_processes", default=0),
         raw=data,
     )
 

@@ -70,24 +70,25 @@ class UpstreamState:
                       etag: str | None, last_modified: str | None, now: datetime) -> int:
         """Upsert a 200's entries, trim to retention, save validators; returns new ids."""
         stamp = _iso(now)
-        new = 0
         self.db.execute("BEGIN IMMEDIATE")
         try:
+            known = dict(self.db.execute(
+                "SELECT entry_id, first_seen FROM upstream_entry WHERE source_url = ?",
+                (source.url,)))
+            rows: dict[str, tuple[str, str, str, str, str, str]] = {}
             for position, entry in enumerate(entries):
-                known = self.db.execute(
-                    "SELECT first_seen FROM upstream_entry WHERE source_url = ? AND entry_id = ?",
-                    (source.url, entry.id)).fetchone()
                 # New entries of one poll are a second apart in feed order, so undated
                 # ones keep the feed's order and get distinct `updated` values.
-                first_seen = known[0] if known else _iso(now - timedelta(seconds=position))
-                new += known is None
+                first_seen = known.get(entry.id) or _iso(now - timedelta(seconds=position))
                 sort_at = _iso(entry.published) if entry.published else first_seen
-                self.db.execute(
-                    "INSERT INTO upstream_entry VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (source_url, entry_id) DO UPDATE SET "
-                    "last_seen = excluded.last_seen, sort_at = excluded.sort_at, "
-                    "data = excluded.data",
-                    (source.url, entry.id, first_seen, stamp, sort_at, _dump(entry)))
+                rows.setdefault(entry.id, (source.url, entry.id, first_seen, stamp, sort_at,
+                                           _dump(entry)))
+            new = sum(1 for entry_id in rows if entry_id not in known)
+            self.db.executemany(
+                "INSERT INTO upstream_entry VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (source_url, entry_id) DO UPDATE SET "
+                "last_seen = excluded.last_seen, sort_at = excluded.sort_at, "
+                "data = excluded.data", list(rows.values()))
             self.db.execute(
                 "DELETE FROM upstream_entry WHERE source_url = ? AND entry_id NOT IN ("
                 "SELECT entry_id FROM upstream_entry WHERE source_url = ? "

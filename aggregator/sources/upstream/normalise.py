@@ -28,6 +28,7 @@ from aggregator.sources.upstream.jsonfeed import JSONItem
 from aggregator.sources.upstream.parse import ParsedFeed
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s]+$")
+_TAG = re.compile(r"<[^>]*>")  # cheap emptiness test; the sanitiser does the real work
 _HTML_TYPES = ("text/html", "application/xhtml+xml", "html", "xhtml")
 # A little slack for clocks that run fast; anything later is a bogus future date.
 FUTURE_SLACK = timedelta(minutes=10)
@@ -85,7 +86,7 @@ class Normaliser:
         entry_id = self.entry_id(raw_id, link, title, html)
         if not title:
             title = summarize(html, 80) or link or "(untitled)"
-        if not html_to_text(html) and "<img" not in html:
+        if not _TAG.sub("", html).strip() and "<img" not in html:
             # writers/feeds.py gives feedgen no link when there is no content, and
             # feedgen then refuses the entry: never hand over an empty body.
             html = f"<p>{htmllib.escape(title)}</p>"

@@ -1,26 +1,41 @@
-"""One poll: fetch + parse due sources in a thread pool, store each result as it lands.
+"""One poll: fetch due sources in a thread pool, parse them (in worker processes for
+big polls: feedparser is pure Python and holds the GIL), store each result as it lands.
 
-Network and parsing run in worker threads; all SQLite writes happen in the calling
-thread, one transaction per source, in the order results arrive.
+All SQLite writes happen in the calling thread, one transaction per source, in the
+order results arrive.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from aggregator.config import Config, UpstreamSource
+from aggregator.model import Entry
 from aggregator.problems import ProblemLog
 from aggregator.sources.upstream.http import Fetcher, FetchError, Limits, Response
 from aggregator.sources.upstream.normalise import Normaliser
-from aggregator.sources.upstream.parse import ParsedFeed, ParseError, parse_feed
+from aggregator.sources.upstream.parse import ParseError, parse_feed
 from aggregator.state.store import Clock, StateStore
 from aggregator.state.upstream import UpstreamState
 
 log = logging.getLogger(__name__)
+
+# Below this many sources, starting worker processes costs more than it saves.
+PROCESS_THRESHOLD = 16
 
 
 @dataclass
@@ -35,10 +50,18 @@ class PollReport:
 
 
 @dataclass(frozen=True)
+class _Parsed:
+    entries: list[Entry]
+    warnings: list[str]
+    kind: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class _Outcome:
     source: UpstreamSource
     response: Response | None = None
-    feed: ParsedFeed | None = None
+    parsed: _Parsed | None = None  # None with a 200: not parsed yet (goes to a process)
     error: str | None = None
     status: int | None = None
 
@@ -49,23 +72,37 @@ def limits_from(config: Config) -> Limits:
                   concurrency=config.fetch_concurrency)
 
 
+def parse_job(body: bytes, headers: dict[str, str], url: str, source: UpstreamSource,
+              site_host: str, id_date: str, now: datetime) -> _Parsed:
+    """bytes → entries; runs in a fetch thread or a worker process (so: picklable)."""
+    try:
+        feed = parse_feed(body, headers, url)
+        entries = list(Normaliser(source, site_host, id_date, now).entries(feed))
+    except ParseError as exc:
+        return _Parsed([], [], "", str(exc))
+    except Exception as exc:  # a parser bug must cost one source, not the run
+        return _Parsed([], [], "", f"could not parse: {exc!r}")
+    return _Parsed(entries, feed.warnings, feed.kind)
+
+
 def _fetch_one(fetcher: Fetcher, source: UpstreamSource, etag: str | None,
-               last_modified: str | None) -> _Outcome:
+               last_modified: str | None, config: Config | None, now: datetime) -> _Outcome:
+    """Fetch; also parse here when `config` is given (no worker processes)."""
     try:
         response = fetcher.get(source.url, etag, last_modified)
     except FetchError as exc:
         status = int(str(exc).split()[1]) if str(exc).startswith("HTTP ") else None
         return _Outcome(source, error=str(exc), status=status)
-    if response.not_modified:
+    if response.not_modified or config is None:
         return _Outcome(source, response)
-    try:
-        feed = parse_feed(response.body, response.headers, response.url)
-    except ParseError as exc:
-        return _Outcome(source, response, error=str(exc), status=200)
-    except Exception as exc:  # a parser bug must cost one source, not the run
-        log.debug("parser crashed on %s", source.url, exc_info=True)
-        return _Outcome(source, response, error=f"could not parse: {exc!r}", status=200)
-    return _Outcome(source, response, feed)
+    return _Outcome(source, response, parse_job(response.body, response.headers, response.url,
+                                                source, config.site_host, config.id_date, now))
+
+
+def _processes(config: Config, count: int) -> int:
+    if config.parse_processes:
+        return config.parse_processes
+    return min(os.cpu_count() or 1, 4) if count >= PROCESS_THRESHOLD else 1
 
 
 def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
@@ -84,29 +121,65 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
         return report
     validators = {s.url: state.source(s.url) for s in sources}
     limits = limits_from(config)
+    processes = _processes(config, len(sources))
+    # spawn, not fork: the parent has live httpx and SQLite threads.
+    parsers: Executor | None = ProcessPoolExecutor(
+        processes, mp_context=multiprocessing.get_context("spawn")) if processes > 1 else None
     with Fetcher(limits) as fetcher, \
             ThreadPoolExecutor(max_workers=max(1, limits.concurrency),
                                thread_name_prefix="fetch") as pool:
-        futures: list[Future[_Outcome]] = [
-            pool.submit(_fetch_one, fetcher, s, validators[s.url].etag,
-                        validators[s.url].last_modified) for s in sources]
+        pending: set[Future[_Outcome] | Future[_Parsed]] = set()
+        waiting: dict[Future[_Parsed], _Outcome] = {}
         try:
-            for future in as_completed(futures):
-                _record(future.result(), config, state, problems, clock, report)
+            for s in sources:
+                pending.add(pool.submit(
+                    _fetch_one, fetcher, s, validators[s.url].etag,
+                    validators[s.url].last_modified, None if parsers else config, clock()))
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    outcome = _resolve(future, waiting)
+                    response = outcome.response
+                    if parsers is not None and outcome.error is None and outcome.parsed is None \
+                            and response is not None and not response.not_modified:
+                        job = parsers.submit(parse_job, response.body, response.headers,
+                                             response.url, outcome.source, config.site_host,
+                                             config.id_date, clock())
+                        waiting[job] = outcome
+                        pending.add(job)
+                        continue
+                    _record(outcome, state, problems, clock, report)
         except BaseException:
-            for future in futures:  # interrupted: do not start what has not started
+            for future in pending:  # interrupted: do not start what has not started
                 future.cancel()
             raise
+        finally:
+            if parsers is not None:
+                parsers.shutdown(wait=False, cancel_futures=True)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _record(outcome: _Outcome, config: Config, state: UpstreamState, problems: ProblemLog,
-            clock: Clock, report: PollReport) -> None:
+def _resolve(future: Future[_Outcome] | Future[_Parsed],
+             waiting: dict[Future[_Parsed], _Outcome]) -> _Outcome:
+    fetched = waiting.pop(future, None)  # type: ignore[arg-type]
+    if fetched is None:
+        return future.result()  # type: ignore[return-value]
+    try:
+        parsed = future.result()
+    except Exception as exc:  # the worker process died (memory, signal)
+        parsed = _Parsed([], [], "", f"could not parse: {exc!r}")
+    return _Outcome(fetched.source, fetched.response, parsed)  # type: ignore[arg-type]
+
+
+def _record(outcome: _Outcome, state: UpstreamState, problems: ProblemLog, clock: Clock,
+            report: PollReport) -> None:
     source, response, now = outcome.source, outcome.response, clock()
-    if outcome.error is not None:
-        problems.error(source.url, f"{outcome.error}; stored entries kept")
-        state.failed(source, outcome.error, now, outcome.status)
+    parsed = outcome.parsed
+    error = outcome.error or (parsed.error if parsed is not None else None)
+    if error is not None:
+        problems.error(source.url, f"{error}; stored entries kept")
+        state.failed(source, error, now, outcome.status or (200 if response else None))
         report.failed.append(source.url)
         report.outcomes[source.url] = "failed"
         return
@@ -117,15 +190,12 @@ def _record(outcome: _Outcome, config: Config, state: UpstreamState, problems: P
         report.not_modified += 1
         report.outcomes[source.url] = "not_modified"
         return
-    feed = outcome.feed
-    assert feed is not None
-    for warning in feed.warnings:
+    assert parsed is not None
+    for warning in parsed.warnings:
         problems.warn(source.url, warning)
-    normaliser = Normaliser(source, config.site_host, config.id_date, now)
-    entries = list(normaliser.entries(feed))
-    if not entries:
+    if not parsed.entries:
         problems.warn(source.url, "feed has no entries; stored entries kept")
-    report.new_entries += state.store_entries(source, entries, etag, last_modified, now)
+    report.new_entries += state.store_entries(source, parsed.entries, etag, last_modified, now)
     report.fetched += 1
     report.outcomes[source.url] = "fetched"
-    log.debug("%s: %d entries (%s)", source.url, len(entries), feed.kind)
+    log.debug("%s: %d entries (%s)", source.url, len(parsed.entries), parsed.kind)
