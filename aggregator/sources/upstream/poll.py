@@ -22,6 +22,7 @@ from concurrent.futures import (
 )
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from aggregator.config import Config, UpstreamSource
 from aggregator.model import Entry
@@ -128,7 +129,7 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
     with Fetcher(limits) as fetcher, \
             ThreadPoolExecutor(max_workers=max(1, limits.concurrency),
                                thread_name_prefix="fetch") as pool:
-        pending: set[Future[_Outcome] | Future[_Parsed]] = set()
+        pending: set[Future[Any]] = set()  # fetches and parses, both
         waiting: dict[Future[_Parsed], _Outcome] = {}
         try:
             for s in sources:
@@ -160,16 +161,16 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
     return report
 
 
-def _resolve(future: Future[_Outcome] | Future[_Parsed],
-             waiting: dict[Future[_Parsed], _Outcome]) -> _Outcome:
-    fetched = waiting.pop(future, None)  # type: ignore[arg-type]
+def _resolve(future: Future[Any], waiting: dict[Future[_Parsed], _Outcome]) -> _Outcome:
+    fetched = waiting.pop(future, None)
     if fetched is None:
-        return future.result()  # type: ignore[return-value]
+        outcome: _Outcome = future.result()
+        return outcome
     try:
-        parsed = future.result()
+        parsed: _Parsed = future.result()
     except Exception as exc:  # the worker process died (memory, signal)
         parsed = _Parsed([], [], "", f"could not parse: {exc!r}")
-    return _Outcome(fetched.source, fetched.response, parsed)  # type: ignore[arg-type]
+    return _Outcome(fetched.source, fetched.response, parsed)
 
 
 def _record(outcome: _Outcome, state: UpstreamState, problems: ProblemLog, clock: Clock,
