@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 
@@ -39,6 +39,10 @@ class Entry:
     source: str = ""  # relative post path or upstream URL, for messages
     base_url: str | None = None  # for resolving relative URLs in html
     drop_selectors: tuple[str, ...] = ()  # per-source junk selectors (upstream)
+    # Build-cache bookkeeping, not content: a digest of every field above (set when the
+    # entry is read), and whether `html` was left out (the full entry is in the cache).
+    digest: str = field(default="", compare=False, repr=False)
+    partial: bool = field(default=False, compare=False, repr=False)
 
     @property
     def dated(self) -> bool:

@@ -10,7 +10,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aggregator.config import Config
@@ -90,6 +90,8 @@ def read_posts(config: Config, state: StateStore, report: BuildReport,
             entries.append(entry)
     cache.store_posts(fresh)
     cache.forget_posts_except({f"{p.root}\0{p.rel}" for p in posts})
+    if fresh:
+        cache.keep_bodies({e.digest for e in entries})
     report.posts_read = len(entries)
     return entries
 
@@ -113,6 +115,8 @@ def _read_post(post: PostFile, cached: CachedPost | None, reader: PostReader,
         entry, found = cached.entry, cached.problems
     else:
         entry = reader.parse(post, data)
+        if entry is not None:
+            entry = replace(entry, digest=fingerprint_of(entry))
         found = tuple(reader.problems.items)
         problems.items.extend(found)
     return entry, CachedPost(*identity, content_digest, entry, found)
@@ -181,7 +185,9 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     def key(entry: Entry) -> str:
         found = keys.get(entry.id)
         if found is None:
-            found = keys[entry.id] = entry_key(fingerprint, entry)
+            # A digest made when the entry was read saves hashing its html again.
+            found = keys[entry.id] = fingerprint_of(fingerprint, entry.digest) \
+                if entry.digest else entry_key(fingerprint, entry)
         return found
 
     # Plan: a feed whose fingerprint and file are as the last build left them is kept.
@@ -201,6 +207,12 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     needed = {e.id: e for plan in plans if plan[2] in todo for e in plan[3]}
     rendered = cache.rendered({key(e) for e in needed.values()})
     missing = [e for e in needed.values() if key(e) not in rendered]
+    partial = [e.digest for e in missing if e.partial]
+    if partial:  # entries that came from the cache without their html
+        bodies = cache.full_entries(partial)
+        missing = [bodies.get(e.digest, e) if e.partial else e for e in missing]
+        if any(e.partial for e in missing):
+            raise RuntimeError("build cache lost an entry body; delete the .cache file")
     if missing:
         pairs = render_entries(config, missing, workers)
         fresh = [(key(e), atom, rss) for e, (atom, rss) in zip(missing, pairs, strict=True)]

@@ -4,8 +4,9 @@ Kept in its own SQLite file beside the state (`<state>.cache`), because it is
 disposable: deleting it (or it being corrupt) only costs one slow build.
 
 - post_cache: a post file's identity (size, mtime, inode) and content digest → the
-  Entry read from it and the problems reported while reading it (replayed, so a
-  no-op build reports what a full one does).
+  Entry read from it *without its html* (small: a no-op build loads 100k of them)
+  and the problems reported while reading it (replayed, so a no-op build reports
+  what a full one does); post_body: the full Entry, loaded only to render it.
 - rendered: an entry's render key (its fields + every setting and version that shapes
   the output) → its Atom and RSS bytes, sanitised and serialised once.
 - feed_state: a published feed's fingerprint (its head + the render keys of its
@@ -21,7 +22,7 @@ import pickle
 import sqlite3
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aggregator.model import Entry
@@ -39,6 +40,10 @@ CREATE TABLE IF NOT EXISTS post_cache (
     digest   TEXT NOT NULL,
     payload  BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS post_body (
+    entry_digest TEXT PRIMARY KEY,
+    entry        BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rendered (
     key  TEXT PRIMARY KEY,
     atom BLOB NOT NULL,
@@ -51,7 +56,7 @@ CREATE TABLE IF NOT EXISTS feed_state (
     mtime_ns    INTEGER NOT NULL
 );
 """
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -80,11 +85,13 @@ class BuildCache:
         try:
             db = _connect(str(path))
             row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None or row[0] != SCHEMA_VERSION:
-                db.execute("DELETE FROM post_cache")
-                db.execute("DELETE FROM rendered")
-                db.execute("DELETE FROM feed_state")
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            if row is None or row[0] != SCHEMA_VERSION:  # another layout: start over
+                db.close()
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
+                db = _connect(str(path))
+                with db:
+                    db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
             return db
         except sqlite3.DatabaseError as exc:
             log.warning("%s: build cache unusable (%s); starting a new one", path, exc)
@@ -125,12 +132,33 @@ class BuildCache:
         return CachedPost(size, mtime_ns, inode, content_digest, entry, problems)
 
     def store_posts(self, rows: Iterable[tuple[str, CachedPost]]) -> None:
+        """Cache each post: the entry without its html in post_cache, whole in post_body."""
+        posts, bodies = [], []
+        for source, p in rows:
+            light = p.entry
+            if p.entry is not None:
+                light = replace(p.entry, html="", partial=True)
+                bodies.append((p.entry.digest, zlib.compress(
+                    pickle.dumps(p.entry, protocol=pickle.HIGHEST_PROTOCOL), 1)))
+            posts.append((source, p.size, p.mtime_ns, p.inode, p.digest,
+                          pickle.dumps((light, p.problems), protocol=pickle.HIGHEST_PROTOCOL)))
         with self.db:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO post_cache VALUES (?, ?, ?, ?, ?, ?)",
-                [(source, p.size, p.mtime_ns, p.inode, p.digest,
-                  pickle.dumps((p.entry, p.problems), protocol=pickle.HIGHEST_PROTOCOL))
-                 for source, p in rows])
+            self.db.executemany("INSERT OR REPLACE INTO post_cache VALUES (?, ?, ?, ?, ?, ?)",
+                                posts)
+            self.db.executemany("INSERT OR REPLACE INTO post_body VALUES (?, ?)", bodies)
+
+    def full_entries(self, digests: Iterable[str]) -> dict[str, Entry]:
+        """The whole entries (html included) cached under these digests."""
+        out: dict[str, Entry] = {}
+        wanted = list(digests)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, blob in self.db.execute(
+                    f"SELECT entry_digest, entry FROM post_body WHERE entry_digest IN ({marks})",
+                    chunk):
+                out[key] = pickle.loads(zlib.decompress(blob))
+        return out
 
     def forget_posts_except(self, sources: set[str]) -> None:
         known = {row[0] for row in self.db.execute("SELECT source FROM post_cache")}
@@ -139,6 +167,16 @@ class BuildCache:
             with self.db:
                 self.db.executemany("DELETE FROM post_cache WHERE source=?",
                                     [(s,) for s in gone])
+
+    def keep_bodies(self, digests: set[str]) -> None:
+        """Drop the bodies of entries no post has any more (bounded disk)."""
+        with self.db:
+            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS live_body (d TEXT PRIMARY KEY)")
+            self.db.execute("DELETE FROM live_body")
+            self.db.executemany("INSERT OR IGNORE INTO live_body VALUES (?)",
+                                [(d,) for d in digests])
+            self.db.execute("DELETE FROM post_body WHERE entry_digest NOT IN "
+                            "(SELECT d FROM live_body)")
 
     # -- rendered entries --------------------------------------------------------
 
