@@ -25,7 +25,8 @@ from aggregator.config import Config, category_path
 from aggregator.media import image_type_from_url
 from aggregator.model import Entry, Image
 from aggregator.problems import ProblemLog
-from aggregator.sanitize.html import absolute_url
+from aggregator.sanitize.html import _NO_DEPTH, _TAG, absolute_url
+from aggregator.sanitize.html import MAX_DEPTH as MAX_HTML_DEPTH
 from aggregator.sanitize.text import clean_line
 from aggregator.sources.dates import DateError, parse_date
 
@@ -39,7 +40,9 @@ SKIPPED_DIRS = {".git", ".hg", ".svn"}
 MAX_FRONT_MATTER_NODES = 10_000
 MAX_TITLE_CHARS = 1_000
 _HTML_START = re.compile(r"<[A-Za-z!/?]")
-_CONTROL = re.compile("[\x00-\x1f\x7f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Lone surrogates too: os.fsdecode's stand-ins for file-name bytes that are not UTF-8.
+_CONTROL = re.compile("[\x00-\x1f\x7f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _KEY_LINE = re.compile(r"^([A-Za-z_][\w-]*)\s*:(.*)$")
 _markdown = MarkdownIt("commonmark")
 
@@ -101,6 +104,11 @@ def _walk(root: Path, roots: list[Path], follow: bool,
                 continue
             path = here / name
             rel = prefix + name
+            if _SURROGATE.search(rel):
+                # Not UTF-8 (os.fsdecode surrogates): ids, links and logs could not encode
+                # it, and it crashed the whole build in quote().
+                problems.error(display(rel), "file name is not valid UTF-8 (rename it); skipped")
+                continue
             try:
                 st = os.lstat(path)
             except OSError as exc:
@@ -213,6 +221,13 @@ class PostReader:
                 break
         description = meta.get("description")
         html = self._body(body, where)
+        if html.count("<") > MAX_HTML_DEPTH:
+            depth = _html_depth(html)
+            if depth > MAX_HTML_DEPTH:
+                start = text.rfind(body.lstrip()) if body.strip() else -1
+                line = text.count("\n", 0, start) + 1 if start >= 0 else fm_line
+                self.problems.warn(f"{where}:{line}", f"HTML nested {depth} levels deep; tags "
+                                   f"below level {MAX_HTML_DEPTH} dropped")
         return Entry(
             id=entry_id,
             title=title,
@@ -380,6 +395,22 @@ def _bounded(value: object, limit: int) -> bool:
         elif isinstance(item, list | tuple):
             stack.extend(item)
     return True
+
+
+def _html_depth(html: str) -> int:
+    """Deepest tag nesting, counted as sanitize.html.cap_depth counts it (which cuts it
+    later, without knowing the file: the warning naming the post is given here)."""
+    depth = deepest = 0
+    for match in _TAG.finditer(html):
+        name = match.group(2).lower()
+        if name in _NO_DEPTH or match.group(0).endswith("/>"):
+            continue
+        if match.group(1):
+            depth = max(depth - 1, 0)
+        else:
+            depth += 1
+            deepest = max(deepest, depth)
+    return deepest
 
 
 def _as_list(value: object) -> list[object]:
