@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aggregator.config import Config
 from aggregator.model import Entry
-from aggregator.problems import ProblemLog
+from aggregator.problems import Problem, ProblemLog
 from aggregator.publish.atomic import Publisher
 from aggregator.render import (
     entry_key,
@@ -25,7 +25,7 @@ from aggregator.render import (
     render_entries,
     render_fingerprint,
 )
-from aggregator.sources.content import PostFile, PostReader, discover
+from aggregator.sources.content import PostFile, PostReader, discover, rediscover
 from aggregator.state.cache import BuildCache, CachedPost, digest
 from aggregator.state.store import Clock, StateStore, utc_now
 from aggregator.state.upstream import stored_upstream_entries
@@ -71,44 +71,60 @@ def open_state(config: Config, clock: Clock, problems: ProblemLog) -> StateStore
 
 
 def read_posts(config: Config, state: StateStore, report: BuildReport,
-               cache: BuildCache | None = None) -> list[Entry]:
+               cache: BuildCache | None = None, posts: list[PostFile] | None = None,
+               memo: dict[str, ReadResult] | None = None) -> list[Entry]:
     """Every post as an Entry (html not yet sanitised). With a cache, a post whose file
-    identity or content is unchanged is not parsed again; its problems are replayed."""
+    identity or content is unchanged is not parsed again; its problems are replayed.
+    `memo` (source → last result, kept by a long-lived Builder) skips even the cache."""
     cache = cache if cache is not None else BuildCache(None)
     cache.invalidate_if_changed("read", read_fingerprint(config), "post_cache")
-    posts = discover(config, report.problems)
+    if posts is None:
+        posts = discover(config, report.problems)
     report.posts_found = len(posts)
     reader = PostReader(config, report.problems, state.first_seen)
     entries: list[Entry] = []
     fresh: list[tuple[str, CachedPost]] = []
+    seen: dict[str, ReadResult] = {}
     for post in posts:
         source = f"{post.root}\0{post.rel}"
-        entry, record = _read_post(post, cache.post(source), reader, report.problems)
-        if record is not None:
-            fresh.append((source, record))
+        known = memo.get(source) if memo is not None else None
+        if known is not None and known[0] == post.identity:
+            entry, found = known[1], known[2]
+            report.problems.replay(found)
+        else:
+            entry, record, found = _read_post(post, cache.post(source), reader,
+                                              report.problems)
+            if record is not None:
+                fresh.append((source, record))
+        seen[source] = (post.identity, entry, found)
         if entry is not None:
             entries.append(entry)
     cache.store_posts(fresh)
-    cache.forget_posts_except({f"{p.root}\0{p.rel}" for p in posts})
+    if fresh or memo is None or len(memo) != len(seen):
+        cache.forget_posts_except(set(seen))
     if fresh:
         cache.keep_bodies({e.digest for e in entries})
+    if memo is not None:
+        memo.clear()
+        memo.update(seen)
     report.posts_read = len(entries)
     return entries
 
 
 def _read_post(post: PostFile, cached: CachedPost | None, reader: PostReader,
-               problems: ProblemLog) -> tuple[Entry | None, CachedPost | None]:
-    """(entry, what to cache if it changed). Unchanged identity: no read at all;
-    unchanged bytes: no parse."""
+               problems: ProblemLog
+               ) -> tuple[Entry | None, CachedPost | None, tuple[Problem, ...]]:
+    """(entry, what to cache if it changed, its problems). Unchanged identity: no read
+    at all; unchanged bytes: no parse."""
     identity = post.identity
     if cached is not None and identity == (cached.size, cached.mtime_ns, cached.inode):
         problems.replay(cached.problems)
-        return cached.entry, None
+        return cached.entry, None, cached.problems
     reader.problems = ProblemLog()  # a log of this post's own problems, to cache with it
     data = reader.read_bytes(post)
     if data is None:
         problems.items.extend(reader.problems.items)
-        return None, None
+        return None, None, tuple(reader.problems.items)
     content_digest = digest(data)
     if cached is not None and cached.digest == content_digest:
         problems.replay(cached.problems)
@@ -119,7 +135,7 @@ def _read_post(post: PostFile, cached: CachedPost | None, reader: PostReader,
             entry = replace(entry, digest=fingerprint_of(entry))
         found = tuple(reader.problems.items)
         problems.items.extend(found)
-    return entry, CachedPost(*identity, content_digest, entry, found)
+    return entry, CachedPost(*identity, content_digest, entry, found), found
 
 
 def merge_duplicates(entries: Iterable[Entry], problems: ProblemLog) -> list[Entry]:
@@ -142,24 +158,80 @@ def merge_duplicates(entries: Iterable[Entry], problems: ProblemLog) -> list[Ent
 def build(config: Config, clock: Clock = utc_now,
           extra_entries: Iterable[Entry] = (), workers: int = 1) -> BuildReport:
     """Publish every feed from the content dir (+ stored upstream entries)."""
-    started = time.perf_counter()
-    report = BuildReport()
-    state = open_state(config, clock, report.problems)
-    cache = open_cache(config)
-    try:
+    return Builder().build(config, clock, extra_entries=extra_entries, workers=workers)
+
+
+ReadResult = tuple[tuple[int, int, int], Entry | None, tuple[Problem, ...]]
+
+
+class Builder:
+    """A build session that lasts (the service keeps one): the build cache stays open,
+    the last read of every post stays in memory, and when the caller knows which files
+    changed, only those are looked at instead of walking the whole tree."""
+
+    def __init__(self, *, persistent: bool = False) -> None:
+        self.persistent = persistent  # False: release everything after each build
+        self._config: Config | None = None
+        self._cache: BuildCache | None = None
+        self._posts: dict[str, PostFile] | None = None  # location → post
+        self._walk_problems: list[Problem] = []
+        self._memo: dict[str, ReadResult] = {}
+
+    def build(self, config: Config, clock: Clock = utc_now, *,
+              changed: set[str] | None = None, extra_entries: Iterable[Entry] = (),
+              workers: int = 1) -> BuildReport:
+        """`changed`: absolute paths that changed since the last build (None: unknown,
+        walk everything)."""
+        started = time.perf_counter()
+        if config != self._config:
+            self.close()
+            self._config = config
+        report = BuildReport()
+        state = open_state(config, clock, report.problems)
+        if self._cache is None:
+            self._cache = open_cache(config)
         try:
-            entries = merge_duplicates([*read_posts(config, state, report, cache),
-                                        *stored_upstream_entries(state, config.upstream),
-                                        *extra_entries], report.problems)
-        finally:
-            state.close()
-        report.entries = len(entries)
-        root = build_tree(entries, config.slugs)
-        publish(config, root, report, cache, workers)
-    finally:
-        cache.close()
-    report.seconds = time.perf_counter() - started
-    return report
+            try:
+                posts = self._discover(config, changed, report.problems)
+                entries = merge_duplicates(
+                    [*read_posts(config, state, report, self._cache, posts, self._memo),
+                     *stored_upstream_entries(state, config.upstream), *extra_entries],
+                    report.problems)
+            finally:
+                state.close()
+            report.entries = len(entries)
+            root = build_tree(entries, config.slugs)
+            publish(config, root, report, self._cache, workers)
+        except BaseException:
+            self.close()  # after a failure, trust nothing kept in memory
+            raise
+        if not self.persistent:
+            self.close()  # a one-off build: release the cache file
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _discover(self, config: Config, changed: set[str] | None,
+                  problems: ProblemLog) -> list[PostFile]:
+        posts = None
+        if changed is not None and self._posts is not None:
+            posts = rediscover(config, self._posts, changed, problems)
+            if posts is not None:
+                problems.replay(self._walk_problems)
+        if posts is None:
+            walk = ProblemLog()
+            found = discover(config, walk)
+            problems.items.extend(walk.items)
+            self._walk_problems = list(walk.items)
+            posts = {post.location: post for post in found}
+        self._posts = posts
+        return sorted(posts.values(), key=lambda p: (p.rel, str(p.root)))
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+        self._cache, self._posts, self._config = None, None, None
+        self._memo.clear()
+        self._walk_problems = []
 
 
 def open_cache(config: Config) -> BuildCache:

@@ -143,3 +143,38 @@ def test_warnings_are_reported_again_from_cache(tmp_path: Path) -> None:
     second = build(config, clock=fixed_clock())
     assert [str(p) for p in first.problems.items] == [str(p) for p in second.problems.items]
     assert any("Invalid Date" in p.message for p in second.problems.warnings)
+
+
+SESSION_CHANGES: dict[str, Callable[[Path], set[Path]]] = {
+    # name: change the content dir, return the paths a watcher would report
+    "edit": lambda t: (_rewrite(t / "posts/a/p1.md", "Body 1", "Edited 1"),
+                       {t / "posts/a/p1.md"})[1],
+    "create": lambda t: (write_post(t / "posts", "a/new.md", "title: New\ncategories: [Alpha]\n"
+                                    "date: 2026-02-01 00:00:00"), {t / "posts/a/new.md"})[1],
+    "delete": lambda t: ((t / "posts/b/p0.md").unlink(), {t / "posts/b/p0.md"})[1],
+    "rename": lambda t: ((t / "posts/a/p1.md").rename(t / "posts/a/q.md"),
+                         {t / "posts/a/p1.md", t / "posts/a/q.md"})[1],
+    "folder-rename": lambda t: ((t / "posts/a").rename(t / "posts/z"),
+                                {t / "posts/a", t / "posts/z"})[1],
+    "editor-artefact": lambda t: ((t / "posts/a/.#p1.md").write_text("lock"),
+                                  {t / "posts/a/.#p1.md"})[1],
+}
+
+
+@pytest.mark.parametrize("change", sorted(SESSION_CHANGES))
+def test_service_session_with_changed_paths_equals_clean_build(tmp_path: Path,
+                                                               change: str) -> None:
+    from aggregator.pipeline import Builder
+
+    config_path = _site(tmp_path)
+    config = load_config(config_path)
+    session = Builder(persistent=True)
+    session.build(config, clock=fixed_clock())
+    changed = SESSION_CHANGES[change](tmp_path)
+    report = session.build(config, clock=fixed_clock(), changed={str(p) for p in changed})
+    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
+    if change == "editor-artefact":
+        assert report.written == []
+    # and a later build that is told nothing changed publishes nothing new
+    assert session.build(config, clock=fixed_clock(), changed=set()).written == []
+    session.close()

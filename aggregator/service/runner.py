@@ -11,11 +11,12 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from types import FrameType
 
 from aggregator.config import Config
+from aggregator.pipeline import Builder
 from aggregator.problems import ProblemLog
 from aggregator.publish.atomic import PublishError
 from aggregator.service.http import HTTPService
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 Loader = Callable[[Path, ProblemLog], Config | None]
 STOP_TIMEOUT = 60.0  # below systemd's default TimeoutStopSec (90 s)
+FULL_WALK_EVERY = 600.0  # seconds between full walks of the content dirs
 
 
 class BuildWorker:
@@ -41,6 +43,11 @@ class BuildWorker:
         self.notifier = notifier
         self._cv = threading.Condition()
         self._reasons: list[str] = []
+        self._changed: set[str] | None = set()  # paths changed since the last build
+        # One build session for the service's life: cache open, every post's last read
+        # in memory, only changed files looked at (issue: incremental rebuilds).
+        self.session = Builder(persistent=True)
+        self._last_full_walk = 0.0
         self._stopping = threading.Event()
         self.builds = 0
         self.first_done = threading.Event()
@@ -49,9 +56,15 @@ class BuildWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def request(self, reason: str) -> None:
+    def request(self, reason: str, changed: Collection[str] | None = ()) -> None:
+        """Ask for a build. `changed`: the content files that changed (empty: none, e.g.
+        an upstream poll; None: unknown, walk the content dirs)."""
         with self._cv:
             self._reasons.append(reason)
+            if changed is None or self._changed is None:
+                self._changed = None
+            else:
+                self._changed |= set(changed)
             self._cv.notify()
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
@@ -74,12 +87,15 @@ class BuildWorker:
                 if self._stopping.is_set():
                     return
                 reasons, self._reasons = self._reasons, []
-            self._build(reasons)
+                changed, self._changed = self._changed, set()
+            self._build(reasons, changed)
 
-    def _build(self, reasons: list[str]) -> None:
-        from aggregator.pipeline import build
-
+    def _build(self, reasons: list[str], changed: set[str] | None = None) -> None:
         config = self._config()
+        if time.monotonic() - self._last_full_walk > FULL_WALK_EVERY:
+            changed = None  # a safety net for file events the kernel dropped
+        if changed is None:
+            self._last_full_walk = time.monotonic()
         why = reasons[0] if len(reasons) == 1 else f"{reasons[0]} +{len(reasons) - 1} more"
         lock = BuildLock(config.state_path)
         started = time.perf_counter()
@@ -95,7 +111,8 @@ class BuildWorker:
         number = self.builds
         try:
             self.notifier.status(f"build #{number} ({why})")
-            report = build(config)
+            # workers=1: forking a process that runs threads (watcher, HTTP) can deadlock
+            report = self.session.build(config, changed=changed, workers=1)
         except PublishError as exc:
             log.error("build #%d failed: %s; the previous feeds are kept", number, exc)
             self.stats.record_build(False, time.perf_counter() - started)
@@ -192,7 +209,8 @@ class Service:
 
     def _on_files(self, count: int) -> None:
         self.stats.file_events.inc(count)
-        self.worker.request(f"{count} file event{'s' if count != 1 else ''}")
+        changed = self.watcher.take_changes() if self.watcher is not None else None
+        self.worker.request(f"{count} file event{'s' if count != 1 else ''}", changed)
 
     def _start_http(self) -> None:
         config = self.config

@@ -107,13 +107,13 @@ class Debouncer:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, on_change: Callable[[], None]) -> None:
+    def __init__(self, on_change: Callable[[FileSystemEvent], None]) -> None:
         self.on_change = on_change
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if is_relevant(event):
             log.debug("file event: %s %s", event.event_type, event.src_path)
-            self.on_change()
+            self.on_change(event)
 
 
 class ContentWatcher:
@@ -124,10 +124,28 @@ class ContentWatcher:
         self.dirs = tuple(dirs)
         self.debouncer = Debouncer(fire, quiet, max_delay)
         self._observer: BaseObserver | None = None
+        self._lock = threading.Lock()
+        self._changed: set[str] | None = set()  # None: a folder changed, walk everything
+
+    def _record(self, event: FileSystemEvent) -> None:
+        with self._lock:
+            if event.is_directory:
+                self._changed = None
+            elif self._changed is not None:
+                self._changed.add(os.fsdecode(event.src_path))
+                if event.event_type == EVENT_TYPE_MOVED:
+                    self._changed.add(os.fsdecode(event.dest_path))
+        self.debouncer.poke()
+
+    def take_changes(self) -> set[str] | None:
+        """The paths changed since the last call (None: unknown, rescan everything)."""
+        with self._lock:
+            changed, self._changed = self._changed, set()
+        return changed
 
     def start(self) -> None:
         self.debouncer.start()
-        handler = _Handler(self.debouncer.poke)
+        handler = _Handler(self._record)
         try:
             self._observer = self._observe(Observer(), handler)
         except OSError as exc:

@@ -111,33 +111,66 @@ def _walk(root: Path, roots: list[Path], follow: bool,
         prefix = "" if dirpath == str(root) else \
             dirpath[len(str(root)) + 1:].replace(os.sep, "/") + "/"
         for name in sorted(filenames):
-            if not name.endswith(".md") or is_editor_artefact(name):
-                continue
-            location = os.path.join(dirpath, name)
-            rel = prefix + name
-            if _SURROGATE.search(rel):
-                # Not UTF-8 (os.fsdecode surrogates): ids, links and logs could not encode
-                # it, and it crashed the whole build in quote().
-                problems.error(display(rel), "file name is not valid UTF-8 (rename it); skipped")
-                continue
-            try:
-                st = os.lstat(location)
-            except OSError as exc:
-                problems.error(display(rel), f"cannot stat: {exc.strerror}")
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                if not _symlink_ok(Path(location), root, roots, follow, problems):
-                    continue
-                try:
-                    st = os.stat(location)
-                except OSError:
-                    problems.error(display(rel), "broken symlink; skipped")
-                    continue
-            if not stat.S_ISREG(st.st_mode):
-                problems.error(display(rel), "not a regular file; skipped")
-                continue
-            yield PostFile(location=location, rel=rel, root=root,
-                           identity=(st.st_size, st.st_mtime_ns, st.st_ino))
+            if name.endswith(".md") and not is_editor_artefact(name):
+                post = post_file(root, roots, os.path.join(dirpath, name), prefix + name,
+                                 follow, problems)
+                if post is not None:
+                    yield post
+
+
+def post_file(root: Path, roots: list[Path], location: str, rel: str, follow: bool,
+              problems: ProblemLog) -> PostFile | None:
+    """The post at `location` if it is one we read (regular file, allowed symlink)."""
+    if _SURROGATE.search(rel):
+        # Not UTF-8 (os.fsdecode surrogates): ids, links and logs could not encode
+        # it, and it crashed the whole build in quote().
+        problems.error(display(rel), "file name is not valid UTF-8 (rename it); skipped")
+        return None
+    try:
+        st = os.lstat(location)
+    except OSError as exc:
+        problems.error(display(rel), f"cannot stat: {exc.strerror}")
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        if not _symlink_ok(Path(location), root, roots, follow, problems):
+            return None
+        try:
+            st = os.stat(location)
+        except OSError:
+            problems.error(display(rel), "broken symlink; skipped")
+            return None
+    if not stat.S_ISREG(st.st_mode):
+        problems.error(display(rel), "not a regular file; skipped")
+        return None
+    return PostFile(location=location, rel=rel, root=root,
+                    identity=(st.st_size, st.st_mtime_ns, st.st_ino))
+
+
+def rediscover(config: Config, known: dict[str, PostFile], changed: set[str],
+               problems: ProblemLog) -> dict[str, PostFile] | None:
+    """`known` (location → post) updated for the files in `changed`, without walking
+    the tree; None when a change needs a full walk (a folder, a path outside)."""
+    roots = [d.resolve() for d in config.content_dirs]
+    updated = dict(known)
+    for location in changed:
+        root = next((r for r in config.content_dirs
+                     if location.startswith(str(r) + os.sep)), None)
+        if root is None or os.path.isdir(location):
+            return None
+        rel = location[len(str(root)) + 1:].replace(os.sep, "/")
+        parts = rel.split("/")
+        name = parts[-1]
+        if any(part in SKIPPED_DIRS for part in parts[:-1]) or any(
+                os.path.islink(os.path.join(str(root), *parts[:i]))
+                for i in range(1, len(parts))):
+            return None  # inside a skipped or symlinked folder: let the walk decide
+        updated.pop(location, None)
+        if name.endswith(".md") and not is_editor_artefact(name) and os.path.lexists(location):
+            post = post_file(root, roots, location, rel, config.follow_symlinks, problems)
+            if post is not None:
+                updated[location] = post
+    return updated
+
 
 
 def _symlink_ok(path: Path, root: Path, roots: list[Path], follow: bool,

@@ -145,6 +145,8 @@ class BuildCache:
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO post_cache VALUES (?, ?, ?, ?, ?, ?)",
                                 posts)
+        if self._posts is not None:  # a long-lived cache (the service) stays current
+            self._posts.update({row[0]: row[1:] for row in posts})
             self.db.executemany("INSERT OR REPLACE INTO post_body VALUES (?, ?)", bodies)
 
     def full_entries(self, digests: Iterable[str]) -> dict[str, Entry]:
@@ -167,6 +169,9 @@ class BuildCache:
             with self.db:
                 self.db.executemany("DELETE FROM post_cache WHERE source=?",
                                     [(s,) for s in gone])
+            if self._posts is not None:
+                for source in gone:
+                    self._posts.pop(source, None)
 
     def keep_bodies(self, digests: set[str]) -> None:
         """Drop the bodies of entries no post has any more (bounded disk)."""
