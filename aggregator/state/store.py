@@ -46,6 +46,25 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX upstream_entry_sort ON upstream_entry (source_url, sort_at);
     """,
+    # 3: politeness (410 disables, 301/308 moves), image probes, posts written for sources
+    """
+    ALTER TABLE upstream_source ADD COLUMN disabled TEXT;
+    ALTER TABLE upstream_source ADD COLUMN moved_to TEXT;
+    CREATE TABLE image_probe (
+        url       TEXT PRIMARY KEY,
+        status    INTEGER,
+        mime_type TEXT,
+        length    INTEGER NOT NULL DEFAULT 0,
+        probed_at TEXT NOT NULL
+    );
+    CREATE TABLE written_post (
+        entry_id   TEXT PRIMARY KEY,
+        source_url TEXT NOT NULL,
+        path       TEXT NOT NULL,
+        sha256     TEXT NOT NULL,
+        written_at TEXT NOT NULL
+    );
+    """,
 ]
 
 Clock = Callable[[], datetime]

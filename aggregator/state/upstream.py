@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,12 @@ class SourceState:
     last_error: str | None = None
     last_polled_at: datetime | None = None
     next_poll_at: datetime | None = None
+    disabled: str | None = None  # why polling stopped (410 Gone), or None
+    moved_to: str | None = None  # where a permanent redirect pointed: polled instead
+
+    @property
+    def fetch_url(self) -> str:
+        return self.moved_to or self.url
 
 
 def _iso(stamp: datetime) -> str:
@@ -55,19 +62,23 @@ class UpstreamState:
             "last_polled_at, next_poll_at FROM upstream_source WHERE url = ?", (url,)).fetchone()
         if row is None:
             return SourceState(url)
+        extra = self.db.execute("SELECT disabled, moved_to FROM upstream_source WHERE url = ?",
+                                (url,)).fetchone()
         return SourceState(row[0], row[1], row[2], row[3], row[4], row[5],
-                           _dt(row[6]), _dt(row[7]))
+                           _dt(row[6]), _dt(row[7]), extra[0], extra[1])
 
     def due(self, sources: Iterable[UpstreamSource], now: datetime) -> list[UpstreamSource]:
         out = []
         for source in sources:
             state = self.source(source.url)
-            if state.next_poll_at is None or state.next_poll_at <= now:
+            if state.disabled is None and (state.next_poll_at is None
+                                           or state.next_poll_at <= now):
                 out.append(source)
         return out
 
     def store_entries(self, source: UpstreamSource, entries: Iterable[Entry],
-                      etag: str | None, last_modified: str | None, now: datetime) -> int:
+                      etag: str | None, last_modified: str | None, now: datetime,
+                      floor: timedelta | None = None) -> int:
         """Upsert a 200's entries, trim to retention, save validators; returns new ids."""
         stamp = _iso(now)
         self.db.execute("BEGIN IMMEDIATE")
@@ -94,7 +105,7 @@ class UpstreamState:
                 "SELECT entry_id FROM upstream_entry WHERE source_url = ? "
                 "ORDER BY sort_at DESC, first_seen DESC, entry_id LIMIT ?)",
                 (source.url, source.url, source.retention))
-            self._save(source, 200, etag, last_modified, None, now)
+            self._save(source, 200, etag, last_modified, None, now, floor=floor)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -102,25 +113,51 @@ class UpstreamState:
         return new
 
     def not_modified(self, source: UpstreamSource, etag: str | None,
-                     last_modified: str | None, now: datetime) -> None:
+                     last_modified: str | None, now: datetime,
+                     floor: timedelta | None = None) -> None:
         old = self.source(source.url)
-        self._save(source, 304, etag or old.etag, last_modified or old.last_modified, None, now)
+        self._save(source, 304, etag or old.etag, last_modified or old.last_modified, None, now,
+                   floor=floor)
 
     def failed(self, source: UpstreamSource, message: str, now: datetime,
-               status: int | None = None) -> None:
-        """Validators are kept (the stored entries still match them); backoff grows."""
+               status: int | None = None, floor: timedelta | None = None) -> None:
+        """Validators are kept (the stored entries still match them); backoff grows,
+        and a Retry-After (`floor`) is a minimum on top."""
         old = self.source(source.url)
         self._save(source, status, old.etag, old.last_modified, message, now,
-                   errors=old.error_count + 1)
+                   errors=old.error_count + 1, floor=floor)
+
+    def disable(self, source: UpstreamSource, message: str, now: datetime,
+                status: int | None = None) -> None:
+        """Stop polling (410 Gone); the stored entries stay published."""
+        self.failed(source, message, now, status)
+        self.db.execute("UPDATE upstream_source SET disabled = ? WHERE url = ?",
+                        (message, source.url))
+
+    def move(self, source: UpstreamSource, url: str) -> None:
+        """A permanent redirect: later polls ask `url` (state only, not config.yaml)."""
+        self.db.execute("INSERT INTO upstream_source (url, moved_to) VALUES (?, ?) "
+                        "ON CONFLICT (url) DO UPDATE SET moved_to = excluded.moved_to",
+                        (source.url, None if url == source.url else url))
 
     def _save(self, source: UpstreamSource, status: int | None, etag: str | None,
               last_modified: str | None, error: str | None, now: datetime,
-              errors: int = 0) -> None:
+              errors: int = 0, floor: timedelta | None = None) -> None:
         wait = timedelta(seconds=source.every_seconds)
         if errors:
-            wait = min(wait * 2 ** min(errors - 1, 10), max(MAX_BACKOFF, wait))
+            # Exponential backoff, bounded, with up to 25 % jitter so sources that failed
+            # together (one host down) do not come back together.
+            wait = min(wait * 2 ** min(errors - 1, 16), max(MAX_BACKOFF, wait))
+            wait *= 1 + random.random() / 4
+        if floor is not None:
+            wait = max(wait, floor)
         self.db.execute(
-            "INSERT OR REPLACE INTO upstream_source VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO upstream_source (url, etag, last_modified, last_status, error_count, "
+            "last_error, last_polled_at, next_poll_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (url) DO UPDATE SET etag = excluded.etag, "
+            "last_modified = excluded.last_modified, last_status = excluded.last_status, "
+            "error_count = excluded.error_count, last_error = excluded.last_error, "
+            "last_polled_at = excluded.last_polled_at, next_poll_at = excluded.next_poll_at",
             (source.url, etag, last_modified, status, errors, error, _iso(now),
              _iso(now + wait)))
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from aggregator import PROJECT_URL, __version__
+from aggregator.sources.upstream.guard import AddressRefused, GuardedTransport
 
 log = logging.getLogger(__name__)
 # httpx logs every request at INFO: one line per source is noise at 1,000 sources.
@@ -30,12 +31,24 @@ class FetchError(Exception):
     """The source could not be fetched; the message is meant for users."""
 
 
+class StatusError(FetchError):
+    """The server answered with a status other than 200/304 (its headers kept, for
+    Retry-After)."""
+
+    def __init__(self, message: str, status: int, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers
+
+
 @dataclass(frozen=True)
 class Response:
     status: int  # 200 or 304
     url: str  # after redirects
     headers: dict[str, str] = field(default_factory=dict)  # lower-case names
     body: bytes = b""
+    moved_to: str | None = None  # where permanent redirects (301/308 only) led
+
 
     @property
     def not_modified(self) -> bool:
@@ -49,6 +62,7 @@ class Limits:
     max_bytes: int = 15 * 1024 * 1024  # decoded body
     per_host: int = 2
     concurrency: int = 16
+    allow_private: bool = False  # False: the SSRF guard refuses non-public addresses
 
 
 class _Decoder:
@@ -91,7 +105,10 @@ class Fetcher:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
+        pool = httpx.Limits(max_connections=max(limits.concurrency, 1) * 2,
+                            max_keepalive_connections=max(limits.concurrency, 1))
         self.client = httpx.Client(
+            transport=GuardedTransport(pool, limits.allow_private),
             timeout=httpx.Timeout(limits.timeout),
             follow_redirects=True,
             max_redirects=MAX_REDIRECTS,
@@ -99,8 +116,6 @@ class Fetcher:
                      "Accept": "application/atom+xml, application/rss+xml, "
                                "application/feed+json, application/json;q=0.9, "
                                "application/xml;q=0.9, text/xml;q=0.9, */*;q=0.8"},
-            limits=httpx.Limits(max_connections=max(limits.concurrency, 1) * 2,
-                                max_keepalive_connections=max(limits.concurrency, 1)),
         )
         self._hosts: dict[str, threading.Semaphore] = {}
         self._lock = threading.Lock()
@@ -136,6 +151,8 @@ class Fetcher:
                 return self._get(url, headers, started)
             except FetchError:
                 raise
+            except AddressRefused as exc:
+                raise FetchError(str(exc)) from exc
             except httpx.TooManyRedirects as exc:
                 raise FetchError(f"more than {MAX_REDIRECTS} redirects") from exc
             except httpx.TimeoutException as exc:
@@ -147,11 +164,14 @@ class Fetcher:
         limits = self.limits
         with self.client.stream("GET", url, headers=headers) as resp:
             final = str(resp.url)
+            moved = final if resp.history and all(
+                r.status_code in (301, 308) for r in resp.history) else None
             if resp.status_code == 304:
-                return Response(304, final, _headers(resp))
+                return Response(304, final, _headers(resp), moved_to=moved)
             if resp.status_code != 200:
                 reason = resp.reason_phrase or ""
-                raise FetchError(f"HTTP {resp.status_code} {reason}".rstrip())
+                raise StatusError(f"HTTP {resp.status_code} {reason}".rstrip(),
+                                  resp.status_code, _headers(resp))
             declared = resp.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > limits.max_bytes \
                     and not resp.headers.get("content-encoding"):
@@ -163,7 +183,30 @@ class Fetcher:
                 parts.append(decoder.feed(chunk))
                 if time.monotonic() - started > limits.deadline:
                     raise FetchError(f"deadline of {limits.deadline:g}s passed while reading")
-            return Response(200, final, _headers(resp), b"".join(parts))
+            return Response(200, final, _headers(resp), b"".join(parts), moved)
+
+    def probe(self, url: str) -> tuple[int, str | None, int]:
+        """(status, Content-Type, length) of an image without its body: HEAD, or a
+        one-byte ranged GET when the server refuses HEAD. Same guard, same host slots."""
+        with self._host_slot(url):
+            try:
+                head = self.client.head(url)
+                if head.status_code not in (403, 405, 501) and head.status_code < 500:
+                    return head.status_code, head.headers.get("content-type"), \
+                        _int(head.headers.get("content-length"))
+                with self.client.stream("GET", url, headers={"Range": "bytes=0-0"}) as resp:
+                    total = resp.headers.get("content-range", "").rpartition("/")[2]
+                    length = _int(total) if resp.status_code == 206 else \
+                        _int(resp.headers.get("content-length"))
+                    return resp.status_code, resp.headers.get("content-type"), length
+            except AddressRefused as exc:
+                raise FetchError(str(exc)) from exc
+            except httpx.HTTPError as exc:
+                raise FetchError(f"request failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _int(text: str | None) -> int:
+    return int(text) if text and text.strip().isdigit() else 0
 
 
 def _headers(resp: httpx.Response) -> dict[str, str]:

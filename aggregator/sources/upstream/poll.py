@@ -27,9 +27,10 @@ from typing import Any
 from aggregator.config import Config, UpstreamSource
 from aggregator.model import Entry
 from aggregator.problems import ProblemLog
-from aggregator.sources.upstream.http import Fetcher, FetchError, Limits, Response
+from aggregator.sources.upstream.http import Fetcher, FetchError, Limits, Response, StatusError
 from aggregator.sources.upstream.normalise import Normaliser
 from aggregator.sources.upstream.parse import ParseError, parse_feed
+from aggregator.sources.upstream.politeness import cache_floor, floor_of, retry_after, ttl_floor
 from aggregator.state.store import Clock, StateStore
 from aggregator.state.upstream import UpstreamState
 
@@ -56,6 +57,7 @@ class _Parsed:
     warnings: list[str]
     kind: str
     error: str | None = None
+    ttl: str | None = None  # RSS <ttl>, minutes
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,14 @@ class _Outcome:
     parsed: _Parsed | None = None  # None with a 200: not parsed yet (goes to a process)
     error: str | None = None
     status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # of a failed response
 
 
 def limits_from(config: Config) -> Limits:
     return Limits(timeout=config.fetch_timeout, deadline=config.fetch_deadline,
                   max_bytes=config.max_bytes, per_host=config.per_host_limit,
-                  concurrency=config.fetch_concurrency)
+                  concurrency=config.fetch_concurrency,
+                  allow_private=config.allow_private_addresses)
 
 
 def parse_job(body: bytes, headers: dict[str, str], url: str, source: UpstreamSource,
@@ -83,14 +87,19 @@ def parse_job(body: bytes, headers: dict[str, str], url: str, source: UpstreamSo
         return _Parsed([], [], "", str(exc))
     except Exception as exc:  # a parser bug must cost one source, not the run
         return _Parsed([], [], "", f"could not parse: {exc!r}")
-    return _Parsed(entries, feed.warnings, feed.kind)
+    ttl = feed.xml.feed.get("ttl") if feed.xml is not None else None
+    return _Parsed(entries, feed.warnings, feed.kind, ttl=str(ttl) if ttl else None)
 
 
 def _fetch_one(fetcher: Fetcher, source: UpstreamSource, etag: str | None,
-               last_modified: str | None, config: Config | None, now: datetime) -> _Outcome:
-    """Fetch; also parse here when `config` is given (no worker processes)."""
+               last_modified: str | None, config: Config | None, now: datetime,
+               url: str | None = None) -> _Outcome:
+    """Fetch (`url`: where a permanent redirect moved it); also parse here when
+    `config` is given (no worker processes)."""
     try:
-        response = fetcher.get(source.url, etag, last_modified)
+        response = fetcher.get(url or source.url, etag, last_modified)
+    except StatusError as exc:
+        return _Outcome(source, error=str(exc), status=exc.status, headers=exc.headers)
     except FetchError as exc:
         status = int(str(exc).split()[1]) if str(exc).startswith("HTTP ") else None
         return _Outcome(source, error=str(exc), status=status)
@@ -117,6 +126,7 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
         sources = list(only)
     else:
         sources = enabled if everything else state.due(enabled, clock())
+    sources = [s for s in sources if not _disabled(s, state, problems)]
     report.due = len(sources)
     if not sources:
         return report
@@ -135,7 +145,8 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
             for s in sources:
                 pending.add(pool.submit(
                     _fetch_one, fetcher, s, validators[s.url].etag,
-                    validators[s.url].last_modified, None if parsers else config, clock()))
+                    validators[s.url].last_modified, None if parsers else config, clock(),
+                    validators[s.url].fetch_url))
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -178,16 +189,28 @@ def _record(outcome: _Outcome, state: UpstreamState, problems: ProblemLog, clock
     source, response, now = outcome.source, outcome.response, clock()
     parsed = outcome.parsed
     error = outcome.error or (parsed.error if parsed is not None else None)
+    if response is not None and response.moved_to:
+        _moved(source, response.moved_to, state, problems)
     if error is not None:
-        problems.error(source.url, f"{error}; stored entries kept")
-        state.failed(source, error, now, outcome.status or (200 if response else None))
+        status = outcome.status or (200 if response else None)
         report.failed.append(source.url)
         report.outcomes[source.url] = "failed"
+        if status == 410:
+            message = f"{error}: the source is gone; polling stopped (its stored entries " \
+                      f"stay published; remove it from the config)"
+            problems.error(source.url, message)
+            state.disable(source, message, now, status)
+            return
+        problems.error(source.url, f"{error}; stored entries kept")
+        wait = retry_after(outcome.headers, now) if status in (429, 503) else None
+        state.failed(source, error, now, status, floor=wait)
         return
     assert response is not None
     etag, last_modified = response.headers.get("etag"), response.headers.get("last-modified")
+    floor = floor_of(cache_floor(response.headers, now),
+                     ttl_floor(parsed.ttl) if parsed is not None else None)
     if response.not_modified:
-        state.not_modified(source, etag, last_modified, now)
+        state.not_modified(source, etag, last_modified, now, floor)
         report.not_modified += 1
         report.outcomes[source.url] = "not_modified"
         return
@@ -196,7 +219,24 @@ def _record(outcome: _Outcome, state: UpstreamState, problems: ProblemLog, clock
         problems.warn(source.url, warning)
     if not parsed.entries:
         problems.warn(source.url, "feed has no entries; stored entries kept")
-    report.new_entries += state.store_entries(source, parsed.entries, etag, last_modified, now)
+    report.new_entries += state.store_entries(source, parsed.entries, etag, last_modified, now,
+                                              floor)
     report.fetched += 1
     report.outcomes[source.url] = "fetched"
     log.debug("%s: %d entries (%s)", source.url, len(parsed.entries), parsed.kind)
+
+
+def _disabled(source: UpstreamSource, state: UpstreamState, problems: ProblemLog) -> bool:
+    reason = state.source(source.url).disabled
+    if reason is not None:
+        problems.warn(source.url, f"disabled: {reason}")
+    return reason is not None
+
+
+def _moved(source: UpstreamSource, url: str, state: UpstreamState,
+           problems: ProblemLog) -> None:
+    old = state.source(source.url)
+    if url != old.fetch_url:
+        state.move(source, url)
+        problems.warn(source.url, f"moved permanently to {url}; polling that from now on "
+                                  f"(update the url in the config)")

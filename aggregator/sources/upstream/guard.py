@@ -1,0 +1,97 @@
+"""SSRF guard: refuse to connect to loopback, private, link-local, multicast, reserved
+or unspecified addresses, checked on the address the socket actually connects to.
+
+httpcore asks its *network backend* to open every TCP connection (`connect_tcp(host,
+port)`), for the first request and for every redirect hop. Our backend resolves the
+name itself, checks every address the resolver returned, and connects to a checked IP
+literal: there is no second DNS lookup for a rebinding server to answer differently.
+TLS is untouched: httpcore still does the handshake with the URL's host name (SNI and
+certificate check), and the Host header comes from the URL as always.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+import httpcore
+import httpx
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Test-only: (ip, port) pairs treated as public addresses, so a test on 127.0.0.1 can
+# play an "allowed host" that redirects to a refused one. Empty in production.
+TREAT_AS_PUBLIC: set[tuple[str, int]] = set()
+
+
+class AddressRefused(Exception):
+    """A connection to a non-public address was refused (nothing was sent)."""
+
+
+def is_refused(ip: IPAddress) -> bool:
+    """True for every address that is not a plain public unicast one."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
+            or ip.is_reserved or ip.is_unspecified or not ip.is_global)
+
+
+def _refusal(address: str) -> AddressRefused:
+    return AddressRefused(f"refused: {address} is a private address "
+                          f"(fetch.allow_private_addresses is false)")
+
+
+def resolve_checked(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to, all of them public; else AddressRefused.
+    One refused address refuses the host (a name answering both is not trusted)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+    addresses: list[str] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        text = str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 zone id
+        ip = ipaddress.ip_address(text)
+        if is_refused(ip) and (text, port) not in TREAT_AS_PUBLIC:
+            raise _refusal(text)
+        if text not in addresses:
+            addresses.append(text)
+    return addresses
+
+
+class GuardedBackend(httpcore.SyncBackend):
+    """httpcore's socket backend, connecting only to checked IP literals."""
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        last: Exception | None = None
+        for address in resolve_checked(host, port):
+            try:
+                return super().connect_tcp(address, port, timeout, local_address,
+                                           socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc  # try the next address of the same host
+        raise last if last is not None else httpcore.ConnectError(f"no address for {host}")
+
+
+class GuardedTransport(httpx.HTTPTransport):
+    """httpx's transport with a connection pool on the guarded backend.
+
+    httpx 0.28 does not take a network backend, so we build the httpcore pool it would
+    build (same TLS context and limits) with ours; `_pool` is what HTTPTransport sends
+    through."""
+
+    def __init__(self, limits: httpx.Limits, allow_private: bool) -> None:
+        super().__init__(limits=limits, trust_env=False)
+        if not allow_private:
+            self._pool = httpcore.ConnectionPool(
+                ssl_context=httpx.create_ssl_context(trust_env=False),
+                max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_keepalive_connections,
+                keepalive_expiry=limits.keepalive_expiry,
+                network_backend=GuardedBackend(),
+            )
+
