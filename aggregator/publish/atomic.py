@@ -12,6 +12,7 @@ remove feeds of vanished categories without touching anything else in the folder
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -73,7 +74,10 @@ class Publisher:
             with open(temp, "wb") as handle:
                 handle.write(data)
         except OSError as exc:
-            temp.unlink(missing_ok=True)
+            # On a read-only fs unlink fails too (EROFS, even for a missing file): that
+            # OSError escaped instead of the PublishError, and the message was wrong.
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
             self.abort()
             raise PublishError(f"{target}: cannot publish: {exc.strerror or exc}") from exc
         self._staged.append((rel, temp, target))
@@ -82,7 +86,8 @@ class Publisher:
     def abort(self) -> None:
         """Drop everything staged; the published files stay as they were."""
         for _rel, temp, _target in self._staged:
-            temp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
         self._staged.clear()
 
     def keep(self, rel: str) -> None:

@@ -29,7 +29,11 @@ class BuildLock:
     def acquire(self, cancel: threading.Event | None = None, poll: float = 0.1) -> bool:
         """Wait for the lock; False if `cancel` is set first."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            # A read-only state dir refused every build; flock works on a read-only fd.
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         waited = False
         while True:
             try:

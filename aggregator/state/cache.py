@@ -16,12 +16,14 @@ disposable: deleting it (or it being corrupt) only costs one slow build.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import pickle
 import sqlite3
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -73,8 +75,23 @@ def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def _disposable(method: Callable[..., None]) -> Callable[..., None]:
+    """A cache write that fails (disk full, read-only, locked) costs speed, never the
+    build: it used to crash builds whose state dir was full."""
+    @functools.wraps(method)
+    def wrapper(self: BuildCache, *args: object, **kwargs: object) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            self._write_failed(exc)
+    return wrapper
+
+
 class BuildCache:
     def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._stale: set[str] = set()  # tables we could not clear: read as empty
+        self._failed = False
         self.db = self._open(path)
         self._posts: dict[str, tuple[int, int, int, str, bytes]] | None = None
 
@@ -96,11 +113,20 @@ class BuildCache:
         except sqlite3.DatabaseError as exc:
             log.warning("%s: build cache unusable (%s); starting a new one", path, exc)
             for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # read-only dir: crashed the build
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
             try:
                 return _connect(str(path))
             except sqlite3.DatabaseError:
                 return _connect(":memory:")
+
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.db.rollback()
+        if not self._failed:
+            log.warning("%s: build cache not updated (%s); the next build redoes the work",
+                        self.path, exc)
+        self._failed = True
 
     # -- settings fingerprints ------------------------------------------------
 
@@ -109,15 +135,21 @@ class BuildCache:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
         if row is not None and row[0] == fingerprint:
             return
-        with self.db:
-            for table in tables:
-                self.db.execute(f"DELETE FROM {table}")  # noqa: S608 (fixed names)
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, fingerprint))
+        try:
+            with self.db:
+                for table in tables:
+                    self.db.execute(f"DELETE FROM {table}")  # noqa: S608 (fixed names)
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, fingerprint))
+        except sqlite3.OperationalError as exc:
+            self._write_failed(exc)
+            self._stale.update(tables)  # outdated rows must not be used
         self._posts = None
 
     # -- posts -----------------------------------------------------------------
 
     def post(self, source: str) -> CachedPost | None:
+        if "post_cache" in self._stale:
+            return None
         if self._posts is None:
             self._posts = {row[0]: row[1:] for row in self.db.execute(
                 "SELECT source, size, mtime_ns, inode, digest, payload FROM post_cache")}
@@ -131,6 +163,7 @@ class BuildCache:
             return None
         return CachedPost(size, mtime_ns, inode, content_digest, entry, problems)
 
+    @_disposable
     def store_posts(self, rows: Iterable[tuple[str, CachedPost]]) -> None:
         """Cache each post: the entry without its html in post_cache, whole in post_body."""
         posts, bodies = [], []
@@ -162,6 +195,7 @@ class BuildCache:
                 out[key] = pickle.loads(zlib.decompress(blob))
         return out
 
+    @_disposable
     def forget_posts_except(self, sources: set[str]) -> None:
         known = {row[0] for row in self.db.execute("SELECT source FROM post_cache")}
         gone = known - sources
@@ -173,6 +207,7 @@ class BuildCache:
                 for source in gone:
                     self._posts.pop(source, None)
 
+    @_disposable
     def keep_bodies(self, digests: set[str]) -> None:
         """Drop the bodies of entries no post has any more (bounded disk)."""
         with self.db:
@@ -187,7 +222,7 @@ class BuildCache:
 
     def rendered(self, keys: Iterable[str]) -> dict[str, tuple[bytes, bytes]]:
         out: dict[str, tuple[bytes, bytes]] = {}
-        wanted = list(keys)
+        wanted = [] if "rendered" in self._stale else list(keys)
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
             marks = ",".join("?" * len(chunk))
@@ -196,12 +231,14 @@ class BuildCache:
                 out[key] = (zlib.decompress(atom), zlib.decompress(rss))
         return out
 
+    @_disposable
     def store_rendered(self, rows: Iterable[tuple[str, bytes, bytes]]) -> None:
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO rendered VALUES (?, ?, ?)",
                                 [(key, zlib.compress(atom, 1), zlib.compress(rss, 1))
                                  for key, atom, rss in rows])
 
+    @_disposable
     def keep_rendered(self, keys: set[str]) -> None:
         """Drop renders no feed uses any more (bounded disk)."""
         with self.db:
@@ -213,9 +250,12 @@ class BuildCache:
     # -- published feeds ------------------------------------------------------------
 
     def feed_states(self) -> dict[str, tuple[str, int, int]]:
+        if "feed_state" in self._stale:
+            return {}
         return {row[0]: (row[1], row[2], row[3]) for row in self.db.execute(
             "SELECT rel, fingerprint, size, mtime_ns FROM feed_state")}
 
+    @_disposable
     def store_feed_states(self, rows: Iterable[tuple[str, str, int, int]]) -> None:
         with self.db:
             self.db.execute("DELETE FROM feed_state")

@@ -68,6 +68,9 @@ MIGRATIONS: list[str] = [
 ]
 
 Clock = Callable[[], datetime]
+# How long to wait for another process's lock on the state file before going on without
+# it (a module constant so tests can shorten it).
+BUSY_TIMEOUT_SECONDS = 30.0
 
 
 def utc_now() -> datetime:
@@ -80,12 +83,19 @@ class StateStore:
         self.clock = clock
         self.db = self._open()
         self._first_seen: dict[str, datetime] | None = None
+        self._read_only = False
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        existed = str(self.path) == ":memory:" or self.path.exists()
         try:
-            return self._connect_and_migrate()
+            db = self._connect_and_migrate()
         except sqlite3.DatabaseError as exc:
+            if _locked(exc):
+                # Busy is not corrupt: moving a file another process holds open aside
+                # lost its data (seen with a foreign `BEGIN EXCLUSIVE`). The caller goes
+                # on with a temporary state and says so.
+                raise
             # Corrupt or foreign file: keep it for inspection, start a fresh one.
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             log.error("%s: state file unusable (%s); moved to %s and rebuilt",
@@ -97,9 +107,15 @@ class StateStore:
             for suffix in ("-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             return self._connect_and_migrate()
+        if not existed and Path(f"{self.path}.cache").exists():
+            # Our build cache is there but the state is not: it was deleted.
+            log.warning("%s: state file was missing (deleted?); started a new one: undated "
+                        "entries get new first-seen dates, upstream entries are fetched again",
+                        self.path)
+        return db
 
     def _connect_and_migrate(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -127,12 +143,26 @@ class StateStore:
         if seen is None:
             seen = self.clock()
             self._first_seen[entry_id] = seen
-            self.db.execute("INSERT OR IGNORE INTO first_seen VALUES (?, ?)",
-                            (entry_id, seen.isoformat()))
+            if not self._read_only:
+                try:
+                    self.db.execute("INSERT OR IGNORE INTO first_seen VALUES (?, ?)",
+                                    (entry_id, seen.isoformat()))
+                except sqlite3.OperationalError as exc:
+                    # Locked by another process, disk full, read-only: this crashed the
+                    # build. Keep the time for this build, stop trying (each try waits
+                    # BUSY_TIMEOUT_SECONDS) and say what it costs.
+                    self._read_only = True
+                    log.warning("%s: cannot record first-seen times (%s); undated entries "
+                                "may get new dates on the next build", self.path, exc)
         return seen
 
     def close(self) -> None:
         self.db.close()
+
+
+def _locked(exc: sqlite3.DatabaseError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) \
+        or "locked" in str(exc)
 
 
 def _statements(script: str) -> list[str]:
