@@ -103,10 +103,80 @@ def cmd_check(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
     # A throwaway state: check writes nothing, not even first-seen times.
     state = StateStore(Path(":memory:"))
     read_posts(config, state, report)
-    log.info("checked %d posts: %d usable, %d skipped; %d errors, %d warnings",
-             report.posts_found, report.posts_read, report.skipped,
+    failing = _check_sources(config, problems)
+    log.info("checked %d posts: %d usable, %d skipped; %d sources failing; %d errors, "
+             "%d warnings", report.posts_found, report.posts_read, report.skipped, failing,
              len(problems.errors), len(problems.warnings))
-    return EXIT_SKIPPED if problems.items else EXIT_OK
+    return EXIT_SKIPPED if problems.items or failing else EXIT_OK
+
+
+def _check_sources(config: Config, problems: ProblemLog) -> int:
+    """Print each upstream source's state (read-only); report the failing ones as errors:
+    `fetch.failing_after` errors in a row, or disabled (410 Gone). Returns how many."""
+    import sqlite3
+
+    if not config.upstream:
+        return 0
+    rows: dict[str, dict[str, object]] = {}
+    if config.state_path.exists():
+        try:
+            db = sqlite3.connect(f"file:{config.state_path}?mode=ro", uri=True, timeout=5)
+            try:
+                db.row_factory = sqlite3.Row
+                rows = {r["url"]: dict(r) for r in db.execute("SELECT * FROM upstream_source")}
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            problems.warn(str(config.state_path), f"cannot read source state: {exc}")
+    failing = 0
+    for source in config.upstream:
+        row = rows.get(source.url)
+        if not source.enabled:
+            log.info("source %s: disabled in the config", source.url)
+            continue
+        if row is None:
+            log.info("source %s: never polled", source.url)
+            continue
+        errors = int(row.get("error_count") or 0)  # type: ignore[call-overload]
+        line = (f"source {source.url}: last status {row.get('last_status') or '-'}, "
+                f"{errors} errors in a row, last error: {row.get('last_error') or '-'}, "
+                f"next poll {row.get('next_poll_at') or 'now'}")
+        if row.get("moved_to"):
+            line += f", moved to {row['moved_to']}"
+        log.info("%s", line)
+        if row.get("disabled"):
+            failing += 1
+            problems.error(source.url, f"disabled: {row['disabled']}")
+        elif errors >= config.failing_after:
+            failing += 1
+            problems.error(source.url, f"failing: {errors} errors in a row; last: "
+                                       f"{row.get('last_error')}")
+    return failing
+
+
+def cmd_opml(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
+    """Write every upstream source (inline and from OPML files) as OPML 2.0."""
+    from aggregator.sources.upstream.opml import export_opml
+    from aggregator.sources.upstream.posts import atomic_write
+
+    data = export_opml(config.upstream, f"{config.site_title} subscriptions")
+    if args.output is None or str(args.output) == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        try:
+            atomic_write(args.output, data)
+        except OSError as exc:
+            log.error("%s: cannot write: %s", args.output, exc)
+            return EXIT_PUBLISH
+        log.info("wrote %d sources to %s", len(config.upstream), args.output)
+    return EXIT_OK
+
+
+def _opml_arguments(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("action", choices=["export"], help="export: write every source as OPML")
+    cmd.add_argument("-o", "--output", type=Path, default=None,
+                     help="output file (default: standard output)")
 
 
 def cmd_run(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
@@ -165,9 +235,12 @@ AddArguments = Callable[[argparse.ArgumentParser], None] | None
 COMMANDS: dict[str, tuple[str, Command, AddArguments]] = {
     "build": ("publish every feed from the content dir and stored upstream entries; "
               "never uses the network", cmd_build, None),
-    "check": ("validate the config and every post; write nothing", cmd_check, None),
+    "check": ("validate the config, every post and the upstream sources' state; write "
+              "nothing", cmd_check, None),
     "fetch": ("poll the due upstream sources (--all: every enabled one), store their "
               "entries, then publish like build", cmd_fetch, _fetch_arguments),
     "run": ("the service: first build, then watch the content dir, poll upstream, "
             "rebuild, optionally serve; 0 after SIGTERM", cmd_run, _run_arguments),
+    "opml": ("opml export [-o FILE]: write every upstream source as OPML 2.0",
+             cmd_opml, _opml_arguments),
 }

@@ -86,6 +86,10 @@ class Config:
     fetch_deadline: float = 60.0  # seconds, one whole request
     fetch_concurrency: int = 16  # sources fetched at once
     parse_processes: int = 0  # 0: one per CPU (max 4) for big polls; 1: parse in threads
+    failing_after: int = 3  # errors in a row before `check` lists a source as failing
+    probe_max: int = 50  # image probes per fetch run
+    probe_seconds: float = 20.0  # time budget for the image probes of one fetch run
+    probe_refresh_days: int = 30  # a cached probe result is trusted this long
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -180,10 +184,10 @@ KNOWN_KEYS = {
     "content": {"dir", "body", "follow_symlinks", "max_post_bytes"},
     "output": {"dir", "max_items", "full_content", "slugs", "max_depth"},
     "sanitize": {"drop_selectors", "iframe_hosts"},
-    "images": {"probe"},
+    "images": {"probe", "probe_max", "probe_seconds", "probe_refresh_days"},
     "upstream": None,
     "fetch": {"allow_private_addresses", "per_host_limit", "max_bytes", "timeout_seconds",
-              "deadline_seconds", "concurrency", "parse_processes"},
+              "deadline_seconds", "concurrency", "parse_processes", "failing_after"},
     "state": {"path"},
     "serve": {"host", "port"},
 }
@@ -262,6 +266,10 @@ def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
     hosts = r.typed(list, "sanitize", "iframe_hosts", default=list(DEFAULT_IFRAME_HOSTS))
 
     upstream, opml_files = _read_upstream(r, base)
+    if opml_files:
+        from aggregator.sources.upstream.opml import sources_from_opml
+
+        upstream += sources_from_opml(opml_files, {s.url for s in upstream}, problems)
     serve = r.get("serve")
     serve_host = serve_port = None
     if isinstance(serve, dict):
@@ -300,6 +308,10 @@ def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
         fetch_deadline=_positive(r, "deadline_seconds", 60.0),
         fetch_concurrency=int(_positive(r, "concurrency", 16)),
         parse_processes=r.typed(int, "fetch", "parse_processes", default=0),
+        failing_after=max(1, r.typed(int, "fetch", "failing_after", default=3)),
+        probe_max=max(0, r.typed(int, "images", "probe_max", default=50)),
+        probe_seconds=float(r.typed((int, float), "images", "probe_seconds", default=20.0)),
+        probe_refresh_days=max(1, r.typed(int, "images", "probe_refresh_days", default=30)),
         raw=data,
     )
 

@@ -180,8 +180,16 @@ class UpstreamState:
 
 
 def stored_upstream_entries(store: StateStore, sources: Iterable[UpstreamSource]) -> list[Entry]:
-    """For `build`: what earlier polls stored, no network. Disabled sources are left out."""
-    return UpstreamState(store).entries(s for s in sources if s.enabled)
+    """For `build`: what earlier polls stored, no network. Disabled sources are left out,
+    so are entries published as a post (`write_posts`); cached image probes applied."""
+    from aggregator.sources.upstream.posts import written_ids
+    from aggregator.state.probes import apply_probes
+
+    entries = UpstreamState(store).entries(s for s in sources if s.enabled)
+    if any(s.write_posts for s in sources):
+        as_posts = written_ids(store)
+        entries = [e for e in entries if e.id not in as_posts]
+    return apply_probes(store, entries)
 
 
 def _dump(entry: Entry) -> str:

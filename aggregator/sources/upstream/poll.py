@@ -168,6 +168,7 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
         finally:
             if parsers is not None:
                 parsers.shutdown(wait=False, cancel_futures=True)
+    _after_poll(config, store, problems, clock, sources)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -240,3 +241,16 @@ def _moved(source: UpstreamSource, url: str, state: UpstreamState,
         state.move(source, url)
         problems.warn(source.url, f"moved permanently to {url}; polling that from now on "
                                   f"(update the url in the config)")
+
+
+def _after_poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
+                sources: list[UpstreamSource]) -> None:
+    """write_posts sources become posts; unknown image types are probed (never fatal)."""
+    from aggregator.sources.upstream.posts import write_posts
+    from aggregator.sources.upstream.probe import probe_images
+
+    write_posts(config, store, sources, problems, clock())
+    try:
+        probe_images(config, store, sources, clock())
+    except Exception as exc:  # probing is an extra: it never fails a poll
+        log.warning("image probing stopped: %s", exc)

@@ -1,0 +1,99 @@
+"""OPML subscription lists: read (`upstream: - opml: file.opml`) and write (`opml export`).
+
+Outline nesting is the category path: a folder outline (no `xmlUrl`) is one level, an
+outline with `xmlUrl` is a source. A source at the top level with an OPML 2.0
+`category` attribute (`/Tech/Python`) takes its first path instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from lxml import etree
+
+from aggregator.config import UpstreamSource
+from aggregator.problems import ProblemLog
+
+# No entities, no network, no DTDs: an OPML file is data, not a program.
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
+                          huge_tree=False, remove_comments=True)
+
+
+def read_opml(path: Path, problems: ProblemLog) -> list[UpstreamSource]:
+    try:
+        root = etree.fromstring(path.read_bytes(), _PARSER)
+    except (OSError, etree.XMLSyntaxError) as exc:
+        problems.error(str(path), f"cannot read OPML: {exc}; its sources skipped")
+        return []
+    body = root.find("body")
+    if root.tag != "opml" or body is None:
+        problems.error(str(path), "not an OPML file (no <opml><body>); its sources skipped")
+        return []
+    out: list[UpstreamSource] = []
+
+    def walk(node: etree._Element, category: tuple[str, ...]) -> None:
+        for outline in node.iterchildren("outline"):
+            label = (outline.get("title") or outline.get("text") or "").strip()
+            url = (outline.get("xmlUrl") or "").strip()
+            if not url:
+                walk(outline, category + ((label,) if label else ()))
+                continue
+            where = f"{path}:{outline.sourceline}"
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                problems.error(where, f"OPML outline url {url!r} is not an http(s) URL; skipped")
+                continue
+            path_ = category or _category_attribute(outline.get("category"))
+            out.append(UpstreamSource(url=url, category=path_,
+                                      title=label if label and label != url else None,
+                                      where=where))
+
+    walk(body, ())
+    return out
+
+
+def _category_attribute(value: str | None) -> tuple[str, ...]:
+    first = (value or "").split(",")[0]
+    return tuple(p.strip() for p in first.split("/") if p.strip())
+
+
+def sources_from_opml(paths: Iterable[Path], seen: set[str],
+                      problems: ProblemLog) -> tuple[UpstreamSource, ...]:
+    """Sources of every OPML file, leaving out URLs already listed (inline ones win)."""
+    out: list[UpstreamSource] = []
+    for path in paths:
+        for source in read_opml(path, problems):
+            if source.url in seen:
+                problems.warn(source.where, f"upstream {source.url} listed twice; the first "
+                                            f"entry is used")
+                continue
+            seen.add(source.url)
+            out.append(source)
+    return tuple(out)
+
+
+def export_opml(sources: Iterable[UpstreamSource], title: str) -> bytes:
+    """OPML 2.0: one folder outline per category level, sources in config order."""
+    root = etree.Element("opml", version="2.0")
+    head = etree.SubElement(root, "head")
+    etree.SubElement(head, "title").text = title
+    body = etree.SubElement(root, "body")
+    folders: dict[tuple[str, ...], etree._Element] = {(): body}
+
+    def folder(path: tuple[str, ...]) -> etree._Element:
+        found = folders.get(path)
+        if found is None:
+            found = folders[path] = etree.SubElement(folder(path[:-1]), "outline",
+                                                     text=path[-1], title=path[-1])
+        return found
+
+    for source in sources:
+        attrs = {"type": "rss", "text": source.title or source.url, "xmlUrl": source.url}
+        if source.title:
+            attrs["title"] = source.title
+        if source.category:
+            attrs["category"] = "/" + "/".join(source.category)
+        etree.SubElement(folder(source.category), "outline", attrs)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)

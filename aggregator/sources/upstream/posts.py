@@ -1,0 +1,144 @@
+"""`write_posts: true`: each upstream entry of the source also becomes a Hexo post.
+
+Written under its category path in the first content dir, atomically (temp file in the
+same folder, then os.replace). The SHA-256 of what we wrote is kept in state
+(`written_post`): a file whose bytes differ from it was edited by a person and is never
+touched again; a file we did not write is never overwritten; a deleted one is not
+brought back. The post's front-matter `id` is the upstream entry's id, and `build`
+leaves the stored upstream entry out while the post exists, so the entry is published
+once, as the post (which a person may edit), with the id readers already know.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+from slugify import slugify
+
+from aggregator.config import Config, UpstreamSource
+from aggregator.model import Entry
+from aggregator.problems import ProblemLog
+from aggregator.render import finish_entry
+from aggregator.sanitize.html import Sanitizer
+from aggregator.state.store import StateStore
+from aggregator.state.upstream import UpstreamState
+
+log = logging.getLogger(__name__)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _name(text: str, fallback: str) -> str:
+    return slugify(text, max_length=60, word_boundary=True) or fallback
+
+
+def post_path(root: Path, entry: Entry) -> Path:
+    """`<content dir>/<category slugs…>/<title slug>-<8 hex of the id>.md`: only
+    a-z0-9- names, so no title or category can reach outside the content dir."""
+    tag = _sha(entry.id.encode())[:8]
+    folders = [_name(part, "c-" + _sha(part.encode())[:8]) for part in entry.category]
+    return root.joinpath(*folders, f"{_name(entry.title, 'entry')}-{tag}.md")
+
+
+def post_bytes(entry: Entry, sanitizer: Sanitizer) -> bytes:
+    """Front matter + sanitised HTML; the same entry always gives the same bytes."""
+    done = finish_entry(entry, sanitizer)
+    meta: dict[str, object] = {"title": done.title, "id": done.id}
+    if done.published is not None:
+        meta["date"] = _stamp(done.published)
+    meta["updated"] = _stamp(done.updated)
+    if done.category:
+        meta["categories"] = list(done.category)
+    if done.tags:
+        meta["tags"] = list(done.tags)
+    for key, value in (("author", done.author), ("link", done.link),
+                       ("headimg", done.image.url if done.image else None)):
+        if value:
+            meta[key] = value
+    meta["upstream"] = done.source
+    front = yaml.safe_dump(meta, allow_unicode=True, sort_keys=False, width=1000)
+    body = done.html.strip() or "<p></p>"
+    return f"---\n{front}---\n{body}\n".encode()
+
+
+def _stamp(value: datetime) -> str:
+    return value.isoformat()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def write_posts(config: Config, store: StateStore, sources: list[UpstreamSource],
+                problems: ProblemLog, now: datetime) -> int:
+    """Write (or update, while unedited) the posts of these sources; returns files written."""
+    chosen = [s for s in sources if s.write_posts and s.enabled]
+    if not chosen or not config.content_dirs:
+        return 0
+    root = config.content_dirs[0]
+    sanitizer = Sanitizer(config.drop_selectors, config.iframe_hosts)
+    state = UpstreamState(store)
+    written = 0
+    for source in chosen:
+        for entry in state.entries([source]):
+            try:
+                written += _write_one(store, root, source, entry, sanitizer, problems, now)
+            except OSError as exc:
+                problems.error(source.url, f"cannot write the post for {entry.id}: {exc}")
+    return written
+
+
+def _write_one(store: StateStore, root: Path, source: UpstreamSource, entry: Entry,
+               sanitizer: Sanitizer, problems: ProblemLog, now: datetime) -> int:
+    row = store.db.execute("SELECT path, sha256 FROM written_post WHERE entry_id = ?",
+                           (entry.id,)).fetchone()
+    data = post_bytes(entry, sanitizer)
+    if row is None:
+        path = post_path(root, entry)
+        if path.exists() or path.is_symlink():
+            problems.warn(str(path), f"not written for {entry.id}: a file we did not write "
+                                     f"is already there")
+            return 0
+    else:
+        path = Path(row[0])
+        try:
+            current = path.read_bytes()
+        except FileNotFoundError:
+            return 0  # deleted by a person: not brought back
+        if _sha(current) != row[1]:
+            log.debug("%s: edited by hand; left alone", path)
+            return 0
+        if current == data:
+            return 0
+    atomic_write(path, data)
+    store.db.execute("INSERT OR REPLACE INTO written_post VALUES (?, ?, ?, ?, ?)",
+                     (entry.id, source.url, str(path), _sha(data), now.isoformat()))
+    log.info("%s: wrote %s", source.url, path)
+    return 1
+
+
+def written_ids(store: StateStore) -> set[str]:
+    """Ids of upstream entries published as a post that still exists."""
+    try:
+        rows = store.db.execute("SELECT entry_id, path FROM written_post").fetchall()
+    except Exception:  # noqa: BLE001 - a state without the table: nothing written
+        return set()
+    return {entry_id for entry_id, path in rows if os.path.exists(path)}
