@@ -147,8 +147,8 @@ class UpstreamState:
         if errors:
             # Exponential backoff, bounded, with up to 25 % jitter so sources that failed
             # together (one host down) do not come back together.
-            wait = min(wait * 2 ** min(errors - 1, 16), max(MAX_BACKOFF, wait))
-            wait *= 1 + random.random() / 4
+            base = wait * 2 ** min(errors - 1, 16) * (1 + random.random() / 4)
+            wait = min(base, max(MAX_BACKOFF, wait))
         if floor is not None:
             wait = max(wait, floor)
         self.db.execute(
