@@ -72,7 +72,8 @@ def open_state(config: Config, clock: Clock, problems: ProblemLog) -> StateStore
 
 def read_posts(config: Config, state: StateStore, report: BuildReport,
                cache: BuildCache | None = None, posts: list[PostFile] | None = None,
-               memo: dict[str, ReadResult] | None = None) -> list[Entry]:
+               memo: dict[str, ReadResult] | None = None,
+               posts_walked: bool = True) -> list[Entry]:
     """Every post as an Entry (html not yet sanitised). With a cache, a post whose file
     identity or content is unchanged is not parsed again; its problems are replayed.
     `memo` (source → last result, kept by a long-lived Builder) skips even the cache."""
@@ -102,7 +103,8 @@ def read_posts(config: Config, state: StateStore, report: BuildReport,
     cache.store_posts(fresh)
     if fresh or memo is None or len(memo) != len(seen):
         cache.forget_posts_except(set(seen))
-    if fresh:
+    if fresh and (memo is None or posts_walked):
+        # O(all posts): on every one-off build, but in a session only after a full walk
         cache.keep_bodies({e.digest for e in entries})
     if memo is not None:
         memo.clear()
@@ -192,9 +194,10 @@ class Builder:
             self._cache = open_cache(config)
         try:
             try:
-                posts = self._discover(config, changed, report.problems)
+                posts, walked = self._discover(config, changed, report.problems)
                 entries = merge_duplicates(
-                    [*read_posts(config, state, report, self._cache, posts, self._memo),
+                    [*read_posts(config, state, report, self._cache, posts, self._memo,
+                                 walked),
                      *stored_upstream_entries(state, config.upstream), *extra_entries],
                     report.problems)
             finally:
@@ -211,12 +214,14 @@ class Builder:
         return report
 
     def _discover(self, config: Config, changed: set[str] | None,
-                  problems: ProblemLog) -> list[PostFile]:
+                  problems: ProblemLog) -> tuple[list[PostFile], bool]:
+        """(posts, whether the tree was walked)."""
         posts = None
         if changed is not None and self._posts is not None:
             posts = rediscover(config, self._posts, changed, problems)
             if posts is not None:
                 problems.replay(self._walk_problems)
+        walked = posts is None
         if posts is None:
             walk = ProblemLog()
             found = discover(config, walk)
@@ -224,7 +229,7 @@ class Builder:
             self._walk_problems = list(walk.items)
             posts = {post.location: post for post in found}
         self._posts = posts
-        return sorted(posts.values(), key=lambda p: (p.rel, str(p.root)))
+        return sorted(posts.values(), key=lambda p: (p.rel, str(p.root))), walked
 
     def close(self) -> None:
         if self._cache is not None:
