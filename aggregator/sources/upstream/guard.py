@@ -85,10 +85,10 @@ class GuardedTransport(httpx.HTTPTransport):
     through."""
 
     def __init__(self, limits: httpx.Limits, allow_private: bool) -> None:
-        super().__init__(limits=limits, trust_env=False)
+        super().__init__(limits=limits)
         if not allow_private:
             self._pool = httpcore.ConnectionPool(
-                ssl_context=httpx.create_ssl_context(trust_env=False),
+                ssl_context=httpx.create_ssl_context(),
                 max_connections=limits.max_connections,
                 max_keepalive_connections=limits.max_keepalive_connections,
                 keepalive_expiry=limits.keepalive_expiry,
