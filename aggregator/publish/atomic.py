@@ -38,12 +38,15 @@ class Publisher:
         self._published: set[str] = set()
         self._staged: list[tuple[str, Path, Path]] = []
 
-    def prepare(self) -> None:
+    def prepare(self, sweep_temps: bool = True) -> None:
+        """Create the output dir; with `sweep_temps`, drop temp files of killed builds
+        (a walk of the whole output tree, so a service does it only now and then)."""
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise PublishError(f"{self.out_dir}: cannot create output dir: {exc}") from exc
-        self.remove_temp_files()
+        if sweep_temps:
+            self.remove_temp_files()
 
     def remove_temp_files(self) -> int:
         """Temp files left by a killed build: never valid output, always safe to drop."""
