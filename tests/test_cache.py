@@ -161,7 +161,7 @@ SESSION_CHANGES: dict[str, Callable[[Path], set[Path]]] = {
     "recategorise": lambda t: (_rewrite(t / "posts/a/p1.md", "[Alpha, Sub1]", "[Beta, New]"),
                                {t / "posts/a/p1.md"})[1],
     "new-sibling-shifts-slugs": lambda t: (write_post(t / "posts", "a/x.md",
-                                                      "title: X\ncategories: [Alpha, 'sub1']\n"
+                                                      "title: X\ncategories: [Alpha, 'SUB1']\n"
                                                       "date: 2026-02-01 00:00:00"),
                                            {t / "posts/a/x.md"})[1],
     "feed-edited-by-hand": lambda t: ((t / "feeds/beta/atom.xml").write_text("<x/>"), set())[1],
