@@ -280,3 +280,42 @@ def test_write_posts_never_overwrites_a_foreign_file(tmp_path: Path, httpserver:
     code, err = run(config, capsys, "fetch", "--all")
     assert "a file we did not write is already there" in err
     assert target.read_text(encoding="utf-8").startswith("---\ntitle: Mine")
+
+
+def test_image_probes_bounded_per_run(tmp_path: Path, httpserver: HTTPServer,
+                                      capsys: Any) -> None:
+    urls = [httpserver.url_for(f"/pic/{i}") for i in range(3)]
+    httpserver.expect_request("/feed").respond_with_data(_media_feed(urls), content_type=XML)
+    for i in range(3):
+        httpserver.expect_request(f"/pic/{i}").respond_with_data(b"x" * 10,
+                                                                 content_type="image/gif")
+    config = upstream_config(tmp_path, [{"url": httpserver.url_for("/feed"), "category": "Up"}])
+    _edit(config, "images", probe=True, probe_max=2)
+
+    def probes() -> int:
+        return sum(1 for r, _ in httpserver.log if r.path.startswith("/pic/"))
+
+    run(config, capsys, "fetch", "--all")
+    assert probes() == 2
+    run(config, capsys, "fetch", "--all")
+    assert probes() == 3  # the one left over, then nothing more
+    run(config, capsys, "fetch", "--all")
+    assert probes() == 3
+    assert all(e == (("image/gif", "10"),) for e in _enclosures(tmp_path).values())
+
+
+def test_probe_cache_many_urls(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from aggregator.state.probes import Probe, ProbeCache
+    from aggregator.state.store import StateStore
+
+    store = StateStore(tmp_path / "s.sqlite")
+    cache, now = ProbeCache(store), datetime.now(UTC).replace(microsecond=0)
+    for i in range(300):
+        cache.put(Probe(f"https://i.example/{i}", 200, "image/png", i, now))
+    urls = [f"https://i.example/{i}" for i in range(0, 600, 2)]
+    found = cache.get(urls)
+    assert len(found) == 150 and found["https://i.example/8"].length == 8
+    assert len(cache.get(urls[:3])) == 3
+    store.close()

@@ -301,3 +301,22 @@ def test_check_lists_source_state_and_failing_sources(
     assert code == 1
     assert f"{url}: error: failing: 3 errors in a row; last: HTTP 500" in err
     assert "1 sources failing" in err
+
+
+def test_hint_parsing() -> None:
+    from aggregator.sources.upstream.politeness import cache_floor, retry_after, ttl_floor
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert retry_after({"retry-after": "120"}, now) == timedelta(seconds=120)
+    assert retry_after({"retry-after": "Thu, 01 Jan 2026 01:00:00 GMT"}, now) == \
+        timedelta(hours=1)
+    assert retry_after({"retry-after": "Wed, 31 Dec 2025 23:00:00 GMT"}, now) == timedelta(0)
+    assert retry_after({"retry-after": "soon"}, now) is None
+    assert retry_after({"retry-after": "99999999"}, now) == timedelta(days=7)
+    assert cache_floor({"cache-control": "max-age=60, s-maxage=5"}, now) == \
+        timedelta(seconds=60)
+    assert cache_floor({"cache-control": "no-cache, max-age=600"}, now) is None
+    assert cache_floor({"cache-control": "max-age=31536000"}, now) == timedelta(days=1)
+    assert cache_floor({"expires": "0"}, now) is None
+    assert ttl_floor("60") == timedelta(hours=1) and ttl_floor("x") is None
+    assert ttl_floor("0") is None

@@ -31,7 +31,15 @@ class ProbeCache:
 
     def get(self, urls: Iterable[str]) -> dict[str, Probe]:
         out: dict[str, Probe] = {}
-        for url in set(urls):
+        wanted = set(urls)
+        if len(wanted) > 200:  # many: one scan beats a lookup each
+            for url, *row in self.db.execute("SELECT url, status, mime_type, length, "
+                                             "probed_at FROM image_probe"):
+                if url in wanted:
+                    out[url] = Probe(url, row[0], row[1], row[2],
+                                     datetime.fromisoformat(row[3]))
+            return out
+        for url in wanted:
             row = self.db.execute("SELECT status, mime_type, length, probed_at FROM "
                                   "image_probe WHERE url = ?", (url,)).fetchone()
             if row is not None:

@@ -249,7 +249,11 @@ def _after_poll(config: Config, store: StateStore, problems: ProblemLog, clock: 
     from aggregator.sources.upstream.posts import write_posts
     from aggregator.sources.upstream.probe import probe_images
 
-    write_posts(config, store, sources, problems, clock())
+    try:
+        write_posts(config, store, sources, problems, clock())
+    except Exception as exc:  # the poll is stored; a post we could not write is reported
+        problems.error(str(config.content_dirs[0]) if config.content_dirs else "write_posts",
+                       f"writing posts stopped: {exc!r}")
     try:
         probe_images(config, store, sources, clock())
     except Exception as exc:  # probing is an extra: it never fails a poll

@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 def _probe_one(fetcher: Fetcher, url: str, now: datetime) -> Probe:
     try:
         status, content_type, length = fetcher.probe(url)
-    except FetchError as exc:
-        log.debug("%s: image probe failed: %s", url, exc)
+    except Exception as exc:  # refused, timeout, a URL httpx rejects: never fatal
+        log.debug("%s: image probe failed: %s", url, exc if isinstance(exc, FetchError)
+                  else repr(exc))
         return Probe(url, None, None, 0, now)
     mime = (content_type or "").split(";")[0].strip().lower()
     ok = status in (200, 206) and mime.startswith("image/")
