@@ -278,6 +278,8 @@ def test_redirect_from_an_allowed_host_to_a_private_one_is_refused(
     ("240.0.0.1", True), ("255.255.255.255", True), ("::1", True), ("::", True),
     ("fe80::1", True), ("fc00::1", True), ("ff02::1", True), ("::ffff:127.0.0.1", True),
     ("::ffff:10.0.0.1", True), ("::ffff:8.8.8.8", False), ("8.8.8.8", False),
+    ("2002:7f00:1::1", True), ("64:ff9b::a9fe:a9fe", True), ("64:ff9b::808:808", False),
+    ("2001:db8::1", True),
     ("93.184.216.34", False), ("2606:4700:4700::1111", False),
 ])
 def test_address_classes(address: str, refused: bool) -> None:

@@ -24,6 +24,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Test-only: (ip, port) pairs treated as public addresses, so a test on 127.0.0.1 can
 # play an "allowed host" that redirects to a refused one. Empty in production.
 TREAT_AS_PUBLIC: set[tuple[str, int]] = set()
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the last 32 bits are IPv4
 
 
 class AddressRefused(Exception):
@@ -32,8 +33,17 @@ class AddressRefused(Exception):
 
 def is_refused(ip: IPAddress) -> bool:
     """True for every address that is not a plain public unicast one."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv6 forms that carry an IPv4 address: judge the IPv4 one too.
+        # Mapped (::ffff:127.0.0.1) and NAT64 (DNS64 on IPv6-only hosts) addresses
+        # are the IPv4 address; 6to4 and Teredo must pass as both.
+        if ip.ipv4_mapped is not None:
+            return is_refused(ip.ipv4_mapped)
+        if ip in _NAT64:
+            return is_refused(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        tunnelled = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if tunnelled is not None and is_refused(tunnelled):
+            return True
     return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
             or ip.is_reserved or ip.is_unspecified or not ip.is_global)
 
