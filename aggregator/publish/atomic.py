@@ -99,11 +99,13 @@ class Publisher:
         self.unchanged.append(rel)
 
     def _target(self, rel: str) -> Path:
-        target = (self.out_dir / rel).resolve()
-        root = self.out_dir.resolve()
-        if root not in target.parents:  # slugs make this impossible; check anyway
-            raise PublishError(f"{rel}: refusing to write outside {root}")
-        return target
+        # Slugs make an escape impossible; check anyway, on the string (resolving every
+        # path cost ~0.4 ms a file: a third of publishing 1,600 unchanged feeds).
+        parts = rel.split("/")
+        if rel.startswith("/") or "\\" in rel or "\0" in rel or \
+                any(part in ("", ".", "..") for part in parts):
+            raise PublishError(f"{rel!r}: refusing to write outside {self.out_dir}")
+        return self.out_dir.joinpath(*parts)
 
     def finish(self) -> None:
         """Publish what was staged, remove what the last run published and this one did
