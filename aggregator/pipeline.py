@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import multiprocessing
 import sqlite3
 import time
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aggregator.config import Config
@@ -19,6 +22,7 @@ from aggregator.model import Entry
 from aggregator.problems import Problem, ProblemLog
 from aggregator.publish.atomic import Publisher
 from aggregator.render import (
+    PARALLEL_THRESHOLD,
     entry_key,
     fingerprint_of,
     finish_entry,
@@ -74,7 +78,7 @@ def open_state(config: Config, clock: Clock, problems: ProblemLog) -> StateStore
 def read_posts(config: Config, state: StateStore, report: BuildReport,
                cache: BuildCache | None = None, posts: list[PostFile] | None = None,
                memo: dict[str, ReadResult] | None = None,
-               posts_walked: bool = True) -> list[Entry]:
+               posts_walked: bool = True, workers: int = 1) -> list[Entry]:
     """Every post as an Entry (html not yet sanitised). With a cache, a post whose file
     identity or content is unchanged is not parsed again; its problems are replayed.
     `memo` (source → last result, kept by a long-lived Builder) skips even the cache."""
@@ -87,6 +91,8 @@ def read_posts(config: Config, state: StateStore, report: BuildReport,
     entries: list[Entry] = []
     fresh: list[tuple[str, CachedPost]] = []
     seen: dict[str, ReadResult] = {}
+    if workers > 1:
+        _read_in_parallel(config, posts, cache, memo, workers, state, report.problems)
     for post in posts:
         source = f"{post.root}\0{post.rel}"
         known = memo.get(source) if memo is not None else None
@@ -112,6 +118,67 @@ def read_posts(config: Config, state: StateStore, report: BuildReport,
         memo.update(seen)
     report.posts_read = len(entries)
     return entries
+
+
+# Read in a worker, an undated post cannot ask the state for its first-seen time: it
+# gets this impossible date (parse_date refuses years before 1970) and the parent
+# puts the real one in.
+_NOT_SEEN_YET = datetime(1900, 1, 1, tzinfo=UTC)
+
+
+def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
+                      memo: dict[str, ReadResult] | None, workers: int,
+                      state: StateStore, problems: ProblemLog) -> None:
+    """Parse the posts the cache cannot answer in worker processes (a cold build spends
+    most of its reading time in YAML and Markdown), and put the results in the cache so
+    that the sequential pass below finds every one of them there."""
+    pending = []
+    for post in posts:
+        source = f"{post.root}\0{post.rel}"
+        known = memo.get(source) if memo is not None else None
+        if known is not None and known[0] == post.identity:
+            continue
+        cached = cache.post(source)
+        if cached is None or post.identity != (cached.size, cached.mtime_ns, cached.inode):
+            pending.append(post)
+    if len(pending) < PARALLEL_THRESHOLD:
+        return
+    size = -(-len(pending) // (workers * 4))
+    chunks = [pending[i:i + size] for i in range(0, len(pending), size)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        results = [r for chunk in pool.map(_read_chunk, [config] * len(chunks), chunks)
+                   for r in chunk]
+    records = []
+    for post, (record, found) in zip(pending, results, strict=True):
+        if record is None:
+            continue  # unreadable: the sequential pass reports it
+        entry = record.entry
+        if entry is not None and entry.updated == _NOT_SEEN_YET:
+            entry = replace(entry, updated=state.first_seen(entry.id))
+            entry = replace(entry, digest=fingerprint_of(entry))
+        records.append((f"{post.root}\0{post.rel}",
+                        CachedPost(*post.identity, record.digest, entry, found)))
+    cache.store_posts(records)
+
+
+def _read_chunk(config: Config, posts: list[PostFile]
+                ) -> list[tuple[CachedPost | None, tuple[Problem, ...]]]:
+    """In a worker: read and parse each post; problems are returned, not logged (the
+    parent reports them, in order, when it takes the results from the cache)."""
+    out: list[tuple[CachedPost | None, tuple[Problem, ...]]] = []
+    logging.getLogger("aggregator").disabled = True
+    for post in posts:
+        reader = PostReader(config, ProblemLog(), lambda _id: _NOT_SEEN_YET)
+        data = reader.read_bytes(post)
+        if data is None:
+            out.append((None, ()))
+            continue
+        entry = reader.parse(post, data)
+        if entry is not None:
+            entry = replace(entry, digest=fingerprint_of(entry))
+        found = tuple(reader.problems.items)
+        out.append((CachedPost(*post.identity, digest(data), entry, found), found))
+    return out
 
 
 def _read_post(post: PostFile, cached: CachedPost | None, reader: PostReader,
@@ -199,7 +266,7 @@ class Builder:
                 posts, walked = self._discover(config, changed, report.problems)
                 entries = merge_duplicates(
                     [*read_posts(config, state, report, self._cache, posts, self._memo,
-                                 walked),
+                                 walked, workers),
                      *stored_upstream_entries(state, config.upstream), *extra_entries],
                     report.problems)
             finally:

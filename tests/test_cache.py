@@ -185,3 +185,21 @@ def test_service_session_with_changed_paths_equals_clean_build(tmp_path: Path,
     # and a later build that is told nothing changed publishes nothing new
     assert session.build(config, clock=fixed_clock(), changed=set()).written == []
     session.close()
+
+
+def test_parallel_cold_build_equals_sequential_build(tmp_path: Path) -> None:
+    from aggregator.render import PARALLEL_THRESHOLD
+
+    for site in ("one", "two"):
+        for i in range(PARALLEL_THRESHOLD + 20):
+            dated = f"date: 2026-01-{1 + i % 28:02d} 08:00:00" if i % 7 else "date: Invalid Date"
+            write_post(tmp_path / site / "posts", f"c{i % 9}/p{i}.md",
+                       f"title: Post {i}\ncategories: [C{i % 9}, D{i % 4}]\n{dated}\n"
+                       f"headimg: https://img.example/{i}.jpg")
+    one = load_config(write_config(tmp_path / "one"))
+    two = load_config(write_config(tmp_path / "two"))
+    first = build(one, clock=fixed_clock(), workers=1)
+    second = build(two, clock=fixed_clock(), workers=2)
+    assert _feeds(one.output_dir) == _feeds(two.output_dir)
+    assert [str(p) for p in first.problems.items] == [str(p) for p in second.problems.items]
+    assert first.rendered == second.rendered == PARALLEL_THRESHOLD + 20
