@@ -97,7 +97,7 @@ class Config:
         return urlsplit(self.site_url).hostname or "localhost"
 
 
-class _LineLoader(SafeLoader):  # type: ignore[misc,valid-type]
+class _LineLoader(SafeLoader):
     """Records the line of every mapping key, so messages can say where."""
 
 

@@ -246,7 +246,9 @@ class Builder:
         self._posts: dict[str, PostFile] | None = None  # location → post
         self._walk_problems: list[Problem] = []
         self._memo: dict[str, ReadResult] = {}
-        self.close()
+        self._signature: dict[str, tuple[tuple[str, ...], str]] | None = None
+        self._layout: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._counts: dict[tuple[str, ...], int] | None = None
 
     def build(self, config: Config, clock: Clock = utc_now, *,
               changed: set[str] | None = None, extra_entries: Iterable[Entry] = (),
@@ -325,9 +327,7 @@ class Builder:
         return frozenset(layout.keys() - dirty)
 
     def close(self) -> None:
-        self._signature: dict[str, tuple[tuple[str, ...], str]] | None = None
-        self._layout: dict[tuple[str, ...], tuple[str, ...]] = {}
-        self._counts: dict[tuple[str, ...], int] | None = None
+        self._signature, self._layout, self._counts = None, {}, None
         if self._cache is not None:
             self._cache.close()
         self._cache, self._posts, self._config = None, None, None

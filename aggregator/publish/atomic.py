@@ -159,7 +159,8 @@ class Publisher:
 def _load_syncfs() -> Callable[[int], int] | None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.syncfs  # type: ignore[no-any-return]
+        syncfs: Callable[[int], int] = libc.syncfs
+        return syncfs
     except (OSError, AttributeError):
         return None
 

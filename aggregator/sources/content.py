@@ -298,7 +298,7 @@ class PostReader:
                 return None, "", 1
             self.problems.warn(f"{where}:1", "no front matter; title and category from the path")
             return {}, text, 1
-        handler = frontmatter.YAMLHandler()
+        handler = frontmatter.default_handlers.YAMLHandler()
         try:
             fm, body = handler.split(stripped)
         except ValueError:
@@ -392,7 +392,7 @@ class PostReader:
         if mode == "html":
             return body
         try:
-            return _markdown().render(body)
+            return str(_markdown().render(body))
         except Exception as exc:  # markdown-it on pathological input: keep the text
             self.problems.warn(where, f"Markdown failed ({exc}); body kept as text")
             return "<pre>" + body.replace("&", "&amp;").replace("<", "&lt;") + "</pre>"

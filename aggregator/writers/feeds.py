@@ -33,8 +33,9 @@ DC_NS = "http://purl.org/dc/elements/1.1/"
 # A feed with no entries still needs an `updated`: a fixed instant keeps it stable.
 EMPTY_FEED_UPDATED = datetime(2000, 1, 1, tzinfo=UTC)
 
-_ATOM_SCOPE = {None: ATOM_NS, "media": MEDIA_NS}
-_RSS_SCOPE = {"media": MEDIA_NS, "content": CONTENT_NS, "dc": DC_NS, "atom": ATOM_NS}
+_ATOM_SCOPE: dict[str | None, str] = {None: ATOM_NS, "media": MEDIA_NS}
+_RSS_SCOPE: dict[str | None, str] = {"media": MEDIA_NS, "content": CONTENT_NS, "dc": DC_NS,
+                                     "atom": ATOM_NS}
 
 
 def _serialise_in_scope(element: etree._Element, scope: dict[str | None, str]) -> bytes:
@@ -42,7 +43,7 @@ def _serialise_in_scope(element: etree._Element, scope: dict[str | None, str]) -
     removed from its start tag (they are in scope once spliced into the feed)."""
     wrapper = etree.Element("wrapper", nsmap=scope)
     wrapper.append(element)
-    text = etree.tostring(element, encoding="unicode")
+    text: str = etree.tostring(element, encoding="unicode")
     end = text.index(">")  # attribute values escape '>', so this ends the start tag
     head = text[:end]
     for prefix, uri in scope.items():
