@@ -96,4 +96,6 @@ def export_opml(sources: Iterable[UpstreamSource], title: str) -> bytes:
         if source.category:
             attrs["category"] = "/" + "/".join(source.category)
         etree.SubElement(folder(source.category), "outline", attrs)
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+    data: bytes = etree.tostring(root, xml_declaration=True, encoding="UTF-8",
+                                 pretty_print=True)
+    return data
