@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_BENCH = REPO.parent / "shared" / "bench"
@@ -157,9 +159,13 @@ def service_scenario(work: Path, posts: int) -> Result:
                             stderr=subprocess.DEVNULL)
     try:
         time.sleep(3 + posts / 5000)  # first build and watcher start
-        victim = sorted(corpus.rglob("*.md"))[posts // 3]
-        original = victim.read_bytes()
+        # the newest post: its edit must change the all-items feed whatever max_items is
         root_feed = site / "feeds" / "atom.xml"
+        newest = re.search(rb"<id>tag:[^,]+,[^:]+:([^<]+)</id>", root_feed.read_bytes()
+                           .split(b"<entry>", 1)[1])
+        assert newest is not None
+        victim = corpus / unquote(newest.group(1).decode())
+        original = victim.read_bytes()
         timings = []
         for attempt in range(5):
             before = root_feed.stat().st_mtime_ns
