@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import multiprocessing
+import os
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -377,9 +378,11 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     kept: list[str] = []
     for node in root.walk():
         rels = [f"{node.rel_dir}{kind}.xml" for kind in ("atom", "rss")]
+        # A session's clean node is trusted without a stat between full walks (a feed
+        # file edited by hand is repaired at the next walk, at most 10 minutes later).
         if node.names in clean_nodes and last_counts is not None and node.names in last_counts \
-                and all(_untouched(publisher, rel, previous.get(rel, ("",))[0], previous)
-                        for rel in rels):
+                and all(rel in previous and (not sweep_temps or _untouched(
+                    publisher, rel, previous[rel][0], previous)) for rel in rels):
             counts[node.names] = last_counts[node.names]
             kept += rels
             continue
@@ -445,7 +448,7 @@ def _untouched(publisher: Publisher, rel: str, feed_print: str,
     if known is None or known[0] != feed_print:
         return False
     try:
-        st = (publisher.out_dir / rel).stat()
+        st = os.stat(os.path.join(publisher.out_dir, rel))
     except OSError:
         return False
     return (st.st_size, st.st_mtime_ns) == known[1:]

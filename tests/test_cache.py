@@ -179,6 +179,10 @@ def test_service_session_with_changed_paths_equals_clean_build(tmp_path: Path,
     session.build(config, clock=fixed_clock())
     changed = SESSION_CHANGES[change](tmp_path)
     report = session.build(config, clock=fixed_clock(), changed={str(p) for p in changed})
+    if change == "feed-edited-by-hand":
+        # between full walks a session trusts its own output; the next walk repairs it
+        report = session.build(config, clock=fixed_clock(), changed=None)
+        assert report.written == ["beta/atom.xml"]
     assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
     if change == "editor-artefact":
         assert report.written == []
