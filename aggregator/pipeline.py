@@ -210,8 +210,11 @@ def _read_post(post: PostFile, cached: CachedPost | None, reader: PostReader,
 
 
 def merge_duplicates(entries: Iterable[Entry], problems: ProblemLog) -> list[Entry]:
-    """One entry per id and per link; the newest version wins, then the first source."""
-    ordered = sorted(entries, key=lambda e: (-e.updated.timestamp(), e.source))
+    """One entry per id and per link; a local post always beats an upstream entry
+    (a stranger's feed claiming a post's id or link replaced the post), then the newest
+    version wins, then the first source."""
+    ordered = sorted(entries, key=lambda e: ("://" in e.source, -e.updated.timestamp(),
+                                             e.source))
     by_id: dict[str, Entry] = {}
     by_link: dict[str, Entry] = {}
     for entry in ordered:

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpcore
@@ -71,17 +74,71 @@ def resolve_checked(host: str, port: int) -> list[str]:
     return addresses
 
 
+# The whole-request deadline of the fetching thread: every socket operation waits at
+# most what is left of it. httpx has no total timeout, and a server trickling its
+# *headers* a byte at a time under the read timeout was never stopped (slowloris; the
+# body loop's own deadline check only runs once the headers are in).
+_deadline = threading.local()
+
+
+@contextmanager
+def deadline(at: float) -> Iterator[None]:
+    """Socket operations in this thread end (httpcore timeouts) at monotonic `at`."""
+    _deadline.at = at
+    try:
+        yield
+    finally:
+        _deadline.at = None
+
+
+def _left(timeout: float | None, error: type[Exception]) -> float | None:
+    at = getattr(_deadline, "at", None)
+    if at is None:
+        return timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise error("deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.start_tls(
+            ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
 class GuardedBackend(httpcore.SyncBackend):
-    """httpcore's socket backend, connecting only to checked IP literals."""
+    """httpcore's socket backend, connecting only to checked IP literals (unless
+    `check` is false), every stream bounded by the thread's deadline."""
+
+    def __init__(self, check: bool = True) -> None:
+        self.check = check
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
         last: Exception | None = None
-        for address in resolve_checked(host, port):
+        for address in resolve_checked(host, port) if self.check else [host]:
             try:
-                return super().connect_tcp(address, port, timeout, local_address,
-                                           socket_options)
+                return _DeadlineStream(super().connect_tcp(
+                    address, port, _left(timeout, httpcore.ConnectTimeout), local_address,
+                    socket_options))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc  # try the next address of the same host
         raise last if last is not None else httpcore.ConnectError(f"no address for {host}")
@@ -96,12 +153,12 @@ class GuardedTransport(httpx.HTTPTransport):
 
     def __init__(self, limits: httpx.Limits, allow_private: bool) -> None:
         super().__init__(limits=limits)
-        if not allow_private:
-            self._pool = httpcore.ConnectionPool(
-                ssl_context=httpx.create_ssl_context(),
-                max_connections=limits.max_connections,
-                max_keepalive_connections=limits.max_keepalive_connections,
-                keepalive_expiry=limits.keepalive_expiry,
-                network_backend=GuardedBackend(),
-            )
+        # Our backend with allow_private too: it also carries the request deadline.
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=GuardedBackend(check=not allow_private),
+        )
 

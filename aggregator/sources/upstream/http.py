@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from aggregator import PROJECT_URL, __version__
-from aggregator.sources.upstream.guard import AddressRefused, GuardedTransport
+from aggregator.sources.upstream.guard import AddressRefused, GuardedTransport, deadline
 
 log = logging.getLogger(__name__)
 # httpx logs every request at INFO: one line per source is noise at 1,000 sources.
@@ -148,7 +148,8 @@ class Fetcher:
         with self._host_slot(url):
             started = time.monotonic()
             try:
-                return self._get(url, headers, started)
+                with deadline(started + self.limits.deadline):
+                    return self._get(url, headers, started)
             except FetchError:
                 raise
             except AddressRefused as exc:
@@ -156,6 +157,9 @@ class Fetcher:
             except httpx.TooManyRedirects as exc:
                 raise FetchError(f"more than {MAX_REDIRECTS} redirects") from exc
             except httpx.TimeoutException as exc:
+                if time.monotonic() - started >= self.limits.deadline:
+                    raise FetchError(f"deadline of {self.limits.deadline:g}s passed while "
+                                     "reading") from exc
                 raise FetchError(f"timed out ({type(exc).__name__})") from exc
             except httpx.HTTPError as exc:
                 raise FetchError(f"request failed: {type(exc).__name__}: {exc}") from exc

@@ -44,6 +44,21 @@ class Normaliser:
         self.id_prefix = f"tag:{site_host},{id_date}:upstream/{digest}/"
 
     def entries(self, feed: ParsedFeed) -> Iterator[Entry]:
+        """The first entry of each id; repeats (whatever their content) are reported in
+        feed.warnings: they used to be dropped silently."""
+        seen: set[str] = set()
+        repeats = 0
+        for entry in self._all_entries(feed):
+            if entry.id in seen:
+                repeats += 1
+                continue
+            seen.add(entry.id)
+            yield entry
+        if repeats:
+            feed.warnings.append(f"{repeats} entries repeat the id of an earlier entry "
+                                 f"(duplicate id); the first of each kept")
+
+    def _all_entries(self, feed: ParsedFeed) -> Iterator[Entry]:
         if feed.json is not None:
             base = feed.json.feed_url or feed.url
             for item in feed.json.items:
