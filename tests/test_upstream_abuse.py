@@ -230,11 +230,14 @@ def test_huge_entry_reduced(tmp_path: Path, capsys: Any, httpserver: HTTPServer)
     assert titles(tmp_path) == ["Alpha", "Beta", "Huge"]
 
 
+# Peak RSS of the child itself: VmHWM belongs to the process image after exec, while
+# getrusage's ru_maxrss survives execve and would count the parent's (pytest's) memory.
 _MEASURE = """
-import resource, sys
+import re, sys
 from aggregator.cli import main
 code = main(sys.argv[1:])
-print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+status = open("/proc/self/status").read()
+print("MAXRSS", re.search(r"VmHWM:\\s*(\\d+)", status).group(1), file=sys.stderr)
 sys.exit(code)
 """
 
