@@ -163,7 +163,14 @@ def test_slowloris_ends_at_the_deadline(handler: Any, tmp_path: Path, capsys: An
     config = upstream_config(tmp_path, [{"url": slow.url("/feed"), "category": "Up"},
                                         {"url": good.url("/feed"), "category": "Up"}])
     started = time.monotonic()
-    code, err = run(config, capsys, "fetch", "--all")
+    result: list[tuple[int, str]] = []
+    # In a thread, so a regression fails here instead of hanging the suite.
+    worker = threading.Thread(target=lambda: result.append(
+        run(config, capsys, "fetch", "--all")), daemon=True)
+    worker.start()
+    worker.join(timeout=15)
+    assert not worker.is_alive(), "fetch still running after 15 s: the deadline did not end it"
+    code, err = result[0]
     seconds = time.monotonic() - started
     assert seconds < 6, f"took {seconds:.1f}s; deadline is 2s"
     assert code == 1, err
