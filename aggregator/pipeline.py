@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import multiprocessing
 import os
 import sqlite3
 import time
@@ -24,9 +23,11 @@ from aggregator.problems import Problem, ProblemLog
 from aggregator.publish.atomic import Publisher
 from aggregator.render import (
     PARALLEL_THRESHOLD,
+    can_fork,
     entry_key,
     fingerprint_of,
     finish_entry,
+    pool_context,
     read_fingerprint,
     render_entries,
     render_fingerprint,
@@ -142,11 +143,11 @@ def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
         cached = cache.post(source)
         if cached is None or post.identity != (cached.size, cached.mtime_ns, cached.inode):
             pending.append(post)
-    if len(pending) < PARALLEL_THRESHOLD:
+    if len(pending) < PARALLEL_THRESHOLD or not can_fork():
         return
     size = -(-len(pending) // (workers * 4))
     chunks = [pending[i:i + size] for i in range(0, len(pending), size)]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
         results = [r for chunk in pool.map(_read_chunk, [config] * len(chunks), chunks)
                    for r in chunk]
     records = []

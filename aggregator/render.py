@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -83,15 +84,26 @@ def _render(config: Config, entries: Sequence[Entry]) -> list[tuple[bytes, bytes
     return out
 
 
+def can_fork() -> bool:
+    """Workers are forked (they inherit the imported modules and start in
+    milliseconds), which is only safe while this process runs one thread: a forked
+    child can inherit a lock another thread held (logging, an HTTP server) and hang
+    for ever. With other threads alive, the work stays in this process."""
+    return threading.active_count() == 1
+
+
+def pool_context() -> multiprocessing.context.BaseContext:
+    return multiprocessing.get_context("fork")
+
+
 def render_entries(config: Config, entries: Sequence[Entry],
                    workers: int = 1) -> list[tuple[bytes, bytes]]:
     """(atom, rss) bytes for each entry, in order."""
     workers = min(workers, os.cpu_count() or 1)
-    if workers <= 1 or len(entries) < PARALLEL_THRESHOLD:
+    if workers <= 1 or len(entries) < PARALLEL_THRESHOLD or not can_fork():
         return _render(config, entries)
     size = -(-len(entries) // (workers * 4))  # a few chunks per worker evens out the load
     chunks = [entries[i:i + size] for i in range(0, len(entries), size)]
-    # fork: workers inherit the imported modules, so they start in milliseconds
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
         results = pool.map(_render, [config] * len(chunks), chunks)
         return [pair for chunk in results for pair in chunk]

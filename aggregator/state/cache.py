@@ -178,9 +178,9 @@ class BuildCache:
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO post_cache VALUES (?, ?, ?, ?, ?, ?)",
                                 posts)
+            self.db.executemany("INSERT OR REPLACE INTO post_body VALUES (?, ?)", bodies)
         if self._posts is not None:  # a long-lived cache (the service) stays current
             self._posts.update({row[0]: row[1:] for row in posts})
-            self.db.executemany("INSERT OR REPLACE INTO post_body VALUES (?, ?)", bodies)
 
     def full_entries(self, digests: Iterable[str]) -> dict[str, Entry]:
         """The whole entries (html included) cached under these digests."""

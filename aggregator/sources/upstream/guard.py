@@ -92,7 +92,7 @@ def deadline(at: float) -> Iterator[None]:
 
 
 def _left(timeout: float | None, error: type[Exception]) -> float | None:
-    at = getattr(_deadline, "at", None)
+    at: float | None = getattr(_deadline, "at", None)
     if at is None:
         return timeout
     left = at - time.monotonic()
