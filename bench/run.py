@@ -119,7 +119,8 @@ def build_scenarios(work: Path, posts: int) -> list[Result]:
         config = str(write_config(site, corpus, max_items))
         label = f"max_items={max_items}"
 
-        def record(name: str, wall: float, cpu: float, rss: float, note: str = "") -> None:
+        def record(name: str, wall: float, cpu: float, rss: float, note: str = "",
+                   site: Path = site, label: str = label) -> None:
             feeds, size = output_size(site / "feeds")
             results.append(Result(f"{name} ({label})", posts, round(wall, 3), round(cpu, 3),
                                   round(rss, 1), round(posts / wall, 1), feeds, size, note))
