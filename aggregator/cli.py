@@ -12,11 +12,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aggregator import __version__
 from aggregator.config import Config, load_config
 from aggregator.problems import ConfigError, ProblemLog
 from aggregator.publish.atomic import PublishError
+
+if TYPE_CHECKING:
+    from aggregator.pipeline import BuildReport
 
 log = logging.getLogger("aggregator")
 
@@ -74,6 +78,10 @@ def _load(path: Path, problems: ProblemLog) -> Config | None:
 
 
 def cmd_build(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
+    return _build(config, problems)[0]
+
+
+def _build(config: Config, problems: ProblemLog) -> tuple[int, BuildReport | None]:
     from aggregator.pipeline import build
     from aggregator.service.lock import BuildLock
 
@@ -82,17 +90,17 @@ def cmd_build(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
             report = build(config, workers=os.cpu_count() or 1)
     except OSError as exc:  # the lock file (the build itself raises PublishError)
         log.error("%s; nothing written", exc)
-        return EXIT_PUBLISH
+        return EXIT_PUBLISH, None
     except PublishError as exc:
         log.error("%s; the previous feeds are kept", exc)
-        return EXIT_PUBLISH
+        return EXIT_PUBLISH, None
     report.problems.items[:0] = problems.items
     log.info("published %d feeds from %d entries in %.2fs: %d written, %d unchanged, "
              "%d removed; posts: %d read, %d skipped; %d warnings",
              report.feeds, report.entries, report.seconds, len(report.written),
              report.unchanged, len(report.removed), report.posts_read, report.skipped,
              len(report.problems.warnings))
-    return EXIT_SKIPPED if report.problems.errors else EXIT_OK
+    return (EXIT_SKIPPED if report.problems.errors else EXIT_OK), report
 
 
 def cmd_check(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
@@ -207,10 +215,29 @@ def cmd_fetch(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
     log.info("polled %d sources in %.2fs: %d fetched, %d not modified, %d failed; "
              "%d new entries", polled.due, polled.seconds, polled.fetched,
              polled.not_modified, len(polled.failed), polled.new_entries)
-    code = cmd_build(config, problems, args)
+    code, report = _build(config, problems)
+    if report is not None and report.unknown_images and _probe_post_images(config, report):
+        code, report = _build(config, ProblemLog())  # now with the probed types
     if code == EXIT_PUBLISH:
         return code
     return EXIT_SKIPPED if polled.failed or code != EXIT_OK else EXIT_OK
+
+
+def _probe_post_images(config: Config, report: BuildReport) -> int:
+    """Probe the post images whose type the build could not tell (fetch may use the
+    network, build may not); the number probed. Never fatal."""
+    from aggregator.pipeline import open_state
+    from aggregator.sources.upstream.probe import probe_urls
+    from aggregator.state.store import utc_now
+
+    state = open_state(config, utc_now, ProblemLog())
+    try:
+        return probe_urls(config, state, report.unknown_images, utc_now())
+    except Exception as exc:  # probing is an extra
+        log.warning("image probing of posts stopped: %s", exc)
+        return 0
+    finally:
+        state.close()
 
 
 def _fetch_arguments(cmd: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aggregator.config import Config
-from aggregator.model import Entry
+from aggregator.model import Entry, Image
 from aggregator.problems import Problem, ProblemLog
 from aggregator.publish.atomic import Publisher
 from aggregator.render import (
@@ -34,6 +34,7 @@ from aggregator.render import (
 )
 from aggregator.sources.content import PostFile, PostReader, discover, rediscover
 from aggregator.state.cache import BuildCache, CachedPost, digest
+from aggregator.state.probes import apply_probes, unknown_image
 from aggregator.state.store import Clock, StateStore, utc_now
 from aggregator.state.upstream import stored_upstream_entries
 from aggregator.tree.categories import Node, build_tree
@@ -55,6 +56,7 @@ class BuildReport:
     unchanged: int = 0
     removed: list[str] = field(default_factory=list)
     rendered: int = 0  # entries sanitised and serialised (the rest came from the cache)
+    unknown_images: list[str] = field(default_factory=list)  # post images to probe
     seconds: float = 0.0
     problems: ProblemLog = field(default_factory=ProblemLog)
 
@@ -210,6 +212,13 @@ def _read_post(post: PostFile, cached: CachedPost | None, reader: PostReader,
     return entry, CachedPost(*identity, content_digest, entry, found), found
 
 
+def _with_probed_images(state: StateStore, entries: list[Entry]) -> list[Entry]:
+    """Posts whose image type is unknown from the URL get what `fetch` probed (state,
+    no network). The digest stays (it finds the post's cached body); render keys and
+    the session's signatures include the image, so a probed type is re-rendered."""
+    return apply_probes(state, entries)
+
+
 def merge_duplicates(entries: Iterable[Entry], problems: ProblemLog) -> list[Entry]:
     """One entry per id and per link; a local post always beats an upstream entry
     (a stranger's feed claiming a post's id or link replaced the post), then the newest
@@ -251,7 +260,7 @@ class Builder:
         self._posts: dict[str, PostFile] | None = None  # location → post
         self._walk_problems: list[Problem] = []
         self._memo: dict[str, ReadResult] = {}
-        self._signature: dict[str, tuple[tuple[str, ...], str]] | None = None
+        self._signature: dict[str, tuple[tuple[str, ...], str, Image | None]] | None = None
         self._layout: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._counts: dict[tuple[str, ...], int] | None = None
 
@@ -271,9 +280,11 @@ class Builder:
         try:
             try:
                 posts, walked = self._discover(config, changed, report.problems)
+                post_entries = _with_probed_images(state, read_posts(
+                    config, state, report, self._cache, posts, self._memo, walked, workers))
+                report.unknown_images = [u for u in map(unknown_image, post_entries) if u]
                 entries = merge_duplicates(
-                    [*read_posts(config, state, report, self._cache, posts, self._memo,
-                                 walked, workers),
+                    [*post_entries,
                      *stored_upstream_entries(state, config.upstream), *extra_entries],
                     report.problems)
             finally:
@@ -317,7 +328,8 @@ class Builder:
     def _clean_nodes(self, entries: list[Entry], root: Node) -> frozenset[tuple[str, ...]]:
         """Nodes whose entries are the same as in the last build: no entry of theirs (or
         their descendants') was added, removed or changed, and no slug moved."""
-        signature = {e.id: (e.category, e.digest or fingerprint_of(e)) for e in entries}
+        signature = {e.id: (e.category, e.digest or fingerprint_of(e), e.image)
+                     for e in entries}
         layout = {node.names: node.slugs for node in root.walk()}
         last, last_layout = self._signature, self._layout
         self._signature, self._layout = signature, layout
@@ -371,7 +383,7 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
         found = keys.get(entry.id)
         if found is None:
             # A digest made when the entry was read saves hashing its html again.
-            found = keys[entry.id] = fingerprint_of(fingerprint, entry.digest) \
+            found = keys[entry.id] = fingerprint_of(fingerprint, entry.digest, entry.image) \
                 if entry.digest else entry_key(fingerprint, entry)
         return found
 
@@ -404,7 +416,9 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     partial = [e.digest for e in missing if e.partial]
     if partial:  # entries that came from the cache without their html
         bodies = cache.full_entries(partial)
-        missing = [bodies.get(e.digest, e) if e.partial else e for e in missing]
+        # the image may have been filled by a probe since the body was cached
+        missing = [replace(bodies[e.digest], image=e.image)
+                   if e.partial and e.digest in bodies else e for e in missing]
         if any(e.partial for e in missing):
             raise RuntimeError("build cache lost an entry body; delete the .cache file")
     if missing:

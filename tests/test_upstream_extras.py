@@ -147,7 +147,7 @@ def _media_feed(images: list[str]) -> bytes:
 
 
 def _enclosures(tmp: Path) -> dict[str, tuple[str, str]]:
-    return {e.title: tuple((x.get("type"), x.get("length")) for x in e.enclosures)
+    return {e.title: tuple((x.get("type"), x.get("length")) for x in e.get("enclosures", ()))
             for e in published(tmp, "rss.xml").entries}
 
 
@@ -322,3 +322,29 @@ def test_probe_cache_many_urls(tmp_path: Path) -> None:
     assert len(found) == 150 and found["https://i.example/8"].length == 8
     assert len(cache.get(urls[:3])) == 3
     store.close()
+
+
+def test_post_images_probed_by_fetch_and_applied_by_build(tmp_path: Path,
+                                                         httpserver: HTTPServer,
+                                                         capsys: Any) -> None:
+    """A post's headimg with no extension: `build` cannot tell its type (no network),
+    `fetch` probes it, and from then on every build carries the enclosure."""
+    httpserver.expect_request("/api/logo").respond_with_data(b"p" * 42,
+                                                             content_type="image/png")
+    config = upstream_config(tmp_path, [])
+    _edit(config, "images", probe=True)
+    (tmp_path / "posts" / "p.md").write_text(
+        "---\ntitle: Logo\ncategories: [A]\ndate: 2026-01-01 00:00:00\n"
+        f"headimg: {httpserver.url_for('/api/logo')}\n---\n<p>x</p>\n", encoding="utf-8")
+    code, _ = run(config, capsys, "build")
+    assert code == 0 and _enclosures(tmp_path) == {"Logo": ()}
+    assert len(httpserver.log) == 0  # build never touches the network
+    code, _ = run(config, capsys, "fetch", "--all")
+    assert code == 0
+    assert _enclosures(tmp_path) == {"Logo": (("image/png", "42"),)}
+    requests = len(httpserver.log)
+    assert requests == 1
+    run(config, capsys, "build")
+    run(config, capsys, "fetch", "--all")
+    assert _enclosures(tmp_path) == {"Logo": (("image/png", "42"),)}
+    assert len(httpserver.log) == requests  # cached: not probed again

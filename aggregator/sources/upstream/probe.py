@@ -42,9 +42,18 @@ def probe_images(config: Config, store: StateStore, sources: list[UpstreamSource
     were probed."""
     if not config.images_probe or config.probe_max <= 0:
         return 0
-    cache = ProbeCache(store)
     entries = UpstreamState(store).entries(s for s in sources if s.enabled)
-    urls = [u for u in map(unknown_image, entries) if u]
+    return probe_urls(config, store, [u for u in map(unknown_image, entries) if u], now,
+                      fetcher)
+
+
+def probe_urls(config: Config, store: StateStore, urls: list[str], now: datetime,
+               fetcher: Fetcher | None = None) -> int:
+    """Probe these image URLs unless a fresh result is cached; returns how many were
+    probed. Also used for the images of posts (which `build` reports as unknown)."""
+    if not config.images_probe or config.probe_max <= 0:
+        return 0
+    cache = ProbeCache(store)
     todo = cache.stale(urls, now, timedelta(days=config.probe_refresh_days))[:config.probe_max]
     if not todo:
         return 0
