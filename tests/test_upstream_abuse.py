@@ -30,21 +30,6 @@ XML = "application/rss+xml"
 GOOD = rss([("a1", "Alpha"), ("b2", "Beta")])
 
 
-@pytest.fixture(scope="module")
-def _threaded() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.1", threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
-
-
-@pytest.fixture
-def httpserver(_threaded: HTTPServer) -> Iterator[HTTPServer]:
-    yield _threaded
-    _threaded.clear()
-
-
 class RawServer:
     """A bare TCP server on 127.0.0.1: counts connections, runs `handler` for each."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,6 @@ from aggregator.config import load_config
 from aggregator.sources.upstream import guard
 
 XML = "application/rss+xml"
-
-
-@pytest.fixture(scope="module")
-def _threaded() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.1", threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
-
-
-@pytest.fixture
-def httpserver(_threaded: HTTPServer) -> Iterator[HTTPServer]:
-    yield _threaded
-    _threaded.clear()
 
 
 def _edit(config: Path, section: str, **values: Any) -> None:

@@ -17,23 +17,6 @@ from pytest_httpserver import HTTPServer
 from upstream_support import published, rss, run, titles, upstream_config
 from werkzeug import Request, Response
 
-
-@pytest.fixture(scope="module")
-def _threaded() -> Iterator[HTTPServer]:
-    # Threaded, so a handler still sleeping from the timeout case blocks nothing else.
-    server = HTTPServer(host="127.0.0.1", threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
-
-
-@pytest.fixture
-def httpserver(_threaded: HTTPServer) -> Iterator[HTTPServer]:
-    yield _threaded
-    _threaded.clear()
-
-
 GOOD = rss([("a1", "Alpha"), ("b2", "Beta")])
 XML = "application/rss+xml"
 

@@ -12,7 +12,6 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -27,21 +26,6 @@ from aggregator.sources.upstream import guard
 
 XML = "application/rss+xml"
 GOOD = rss([("a1", "Alpha"), ("b2", "Beta")])
-
-
-@pytest.fixture(scope="module")
-def _threaded() -> Iterator[HTTPServer]:
-    server = HTTPServer(host="127.0.0.1", threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
-
-
-@pytest.fixture
-def httpserver(_threaded: HTTPServer) -> Iterator[HTTPServer]:
-    yield _threaded
-    _threaded.clear()
 
 
 def _row(tmp: Path, url: str) -> dict[str, Any]:
