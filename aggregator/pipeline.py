@@ -248,6 +248,11 @@ def build(config: Config, clock: Clock = utc_now,
 ReadResult = tuple[tuple[int, int, int], Entry | None, tuple[Problem, ...]]
 
 
+class CacheIncomplete(Exception):
+    """The build cache cannot give what it promised (a body deleted by hand, a write
+    that failed): the build is redone once with the post cache emptied."""
+
+
 class Builder:
     """A build session that lasts (the service keeps one): the build cache stays open,
     the last read of every post stays in memory, and when the caller knows which files
@@ -269,6 +274,20 @@ class Builder:
               workers: int = 1) -> BuildReport:
         """`changed`: absolute paths that changed since the last build (None: unknown,
         walk everything)."""
+        extra = list(extra_entries)
+        try:
+            return self._build(config, clock, changed, extra, workers)
+        except CacheIncomplete as exc:
+            log.warning("%s; reading every post again", exc)
+            cache = open_cache(config)
+            try:
+                cache.invalidate_if_changed("read", "(emptied)", "post_cache", "post_body")
+            finally:
+                cache.close()
+            return self._build(config, clock, None, extra, workers)
+
+    def _build(self, config: Config, clock: Clock, changed: set[str] | None,
+               extra_entries: list[Entry], workers: int) -> BuildReport:
         started = time.perf_counter()
         if config != self._config:
             self.close()
@@ -420,7 +439,7 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
         missing = [replace(bodies[e.digest], image=e.image)
                    if e.partial and e.digest in bodies else e for e in missing]
         if any(e.partial for e in missing):
-            raise RuntimeError("build cache lost an entry body; delete the .cache file")
+            raise CacheIncomplete("the build cache lost a post body")
     if missing:
         pairs = render_entries(config, missing, workers)
         fresh = [(key(e), atom, rss) for e, (atom, rss) in zip(missing, pairs, strict=True)]

@@ -209,3 +209,19 @@ def test_parallel_cold_build_equals_sequential_build(tmp_path: Path) -> None:
     assert _feeds(one.output_dir) == _feeds(two.output_dir)
     assert [str(p) for p in first.problems.items] == [str(p) for p in second.problems.items]
     assert first.rendered == second.rendered == PARALLEL_THRESHOLD + 20
+
+
+def test_cache_that_lost_post_bodies_is_refilled(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    config_path = _site(tmp_path)
+    config = load_config(config_path)
+    build(config, clock=fixed_clock())
+    cache = config.state_path.with_name(config.state_path.name + ".cache")
+    with sqlite3.connect(cache) as db:
+        db.execute("DELETE FROM post_body")
+    monkeypatch.setattr(aggregator.render, "__version__", "999.0")  # every entry re-renders
+    report = build(config, clock=fixed_clock())
+    assert report.rendered == 12
+    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
