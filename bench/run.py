@@ -95,7 +95,8 @@ def run_cli(args: list[str], timeout: float = 3600) -> tuple[float, float, float
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
-    if proc.returncode not in (0, 1):
+    # 1 means "some inputs skipped", but an uncaught exception exits 1 too
+    if proc.returncode not in (0, 1) or "Traceback (most recent call last)" in err:
         raise RuntimeError(f"aggregator {' '.join(args)} exited {proc.returncode}:\n{err[-2000:]}")
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, err
 
