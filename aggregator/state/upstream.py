@@ -13,7 +13,7 @@ import json
 import logging
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -169,13 +169,11 @@ class UpstreamState:
                 "SELECT first_seen, data FROM upstream_entry WHERE source_url = ?",
                 (source.url,))
             for first_seen, data in rows:
-                try:
-                    entry = _load(json.loads(data), datetime.fromisoformat(first_seen))
+                try:  # today's config (category, selectors) built in: no replace() per entry
+                    out.append(_load(json.loads(data), datetime.fromisoformat(first_seen),
+                                     source))
                 except (ValueError, KeyError, TypeError) as exc:
                     log.warning("%s: a stored entry is unreadable (%s); skipped", source.url, exc)
-                    continue
-                out.append(replace(entry, category=source.category, source=source.url,
-                                   drop_selectors=source.drop_selectors))
         return out
 
 
@@ -205,14 +203,18 @@ def _dump(entry: Entry) -> str:
     }, ensure_ascii=False)
 
 
-def _load(data: dict[str, Any], first_seen: datetime) -> Entry:
+def _load(data: dict[str, Any], first_seen: datetime,
+          source: UpstreamSource | None = None) -> Entry:
     # Undated upstream entries take their first-seen time: stable across builds.
     published = _dt(data["published"]) or first_seen
     updated = _dt(data["updated"]) or published
     image = data.get("image")
     return Entry(
         id=data["id"], title=data["title"], link=data["link"], author=data["author"],
-        published=published, updated=max(updated, published), category=(),
+        published=published, updated=max(updated, published),
+        category=source.category if source else (),
+        source=source.url if source else "",
+        drop_selectors=source.drop_selectors if source else (),
         tags=tuple(data["tags"]), html=data["html"], summary=data["summary"],
         image=Image(image[0], image[1], image[2]) if image else None,
         enclosures=tuple(Enclosure(u, m, n) for u, m, n in data["enclosures"]),
