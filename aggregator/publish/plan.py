@@ -1,0 +1,136 @@
+"""Which feeds must be written, the renders they need, and writing them.
+
+A feed whose fingerprint (head + the render keys of its entries, in order) and file
+are as the last build left them is kept; only entries of feeds that must be written,
+and only those not in the build cache, are sanitised and serialised.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from aggregator.config import Config
+from aggregator.model import Entry
+from aggregator.publish.atomic import Publisher
+from aggregator.render import entry_key, fingerprint_of, render_entries, render_fingerprint
+from aggregator.report import BuildReport
+from aggregator.state.cache import BuildCache
+from aggregator.tree.categories import Node
+from aggregator.writers.feeds import FeedRenderer
+from aggregator.writers.index import feed_title, feed_url, feeds_opml, index_html
+
+
+class CacheIncomplete(Exception):
+    """The build cache cannot give what it promised (a body deleted by hand, a write
+    that failed): the build is redone once with the post cache emptied."""
+
+
+def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
+            workers: int = 1, clean_nodes: frozenset[tuple[str, ...]] = frozenset(),
+            last_counts: dict[tuple[str, ...], int] | None = None,
+            sweep_temps: bool = True) -> dict[tuple[str, ...], int]:
+    """Write every feed whose inputs changed; render each needed entry once.
+
+    `clean_nodes`: nodes the caller knows hold exactly the entries of the last build
+    (a Builder session diffing its entries): their feeds are kept without even
+    computing their fingerprints, unless their files were touched. Returns the number
+    of entries in each node's feed."""
+    fingerprint = render_fingerprint(config)
+    cache.invalidate_if_changed("render", fingerprint, "rendered", "feed_state")
+    renderer = FeedRenderer(config)
+    publisher = Publisher(config.output_dir)
+    publisher.prepare(sweep_temps)
+    keys: dict[str, str] = {}  # entry id -> render key
+
+    def key(entry: Entry) -> str:
+        found = keys.get(entry.id)
+        if found is None:
+            # A digest made when the entry was read saves hashing its html again.
+            found = keys[entry.id] = fingerprint_of(fingerprint, entry.digest, entry.image) \
+                if entry.digest else entry_key(fingerprint, entry)
+        return found
+
+    # Plan: a feed whose fingerprint and file are as the last build left them is kept.
+    previous = cache.feed_states()
+    plans: list[tuple[Node, str, str, list[Entry], str]] = []
+    counts: dict[tuple[str, ...], int] = {}
+    kept: list[str] = []
+    for node in root.walk():
+        rels = [f"{node.rel_dir}{kind}.xml" for kind in ("atom", "rss")]
+        # A session's clean node is trusted without a stat between full walks (a feed
+        # file edited by hand is repaired at the next walk, at most 10 minutes later).
+        if node.names in clean_nodes and last_counts is not None and node.names in last_counts \
+                and all(rel in previous and (not sweep_temps or _untouched(
+                    publisher, rel, previous[rel][0], previous)) for rel in rels):
+            counts[node.names] = last_counts[node.names]
+            kept += rels
+            continue
+        members = node.entries(config.max_items)
+        counts[node.names] = len(members)
+        for kind, rel in zip(("atom", "rss"), rels, strict=True):
+            feed_print = fingerprint_of(kind, feed_title(config, node),
+                                        feed_url(config, node, kind), [key(e) for e in members])
+            plans.append((node, kind, rel, members, feed_print))
+    todo = {plan[2] for plan in plans if not _untouched(publisher, plan[2], plan[4], previous)}
+
+    needed = {e.id: e for plan in plans if plan[2] in todo for e in plan[3]}
+    rendered = cache.rendered({key(e) for e in needed.values()})
+    missing = [e for e in needed.values() if key(e) not in rendered]
+    partial = [e.digest for e in missing if e.partial]
+    if partial:  # entries that came from the cache without their html
+        bodies = cache.full_entries(partial)
+        # the image may have been filled by a probe since the body was cached
+        missing = [replace(bodies[e.digest], image=e.image)
+                   if e.partial and e.digest in bodies else e for e in missing]
+        if any(e.partial for e in missing):
+            raise CacheIncomplete("the build cache lost a post body")
+    if missing:
+        pairs = render_entries(config, missing, workers)
+        fresh = [(key(e), atom, rss) for e, (atom, rss) in zip(missing, pairs, strict=True)]
+        cache.store_rendered(fresh)
+        rendered.update({k: (atom, rss) for k, atom, rss in fresh})
+    report.rendered = len(missing)
+
+    prints: dict[str, str] = {}
+    for rel in kept:
+        publisher.keep(rel)
+        report.feeds += 1
+    for node, kind, rel, members, feed_print in plans:
+        report.feeds += 1
+        if rel in todo:
+            title, url = feed_title(config, node), feed_url(config, node, kind)
+            parts = (rendered[key(e)][0 if kind == "atom" else 1] for e in members)
+            data = (renderer.atom_feed if kind == "atom" else renderer.rss_feed)(
+                title, url, members, parts)
+            publisher.write(rel, data)
+        else:
+            publisher.keep(rel)
+        prints[rel] = feed_print
+    publisher.write("index.html", index_html(config, root, counts))
+    publisher.write("feeds.opml", feeds_opml(config, root))
+    publisher.finish()
+    states = [(rel, *previous[rel]) for rel in kept]
+    for rel, feed_print in prints.items():  # as published: size and mtime after the rename
+        st = (config.output_dir / rel).stat()
+        states.append((rel, feed_print, st.st_size, st.st_mtime_ns))
+    cache.store_feed_states(states)
+    if missing:
+        cache.keep_rendered(set(keys.values()))
+    report.written = publisher.written
+    report.unchanged = len(publisher.unchanged)
+    report.removed = publisher.removed
+    return counts
+
+
+def _untouched(publisher: Publisher, rel: str, feed_print: str,
+               previous: dict[str, tuple[str, int, int]]) -> bool:
+    """Same inputs as last time, and the file is still what we wrote then."""
+    known = previous.get(rel)
+    if known is None or known[0] != feed_print:
+        return False
+    try:
+        st = os.stat(os.path.join(publisher.out_dir, rel))
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns) == known[1:]

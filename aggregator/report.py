@@ -1,0 +1,30 @@
+"""What one build did: counts, files, problems (the CLI and the service report it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aggregator.problems import ProblemLog
+
+
+@dataclass
+class BuildReport:
+    posts_found: int = 0
+    posts_read: int = 0
+    entries: int = 0
+    feeds: int = 0
+    written: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    removed: list[str] = field(default_factory=list)
+    rendered: int = 0  # entries sanitised and serialised (the rest came from the cache)
+    unknown_images: list[str] = field(default_factory=list)  # post images to probe
+    seconds: float = 0.0
+    problems: ProblemLog = field(default_factory=ProblemLog)
+
+    @property
+    def skipped(self) -> int:
+        return self.posts_found - self.posts_read
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.problems.errors else 0

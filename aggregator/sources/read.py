@@ -1,0 +1,168 @@
+"""Posts → entries through the build cache: a post whose file identity or content is
+unchanged is not parsed again (its problems are replayed); a cold build parses in
+worker processes."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from aggregator.config import Config
+from aggregator.model import Entry
+from aggregator.problems import Problem, ProblemLog
+from aggregator.render import (
+    PARALLEL_THRESHOLD,
+    can_fork,
+    fingerprint_of,
+    pool_context,
+    read_fingerprint,
+)
+from aggregator.report import BuildReport
+from aggregator.sources.content import PostFile, PostReader, discover
+from aggregator.state.cache import BuildCache, CachedPost, digest
+from aggregator.state.probes import apply_probes
+from aggregator.state.store import StateStore
+
+ReadResult = tuple[tuple[int, int, int], Entry | None, tuple[Problem, ...]]
+
+
+def read_posts(config: Config, state: StateStore, report: BuildReport,
+               cache: BuildCache | None = None, posts: list[PostFile] | None = None,
+               memo: dict[str, ReadResult] | None = None,
+               posts_walked: bool = True, workers: int = 1) -> list[Entry]:
+    """Every post as an Entry (html not yet sanitised). With a cache, a post whose file
+    identity or content is unchanged is not parsed again; its problems are replayed.
+    `memo` (source → last result, kept by a long-lived Builder) skips even the cache."""
+    cache = cache if cache is not None else BuildCache(None)
+    cache.invalidate_if_changed("read", read_fingerprint(config), "post_cache")
+    if posts is None:
+        posts = discover(config, report.problems)
+    report.posts_found = len(posts)
+    reader = PostReader(config, report.problems, state.first_seen)
+    entries: list[Entry] = []
+    fresh: list[tuple[str, CachedPost]] = []
+    seen: dict[str, ReadResult] = {}
+    if workers > 1:
+        _read_in_parallel(config, posts, cache, memo, workers, state, report.problems)
+    for post in posts:
+        source = f"{post.root}\0{post.rel}"
+        known = memo.get(source) if memo is not None else None
+        if known is not None and known[0] == post.identity:
+            entry, found = known[1], known[2]
+            report.problems.replay(found)
+        else:
+            entry, record, found = _read_post(post, cache.post(source), reader,
+                                              report.problems)
+            if record is not None:
+                fresh.append((source, record))
+        seen[source] = (post.identity, entry, found)
+        if entry is not None:
+            entries.append(entry)
+    cache.store_posts(fresh)
+    if fresh or memo is None or len(memo) != len(seen):
+        cache.forget_posts_except(set(seen))
+    if fresh and (memo is None or posts_walked):
+        # O(all posts): on every one-off build, but in a session only after a full walk
+        cache.keep_bodies({e.digest for e in entries})
+    if memo is not None:
+        memo.clear()
+        memo.update(seen)
+    report.posts_read = len(entries)
+    return entries
+
+
+# Read in a worker, an undated post cannot ask the state for its first-seen time: it
+# gets this impossible date (parse_date refuses years before 1970) and the parent
+# puts the real one in.
+_NOT_SEEN_YET = datetime(1900, 1, 1, tzinfo=UTC)
+
+
+def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
+                      memo: dict[str, ReadResult] | None, workers: int,
+                      state: StateStore, problems: ProblemLog) -> None:
+    """Parse the posts the cache cannot answer in worker processes (a cold build spends
+    most of its reading time in YAML and Markdown), and put the results in the cache so
+    that the sequential pass below finds every one of them there."""
+    pending = []
+    for post in posts:
+        source = f"{post.root}\0{post.rel}"
+        known = memo.get(source) if memo is not None else None
+        if known is not None and known[0] == post.identity:
+            continue
+        cached = cache.post(source)
+        if cached is None or post.identity != (cached.size, cached.mtime_ns, cached.inode):
+            pending.append(post)
+    if len(pending) < PARALLEL_THRESHOLD or not can_fork():
+        return
+    size = -(-len(pending) // (workers * 4))
+    chunks = [pending[i:i + size] for i in range(0, len(pending), size)]
+    with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
+        results = [r for chunk in pool.map(_read_chunk, [config] * len(chunks), chunks)
+                   for r in chunk]
+    records = []
+    for post, (record, found) in zip(pending, results, strict=True):
+        if record is None:
+            continue  # unreadable: the sequential pass reports it
+        entry = record.entry
+        if entry is not None and entry.updated == _NOT_SEEN_YET:
+            entry = replace(entry, updated=state.first_seen(entry.id))
+            entry = replace(entry, digest=fingerprint_of(entry))
+        records.append((f"{post.root}\0{post.rel}",
+                        CachedPost(*post.identity, record.digest, entry, found)))
+    cache.store_posts(records)
+
+
+def _read_chunk(config: Config, posts: list[PostFile]
+                ) -> list[tuple[CachedPost | None, tuple[Problem, ...]]]:
+    """In a worker: read and parse each post; problems are returned, not logged (the
+    parent reports them, in order, when it takes the results from the cache)."""
+    out: list[tuple[CachedPost | None, tuple[Problem, ...]]] = []
+    logging.getLogger("aggregator").disabled = True
+    for post in posts:
+        reader = PostReader(config, ProblemLog(), lambda _id: _NOT_SEEN_YET)
+        data = reader.read_bytes(post)
+        if data is None:
+            out.append((None, ()))
+            continue
+        entry = reader.parse(post, data)
+        if entry is not None:
+            entry = replace(entry, digest=fingerprint_of(entry))
+        found = tuple(reader.problems.items)
+        out.append((CachedPost(*post.identity, digest(data), entry, found), found))
+    return out
+
+
+def _read_post(post: PostFile, cached: CachedPost | None, reader: PostReader,
+               problems: ProblemLog
+               ) -> tuple[Entry | None, CachedPost | None, tuple[Problem, ...]]:
+    """(entry, what to cache if it changed, its problems). Unchanged identity: no read
+    at all; unchanged bytes: no parse."""
+    identity = post.identity
+    if cached is not None and identity == (cached.size, cached.mtime_ns, cached.inode):
+        problems.replay(cached.problems)
+        return cached.entry, None, cached.problems
+    reader.problems = ProblemLog()  # a log of this post's own problems, to cache with it
+    data = reader.read_bytes(post)
+    if data is None:
+        problems.items.extend(reader.problems.items)
+        return None, None, tuple(reader.problems.items)
+    content_digest = digest(data)
+    if cached is not None and cached.digest == content_digest:
+        problems.replay(cached.problems)
+        entry, found = cached.entry, cached.problems
+    else:
+        entry = reader.parse(post, data)
+        if entry is not None:
+            entry = replace(entry, digest=fingerprint_of(entry))
+        found = tuple(reader.problems.items)
+        problems.items.extend(found)
+    return entry, CachedPost(*identity, content_digest, entry, found), found
+
+
+def with_probed_images(state: StateStore, entries: list[Entry]) -> list[Entry]:
+    """Posts whose image type is unknown from the URL get what `fetch` probed (state,
+    no network). The digest stays (it finds the post's cached body); render keys and
+    the session's signatures include the image, so a probed type is re-rendered."""
+    return apply_probes(state, entries)
