@@ -20,9 +20,9 @@ from aggregator.publish.plan import CacheIncomplete, publish
 from aggregator.render import fingerprint_of, finish_entry
 from aggregator.report import BuildReport
 from aggregator.sources.content import PostFile, discover, rediscover
-from aggregator.sources.read import ReadResult, read_posts, with_probed_images
+from aggregator.sources.read import ReadResult, read_posts
 from aggregator.state.cache import BuildCache
-from aggregator.state.probes import unknown_image
+from aggregator.state.probes import apply_probes, unknown_image
 from aggregator.state.store import Clock, StateStore, utc_now
 from aggregator.state.upstream import stored_upstream_entries
 from aggregator.tree.categories import Node, build_tree
@@ -115,7 +115,10 @@ class Builder:
         try:
             try:
                 posts, walked = self._discover(config, changed, report.problems)
-                post_entries = with_probed_images(state, read_posts(
+                # Posts whose image type the URL does not tell get what `fetch` probed
+                # (state, no network). Render keys and the session's signatures include
+                # the image, so a newly probed type is rendered again.
+                post_entries = apply_probes(state, read_posts(
                     config, state, report, self._cache, posts, self._memo, walked, workers))
                 report.unknown_images = [u for u in map(unknown_image, post_entries) if u]
                 entries = merge_duplicates(

@@ -219,29 +219,46 @@ def absolute_url(value: str, base_url: str | None, *, allow_mailto: bool = False
     return None
 
 
+def html_depth(html: str) -> int:
+    """Deepest tag nesting, counted the way cap_depth counts it (void tags, self-closed
+    tags and tags with optional end tags do not nest)."""
+    depth = deepest = 0
+    for match in _TAG.finditer(html):
+        if _nests(match):
+            if match.group(1):
+                depth = max(depth - 1, 0)
+            else:
+                depth += 1
+                deepest = max(deepest, depth)
+    return deepest
+
+
+def _nests(match: re.Match[str]) -> bool:
+    return match.group(2).lower() not in _NO_DEPTH and not match.group(0).endswith("/>")
+
+
 def cap_depth(html: str, limit: int = MAX_DEPTH) -> str:
     """Drop start and end tags nested deeper than `limit`, by a tag count (an estimate:
     what it drops is only markup, and the real parsers still see everything else)."""
     if html.count("<") <= limit:
         return html
-    depth = deepest = 0
+    deepest = html_depth(html)
+    if deepest <= limit:
+        return html
+    depth = 0
 
     def visit(match: re.Match[str]) -> str:
-        nonlocal depth, deepest
-        closing, name = match.group(1), match.group(2).lower()
-        if name in _NO_DEPTH or match.group(0).endswith("/>"):
+        nonlocal depth
+        if not _nests(match):
             return match.group(0)
-        if closing:
+        if match.group(1):
             depth = max(depth - 1, 0)
             return match.group(0) if depth < limit else ""
         depth += 1
-        deepest = max(deepest, depth)
         return match.group(0) if depth <= limit else ""
 
-    capped = _TAG.sub(visit, html)
-    if deepest > limit:
-        log.warning("HTML nested %d deep; tags below depth %d dropped", deepest, limit)
-    return capped
+    log.warning("HTML nested %d deep; tags below depth %d dropped", deepest, limit)
+    return _TAG.sub(visit, html)
 
 
 def _srcset_candidates(value: str) -> list[tuple[str, str]]:

@@ -25,8 +25,8 @@ from aggregator.config import Config, category_path
 from aggregator.media import image_type_from_url
 from aggregator.model import Entry, Image
 from aggregator.problems import ProblemLog
-from aggregator.sanitize.html import _NO_DEPTH, _TAG, absolute_url
 from aggregator.sanitize.html import MAX_DEPTH as MAX_HTML_DEPTH
+from aggregator.sanitize.html import absolute_url, html_depth
 from aggregator.sanitize.text import clean_line
 from aggregator.sources.dates import DateError, parse_date
 
@@ -267,7 +267,7 @@ class PostReader:
         description = meta.get("description")
         html = self._body(body, where)
         if html.count("<") > MAX_HTML_DEPTH:
-            depth = _html_depth(html)
+            depth = html_depth(html)
             if depth > MAX_HTML_DEPTH:
                 start = text.rfind(body.lstrip()) if body.strip() else -1
                 line = text.count("\n", 0, start) + 1 if start >= 0 else fm_line
@@ -440,22 +440,6 @@ def _bounded(value: object, limit: int) -> bool:
         elif isinstance(item, list | tuple):
             stack.extend(item)
     return True
-
-
-def _html_depth(html: str) -> int:
-    """Deepest tag nesting, counted as sanitize.html.cap_depth counts it (which cuts it
-    later, without knowing the file: the warning naming the post is given here)."""
-    depth = deepest = 0
-    for match in _TAG.finditer(html):
-        name = match.group(2).lower()
-        if name in _NO_DEPTH or match.group(0).endswith("/>"):
-            continue
-        if match.group(1):
-            depth = max(depth - 1, 0)
-        else:
-            depth += 1
-            deepest = max(deepest, depth)
-    return deepest
 
 
 def _as_list(value: object) -> list[object]:

@@ -22,7 +22,6 @@ from aggregator.render import (
 from aggregator.report import BuildReport
 from aggregator.sources.content import PostFile, PostReader, discover
 from aggregator.state.cache import BuildCache, CachedPost, digest
-from aggregator.state.probes import apply_probes
 from aggregator.state.store import StateStore
 
 ReadResult = tuple[tuple[int, int, int], Entry | None, tuple[Problem, ...]]
@@ -92,7 +91,7 @@ def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
         if known is not None and known[0] == post.identity:
             continue
         cached = cache.post(source)
-        if cached is None or post.identity != (cached.size, cached.mtime_ns, cached.inode):
+        if cached is None or not cached.same_file(post.identity):
             pending.append(post)
     if len(pending) < PARALLEL_THRESHOLD or not can_fork():
         return
@@ -102,36 +101,42 @@ def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
         results = [r for chunk in pool.map(_read_chunk, [config] * len(chunks), chunks)
                    for r in chunk]
     records = []
-    for post, (record, found) in zip(pending, results, strict=True):
+    for post, record in zip(pending, results, strict=True):
         if record is None:
             continue  # unreadable: the sequential pass reports it
         entry = record.entry
         if entry is not None and entry.updated == _NOT_SEEN_YET:
-            entry = replace(entry, updated=state.first_seen(entry.id))
-            entry = replace(entry, digest=fingerprint_of(entry))
-        records.append((f"{post.root}\0{post.rel}",
-                        CachedPost(*post.identity, record.digest, entry, found)))
+            entry = _stamped(replace(entry, updated=state.first_seen(entry.id)))
+            record = replace(record, entry=entry)
+        records.append((f"{post.root}\0{post.rel}", record))
     cache.store_posts(records)
 
 
-def _read_chunk(config: Config, posts: list[PostFile]
-                ) -> list[tuple[CachedPost | None, tuple[Problem, ...]]]:
+def _read_chunk(config: Config, posts: list[PostFile]) -> list[CachedPost | None]:
     """In a worker: read and parse each post; problems are returned, not logged (the
     parent reports them, in order, when it takes the results from the cache)."""
-    out: list[tuple[CachedPost | None, tuple[Problem, ...]]] = []
+    out: list[CachedPost | None] = []
     logging.getLogger("aggregator").disabled = True
     for post in posts:
         reader = PostReader(config, ProblemLog(), lambda _id: _NOT_SEEN_YET)
         data = reader.read_bytes(post)
         if data is None:
-            out.append((None, ()))
+            out.append(None)
             continue
-        entry = reader.parse(post, data)
-        if entry is not None:
-            entry = replace(entry, digest=fingerprint_of(entry))
-        found = tuple(reader.problems.items)
-        out.append((CachedPost(*post.identity, digest(data), entry, found), found))
+        entry = _parse(reader, post, data)
+        out.append(CachedPost(*post.identity, digest(data), entry,
+                              tuple(reader.problems.items)))
     return out
+
+
+def _parse(reader: PostReader, post: PostFile, data: bytes) -> Entry | None:
+    entry = reader.parse(post, data)
+    return None if entry is None else _stamped(entry)
+
+
+def _stamped(entry: Entry) -> Entry:
+    """The entry with the digest of all its fields (render keys and cache lookups)."""
+    return replace(entry, digest=fingerprint_of(entry))
 
 
 def _read_post(post: PostFile, cached: CachedPost | None, reader: PostReader,
@@ -140,7 +145,7 @@ def _read_post(post: PostFile, cached: CachedPost | None, reader: PostReader,
     """(entry, what to cache if it changed, its problems). Unchanged identity: no read
     at all; unchanged bytes: no parse."""
     identity = post.identity
-    if cached is not None and identity == (cached.size, cached.mtime_ns, cached.inode):
+    if cached is not None and cached.same_file(identity):
         problems.replay(cached.problems)
         return cached.entry, None, cached.problems
     reader.problems = ProblemLog()  # a log of this post's own problems, to cache with it
@@ -153,16 +158,7 @@ def _read_post(post: PostFile, cached: CachedPost | None, reader: PostReader,
         problems.replay(cached.problems)
         entry, found = cached.entry, cached.problems
     else:
-        entry = reader.parse(post, data)
-        if entry is not None:
-            entry = replace(entry, digest=fingerprint_of(entry))
+        entry = _parse(reader, post, data)
         found = tuple(reader.problems.items)
         problems.items.extend(found)
     return entry, CachedPost(*identity, content_digest, entry, found), found
-
-
-def with_probed_images(state: StateStore, entries: list[Entry]) -> list[Entry]:
-    """Posts whose image type is unknown from the URL get what `fetch` probed (state,
-    no network). The digest stays (it finds the post's cached body); render keys and
-    the session's signatures include the image, so a probed type is re-rendered."""
-    return apply_probes(state, entries)

@@ -70,6 +70,10 @@ class CachedPost:
     entry: Entry | None  # None: the post was skipped (its problems say why)
     problems: tuple[Problem, ...]
 
+    def same_file(self, identity: tuple[int, int, int]) -> bool:
+        """The file (size, mtime_ns, inode) is the one this record was read from."""
+        return identity == (self.size, self.mtime_ns, self.inode)
+
 
 def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
