@@ -95,6 +95,11 @@ def _build(config: Config, problems: ProblemLog) -> tuple[int, BuildReport | Non
         log.error("%s; the previous feeds are kept", exc)
         return EXIT_PUBLISH, None
     report.problems.items[:0] = problems.items
+    if report.up_to_date:
+        log.info("nothing changed since the last build (%d feeds, %d entries); checked in "
+                 "%.2fs; %d warnings", report.feeds, report.entries, report.seconds,
+                 len(report.problems.warnings))
+        return (EXIT_SKIPPED if report.problems.errors else EXIT_OK), report
     log.info("published %d feeds from %d entries in %.2fs: %d written, %d unchanged, "
              "%d removed; posts: %d read, %d skipped; %d warnings",
              report.feeds, report.entries, report.seconds, len(report.written),

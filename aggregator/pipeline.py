@@ -16,12 +16,19 @@ from pathlib import Path
 from aggregator.config import Config
 from aggregator.model import Entry, Image
 from aggregator.problems import Problem, ProblemLog
-from aggregator.publish.plan import CacheIncomplete, publish
-from aggregator.render import fingerprint_of, finish_entry
+from aggregator.publish.atomic import Publisher
+from aggregator.publish.plan import INDEX_FILES, CacheIncomplete, publish
+from aggregator.render import (
+    fingerprint_of,
+    finish_entry,
+    read_fingerprint,
+    render_fingerprint,
+)
 from aggregator.report import BuildReport
 from aggregator.sources.content import PostFile, discover, rediscover
 from aggregator.sources.read import ReadResult, read_posts
 from aggregator.state.cache import BuildCache
+from aggregator.state.last_build import LastBuild, inputs_print, published_files
 from aggregator.state.probes import apply_probes, unknown_image
 from aggregator.state.store import Clock, StateStore, utc_now
 from aggregator.state.upstream import stored_upstream_entries
@@ -115,6 +122,13 @@ class Builder:
         try:
             try:
                 posts, walked = self._discover(config, changed, report.problems)
+                if self._unchanged_since_last_build(config, posts, walked, extra_entries,
+                                                    state, report):
+                    state.close()
+                    self.close()
+                    report.seconds = time.perf_counter() - started
+                    return report
+                found_after_walk = len(report.problems.items)
                 # Posts whose image type the URL does not tell get what `fetch` probed
                 # (state, no network). Render keys and the session's signatures include
                 # the image, so a newly probed type is rendered again.
@@ -125,6 +139,8 @@ class Builder:
                     [*post_entries,
                      *stored_upstream_entries(state, config.upstream), *extra_entries],
                     report.problems)
+                # after reading: this build's own first-seen times are part of its inputs
+                generation = state.generation()
             finally:
                 state.close()
             report.entries = len(entries)
@@ -132,6 +148,8 @@ class Builder:
             clean = self._clean_nodes(entries, root) if self.persistent else frozenset()
             self._counts = publish(config, root, report, self._cache, workers, clean,
                                    self._counts, sweep_temps=walked)
+            if walked and not extra_entries:
+                self._remember_build(config, posts, generation, report, found_after_walk)
         except BaseException:
             self.close()  # after a failure, trust nothing kept in memory
             raise
@@ -144,6 +162,44 @@ class Builder:
             gc.freeze()
         report.seconds = time.perf_counter() - started
         return report
+
+    def _unchanged_since_last_build(self, config: Config, posts: list[PostFile],
+                                    walked: bool, extra_entries: list[Entry],
+                                    state: StateStore, report: BuildReport) -> bool:
+        """True (and the report filled in) when the last complete build had these very
+        inputs and its output is untouched: nothing to read, render or write."""
+        if self.persistent or not walked or extra_entries or self._cache is None:
+            return False  # a session's own memo answers its rebuilds
+        inputs = inputs_print(_settings(config), posts, self._walk_problems,
+                              state.generation())
+        last = self._cache.last_build() if inputs is not None else None
+        if last is None or last.inputs != inputs or not last.outputs_untouched(
+                config.output_dir):
+            return False
+        Publisher(config.output_dir).remove_temp_files()  # a killed build's leftovers
+        report.problems.replay(last.problems)
+        report.posts_found, report.posts_read = last.posts_found, last.posts_read
+        report.entries, report.feeds = last.entries, last.feeds
+        report.unchanged = len(last.outputs)
+        report.unknown_images = list(last.unknown_images)
+        report.up_to_date = True
+        return True
+
+    def _remember_build(self, config: Config, posts: list[PostFile], generation: str | None,
+                        report: BuildReport, found_after_walk: int) -> None:
+        assert self._cache is not None
+        inputs = inputs_print(_settings(config), posts, self._walk_problems, generation)
+        if inputs is None:
+            return
+        rels = [*self._cache.feed_states(), *INDEX_FILES]
+        try:
+            outputs = published_files(config.output_dir, rels)
+        except OSError:
+            return  # changed under us: the next build does the full work
+        self._cache.store_last_build(LastBuild(
+            inputs, outputs, report.posts_found, report.posts_read, report.entries,
+            report.feeds, tuple(report.problems.items[found_after_walk:]),
+            tuple(report.unknown_images)))
 
     def _discover(self, config: Config, changed: set[str] | None,
                   problems: ProblemLog) -> tuple[list[PostFile], bool]:
@@ -188,6 +244,11 @@ class Builder:
         self._cache, self._posts, self._config = None, None, None
         self._memo.clear()
         self._walk_problems = []
+
+
+def _settings(config: Config) -> tuple[str, ...]:
+    """The config and every program and library version that shapes the output."""
+    return (repr(config), read_fingerprint(config), render_fingerprint(config))
 
 
 def open_cache(config: Config) -> BuildCache:

@@ -37,7 +37,8 @@ def fingerprint_of(*parts: object) -> str:
 
 def read_fingerprint(config: Config) -> str:
     """What shapes an Entry read from a post file (besides the file itself)."""
-    return fingerprint_of(__version__, str(config.timezone), config.post_url, config.id_date,
+    return fingerprint_of(__version__, version("PyYAML"), version("markdown-it-py"),
+                 str(config.timezone), config.post_url, config.id_date,
                  config.site_host, config.site_url, config.body, config.max_depth,
                  config.max_post_bytes, config.follow_symlinks,
                  tuple(map(str, config.content_dirs)))

@@ -19,6 +19,7 @@ class BuildReport:
     rendered: int = 0  # entries sanitised and serialised (the rest came from the cache)
     unknown_images: list[str] = field(default_factory=list)  # post images to probe
     seconds: float = 0.0
+    up_to_date: bool = False  # inputs as the last complete build's: nothing was read or written
     problems: ProblemLog = field(default_factory=ProblemLog)
 
     @property

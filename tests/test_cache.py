@@ -6,8 +6,10 @@ the bytes a clean build (no cache, no state) publishes, and touch only what it m
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -225,3 +227,115 @@ def test_cache_that_lost_post_bodies_is_refilled(tmp_path: Path,
     report = build(config, clock=fixed_clock())
     assert report.rendered == 12
     assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
+
+
+# -- a build whose inputs did not change stops after the walk -------------------------
+
+UPSTREAM_URL = "http://127.0.0.1:9/feed.xml"  # never fetched: `build` uses the state
+
+
+def _undated_site(tmp_path: Path) -> Path:
+    config_path = _site(tmp_path)
+    write_post(tmp_path / "posts", "undated.md", "title: U\ndate: Invalid Date")
+    data = yaml.safe_load(config_path.read_text())
+    data["upstream"] = [{"url": UPSTREAM_URL, "category": "Up"}]
+    config_path.write_text(yaml.safe_dump(data))
+    return config_path
+
+
+def test_unchanged_inputs_reuse_the_last_build_and_report_the_same(tmp_path: Path) -> None:
+    config = load_config(_undated_site(tmp_path))
+    first = build(config, clock=fixed_clock())
+    reference = _feeds(config.output_dir)
+    # a later clock: the undated post's first-seen time comes from the state
+    again = build(config, clock=fixed_clock(datetime(2030, 1, 1, tzinfo=UTC)))
+    assert not first.up_to_date and again.up_to_date
+    assert [str(p) for p in again.problems.items] == [str(p) for p in first.problems.items]
+    assert again.problems.warnings  # the undated post's warning, replayed
+    assert (again.entries, again.feeds, again.posts_read) == \
+        (first.entries, first.feeds, first.posts_read)
+    assert again.written == [] and _feeds(config.output_dir) == reference
+
+
+def _store_upstream_entry(config_path: Path) -> None:
+    from aggregator.config import UpstreamSource
+    from aggregator.model import Entry
+    from aggregator.state.store import StateStore
+    from aggregator.state.upstream import UpstreamState
+
+    config = load_config(config_path)
+    state = StateStore(config.state_path)
+    when = datetime(2026, 2, 1, tzinfo=UTC)
+    UpstreamState(state).store_entries(
+        UpstreamSource(url=UPSTREAM_URL, category=("Up",)),
+        [Entry(id="urn:up:1", title="From upstream", link="https://up.example/1",
+               author=None, published=when, updated=when, category=(), tags=(),
+               html="<p>u</p>", summary="", image=None)],
+        None, None, when)
+    state.close()
+
+
+def _store_probe(config_path: Path) -> None:
+    from aggregator.state.probes import Probe, ProbeCache
+    from aggregator.state.store import StateStore
+
+    state = StateStore(load_config(config_path).state_path)
+    ProbeCache(state).put(Probe("https://img.example/x", 200, "image/png", 10,
+                                datetime(2026, 1, 1, tzinfo=UTC)))
+    state.close()
+
+
+NOT_UP_TO_DATE: dict[str, Callable[[Path, Path], None]] = {
+    "post touched": lambda t, c: os.utime(t / "posts/a/p1.md", ns=(1, 1)),
+    "post added": lambda t, c: write_post(t / "posts", "c/new.md", "title: New"),
+    "config changed": lambda t, c: _edit_config(c, "output", "max_items", 3),
+    "feed edited": lambda t, c: (t / "feeds/alpha/atom.xml").write_bytes(b"<broken"),
+    "feed deleted": lambda t, c: (t / "feeds/beta/rss.xml").unlink(),
+    "index deleted": lambda t, c: (t / "feeds/index.html").unlink(),
+    "state deleted": lambda t, c: [Path(f"{t}/state/test.sqlite{s}").unlink(missing_ok=True)
+                                   for s in ("", "-wal", "-shm")],
+    "upstream entry stored": lambda t, c: _store_upstream_entry(c),
+    "image probe stored": lambda t, c: _store_probe(c),
+}
+
+
+@pytest.mark.parametrize("change", sorted(NOT_UP_TO_DATE))
+def test_any_change_of_input_or_output_means_a_real_build(tmp_path: Path,
+                                                          change: str) -> None:
+    config_path = _undated_site(tmp_path)
+    build(load_config(config_path), clock=fixed_clock())
+    NOT_UP_TO_DATE[change](tmp_path, config_path)
+    config = load_config(config_path)
+    before = _feeds(config.output_dir)
+    report = build(config, clock=fixed_clock())
+    assert not report.up_to_date
+    after = _feeds(config.output_dir)
+    assert after == _reference_with_state(tmp_path, config_path)
+    if change == "upstream entry stored":
+        assert b"From upstream" in after["atom.xml"] and after != before
+    assert build(config, clock=fixed_clock()).up_to_date  # and settled again
+
+
+def _reference_with_state(tmp_path: Path, config_path: Path) -> dict[str, bytes]:
+    """A build of the same inputs with no build cache (the state, which holds upstream
+    entries and probes, is copied along)."""
+    clean = tmp_path / "clean"
+    shutil.rmtree(clean, ignore_errors=True)
+    shutil.copytree(tmp_path / "posts", clean / "posts", symlinks=True)
+    shutil.copy(config_path, clean / "config.yaml")
+    config = load_config(clean / "config.yaml")
+    state = load_config(config_path).state_path
+    config.state_path.parent.mkdir(parents=True)
+    if state.exists():
+        shutil.copy(state, config.state_path)
+    build(config, clock=fixed_clock())
+    return _feeds(clean / "feeds")
+
+
+def test_a_killed_builds_temp_files_are_swept_even_when_up_to_date(tmp_path: Path) -> None:
+    config = load_config(_site(tmp_path))
+    build(config, clock=fixed_clock())
+    leftover = config.output_dir / "alpha" / ".atom.xml.123.aggregator-tmp"
+    leftover.write_bytes(b"<half")
+    assert build(config, clock=fixed_clock()).up_to_date
+    assert not leftover.exists()

@@ -20,6 +20,9 @@ from aggregator.tree.categories import Node
 from aggregator.writers.feeds import FeedRenderer
 from aggregator.writers.index import feed_title, feed_url, feeds_opml, index_html
 
+# Written by every build beside the feeds.
+INDEX_FILES = ("index.html", "feeds.opml")
+
 
 class CacheIncomplete(Exception):
     """The build cache cannot give what it promised (a body deleted by hand, a write
@@ -107,8 +110,9 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
         else:
             publisher.keep(rel)
         prints[rel] = feed_print
-    publisher.write("index.html", index_html(config, root, counts))
-    publisher.write("feeds.opml", feeds_opml(config, root))
+    index, opml = INDEX_FILES
+    publisher.write(index, index_html(config, root, counts))
+    publisher.write(opml, feeds_opml(config, root))
     publisher.finish()
     states = [(rel, *previous[rel]) for rel in kept]
     for rel, feed_print in prints.items():  # as published: size and mtime after the rename

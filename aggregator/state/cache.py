@@ -12,6 +12,8 @@ disposable: deleting it (or it being corrupt) only costs one slow build.
 - feed_state: a published feed's fingerprint (its head + the render keys of its
   entries, in order) and the size/mtime it was written with: an unchanged
   fingerprint with an untouched file means nothing to render or write.
+- last_build: the inputs digest, published files and problems of the last complete
+  build (see state/last_build.py): a build whose inputs match stops after the walk.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from aggregator.model import Entry
 from aggregator.problems import Problem
+from aggregator.state.last_build import LastBuild
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +60,12 @@ CREATE TABLE IF NOT EXISTS feed_state (
     size        INTEGER NOT NULL,
     mtime_ns    INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS last_build (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    record BLOB NOT NULL
+);
 """
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -264,6 +271,28 @@ class BuildCache:
         with self.db:
             self.db.execute("DELETE FROM feed_state")
             self.db.executemany("INSERT INTO feed_state VALUES (?, ?, ?, ?)", list(rows))
+
+    # -- the last complete build ---------------------------------------------------
+
+    def last_build(self) -> LastBuild | None:
+        row = self.db.execute("SELECT record FROM last_build").fetchone()
+        if row is None:
+            return None
+        try:
+            record = pickle.loads(row[0])
+        except Exception:  # another version's record: a full build
+            return None
+        return record if isinstance(record, LastBuild) else None
+
+    @_disposable
+    def store_last_build(self, record: LastBuild | None) -> None:
+        """Remember the build that just completed (None: forget, e.g. before publishing,
+        so that a build that fails half way is never taken for a complete one)."""
+        with self.db:
+            self.db.execute("DELETE FROM last_build")
+            if record is not None:
+                self.db.execute("INSERT INTO last_build VALUES (1, ?)",
+                                (pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL),))
 
     def close(self) -> None:
         self.db.close()

@@ -7,6 +7,7 @@ posts and upstream entries), and the tables the upstream and cache layers add.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -65,6 +66,21 @@ MIGRATIONS: list[str] = [
         written_at TEXT NOT NULL
     );
     """,
+    # 4: a generation counter bumped by every change to a table that shapes the output
+    # so a build can tell "the state is as the last build saw it" without reading it
+    # (the token tells a new state file from an old one whose counter is the same).
+    """
+    CREATE TABLE generation (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        token   TEXT NOT NULL,
+        counter INTEGER NOT NULL
+    );
+    INSERT INTO generation VALUES (1, lower(hex(randomblob(16))), 0);
+""" + "".join(
+        f"CREATE TRIGGER {table}_{event.lower()} AFTER {event} ON {table} "
+        "BEGIN UPDATE generation SET counter = counter + 1; END;\n"
+        for table in ("first_seen", "upstream_entry", "image_probe", "written_post")
+        for event in ("INSERT", "UPDATE", "DELETE")),
 ]
 
 Clock = Callable[[], datetime]
@@ -156,6 +172,17 @@ class StateStore:
                                 "may get new dates on the next build", self.path, exc)
         return seen
 
+    def generation(self) -> str | None:
+        """Changes whenever first-seen times, upstream entries or image probes change;
+        None for a temporary in-memory state (which no later build will see again)."""
+        if str(self.path) == ":memory:":
+            return None
+        try:
+            row = self.db.execute("SELECT token, counter FROM generation").fetchone()
+        except sqlite3.Error:
+            return None
+        return None if row is None else f"{row[0]}:{row[1]}"
+
     def close(self) -> None:
         self.db.close()
 
@@ -166,4 +193,5 @@ def _locked(exc: sqlite3.DatabaseError) -> bool:
 
 
 def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    # A statement ends with ";" at the end of a line (a trigger body has "; " inside).
+    return [s.strip() for s in re.split(r";[ \t]*\n", script) if s.strip()]
