@@ -29,6 +29,7 @@ from aggregator.sanitize.html import MAX_DEPTH as MAX_HTML_DEPTH
 from aggregator.sanitize.html import absolute_url, html_depth
 from aggregator.sanitize.text import clean_line
 from aggregator.sources.dates import DateError, parse_date
+from aggregator.sources.simple_yaml import parse_simple
 
 try:
     from yaml import CSafeLoader as SafeLoader
@@ -306,24 +307,11 @@ class PostReader:
                                 "front matter opened with --- is never closed; skipped")
             return None, "", 1
         fm_line = text[: len(text) - len(stripped)].count("\n") + 1
-        lines = fm.split("\n")
-        for _attempt in range(20):
-            try:
-                meta = yaml.load("\n".join(lines), Loader=SafeLoader)
-                break
-            except yaml.YAMLError as exc:
-                mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-                bad = _recover_line(lines, mark.line if mark is not None else -1)
-                line_no = fm_line + 1 + (bad if bad is not None else 0)
-                if bad is None:
-                    self.problems.error(f"{where}:{line_no}", f"front matter is not valid YAML: "
-                                        f"{getattr(exc, 'problem', exc)}; skipped")
-                    return None, "", fm_line
-                self.problems.warn(f"{where}:{line_no}",
-                                   "malformed YAML value read as plain text")
-        else:
-            self.problems.error(f"{where}:{fm_line}", "front matter is not valid YAML; skipped")
-            return None, "", fm_line
+        meta = parse_simple(fm)  # the usual flat shape, without a YAML parser
+        if meta is None:
+            loaded, meta = self._load_yaml(fm, where, fm_line)
+            if not loaded:
+                return None, "", fm_line
         if meta is None:
             meta = {}
         if not isinstance(meta, dict):
@@ -334,6 +322,25 @@ class PostReader:
                                 f"{MAX_FRONT_MATTER_NODES} values (YAML alias bomb?); skipped")
             return None, "", fm_line
         return {str(k): v for k, v in meta.items()}, body, fm_line
+
+    def _load_yaml(self, fm: str, where: str, fm_line: int) -> tuple[bool, Any]:
+        """(loaded, data) from PyYAML; a bad `key: value` line is quoted and tried again."""
+        lines = fm.split("\n")
+        for _attempt in range(20):
+            try:
+                return True, yaml.load("\n".join(lines), Loader=SafeLoader)
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+                bad = _recover_line(lines, mark.line if mark is not None else -1)
+                line_no = fm_line + 1 + (bad if bad is not None else 0)
+                if bad is None:
+                    self.problems.error(f"{where}:{line_no}", f"front matter is not valid YAML: "
+                                        f"{getattr(exc, 'problem', exc)}; skipped")
+                    return False, None
+                self.problems.warn(f"{where}:{line_no}",
+                                   "malformed YAML value read as plain text")
+        self.problems.error(f"{where}:{fm_line}", "front matter is not valid YAML; skipped")
+        return False, None
 
     def _title(self, value: object, post: PostFile, where: str) -> str:
         fallback = clean_line(PurePosixPath(post.rel).stem) or "(untitled)"

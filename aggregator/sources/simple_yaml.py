@@ -1,0 +1,126 @@
+"""Front matter in the shape nearly every post has, read without a YAML parser.
+
+Hexo-style front matter is a flat block of `key: scalar` lines and `key:` followed
+by `- scalar` items. PyYAML (even its C loader) spent ~0.3 ms a post building nodes
+for that: a third of reading a post. This reads that shape only, with PyYAML's own
+resolver deciding what a plain scalar means and its constructors building numbers
+and dates, and gives up (returns None: the caller uses PyYAML) on anything else:
+nested mappings, flow collections, anchors, tags, multi-line or escaped scalars,
+comments after a value. Giving up is always safe; a test checks that whatever this
+returns, PyYAML returns too.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+
+_CONSTRUCTOR = SafeConstructor()
+_STR = "tag:yaml.org,2002:str"
+_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{name}"
+                         for name in ("bool", "null", "int", "float", "timestamp"))
+# Characters PyYAML refuses, or treats as line breaks, anywhere in the document.
+_AWKWARD = re.compile("[^\x09\x0a\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd"
+                      "\U00010000-\U0010ffff]")
+_KEY_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*):(?: +(.*))?")
+_ITEM_LINE = re.compile(r"( *)- +(.*)")
+_SINGLE_QUOTED = re.compile(r"'((?:[^']|'')*)'")
+_DOUBLE_QUOTED = re.compile(r'"([^"\\]*)"')
+# A plain scalar may not start with an indicator; these mean something inside one.
+_INDICATOR_START = frozenset("-?:,[]{}#&*!|>'\"%@`")
+
+
+class _NotSimple(Exception):
+    pass
+
+
+def parse_simple(text: str) -> dict[str, Any] | None:
+    """The mapping PyYAML would load from `text`, or None if `text` is not in the
+    simple shape (then ask PyYAML)."""
+    if _AWKWARD.search(text):
+        return None
+    try:
+        return _parse(text.split("\n")) or None  # nothing: PyYAML says None or {}
+    except _NotSimple:
+        return None
+
+
+def _parse(lines: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    key: str | None = None  # the key whose value may still be a list of items
+    items: list[Any] | None = None
+    indent = -1
+    for line in lines:
+        stripped = line.strip(" ")
+        if not stripped or stripped.startswith("#"):
+            continue
+        item = _ITEM_LINE.fullmatch(line)
+        if item is not None:
+            if key is None or (items and len(item.group(1)) != indent):
+                raise _NotSimple
+            if items is None:
+                items, indent = [], len(item.group(1))
+                out[key] = items
+            items.append(_scalar(item.group(2)))
+            continue
+        match = _KEY_LINE.fullmatch(line)
+        if match is None or _resolve_key(match.group(1)) != _STR:
+            raise _NotSimple  # indented text, a continuation, a key YAML reads as a bool...
+        name, raw = match.group(1), (match.group(2) or "").rstrip(" ")
+        if raw:
+            out[name] = _scalar(raw)
+            key = None
+        else:
+            out[name] = None  # unless items follow
+            key = name
+        items, indent = None, -1
+    return out
+
+
+def _scalar(raw: str) -> Any:
+    raw = raw.rstrip(" ")
+    if not raw:
+        raise _NotSimple  # an empty item
+    if raw[0] == "'":
+        match = _SINGLE_QUOTED.fullmatch(raw)
+        if match is None:
+            raise _NotSimple  # multi-line, or text after the closing quote
+        return match.group(1).replace("''", "'")
+    if raw[0] == '"':
+        match = _DOUBLE_QUOTED.fullmatch(raw)
+        if match is None:
+            raise _NotSimple  # escapes, multi-line, or text after the closing quote
+        return match.group(1)
+    if raw[0] in _INDICATOR_START or ": " in raw or " #" in raw or raw.endswith(":") \
+            or "\t" in raw:
+        raise _NotSimple
+    tag = _resolve(raw)
+    if tag == _STR:
+        return raw
+    if tag not in _SCALAR_TAGS:
+        raise _NotSimple  # "<<" (merge) and "=" (value) mean more than a scalar
+    # numbers, booleans, null, timestamps: built by the very functions PyYAML uses
+    return _CONSTRUCTOR.yaml_constructors[tag](_CONSTRUCTOR, yaml.ScalarNode(tag, raw))
+
+
+# PyYAML's implicit resolvers by first character (what Resolver.resolve looks up for a
+# plain scalar), so that the usual text value costs one dict lookup.
+_IMPLICIT: dict[str | None, list[tuple[str, re.Pattern[str]]]] = \
+    yaml.resolver.Resolver.yaml_implicit_resolvers
+_WILDCARD = _IMPLICIT.get(None, [])
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_key(value: str) -> str:
+    return _resolve(value)
+
+
+def _resolve(value: str) -> str:
+    for tag, pattern in [*_IMPLICIT.get(value[:1], []), *_WILDCARD]:
+        if pattern.match(value):
+            return tag
+    return _STR

@@ -1,0 +1,78 @@
+"""The front matter fast path reads exactly what PyYAML reads, or leaves it to PyYAML."""
+
+from __future__ import annotations
+
+import frontmatter
+import pytest
+import yaml
+from helpers import SHARED
+
+from aggregator.sources.simple_yaml import parse_simple
+
+# Each is either in the simple shape (the fast path must agree with PyYAML) or not (it
+# must return None). Many are traps: YAML reads them as something other than text.
+CASES = [
+    "title: Hello",
+    "title: 'It''s'\ncategories:\n - 'A'\n - B\nauthor: me",
+    'title: "double"\ntags:\n- one\n- two',
+    "title: a [b] {c}, d\nurl: http://x.example/a?b=c#frag",
+    "comments: false\ndraft: True\nflag: off\nother: yes",
+    "nothing:\nnull_value: ~\nnull2: null\nempty: ''",
+    "title: 123", "title: 0x1f", "title: 1:20", "title: 1e3", "title: .inf",
+    "date: 2024-06-26", "date: 2024-06-26 03:33:19",
+    "date: Wed, 26 Jun 2024 03:33:19 GMT",
+    "title: a # comment", "title: 'a' # comment", "title: a: b", "title: ends:",
+    "title: 'open", "title: \"esc\\\"aped\"", "title: \"a\\nb\"",
+    "title: &anchor x\nother: *anchor", "title: !!str 12", "title: |\n  block",
+    "title: >\n  folded", "title: [flow, list]", "title: {a: 1}",
+    "title: multi\n  line", "title:\n  nested: map", "categories:\n - - deep",
+    "categories:\n - a\n   - b", "categories:\n  - a\n - b", "categories:\n -",
+    "categories:\n - a: b", "- top level item", "yes: key is a bool", "null: x",
+    "1: int key", "'quoted key': x", "key : spaced", "key:\tvalue", "title: tab\there",
+    "title: a\r\nother: b", "title: line\u2028sep", "title: nel\x85x", "title: bom\ufeffx",
+    "title: ctrl\x01x", "title: \u00e9t\u00e9 \u4e8c\u6b21\u5143 \U0001f600",
+    "# only a comment", "", "title: x\n# comment\n\ncategories:\n  # inside\n  - a",
+    "title: x\ntitle: duplicate wins", "title: -5", "title: -", "title: ?x", "title: :x",
+    "title: %x", "title: @x", "title: `x", "title: trailing   ", "t-i_t1e: ok",
+    "title: <<", "<<: {a: 1}", "title: =", "on: key", "Title: Case",
+    "title: 'multi\n  line quoted'", "title: 'a'b'", "title: ''''",
+]
+
+
+def _yaml(text: str) -> object:
+    try:
+        return yaml.load(text, Loader=yaml.CSafeLoader)
+    except yaml.YAMLError:
+        return "<error>"
+
+
+@pytest.mark.parametrize("text", CASES)
+def test_fast_path_agrees_with_pyyaml_or_declines(text: str) -> None:
+    fast = parse_simple(text)
+    if fast is not None:
+        assert fast == _yaml(text)
+        assert all(type(fast[k]) is type(v) for k, v in _yaml(text).items())  # type: ignore[union-attr]
+
+
+def test_the_usual_shapes_take_the_fast_path() -> None:
+    for text in CASES[:6]:
+        assert parse_simple(text) is not None, text
+    assert parse_simple("date: 2024-06-26 03:33:19\ncount: 12") is not None
+
+
+def test_every_real_post_reads_the_same_and_most_take_the_fast_path() -> None:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is absent: the real posts are not available")
+    files = sorted((SHARED / "corpus").rglob("*.md"))
+    fast_count = 0
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace").lstrip()
+        try:
+            fm, _body = frontmatter.default_handlers.YAMLHandler().split(text)
+        except ValueError:
+            continue
+        fast = parse_simple(fm)
+        if fast is not None:
+            fast_count += 1
+            assert fast == _yaml(fm), path
+    assert fast_count >= len(files) * 0.8, (fast_count, len(files))
