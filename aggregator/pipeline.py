@@ -6,11 +6,12 @@ only decide *when* to call `build`.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from aggregator.config import Config
@@ -73,7 +74,22 @@ def merge_duplicates(entries: Iterable[Entry], problems: ProblemLog) -> list[Ent
 def build(config: Config, clock: Clock = utc_now,
           extra_entries: Iterable[Entry] = (), workers: int = 1) -> BuildReport:
     """Publish every feed from the content dir (+ stored upstream entries)."""
-    return Builder().build(config, clock, extra_entries=extra_entries, workers=workers)
+    with _no_cyclic_gc():
+        return Builder().build(config, clock, extra_entries=extra_entries, workers=workers)
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """A one-off build creates ~10 objects per post and frees almost none of them until
+    it ends, so the cyclic GC's full scans find nothing and cost ~15% of a 100k build.
+    Reference counting still frees everything that is not a cycle."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class Builder:

@@ -51,11 +51,12 @@ def inputs_print(settings: tuple[str, ...], posts: list[PostFile],
     walk and the state's generation; None when the state is a temporary one."""
     if generation is None:
         return None
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(repr((settings, generation, walk_problems)).encode())
-    for post in posts:
-        digest.update(f"\0{post.root}\0{post.rel}\0{post.identity}".encode(
-            "utf-8", "surrogateescape"))
+    digest = hashlib.blake2b(repr((settings, generation, walk_problems)).encode(),
+                             digest_size=16)
+    # the location holds the content dir and the relative path
+    # rel, not the longer location: the content dirs are in the config (and in `settings`)
+    digest.update("\n".join([f"{p.rel}\0{p.identity[0]}\0{p.identity[1]}\0{p.identity[2]}"
+                             for p in posts]).encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
