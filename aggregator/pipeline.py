@@ -13,8 +13,10 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from aggregator.config import Config
+from aggregator.incremental import Names, SessionIndex
 from aggregator.model import Entry, Image
 from aggregator.problems import Problem, ProblemLog
 from aggregator.publish.atomic import Publisher
@@ -27,7 +29,7 @@ from aggregator.render import (
 )
 from aggregator.report import BuildReport
 from aggregator.sources.content import PostFile, discover, rediscover
-from aggregator.sources.read import ReadResult, read_posts
+from aggregator.sources.read import ReadResult, read_changed, read_posts
 from aggregator.state.cache import BuildCache
 from aggregator.state.last_build import LastBuild, inputs_print, published_files
 from aggregator.state.probes import apply_probes, unknown_image
@@ -107,6 +109,8 @@ class Builder:
         self._signature: dict[str, tuple[tuple[str, ...], str, Image | None]] | None = None
         self._layout: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._counts: dict[tuple[str, ...], int] | None = None
+        self._index: SessionIndex | None = None  # the last build, to patch edits into
+        self._publish_memo: dict[str, Any] = {}
 
     def build(self, config: Config, clock: Clock = utc_now, *,
               changed: set[str] | None = None, extra_entries: Iterable[Entry] = (),
@@ -137,13 +141,25 @@ class Builder:
             self._cache = open_cache(config)
         try:
             try:
+                before = self._posts
                 posts, walked = self._discover(config, changed, report.problems)
-                if self._unchanged_since_last_build(config, posts, walked, extra_entries,
-                                                    state, report):
+                if posts is not None and self._unchanged_since_last_build(
+                        config, posts, walked, extra_entries, state, report):
                     state.close()
                     self.close()
                     report.seconds = time.perf_counter() - started
                     return report
+                if changed and not walked and not extra_entries and before is not None:
+                    dirty = self._patch(config, state, report, before, changed)
+                    if dirty is not None:
+                        state.close()
+                        self._publish_patched(config, report, dirty, workers)
+                        report.patched = True
+                        report.seconds = time.perf_counter() - started
+                        return report
+                self._index = None
+                if posts is None:
+                    posts = self._sorted_posts()
                 found_after_walk = len(report.problems.items)
                 # Posts whose image type the URL does not tell get what `fetch` probed
                 # (state, no network). Render keys and the session's signatures include
@@ -151,10 +167,9 @@ class Builder:
                 post_entries = apply_probes(state, read_posts(
                     config, state, report, self._cache, posts, self._memo, walked, workers))
                 report.unknown_images = [u for u in map(unknown_image, post_entries) if u]
-                entries = merge_duplicates(
-                    [*post_entries,
-                     *stored_upstream_entries(state, config.upstream), *extra_entries],
-                    report.problems)
+                upstream = stored_upstream_entries(state, config.upstream)
+                entries = merge_duplicates([*post_entries, *upstream, *extra_entries],
+                                           report.problems)
                 # after reading: this build's own first-seen times are part of its inputs
                 generation = state.generation()
             finally:
@@ -163,7 +178,11 @@ class Builder:
             root = build_tree(entries, config.slugs)
             clean = self._clean_nodes(entries, root) if self.persistent else frozenset()
             self._counts = publish(config, root, report, self._cache, workers, clean,
-                                   self._counts, sweep_temps=walked)
+                                   self._counts, sweep_temps=walked, memo=self._publish_memo)
+            if self.persistent and generation is not None and not extra_entries \
+                    and len(entries) == report.posts_read + len(upstream):
+                # nothing was merged away: later edits can be patched in
+                self._index = self._index_of(posts, post_entries, entries, root, generation)
             if walked and not extra_entries:
                 self._remember_build(config, posts, generation, report, found_after_walk)
         except BaseException:
@@ -178,6 +197,66 @@ class Builder:
             gc.freeze()
         report.seconds = time.perf_counter() - started
         return report
+
+    def _patch(self, config: Config, state: StateStore, report: BuildReport,
+               before: dict[str, PostFile], changed: set[str]) -> set[Names] | None:
+        """Read the changed posts and patch them into the session index: the nodes whose
+        feeds may differ, or None when a full build is needed."""
+        index, cache = self._index, self._cache
+        if index is None or cache is None or state.generation() != index.generation:
+            return None
+        now = self._posts or {}
+        fresh, gone = [], []
+        for location in changed:
+            post, old = now.get(location), before.get(location)
+            if post is not None:
+                fresh.append(post)
+            elif old is not None:
+                gone.append(f"{old.root}\0{old.rel}")
+        results = read_changed(config, state, cache, fresh, gone, self._memo)
+        read = [(source, entry) for source, (_, entry, _) in results.items() if entry]
+        probed = dict(zip([s for s, _ in read], apply_probes(state, [e for _, e in read]),
+                          strict=True))
+        changes: dict[str, Entry | None] = dict.fromkeys(gone)
+        changes.update({source: probed.get(source) for source in results})
+        dirty = index.patch(changes)
+        if dirty is None:
+            return None
+        generation = state.generation()
+        if generation is None:
+            return None
+        index.generation = generation  # the changed posts' own first-seen times
+        for source in gone:
+            index.problems.pop(source, None)
+            index.order.pop(source, None)
+        for post in fresh:
+            source = f"{post.root}\0{post.rel}"
+            index.order[source] = (post.rel, str(post.root))
+            index.problems.pop(source, None)
+            if results[source][2]:
+                index.problems[source] = results[source][2]
+        report.problems.replay(index.ordered_problems())
+        report.posts_found, report.posts_read = len(now), len(index.posts)
+        report.entries = len(index.merged)
+        report.unknown_images = index.unknown_images()
+        self._signature = None  # the next full build plans every node again
+        return dirty
+
+    def _publish_patched(self, config: Config, report: BuildReport, dirty: set[Names],
+                         workers: int) -> None:
+        assert self._index is not None and self._cache is not None
+        clean = frozenset(self._index.nodes.keys() - dirty)
+        self._counts = publish(config, self._index.root, report, self._cache, workers, clean,
+                               self._counts, sweep_temps=False, memo=self._publish_memo)
+
+    def _index_of(self, posts: list[PostFile], post_entries: list[Entry], merged: list[Entry],
+                  root: Node, generation: str) -> SessionIndex:
+        sources = [f"{p.root}\0{p.rel}" for p in posts]
+        read = [s for s in sources if self._memo[s][1] is not None]
+        return SessionIndex.of(
+            generation, dict(zip(read, post_entries, strict=True)),
+            {f"{p.root}\0{p.rel}": (p.rel, str(p.root)) for p in posts},
+            {s: self._memo[s][2] for s in sources if self._memo[s][2]}, merged, root)
 
     def _unchanged_since_last_build(self, config: Config, posts: list[PostFile],
                                     walked: bool, extra_entries: list[Entry],
@@ -218,8 +297,10 @@ class Builder:
             tuple(report.unknown_images)))
 
     def _discover(self, config: Config, changed: set[str] | None,
-                  problems: ProblemLog) -> tuple[list[PostFile], bool]:
-        """(posts, whether the tree was walked)."""
+                  problems: ProblemLog) -> tuple[list[PostFile] | None, bool]:
+        """(posts in order, whether the tree was walked); without a walk the posts are
+        not sorted yet (None): a patched build does not need them (sorting 10k paths
+        was a fifth of its time); `_sorted_posts()` gives them."""
         posts = None
         if changed is not None and self._posts is not None:
             posts = rediscover(config, self._posts, changed, problems)
@@ -231,9 +312,13 @@ class Builder:
             found = discover(config, walk)
             problems.items.extend(walk.items)
             self._walk_problems = list(walk.items)
-            posts = {post.location: post for post in found}
+            self._posts = {post.location: post for post in found}
+            return found, True
         self._posts = posts
-        return sorted(posts.values(), key=lambda p: (p.rel, str(p.root))), walked
+        return None, walked
+
+    def _sorted_posts(self) -> list[PostFile]:
+        return sorted((self._posts or {}).values(), key=lambda p: (p.rel, str(p.root)))
 
     def _clean_nodes(self, entries: list[Entry], root: Node) -> frozenset[tuple[str, ...]]:
         """Nodes whose entries are the same as in the last build: no entry of theirs (or
@@ -255,6 +340,8 @@ class Builder:
 
     def close(self) -> None:
         self._signature, self._layout, self._counts = None, {}, None
+        self._index = None
+        self._publish_memo.clear()
         if self._cache is not None:
             self._cache.close()
         self._cache, self._posts, self._config = None, None, None

@@ -29,6 +29,7 @@ class ProblemLog:
     """Collects problems of one run and logs each as it arrives."""
 
     items: list[Problem] = field(default_factory=list)
+    echo: bool = True  # False: collect only (the caller replays them in its own order)
 
     def warn(self, where: str, message: str) -> None:
         self._add(Problem(where, message, Severity.WARNING))
@@ -43,6 +44,8 @@ class ProblemLog:
 
     def _add(self, problem: Problem) -> None:
         self.items.append(problem)
+        if not self.echo:
+            return
         level = logging.WARNING if problem.severity is Severity.WARNING else logging.ERROR
         log.log(level, "%s", problem, extra={"problem": problem})
 

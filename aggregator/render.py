@@ -7,6 +7,7 @@ invalidates exactly that stage's cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import multiprocessing
 import os
@@ -14,7 +15,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from importlib.metadata import version
+from importlib import metadata
 
 from selectolax.lexbor import LexborHTMLParser
 
@@ -29,6 +30,12 @@ from aggregator.writers.feeds import FeedRenderer
 # Below this many entries a process pool costs more than it saves (measured: ~0.15 s
 # to start two workers; an entry takes ~1 ms).
 PARALLEL_THRESHOLD = 400
+
+
+@functools.cache
+def version(package: str) -> str:
+    """An installed package's version (read once: each look-up parses its metadata)."""
+    return metadata.version(package)
 
 
 def fingerprint_of(*parts: object) -> str:

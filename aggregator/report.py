@@ -20,6 +20,7 @@ class BuildReport:
     unknown_images: list[str] = field(default_factory=list)  # post images to probe
     seconds: float = 0.0
     up_to_date: bool = False  # inputs as the last complete build's: nothing was read or written
+    patched: bool = False  # a session's few changed posts patched into its last build
     problems: ProblemLog = field(default_factory=ProblemLog)
 
     @property

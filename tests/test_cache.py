@@ -167,6 +167,25 @@ SESSION_CHANGES: dict[str, Callable[[Path], set[Path]]] = {
                                                       "date: 2026-02-01 00:00:00"),
                                            {t / "posts/a/x.md"})[1],
     "feed-edited-by-hand": lambda t: ((t / "feeds/beta/atom.xml").write_text("<x/>"), set())[1],
+    "duplicate-id": lambda t: (_rewrite(t / "posts/a/p3.md", "title: Post 3",
+                                        f"title: Post 3\nid: '{_published_id(t, 'Post 2')}'"),
+                               {t / "posts/a/p3.md"})[1],
+    "duplicate-link": lambda t: ((t / "posts/a/p3.md").write_text(
+        (t / "posts/a/p3.md").read_text().replace("title: Post 3", "title: Post 3\n"
+                                                  "link: https://x.example/same")),
+        (t / "posts/a/p5.md").write_text((t / "posts/a/p5.md").read_text().replace(
+            "title: Post 5", "title: Post 5\nlink: https://x.example/same")),
+        {t / "posts/a/p3.md", t / "posts/a/p5.md"})[2],
+    "undated-new": lambda t: (write_post(t / "posts", "a/undated.md",
+                                         "title: U\ncategories: [Alpha, Sub1]"),
+                              {t / "posts/a/undated.md"})[1],
+    "broken": lambda t: ((t / "posts/a/p1.md").write_text("---\ntitle: never closed\n"),
+                         {t / "posts/a/p1.md"})[1],
+    "move-to-existing-category": lambda t: (_rewrite(t / "posts/a/p1.md", "[Alpha, Sub1]",
+                                                     "[Beta, Sub0]"), {t / "posts/a/p1.md"})[1],
+    "empty-a-category": lambda t: ((t / "posts/a/p1.md").unlink(),
+                                   (t / "posts/a/p7.md").unlink(),
+                                   {t / "posts/a/p1.md", t / "posts/a/p7.md"})[2],
 }
 
 
@@ -188,6 +207,9 @@ def test_service_session_with_changed_paths_equals_clean_build(tmp_path: Path,
     assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
     if change == "editor-artefact":
         assert report.written == []
+    if change in ("edit", "create", "delete", "rename", "move-to-existing-category",
+                  "undated-new", "broken"):
+        assert report.patched  # patched into the last build, not rebuilt
     # and a later build that is told nothing changed publishes nothing new
     assert session.build(config, clock=fixed_clock(), changed=set()).written == []
     session.close()
@@ -339,3 +361,77 @@ def test_a_killed_builds_temp_files_are_swept_even_when_up_to_date(tmp_path: Pat
     leftover.write_bytes(b"<half")
     assert build(config, clock=fixed_clock()).up_to_date
     assert not leftover.exists()
+
+
+def test_a_long_session_of_random_edits_always_equals_a_clean_build(tmp_path: Path) -> None:
+    """Patched and full session builds, in any order, publish what a clean build does
+    and report the same problems."""
+    import random
+
+    from aggregator.pipeline import Builder
+
+    config_path = _site(tmp_path)
+    config = load_config(config_path)
+    posts = tmp_path / "posts"
+    session = Builder(persistent=True)
+    session.build(config, clock=fixed_clock())
+    rng = random.Random(7)
+    patched = 0
+    for step in range(40):
+        files = sorted(posts.rglob("*.md"))
+        victim = rng.choice(files)
+        action = rng.choices(["body", "title", "move", "add", "delete", "undated", "dup-id",
+                              "warning"], weights=[4, 3, 3, 3, 2, 1, 0.3, 1])[0]
+        touched = {victim}
+        if action == "body":
+            _rewrite(victim, "</p></div>", f" step {step}</p></div>")
+        elif action == "title":
+            _rewrite(victim, "title: ", f"title: S{step} ")
+        elif action == "move":
+            text = victim.read_text()
+            for old in ("[Alpha, Sub0]", "[Alpha, Sub1]", "[Alpha, Sub2]", "[Beta, Sub0]",
+                        "[Beta, Sub1]", "[Beta, Sub2]"):
+                text = text.replace(old, rng.choice(["[Alpha, Sub1]", "[Beta, Sub0]"]))
+            victim.write_text(text)
+        elif action in ("add", "undated"):
+            victim = posts / f"n/new{step}.md"
+            date = "" if action == "undated" else f"\ndate: 2026-03-{step % 28 + 1:02d} 08:00"
+            write_post(posts, f"n/new{step}.md", f"title: New {step}\n"
+                       f"categories: [{rng.choice(['Alpha', 'Beta'])}, Sub1]{date}")
+            touched = {victim}
+        elif action == "delete" and len(files) > 4:
+            victim.unlink()
+        elif action == "dup-id":
+            other = rng.choice(sorted(posts.glob("?/p*.md")))
+            title = other.read_text().split("title: ", 1)[1].split("\n", 1)[0]
+            _rewrite(victim, "title: ", f"id: '{_published_id(tmp_path, title)}'\ntitle: ")
+        else:
+            _rewrite(victim, "title: ", "date: Invalid Date\ntitle: ")
+        report = session.build(config, clock=fixed_clock(), changed={str(p) for p in touched})
+        patched += report.patched
+        clean_problems = _clean_problems(tmp_path, config_path)
+        assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path), (step, action)
+        assert sorted(map(str, report.problems.items)) == clean_problems, (step, action)
+    session.close()
+    assert patched >= 15  # most steps were patched in, not rebuilt
+
+
+def _published_id(tmp_path: Path, title: str) -> str:
+    """The id the last build gave the entry with this title (from the root Atom feed)."""
+    from lxml import etree
+
+    ns = {"a": "http://www.w3.org/2005/Atom"}
+    feed = etree.parse(str(tmp_path / "feeds" / "atom.xml"))
+    found: list[str] = feed.xpath(f"//a:entry[a:title='{title}']/a:id/text()", namespaces=ns)
+    assert found, title
+    return found[0]
+
+
+def _clean_problems(tmp_path: Path, config_path: Path) -> list[str]:
+    clean = tmp_path / "clean-problems"
+    shutil.rmtree(clean, ignore_errors=True)
+    clean.mkdir()
+    shutil.copytree(tmp_path / "posts", clean / "posts", symlinks=True)
+    shutil.copy(config_path, clean / "config.yaml")
+    report = build(load_config(clean / "config.yaml"), clock=fixed_clock())
+    return sorted(map(str, report.problems.items))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import Any
 
 from aggregator.config import Config
 from aggregator.model import Entry
@@ -32,13 +33,15 @@ class CacheIncomplete(Exception):
 def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
             workers: int = 1, clean_nodes: frozenset[tuple[str, ...]] = frozenset(),
             last_counts: dict[tuple[str, ...], int] | None = None,
-            sweep_temps: bool = True) -> dict[tuple[str, ...], int]:
+            sweep_temps: bool = True,
+            memo: dict[str, Any] | None = None) -> dict[tuple[str, ...], int]:
     """Write every feed whose inputs changed; render each needed entry once.
 
     `clean_nodes`: nodes the caller knows hold exactly the entries of the last build
     (a Builder session diffing its entries): their feeds are kept without even
-    computing their fingerprints, unless their files were touched. Returns the number
-    of entries in each node's feed."""
+    computing their fingerprints, unless their files were touched. `memo` (kept by a
+    session) saves remaking the index and OPML files when no count or slug changed.
+    Returns the number of entries in each node's feed."""
     fingerprint = render_fingerprint(config)
     cache.invalidate_if_changed("render", fingerprint, "rendered", "feed_state")
     renderer = FeedRenderer(config)
@@ -111,14 +114,22 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
             publisher.keep(rel)
         prints[rel] = feed_print
     index, opml = INDEX_FILES
-    publisher.write(index, index_html(config, root, counts))
-    publisher.write(opml, feeds_opml(config, root))
+    shape = tuple((node.names, node.slugs, counts[node.names]) for node in root.walk())
+    if memo is None or memo.get("shape") != shape:
+        files = (index_html(config, root, counts), feeds_opml(config, root))
+        if memo is not None:
+            memo.update(shape=shape, files=files)
+    else:
+        files = memo["files"]
+    publisher.write(index, files[0])
+    publisher.write(opml, files[1])
     publisher.finish()
     states = [(rel, *previous[rel]) for rel in kept]
     for rel, feed_print in prints.items():  # as published: size and mtime after the rename
         st = (config.output_dir / rel).stat()
         states.append((rel, feed_print, st.st_size, st.st_mtime_ns))
-    cache.store_feed_states(states)
+    cache.update_feed_states([row for row in states if previous.get(row[0]) != row[1:]],
+                             previous.keys() - {row[0] for row in states})
     if missing:
         cache.keep_rendered(set(keys.values()))
     report.written = publisher.written

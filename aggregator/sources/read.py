@@ -72,6 +72,30 @@ def read_posts(config: Config, state: StateStore, report: BuildReport,
     return entries
 
 
+def read_changed(config: Config, state: StateStore, cache: BuildCache,
+                 posts: list[PostFile], gone: list[str],
+                 memo: dict[str, ReadResult]) -> dict[str, ReadResult]:
+    """A session's few changed posts (source → result) and forgotten ones (`gone`
+    sources), with the cache and the memo kept as read_posts would leave them. Problems
+    are collected, not reported: the caller replays every post's in post order."""
+    reader = PostReader(config, ProblemLog(echo=False), state.first_seen)
+    out: dict[str, ReadResult] = {}
+    fresh: list[tuple[str, CachedPost]] = []
+    for post in posts:
+        source = f"{post.root}\0{post.rel}"
+        entry, record, found = _read_post(post, cache.post(source), reader,
+                                          ProblemLog(echo=False))
+        if record is not None:
+            fresh.append((source, record))
+        out[source] = memo[source] = (post.identity, entry, found)
+    cache.store_posts(fresh)
+    if gone:
+        cache.forget_posts(gone)
+        for source in gone:
+            memo.pop(source, None)
+    return out
+
+
 # Read in a worker, an undated post cannot ask the state for its first-seen time: it
 # gets this impossible date (parse_date refuses years before 1970) and the parent
 # puts the real one in.
@@ -148,7 +172,8 @@ def _read_post(post: PostFile, cached: CachedPost | None, reader: PostReader,
     if cached is not None and cached.same_file(identity):
         problems.replay(cached.problems)
         return cached.entry, None, cached.problems
-    reader.problems = ProblemLog()  # a log of this post's own problems, to cache with it
+    # a log of this post's own problems, to cache with it
+    reader.problems = ProblemLog(echo=problems.echo)
     data = reader.read_bytes(post)
     if data is None:
         problems.items.extend(reader.problems.items)

@@ -24,10 +24,11 @@ import hashlib
 import logging
 import pickle
 import sqlite3
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import lz4.block
 
 from aggregator.model import Entry
 from aggregator.problems import Problem
@@ -65,7 +66,7 @@ CREATE TABLE IF NOT EXISTS last_build (
     record BLOB NOT NULL
 );
 """
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,16 @@ class CachedPost:
     def same_file(self, identity: tuple[int, int, int]) -> bool:
         """The file (size, mtime_ns, inode) is the one this record was read from."""
         return identity == (self.size, self.mtime_ns, self.inode)
+
+
+def _pack(data: bytes) -> bytes:
+    """LZ4: a 6 KB render packs in ~15 us and unpacks in ~5 (zlib level 1 took ~140 and
+    ~45: 2 s of a cold 10k build, 1 s of a rewrite from the cache)."""
+    return bytes(lz4.block.compress(data))
+
+
+def _unpack(blob: bytes) -> bytes:
+    return bytes(lz4.block.decompress(blob))
 
 
 def digest(data: bytes) -> str:
@@ -182,8 +193,8 @@ class BuildCache:
             light = p.entry
             if p.entry is not None:
                 light = replace(p.entry, html="", partial=True)
-                bodies.append((p.entry.digest, zlib.compress(
-                    pickle.dumps(p.entry, protocol=pickle.HIGHEST_PROTOCOL), 1)))
+                bodies.append((p.entry.digest, _pack(
+                    pickle.dumps(p.entry, protocol=pickle.HIGHEST_PROTOCOL))))
             posts.append((source, p.size, p.mtime_ns, p.inode, p.digest,
                           pickle.dumps((light, p.problems), protocol=pickle.HIGHEST_PROTOCOL)))
         with self.db:
@@ -203,7 +214,7 @@ class BuildCache:
             for key, blob in self.db.execute(
                     f"SELECT entry_digest, entry FROM post_body WHERE entry_digest IN ({marks})",
                     chunk):
-                out[key] = pickle.loads(zlib.decompress(blob))
+                out[key] = pickle.loads(_unpack(blob))
         return out
 
     @_disposable
@@ -217,6 +228,14 @@ class BuildCache:
             if self._posts is not None:
                 for source in gone:
                     self._posts.pop(source, None)
+
+    @_disposable
+    def forget_posts(self, sources: list[str]) -> None:
+        with self.db:
+            self.db.executemany("DELETE FROM post_cache WHERE source=?", [(s,) for s in sources])
+        if self._posts is not None:
+            for source in sources:
+                self._posts.pop(source, None)
 
     @_disposable
     def keep_bodies(self, digests: set[str]) -> None:
@@ -239,14 +258,14 @@ class BuildCache:
             marks = ",".join("?" * len(chunk))
             for key, atom, rss in self.db.execute(
                     f"SELECT key, atom, rss FROM rendered WHERE key IN ({marks})", chunk):
-                out[key] = (zlib.decompress(atom), zlib.decompress(rss))
+                out[key] = (_unpack(atom), _unpack(rss))
         return out
 
     @_disposable
     def store_rendered(self, rows: Iterable[tuple[str, bytes, bytes]]) -> None:
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO rendered VALUES (?, ?, ?)",
-                                [(key, zlib.compress(atom, 1), zlib.compress(rss, 1))
+                                [(key, _pack(atom), _pack(rss))
                                  for key, atom, rss in rows])
 
     @_disposable
@@ -267,10 +286,13 @@ class BuildCache:
             "SELECT rel, fingerprint, size, mtime_ns FROM feed_state")}
 
     @_disposable
-    def store_feed_states(self, rows: Iterable[tuple[str, str, int, int]]) -> None:
+    def update_feed_states(self, rows: Iterable[tuple[str, str, int, int]],
+                           gone: Iterable[str]) -> None:
+        """Upsert the feeds whose state changed; drop those no longer published."""
         with self.db:
-            self.db.execute("DELETE FROM feed_state")
-            self.db.executemany("INSERT INTO feed_state VALUES (?, ?, ?, ?)", list(rows))
+            self.db.executemany("INSERT OR REPLACE INTO feed_state VALUES (?, ?, ?, ?)",
+                                list(rows))
+            self.db.executemany("DELETE FROM feed_state WHERE rel=?", [(r,) for r in gone])
 
     # -- the last complete build ---------------------------------------------------
 

@@ -7,6 +7,7 @@ clobber a feed file (`atom.xml` has a dot; no slug does).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import heapq
@@ -25,7 +26,10 @@ class Node:
     names: tuple[str, ...]
     slugs: tuple[str, ...]
     children: dict[str, Node] = field(default_factory=dict)
-    own: list[Entry] = field(default_factory=list)
+    own: list[Entry] = field(default_factory=list)  # sorted by sort_key: add() keeps it
+
+    def add(self, entry: Entry) -> None:
+        bisect.insort(self.own, entry, key=sort_key)
 
     @property
     def rel_dir(self) -> str:
@@ -43,7 +47,7 @@ class Node:
 
     def entries(self, limit: int = 0) -> list[Entry]:
         """Own and descendants' entries, newest first; at most `limit` (0 = all)."""
-        runs = [sorted(node.own, key=sort_key) for node in self.walk() if node.own]
+        runs = [node.own for node in self.walk() if node.own]  # each kept sorted
         merged = heapq.merge(*runs, key=sort_key)
         if limit:
             return [entry for _, entry in zip(range(limit), merged, strict=False)]
@@ -75,6 +79,8 @@ def build_tree(entries: Iterable[Entry], overrides: dict[str, str]) -> Node:
                 child = node.children[name] = Node(names=node.names + (name,), slugs=())
             node = child
         node.own.append(entry)
+    for node in root.walk():
+        node.own.sort(key=sort_key)
     _assign_slugs(root, overrides)
     return root
 
