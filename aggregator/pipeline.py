@@ -57,6 +57,9 @@ def merge_duplicates(entries: Iterable[Entry], problems: ProblemLog) -> list[Ent
     """One entry per id and per link; a local post always beats an upstream entry
     (a stranger's feed claiming a post's id or link replaced the post), then the newest
     version wins, then the first source."""
+    entries = list(entries)
+    if _all_distinct(entries):
+        return entries  # the usual case: no sort needed (a second at 100k entries)
     ordered = sorted(entries, key=lambda e: ("://" in e.source, -e.updated.timestamp(),
                                              e.source))
     by_id: dict[str, Entry] = {}
@@ -71,6 +74,12 @@ def merge_duplicates(entries: Iterable[Entry], problems: ProblemLog) -> list[Ent
         if entry.link:
             by_link[entry.link] = entry
     return list(by_id.values())
+
+
+def _all_distinct(entries: list[Entry]) -> bool:
+    ids = {e.id for e in entries}
+    links = [e.link for e in entries if e.link]
+    return len(ids) == len(entries) and len(set(links)) == len(links)
 
 
 def build(config: Config, clock: Clock = utc_now,
@@ -165,7 +174,7 @@ class Builder:
                 # (state, no network). Render keys and the session's signatures include
                 # the image, so a newly probed type is rendered again.
                 post_entries = apply_probes(state, read_posts(
-                    config, state, report, self._cache, posts, self._memo, walked, workers))
+                    config, state, report, self._cache, posts, self._memo, workers=workers))
                 report.unknown_images = [u for u in map(unknown_image, post_entries) if u]
                 upstream = stored_upstream_entries(state, config.upstream)
                 entries = merge_duplicates([*post_entries, *upstream, *extra_entries],

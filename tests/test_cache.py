@@ -435,3 +435,28 @@ def _clean_problems(tmp_path: Path, config_path: Path) -> list[str]:
     shutil.copy(config_path, clean / "config.yaml")
     report = build(load_config(clean / "config.yaml"), clock=fixed_clock())
     return sorted(map(str, report.problems.items))
+
+
+@pytest.mark.parametrize("session", [False, True])
+def test_cached_post_bodies_stay_one_per_post(tmp_path: Path, session: bool) -> None:
+    """Edited and deleted posts' old bodies leave the cache (its disk use is bounded)."""
+    import sqlite3
+
+    from aggregator.pipeline import Builder
+
+    config = load_config(_site(tmp_path))
+    builder = Builder(persistent=session)
+    builder.build(config, clock=fixed_clock())
+    for step in range(3):
+        _rewrite(tmp_path / "posts/a/p1.md", "</p></div>", f" {step}</p></div>")
+        builder.build(config, clock=fixed_clock(),
+                      changed={str(tmp_path / "posts/a/p1.md")} if session else None)
+    (tmp_path / "posts/b/p0.md").unlink()
+    builder.build(config, clock=fixed_clock(),
+                  changed={str(tmp_path / "posts/b/p0.md")} if session else None)
+    builder.close()
+    db = sqlite3.connect(f"{config.state_path}.cache")
+    bodies = db.execute("SELECT count(*) FROM post_body").fetchone()[0]
+    posts = db.execute("SELECT count(*) FROM post_cache").fetchone()[0]
+    db.close()
+    assert bodies == posts == 11

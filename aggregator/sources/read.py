@@ -29,13 +29,12 @@ ReadResult = tuple[tuple[int, int, int], Entry | None, tuple[Problem, ...]]
 
 def read_posts(config: Config, state: StateStore, report: BuildReport,
                cache: BuildCache | None = None, posts: list[PostFile] | None = None,
-               memo: dict[str, ReadResult] | None = None,
-               posts_walked: bool = True, workers: int = 1) -> list[Entry]:
+               memo: dict[str, ReadResult] | None = None, workers: int = 1) -> list[Entry]:
     """Every post as an Entry (html not yet sanitised). With a cache, a post whose file
     identity or content is unchanged is not parsed again; its problems are replayed.
     `memo` (source → last result, kept by a long-lived Builder) skips even the cache."""
     cache = cache if cache is not None else BuildCache(None)
-    cache.invalidate_if_changed("read", read_fingerprint(config), "post_cache")
+    cache.invalidate_if_changed("read", read_fingerprint(config), "post_cache", "post_body")
     if posts is None:
         posts = discover(config, report.problems)
     report.posts_found = len(posts)
@@ -62,9 +61,6 @@ def read_posts(config: Config, state: StateStore, report: BuildReport,
     cache.store_posts(fresh)
     if fresh or memo is None or len(memo) != len(seen):
         cache.forget_posts_except(set(seen))
-    if fresh and (memo is None or posts_walked):
-        # O(all posts): on every one-off build, but in a session only after a full walk
-        cache.keep_bodies({e.digest for e in entries})
     if memo is not None:
         memo.clear()
         memo.update(seen)

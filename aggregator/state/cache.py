@@ -44,8 +44,10 @@ CREATE TABLE IF NOT EXISTS post_cache (
     mtime_ns INTEGER NOT NULL,
     inode    INTEGER NOT NULL,
     digest   TEXT NOT NULL,
+    entry_digest TEXT NOT NULL,  -- its post_body row ('' for a skipped post)
     payload  BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS post_cache_body ON post_cache (entry_digest);
 CREATE TABLE IF NOT EXISTS post_body (
     entry_digest TEXT PRIMARY KEY,
     entry        BLOB NOT NULL
@@ -66,7 +68,7 @@ CREATE TABLE IF NOT EXISTS last_build (
     record BLOB NOT NULL
 );
 """
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 
 
 @dataclass(frozen=True)
@@ -196,13 +198,35 @@ class BuildCache:
                 bodies.append((p.entry.digest, _pack(
                     pickle.dumps(p.entry, protocol=pickle.HIGHEST_PROTOCOL))))
             posts.append((source, p.size, p.mtime_ns, p.inode, p.digest,
+                          p.entry.digest if p.entry is not None else "",
                           pickle.dumps((light, p.problems), protocol=pickle.HIGHEST_PROTOCOL)))
+        if not posts:
+            return
         with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO post_cache VALUES (?, ?, ?, ?, ?, ?)",
+            replaced = self._body_digests([row[0] for row in posts])
+            self.db.executemany("INSERT OR REPLACE INTO post_cache VALUES (?, ?, ?, ?, ?, ?, ?)",
                                 posts)
             self.db.executemany("INSERT OR REPLACE INTO post_body VALUES (?, ?)", bodies)
+            self._drop_unused_bodies(replaced - {row[5] for row in posts})
         if self._posts is not None:  # a long-lived cache (the service) stays current
-            self._posts.update({row[0]: row[1:] for row in posts})
+            self._posts.update({row[0]: (*row[1:5], row[6]) for row in posts})
+
+    def _body_digests(self, sources: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(sources), 500):
+            chunk = sources[start:start + 500]
+            found.update(row[0] for row in self.db.execute(
+                "SELECT entry_digest FROM post_cache WHERE source IN "  # noqa: S608
+                f"({','.join('?' * len(chunk))})", chunk))
+        return found
+
+    def _drop_unused_bodies(self, digests: set[str]) -> None:
+        """Bodies no post row points to any more (an edited or deleted post's): dropped
+        as they go, instead of a sweep over every post on each build."""
+        self.db.executemany(
+            "DELETE FROM post_body WHERE entry_digest = ? AND NOT EXISTS "
+            "(SELECT 1 FROM post_cache WHERE entry_digest = ?)",
+            [(d, d) for d in digests if d])
 
     def full_entries(self, digests: Iterable[str]) -> dict[str, Entry]:
         """The whole entries (html included) cached under these digests."""
@@ -222,31 +246,17 @@ class BuildCache:
         known = {row[0] for row in self.db.execute("SELECT source FROM post_cache")}
         gone = known - sources
         if gone:
-            with self.db:
-                self.db.executemany("DELETE FROM post_cache WHERE source=?",
-                                    [(s,) for s in gone])
-            if self._posts is not None:
-                for source in gone:
-                    self._posts.pop(source, None)
+            self.forget_posts(list(gone))
 
     @_disposable
     def forget_posts(self, sources: list[str]) -> None:
         with self.db:
+            bodies = self._body_digests(sources)
             self.db.executemany("DELETE FROM post_cache WHERE source=?", [(s,) for s in sources])
+            self._drop_unused_bodies(bodies)
         if self._posts is not None:
             for source in sources:
                 self._posts.pop(source, None)
-
-    @_disposable
-    def keep_bodies(self, digests: set[str]) -> None:
-        """Drop the bodies of entries no post has any more (bounded disk)."""
-        with self.db:
-            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS live_body (d TEXT PRIMARY KEY)")
-            self.db.execute("DELETE FROM live_body")
-            self.db.executemany("INSERT OR IGNORE INTO live_body VALUES (?)",
-                                [(d,) for d in digests])
-            self.db.execute("DELETE FROM post_body WHERE entry_digest NOT IN "
-                            "(SELECT d FROM live_body)")
 
     # -- rendered entries --------------------------------------------------------
 
