@@ -20,7 +20,7 @@ from aggregator.incremental import Names, SessionIndex
 from aggregator.model import Entry, Image
 from aggregator.problems import Problem, ProblemLog
 from aggregator.publish.atomic import Publisher
-from aggregator.publish.plan import INDEX_FILES, CacheIncomplete, publish
+from aggregator.publish.plan import INDEX_FILES, publish
 from aggregator.render import (
     fingerprint_of,
     finish_entry,
@@ -30,7 +30,7 @@ from aggregator.render import (
 from aggregator.report import BuildReport
 from aggregator.sources.content import PostFile, discover, rediscover
 from aggregator.sources.read import ReadResult, read_changed, read_posts
-from aggregator.state.cache import BuildCache
+from aggregator.state.cache import BuildCache, CacheIncomplete
 from aggregator.state.last_build import LastBuild, inputs_print, published_files
 from aggregator.state.probes import apply_probes, unknown_image
 from aggregator.state.store import Clock, StateStore, utc_now

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from importlib import metadata
+from pathlib import Path
 
 from selectolax.lexbor import LexborHTMLParser
 
@@ -25,6 +26,7 @@ from aggregator.media import image_type_from_url
 from aggregator.model import Entry, Image
 from aggregator.sanitize.html import SANITIZER_VERSION, Sanitizer
 from aggregator.sanitize.text import summarize
+from aggregator.state.cache import CacheIncomplete, open_read_only, whole_entries
 from aggregator.writers.feeds import FeedRenderer
 
 # Below this many entries a process pool costs more than it saves (measured: ~0.15 s
@@ -82,13 +84,24 @@ def _first_image(html: str) -> Image | None:
     return None
 
 
-def _render(config: Config, entries: Sequence[Entry]) -> list[tuple[bytes, bytes]]:
+def _render(config: Config, entries: Sequence[Entry],
+            bodies: Path | None = None) -> list[tuple[bytes, bytes]]:
+    """Partial entries (no html) are made whole from the build cache file `bodies`, a
+    chunk at a time, by the process that renders them."""
     sanitizer = Sanitizer(config.drop_selectors, config.iframe_hosts)
     renderer = FeedRenderer(config)
     out = []
-    for entry in entries:
-        done = finish_entry(entry, sanitizer)
-        out.append((renderer.atom_entry(done), renderer.rss_entry(done)))
+    db = open_read_only(bodies) if bodies is not None else None
+    try:
+        whole = whole_entries(db, entries) if db is not None else iter(entries)
+        for entry in whole:
+            if entry.partial:
+                raise CacheIncomplete("a post body was not loaded")
+            done = finish_entry(entry, sanitizer)
+            out.append((renderer.atom_entry(done), renderer.rss_entry(done)))
+    finally:
+        if db is not None:
+            db.close()
     return out
 
 
@@ -104,14 +117,16 @@ def pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork")
 
 
-def render_entries(config: Config, entries: Sequence[Entry],
-                   workers: int = 1) -> list[tuple[bytes, bytes]]:
-    """(atom, rss) bytes for each entry, in order."""
+def render_entries(config: Config, entries: Sequence[Entry], workers: int = 1,
+                   bodies: Path | None = None) -> list[tuple[bytes, bytes]]:
+    """(atom, rss) bytes for each entry, in order. Partial entries need `bodies`, the
+    build cache file holding their whole versions."""
     workers = min(workers, os.cpu_count() or 1)
     if workers <= 1 or len(entries) < PARALLEL_THRESHOLD or not can_fork():
-        return _render(config, entries)
-    size = -(-len(entries) // (workers * 4))  # a few chunks per worker evens out the load
+        return _render(config, entries, bodies)
+    # a few chunks per worker evens out the load; small ones keep memory bounded
+    size = min(-(-len(entries) // (workers * 4)), 1000)
     chunks = [entries[i:i + size] for i in range(0, len(entries), size)]
     with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
-        results = pool.map(_render, [config] * len(chunks), chunks)
+        results = pool.map(_render, [config] * len(chunks), chunks, [bodies] * len(chunks))
         return [pair for chunk in results for pair in chunk]

@@ -233,6 +233,17 @@ def test_parallel_cold_build_equals_sequential_build(tmp_path: Path) -> None:
     assert _feeds(one.output_dir) == _feeds(two.output_dir)
     assert [str(p) for p in first.problems.items] == [str(p) for p in second.problems.items]
     assert first.rendered == second.rendered == PARALLEL_THRESHOLD + 20
+    # a render setting changes: cached posts (no html in memory) are made whole from the
+    # cache by the worker processes that render them
+    for site in ("one", "two"):
+        _edit_config(tmp_path / site / "config.yaml", "site", "title", "Renamed")
+    one = load_config(tmp_path / "one" / "config.yaml")
+    two = load_config(tmp_path / "two" / "config.yaml")
+    third = build(one, clock=fixed_clock(), workers=1)
+    fourth = build(two, clock=fixed_clock(), workers=2)
+    assert third.rendered == fourth.rendered == PARALLEL_THRESHOLD + 20
+    assert _feeds(one.output_dir) == _feeds(two.output_dir)
+    assert b"Renamed" in (one.output_dir / "atom.xml").read_bytes()
 
 
 def test_cache_that_lost_post_bodies_is_refilled(tmp_path: Path,

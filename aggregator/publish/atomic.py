@@ -59,23 +59,20 @@ class Publisher:
                 log.warning("%s: cannot remove stale temp file: %s", path, exc)
         return count
 
-    def write(self, rel: str, data: bytes) -> bool:
-        """Stage `data` for `rel` (relative, '/'-separated); `finish` publishes it.
-        True if it differs from what is there."""
+    def write(self, rel: str, data: bytes | list[bytes]) -> bool:
+        """Stage `data` (bytes, or parts to write in order) for `rel` (relative,
+        '/'-separated); `finish` publishes it. True if it differs from what is there."""
         target = self._target(rel)
         self._published.add(rel)
-        try:
-            if target.is_file() and target.stat().st_size == len(data) \
-                    and target.read_bytes() == data:
-                self.unchanged.append(rel)
-                return False
-        except OSError:
-            pass
+        parts = [data] if isinstance(data, bytes) else data
+        if _same_bytes(target, parts):
+            self.unchanged.append(rel)
+            return False
         temp = target.with_name(f".{target.name}.{os.getpid()}{TEMP_SUFFIX}")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(temp, "wb") as handle:
-                handle.write(data)
+                handle.writelines(parts)
         except OSError as exc:
             # On a read-only fs unlink fails too (EROFS, even for a missing file): that
             # OSError escaped instead of the PublishError, and the message was wrong.
@@ -154,6 +151,17 @@ class Publisher:
             except OSError:
                 return
             folder = folder.parent
+
+
+def _same_bytes(target: Path, parts: list[bytes]) -> bool:
+    """The file holds exactly these parts, in order (compared without joining them)."""
+    try:
+        if not target.is_file() or target.stat().st_size != sum(map(len, parts)):
+            return False
+        with open(target, "rb") as handle:
+            return all(handle.read(len(part)) == part for part in parts)
+    except OSError:
+        return False
 
 
 def _load_syncfs() -> Callable[[int], int] | None:

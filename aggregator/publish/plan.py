@@ -8,7 +8,6 @@ and only those not in the build cache, are sanitised and serialised.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from typing import Any
 
 from aggregator.config import Config
@@ -23,11 +22,6 @@ from aggregator.writers.index import feed_title, feed_url, feeds_opml, index_htm
 
 # Written by every build beside the feeds.
 INDEX_FILES = ("index.html", "feeds.opml")
-
-
-class CacheIncomplete(Exception):
-    """The build cache cannot give what it promised (a body deleted by hand, a write
-    that failed): the build is redone once with the post cache emptied."""
 
 
 def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
@@ -83,16 +77,12 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     needed = {e.id: e for plan in plans if plan[2] in todo for e in plan[3]}
     rendered = cache.rendered({key(e) for e in needed.values()})
     missing = [e for e in needed.values() if key(e) not in rendered]
-    partial = [e.digest for e in missing if e.partial]
-    if partial:  # entries that came from the cache without their html
-        bodies = cache.full_entries(partial)
-        # the image may have been filled by a probe since the body was cached
-        missing = [replace(bodies[e.digest], image=e.image)
-                   if e.partial and e.digest in bodies else e for e in missing]
-        if any(e.partial for e in missing):
-            raise CacheIncomplete("the build cache lost a post body")
+    if any(e.partial for e in missing) and cache.file is None:
+        missing = list(cache.whole(missing))  # an in-memory cache: only we can read it
     if missing:
-        pairs = render_entries(config, missing, workers)
+        # entries that came from the cache without their html are made whole by the
+        # renderer, a chunk at a time (never all 100k bodies in memory at once)
+        pairs = render_entries(config, missing, workers, cache.file)
         fresh = [(key(e), atom, rss) for e, (atom, rss) in zip(missing, pairs, strict=True)]
         cache.store_rendered(fresh)
         rendered.update({k: (atom, rss) for k, atom, rss in fresh})

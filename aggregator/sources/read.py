@@ -21,7 +21,7 @@ from aggregator.render import (
 )
 from aggregator.report import BuildReport
 from aggregator.sources.content import PostFile, PostReader, discover
-from aggregator.state.cache import BuildCache, CachedPost, digest
+from aggregator.state.cache import BuildCache, CachedPost, PackedPost, digest, pack_post
 from aggregator.state.store import StateStore
 
 ReadResult = tuple[tuple[int, int, int], Entry | None, tuple[Problem, ...]]
@@ -115,27 +115,31 @@ def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
             pending.append(post)
     if len(pending) < PARALLEL_THRESHOLD or not can_fork():
         return
-    size = -(-len(pending) // (workers * 4))
+    # Small chunks, stored as they come back: the parent never holds more than a few
+    # chunks of whole posts (all 100k of them at once took 1.3 GB).
+    size = min(-(-len(pending) // (workers * 4)), 250)
     chunks = [pending[i:i + size] for i in range(0, len(pending), size)]
     with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
-        results = [r for chunk in pool.map(_read_chunk, [config] * len(chunks), chunks)
-                   for r in chunk]
-    records = []
-    for post, record in zip(pending, results, strict=True):
-        if record is None:
-            continue  # unreadable: the sequential pass reports it
-        entry = record.entry
-        if entry is not None and entry.updated == _NOT_SEEN_YET:
-            entry = _stamped(replace(entry, updated=state.first_seen(entry.id)))
-            record = replace(record, entry=entry)
-        records.append((f"{post.root}\0{post.rel}", record))
-    cache.store_posts(records)
+        for chunk, results in zip(chunks, pool.map(_read_chunk, [config] * len(chunks),
+                                                   chunks), strict=True):
+            packed: list[PackedPost] = []
+            for post, result in zip(chunk, results, strict=True):
+                if isinstance(result, CachedPost):  # undated: its first-seen time is ours
+                    entry = result.entry
+                    assert entry is not None
+                    entry = _stamped(replace(entry, updated=state.first_seen(entry.id)))
+                    result = pack_post(f"{post.root}\0{post.rel}", replace(result, entry=entry))
+                if result is not None:  # None: unreadable, the sequential pass says why
+                    packed.append(result)
+            cache.store_packed(packed)
 
 
-def _read_chunk(config: Config, posts: list[PostFile]) -> list[CachedPost | None]:
-    """In a worker: read and parse each post; problems are returned, not logged (the
-    parent reports them, in order, when it takes the results from the cache)."""
-    out: list[CachedPost | None] = []
+def _read_chunk(config: Config, posts: list[PostFile]) -> list[PackedPost | CachedPost | None]:
+    """In a worker: read, parse and pack each post for the cache (pickling and packing
+    here, not in the parent); problems are returned, not logged (the parent reports
+    them, in order, when it takes the results from the cache). An undated post comes
+    back unpacked: only the parent can give it its first-seen time."""
+    out: list[PackedPost | CachedPost | None] = []
     logging.getLogger("aggregator").disabled = True
     for post in posts:
         reader = PostReader(config, ProblemLog(), lambda _id: _NOT_SEEN_YET)
@@ -144,8 +148,11 @@ def _read_chunk(config: Config, posts: list[PostFile]) -> list[CachedPost | None
             out.append(None)
             continue
         entry = _parse(reader, post, data)
-        out.append(CachedPost(*post.identity, digest(data), entry,
-                              tuple(reader.problems.items)))
+        record = CachedPost(*post.identity, digest(data), entry, tuple(reader.problems.items))
+        if entry is not None and entry.updated == _NOT_SEEN_YET:
+            out.append(record)
+        else:
+            out.append(pack_post(f"{post.root}\0{post.rel}", record))
     return out
 
 

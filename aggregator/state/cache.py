@@ -24,7 +24,7 @@ import hashlib
 import logging
 import pickle
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -85,6 +85,64 @@ class CachedPost:
         return identity == (self.size, self.mtime_ns, self.inode)
 
 
+class CacheIncomplete(Exception):
+    """The build cache cannot give what it promised (a body deleted by hand, a write
+    that failed): the build is redone once with the post cache emptied."""
+
+
+def _bodies(db: sqlite3.Connection, wanted: list[str]) -> dict[str, Entry]:
+    out: dict[str, Entry] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        for key, blob in db.execute(
+                f"SELECT entry_digest, entry FROM post_body WHERE entry_digest IN ({marks})",
+                chunk):
+            out[key] = pickle.loads(_unpack(blob))
+    return out
+
+
+def whole_entries(db: sqlite3.Connection, entries: Sequence[Entry],
+                  chunk: int = 500) -> Iterator[Entry]:
+    """`entries`, the partial ones made whole from post_body: a chunk at a time, so that
+    rendering 100k cached posts never holds all their bodies at once."""
+    for start in range(0, len(entries), chunk):
+        part = entries[start:start + chunk]
+        found = _bodies(db, [e.digest for e in part if e.partial])
+        for entry in part:
+            if entry.partial:
+                body = found.get(entry.digest)
+                if body is None:
+                    raise CacheIncomplete("the build cache lost a post body")
+                # the image may have been filled by a probe since the body was cached
+                entry = replace(body, image=entry.image)
+            yield entry
+
+
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """For worker processes that only read bodies while the parent holds the cache."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+
+
+PostRow = tuple[str, int, int, int, str, str, bytes]  # a post_cache row
+BodyRow = tuple[str, bytes]  # a post_body row
+PackedPost = tuple[PostRow, BodyRow | None]
+
+
+def pack_post(source: str, post: CachedPost) -> PackedPost:
+    """The rows that cache a post: the entry without its html (a build loads every
+    post's), and the whole entry packed (loaded only to render it)."""
+    entry, body = post.entry, None
+    light = entry
+    if entry is not None:
+        light = replace(entry, html="", partial=True)
+        body = (entry.digest, _pack(pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL)))
+    row = (source, post.size, post.mtime_ns, post.inode, post.digest,
+           entry.digest if entry is not None else "",
+           pickle.dumps((light, post.problems), protocol=pickle.HIGHEST_PROTOCOL))
+    return row, body
+
+
 def _pack(data: bytes) -> bytes:
     """LZ4: a 6 KB render packs in ~15 us and unpacks in ~5 (zlib level 1 took ~140 and
     ~45: 2 s of a cold 10k build, 1 s of a rewrite from the cache)."""
@@ -117,6 +175,9 @@ class BuildCache:
         self._stale: set[str] = set()  # tables we could not clear: read as empty
         self._failed = False
         self.db = self._open(path)
+        # the file really in use (None when it fell back to memory): workers read it
+        name = self.db.execute("PRAGMA database_list").fetchone()[2]
+        self.file: Path | None = Path(name) if name else None
         self._posts: dict[str, tuple[int, int, int, str, bytes]] | None = None
 
     @staticmethod
@@ -187,19 +248,15 @@ class BuildCache:
             return None
         return CachedPost(size, mtime_ns, inode, content_digest, entry, problems)
 
-    @_disposable
     def store_posts(self, rows: Iterable[tuple[str, CachedPost]]) -> None:
         """Cache each post: the entry without its html in post_cache, whole in post_body."""
-        posts, bodies = [], []
-        for source, p in rows:
-            light = p.entry
-            if p.entry is not None:
-                light = replace(p.entry, html="", partial=True)
-                bodies.append((p.entry.digest, _pack(
-                    pickle.dumps(p.entry, protocol=pickle.HIGHEST_PROTOCOL))))
-            posts.append((source, p.size, p.mtime_ns, p.inode, p.digest,
-                          p.entry.digest if p.entry is not None else "",
-                          pickle.dumps((light, p.problems), protocol=pickle.HIGHEST_PROTOCOL)))
+        self.store_packed([pack_post(source, post) for source, post in rows])
+
+    @_disposable
+    def store_packed(self, packed: list[PackedPost]) -> None:
+        """Store what pack_post made (a worker process may have made it)."""
+        posts = [row for row, _ in packed]
+        bodies = [body for _, body in packed if body is not None]
         if not posts:
             return
         with self.db:
@@ -230,16 +287,12 @@ class BuildCache:
 
     def full_entries(self, digests: Iterable[str]) -> dict[str, Entry]:
         """The whole entries (html included) cached under these digests."""
-        out: dict[str, Entry] = {}
-        wanted = list(digests)
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, blob in self.db.execute(
-                    f"SELECT entry_digest, entry FROM post_body WHERE entry_digest IN ({marks})",
-                    chunk):
-                out[key] = pickle.loads(_unpack(blob))
-        return out
+        return _bodies(self.db, list(digests))
+
+    def whole(self, entries: Sequence[Entry]) -> Iterator[Entry]:
+        """`entries` with the partial ones (no html) made whole from the cache, a few
+        hundred at a time. Raises CacheIncomplete when a body is missing."""
+        yield from whole_entries(self.db, entries)
 
     @_disposable
     def forget_posts_except(self, sources: set[str]) -> None:
