@@ -101,3 +101,28 @@ def test_corpus_polled_counts_match_and_feeds_validate(tmp_path: Path, server: H
     reports = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     errors = {r["file"]: r["errors"] for r in reports if r["errors"]}
     assert len(reports) == len(feeds) and not errors, errors
+
+
+def test_buffered_expat_parses_every_corpus_feed_as_plain_expat_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The text-coalescing parser we give feedparser changes nothing it returns."""
+    import io
+
+    from aggregator.sources.upstream import parse
+
+    feeds = [p for p in sorted(CORPUS.iterdir()) if p.suffix != ".json"]
+    assert feeds
+
+    def parse_all() -> list[Any]:
+        return [feedparser.parse(io.BytesIO(p.read_bytes()), sanitize_html=False,
+                                 resolve_relative_uris=False) for p in feeds]
+
+    assert feedparser.api.PREFERRED_XML_PARSERS[0] == parse._PARSER
+    buffered = parse_all()
+    monkeypatch.setattr(feedparser.api, "PREFERRED_XML_PARSERS", [])
+    plain = parse_all()
+    for path, ours, theirs in zip(feeds, buffered, plain, strict=True):
+        assert ours.entries == theirs.entries, path
+        assert ours.feed == theirs.feed, path
+        assert ours.get("bozo_exception", None).__class__ is \
+            theirs.get("bozo_exception", None).__class__, path

@@ -125,23 +125,23 @@ def test_exception_while_storing_rolls_the_source_back(tmp_path: Path, server: _
     server.release.set()
     config = upstream_config(tmp_path, [{"url": server.url(p), "category": "K"}
                                         for p in SOURCES], concurrency=2)
-    real_dump = upstream_state._dump
+    real_save = upstream_state.UpstreamState._save
     calls = 0
 
-    def dump_then_die(entry: Any) -> str:
+    def save_then_die(self: Any, *args: Any, **kwargs: Any) -> None:
         nonlocal calls
         calls += 1
-        if calls == 8:  # the 2nd entry of the 3rd source stored
+        if calls == 3:  # the 3rd source: its entries are written, its state is next
             raise KeyboardInterrupt("killed half-way")
-        return real_dump(entry)
+        real_save(self, *args, **kwargs)
 
-    monkeypatch.setattr(upstream_state, "_dump", dump_then_die)
+    monkeypatch.setattr(upstream_state.UpstreamState, "_save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(config, capsys, "fetch", "--all")
     with sqlite3.connect(tmp_path / "state" / "test.sqlite") as db:
         assert db.execute("SELECT count(*) FROM upstream_entry").fetchone()[0] == 6
         assert db.execute("SELECT count(*) FROM upstream_source").fetchone()[0] == 2
-    monkeypatch.setattr(upstream_state, "_dump", real_dump)
+    monkeypatch.setattr(upstream_state.UpstreamState, "_save", real_save)
     code, err = run(config, capsys, "fetch")
     assert code == 0, err
     assert "polled 4 sources" in err

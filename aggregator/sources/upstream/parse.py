@@ -20,6 +20,11 @@ from aggregator.sources.upstream.jsonfeed import (
     parse_json_feed,
 )
 
+# Tried first by feedparser (see buffered_expat.py); libxml2 is never installed here.
+_PARSER = "aggregator.sources.upstream.buffered_expat"
+if _PARSER not in feedparser.api.PREFERRED_XML_PARSERS:
+    feedparser.api.PREFERRED_XML_PARSERS.insert(0, _PARSER)
+
 _HTML_PAGE = re.compile(rb"<(!doctype\s+html|html[\s>]|head[\s>]|body[\s>])", re.IGNORECASE)
 
 

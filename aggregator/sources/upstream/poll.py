@@ -25,14 +25,13 @@ from datetime import datetime
 from typing import Any
 
 from aggregator.config import Config, UpstreamSource
-from aggregator.model import Entry
 from aggregator.problems import ProblemLog
 from aggregator.sources.upstream.http import Fetcher, FetchError, Limits, Response, StatusError
 from aggregator.sources.upstream.normalise import Normaliser
 from aggregator.sources.upstream.parse import ParseError, parse_feed
 from aggregator.sources.upstream.politeness import cache_floor, floor_of, retry_after, ttl_floor
 from aggregator.state.store import Clock, StateStore
-from aggregator.state.upstream import UpstreamState
+from aggregator.state.upstream import DumpedEntry, UpstreamState, dump_entries
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ class PollReport:
 
 @dataclass(frozen=True)
 class _Parsed:
-    entries: list[Entry]
+    entries: list[DumpedEntry]  # ready to store: made where the feed was parsed
     warnings: list[str]
     kind: str
     error: str | None = None
@@ -82,7 +81,7 @@ def parse_job(body: bytes, headers: dict[str, str], url: str, source: UpstreamSo
     """bytes → entries; runs in a fetch thread or a worker process (so: picklable)."""
     try:
         feed = parse_feed(body, headers, url)
-        entries = list(Normaliser(source, site_host, id_date, now).entries(feed))
+        entries = dump_entries(Normaliser(source, site_host, id_date, now).entries(feed))
     except ParseError as exc:
         return _Parsed([], [], "", str(exc))
     except Exception as exc:  # a parser bug must cost one source, not the run
@@ -220,8 +219,8 @@ def _record(outcome: _Outcome, state: UpstreamState, problems: ProblemLog, clock
         problems.warn(source.url, warning)
     if not parsed.entries:
         problems.warn(source.url, "feed has no entries; stored entries kept")
-    report.new_entries += state.store_entries(source, parsed.entries, etag, last_modified, now,
-                                              floor)
+    report.new_entries += state.store_dumped(source, parsed.entries, etag, last_modified, now,
+                                             floor)
     report.fetched += 1
     report.outcomes[source.url] = "fetched"
     log.debug("%s: %d entries (%s)", source.url, len(parsed.entries), parsed.kind)
