@@ -13,10 +13,15 @@ ones.
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import pickle
 from dataclasses import dataclass
+from typing import Any
 
 from aggregator.model import Entry
 from aggregator.problems import Problem
+from aggregator.sources.content import PostFile
 from aggregator.state.probes import unknown_image
 from aggregator.tree.categories import Node
 
@@ -120,3 +125,42 @@ def _path(category: Names) -> list[Names]:
 def _count(delta: dict[Names, int], category: Names, change: int) -> None:
     for names in _path(category):
         delta[names] = delta.get(names, 0) + change
+
+
+@dataclass
+class SavedSession:
+    """A one-off build's SessionIndex kept in the build cache, so that the next
+    `aggregator build` that finds only a few changed files patches them in too."""
+
+    settings: str  # digest of the config and versions it was built with
+    posts: dict[str, PostFile]  # location → the post file as that build found it
+    index: SessionIndex
+    counts: dict[Names, int]  # entries in each node's feed, as published
+
+    def dumps(self) -> bytes:
+        """Pickled with every entry's html left out (the build cache has the bodies):
+        the index of 100k posts would otherwise carry 500 MB of html."""
+        buffer = io.BytesIO()
+        _LightPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(self)
+        return buffer.getvalue()
+
+
+class _LightPickler(pickle.Pickler):
+    def reducer_override(self, obj: object) -> Any:
+        if type(obj) is Entry and obj.html and obj.digest:
+            light = dataclasses.replace(obj, html="", partial=True)
+            return _light_entry, (tuple(getattr(light, f) for f in _ENTRY_FIELDS),)
+        return NotImplemented
+
+
+_ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(Entry))
+
+
+def _light_entry(values: tuple[Any, ...]) -> Entry:
+    return Entry(**dict(zip(_ENTRY_FIELDS, values, strict=True)))
+
+
+def changed_locations(before: dict[str, PostFile], now: dict[str, PostFile]) -> set[str]:
+    """Post files added, removed or changed (identity) between two walks."""
+    return {location for location in before.keys() | now.keys()
+            if before.get(location) != now.get(location)}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.config import Config
-from aggregator.incremental import Names, SessionIndex
+from aggregator.incremental import Names, SavedSession, SessionIndex, changed_locations
 from aggregator.model import Entry, Image
 from aggregator.problems import Problem, ProblemLog
 from aggregator.publish.atomic import Publisher
@@ -158,6 +158,7 @@ class Builder:
                     self.close()
                     report.seconds = time.perf_counter() - started
                     return report
+                found_after_walk = len(report.problems.items)
                 if changed and not walked and not extra_entries and before is not None:
                     dirty = self._patch(config, state, report, before, changed)
                     if dirty is not None:
@@ -166,10 +167,17 @@ class Builder:
                         report.patched = True
                         report.seconds = time.perf_counter() - started
                         return report
+                if posts is not None and self._patch_saved_session(
+                        config, state, report, walked, extra_entries, workers):
+                    generation = state.generation()
+                    state.close()
+                    self._remember_build(config, posts, generation, report, found_after_walk)
+                    self.close()
+                    report.seconds = time.perf_counter() - started
+                    return report
                 self._index = None
                 if posts is None:
                     posts = self._sorted_posts()
-                found_after_walk = len(report.problems.items)
                 # Posts whose image type the URL does not tell get what `fetch` probed
                 # (state, no network). Render keys and the session's signatures include
                 # the image, so a newly probed type is rendered again.
@@ -188,10 +196,15 @@ class Builder:
             clean = self._clean_nodes(entries, root) if self.persistent else frozenset()
             self._counts = publish(config, root, report, self._cache, workers, clean,
                                    self._counts, sweep_temps=walked, memo=self._publish_memo)
-            if self.persistent and generation is not None and not extra_entries \
-                    and len(entries) == report.posts_read + len(upstream):
-                # nothing was merged away: later edits can be patched in
+            # nothing was merged away: later edits can be patched in (a one-off build
+            # saves its index for the next one: posts only, upstream bodies are not
+            # in the build cache)
+            patchable = not extra_entries and len(entries) == report.posts_read + len(upstream)
+            self._index = None
+            if generation is not None and patchable and (self.persistent or not upstream):
                 self._index = self._index_of(posts, post_entries, entries, root, generation)
+            if not self.persistent and walked:
+                self._save_session(config)
             if walked and not extra_entries:
                 self._remember_build(config, posts, generation, report, found_after_walk)
         except BaseException:
@@ -250,6 +263,40 @@ class Builder:
         report.unknown_images = index.unknown_images()
         self._signature = None  # the next full build plans every node again
         return dirty
+
+    def _patch_saved_session(self, config: Config, state: StateStore, report: BuildReport,
+                             walked: bool, extra_entries: list[Entry], workers: int) -> bool:
+        """A one-off build that found a few changed post files: patch them into the
+        last one-off build's saved index (as a session does) instead of building."""
+        if self.persistent or not walked or extra_entries or self._cache is None:
+            return False
+        saved = self._cache.saved_session()
+        if not isinstance(saved, SavedSession) or saved.settings != _settings_digest(config):
+            return False
+        now = self._posts or {}
+        changed = changed_locations(saved.posts, now)
+        if not changed or len(changed) > max(100, len(now) // 50):
+            return False  # many changes: a full build is as quick and simpler
+        self._index, self._counts = saved.index, saved.counts
+        dirty = self._patch(config, state, report, saved.posts, changed)
+        if dirty is None:
+            self._index, self._counts = None, None
+            return False
+        # unlike a session, trust no published file without a stat
+        self._counts = publish(config, saved.index.root, report, self._cache, workers,
+                               frozenset(saved.index.nodes.keys() - dirty), self._counts,
+                               sweep_temps=True, memo=self._publish_memo)
+        report.patched = True
+        self._save_session(config)
+        return True
+
+    def _save_session(self, config: Config) -> None:
+        assert self._cache is not None
+        if self._index is None or self._counts is None or self._posts is None:
+            self._cache.store_session(None)
+            return
+        self._cache.store_session(SavedSession(
+            _settings_digest(config), self._posts, self._index, self._counts).dumps())
 
     def _publish_patched(self, config: Config, report: BuildReport, dirty: set[Names],
                          workers: int) -> None:
@@ -361,6 +408,10 @@ class Builder:
 def _settings(config: Config) -> tuple[str, ...]:
     """The config and every program and library version that shapes the output."""
     return (repr(config), read_fingerprint(config), render_fingerprint(config))
+
+
+def _settings_digest(config: Config) -> str:
+    return fingerprint_of(*_settings(config))
 
 
 def open_cache(config: Config) -> BuildCache:

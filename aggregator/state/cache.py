@@ -14,6 +14,8 @@ disposable: deleting it (or it being corrupt) only costs one slow build.
   fingerprint with an untouched file means nothing to render or write.
 - last_build: the inputs digest, published files and problems of the last complete
   build (see state/last_build.py): a build whose inputs match stops after the walk.
+- session: that build's SessionIndex (incremental.SavedSession), entries without
+  html: a build that finds a few changed post files patches them into it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import lz4.block
 
@@ -67,8 +70,12 @@ CREATE TABLE IF NOT EXISTS last_build (
     id     INTEGER PRIMARY KEY CHECK (id = 1),
     record BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS session (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    record BLOB NOT NULL
+);
 """
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"
 
 
 @dataclass(frozen=True)
@@ -378,6 +385,26 @@ class BuildCache:
             if record is not None:
                 self.db.execute("INSERT INTO last_build VALUES (1, ?)",
                                 (pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL),))
+
+    # -- the last one-off build's session index (incremental.SavedSession) -------------
+
+    def saved_session(self) -> Any:
+        """The pickled SavedSession, or None (the caller checks its type: this module
+        must not import the pipeline's)."""
+        row = self.db.execute("SELECT record FROM session").fetchone()
+        if row is None:
+            return None
+        try:
+            return pickle.loads(row[0])
+        except Exception:  # another version's: a full build
+            return None
+
+    @_disposable
+    def store_session(self, record: bytes | None) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM session")
+            if record is not None:
+                self.db.execute("INSERT INTO session VALUES (1, ?)", (record,))
 
     def close(self) -> None:
         self.db.close()
