@@ -287,7 +287,9 @@ class Builder:
                                frozenset(saved.index.nodes.keys() - dirty), self._counts,
                                sweep_temps=True, memo=self._publish_memo)
         report.patched = True
-        self._save_session(config)
+        # Not saved again (pickling 100k entries takes seconds): the next build patches
+        # every change since the saved build, which stays exact; once they are too many,
+        # a full build saves a new one.
         return True
 
     def _save_session(self, config: Config) -> None:
