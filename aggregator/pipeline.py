@@ -285,7 +285,7 @@ class Builder:
         # unlike a session, trust no published file without a stat
         self._counts = publish(config, saved.index.root, report, self._cache, workers,
                                frozenset(saved.index.nodes.keys() - dirty), self._counts,
-                               sweep_temps=True, memo=self._publish_memo)
+                               sweep_temps=True, memo=self._publish_memo, patched=True)
         report.patched = True
         # Not saved again (pickling 100k entries takes seconds): the next build patches
         # every change since the saved build, which stays exact; once they are too many,
@@ -305,7 +305,8 @@ class Builder:
         assert self._index is not None and self._cache is not None
         clean = frozenset(self._index.nodes.keys() - dirty)
         self._counts = publish(config, self._index.root, report, self._cache, workers, clean,
-                               self._counts, sweep_temps=False, memo=self._publish_memo)
+                               self._counts, sweep_temps=False, memo=self._publish_memo,
+                               patched=True)
 
     def _index_of(self, posts: list[PostFile], post_entries: list[Entry], merged: list[Entry],
                   root: Node, generation: str) -> SessionIndex:

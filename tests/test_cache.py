@@ -481,3 +481,29 @@ def test_cached_post_bodies_stay_one_per_post(tmp_path: Path, session: bool) -> 
     posts = db.execute("SELECT count(*) FROM post_cache").fetchone()[0]
     db.close()
     assert bodies == posts == 11
+
+
+@pytest.mark.parametrize("session", [False, True])
+def test_a_patched_build_keeps_the_other_entries_renders(tmp_path: Path, session: bool) -> None:
+    """A build that planned only a few feeds must not drop the renders of the others
+    (they are still published: dropping them made the next full build render all)."""
+    import sqlite3
+
+    from aggregator.pipeline import Builder
+
+    config_path = _site(tmp_path)
+    _edit_config(config_path, "output", "max_items", 2)  # beta's entries: not in alpha's
+    config = load_config(config_path)
+    builder = Builder(persistent=session)
+    builder.build(config, clock=fixed_clock())
+    victim = tmp_path / "posts/a/p1.md"
+    for step in range(2):
+        _rewrite(victim, "</p></div>", f" {step}</p></div>")
+        report = builder.build(config, clock=fixed_clock(),
+                               changed={str(victim)} if session else None)
+        assert report.patched and report.rendered == 1
+    builder.close()
+    db = sqlite3.connect(f"{config.state_path}.cache")
+    renders = db.execute("SELECT count(*) FROM rendered").fetchone()[0]
+    db.close()
+    assert renders >= 12  # every published entry's, and perhaps an old one of p1

@@ -27,14 +27,16 @@ INDEX_FILES = ("index.html", "feeds.opml")
 def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
             workers: int = 1, clean_nodes: frozenset[tuple[str, ...]] = frozenset(),
             last_counts: dict[tuple[str, ...], int] | None = None,
-            sweep_temps: bool = True,
-            memo: dict[str, Any] | None = None) -> dict[tuple[str, ...], int]:
+            sweep_temps: bool = True, memo: dict[str, Any] | None = None,
+            patched: bool = False) -> dict[tuple[str, ...], int]:
     """Write every feed whose inputs changed; render each needed entry once.
 
     `clean_nodes`: nodes the caller knows hold exactly the entries of the last build
     (a Builder session diffing its entries): their feeds are kept without even
     computing their fingerprints, unless their files were touched. `memo` (kept by a
     session) saves remaking the index and OPML files when no count or slug changed.
+    `patched`: a build of a few changes, which leaves unused renders for a later one
+    to drop.
     Returns the number of entries in each node's feed."""
     fingerprint = render_fingerprint(config)
     cache.invalidate_if_changed("render", fingerprint, "rendered", "feed_state")
@@ -56,6 +58,7 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     plans: list[tuple[Node, str, str, list[Entry], str]] = []
     counts: dict[tuple[str, ...], int] = {}
     kept: list[str] = []
+    kept_nodes: list[Node] = []
     for node in root.walk():
         rels = [f"{node.rel_dir}{kind}.xml" for kind in ("atom", "rss")]
         # A session's clean node is trusted without a stat between full walks (a feed
@@ -65,6 +68,7 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
                     publisher, rel, previous[rel][0], previous)) for rel in rels):
             counts[node.names] = last_counts[node.names]
             kept += rels
+            kept_nodes.append(node)
             continue
         members = node.entries(config.max_items)
         counts[node.names] = len(members)
@@ -120,7 +124,13 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
         states.append((rel, feed_print, st.st_size, st.st_mtime_ns))
     cache.update_feed_states([row for row in states if previous.get(row[0]) != row[1:]],
                              previous.keys() - {row[0] for row in states})
-    if missing:
+    if missing and (sweep_temps and not patched or not kept_nodes):
+        # Renders no feed uses any more go (bounded disk). The keys of the kept nodes'
+        # entries were never computed: computed now, or their renders would go too
+        # (they did: a patched build emptied the cache); not in a patched build.
+        for node in kept_nodes:
+            for entry in node.entries(config.max_items):
+                key(entry)
         cache.keep_rendered(set(keys.values()))
     report.written = publisher.written
     report.unchanged = len(publisher.unchanged)
