@@ -507,3 +507,15 @@ def test_a_patched_build_keeps_the_other_entries_renders(tmp_path: Path, session
     renders = db.execute("SELECT count(*) FROM rendered").fetchone()[0]
     db.close()
     assert renders >= 12  # every published entry's, and perhaps an old one of p1
+
+
+def test_the_saved_session_index_carries_no_html(tmp_path: Path) -> None:
+    import sqlite3
+
+    config = load_config(_site(tmp_path))
+    build(config, clock=fixed_clock())
+    db = sqlite3.connect(f"{config.state_path}.cache")
+    blob = db.execute("SELECT record FROM session").fetchone()[0]
+    db.close()
+    assert b"Body 3" not in blob and b"junk 3" not in blob  # bodies stay in post_body
+    assert b"Post 3" in blob  # titles are there

@@ -400,7 +400,7 @@ class BuildCache:
             return None
 
     @_disposable
-    def store_session(self, record: bytes | None) -> None:
+    def store_session(self, record: bytes | memoryview | None) -> None:
         with self.db:
             self.db.execute("DELETE FROM session")
             if record is not None:
