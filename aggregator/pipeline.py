@@ -271,20 +271,25 @@ class Builder:
         if self.persistent or not walked or extra_entries or self._cache is None:
             return False
         saved = self._cache.saved_session()
-        if not isinstance(saved, SavedSession) or saved.settings != _settings_digest(config):
+        if not isinstance(saved, SavedSession) or getattr(saved, "format", None) != \
+                SavedSession.FORMAT or saved.settings != _settings_digest(config):
             return False
         now = self._posts or {}
-        changed = changed_locations(saved.posts, now)
+        before = saved.posts
+        changed = changed_locations(before, now)
         if not changed or len(changed) > max(100, len(now) // 50):
             return False  # many changes: a full build is as quick and simpler
-        self._index, self._counts = saved.index, saved.counts
-        dirty = self._patch(config, state, report, saved.posts, changed)
+        if saved.generation != state.generation():
+            return False
+        index = self._index = saved.restore(lambda merged: build_tree(merged, config.slugs))
+        self._counts = saved.counts
+        dirty = self._patch(config, state, report, before, changed)
         if dirty is None:
             self._index, self._counts = None, None
             return False
         # unlike a session, trust no published file without a stat
-        self._counts = publish(config, saved.index.root, report, self._cache, workers,
-                               frozenset(saved.index.nodes.keys() - dirty), self._counts,
+        self._counts = publish(config, index.root, report, self._cache, workers,
+                               frozenset(index.nodes.keys() - dirty), self._counts,
                                sweep_temps=True, memo=self._publish_memo, patched=True)
         report.patched = True
         # Not saved again (pickling 100k entries takes seconds): the next build patches
@@ -297,7 +302,7 @@ class Builder:
         if self._index is None or self._counts is None or self._posts is None:
             self._cache.store_session(None)
             return
-        self._cache.store_session(SavedSession(
+        self._cache.store_session(SavedSession.of(
             _settings_digest(config), self._posts, self._index, self._counts).dumps())
 
     def _publish_patched(self, config: Config, report: BuildReport, dirty: set[Names],

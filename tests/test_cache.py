@@ -519,3 +519,24 @@ def test_the_saved_session_index_carries_no_html(tmp_path: Path) -> None:
     db.close()
     assert b"Body 3" not in blob and b"junk 3" not in blob  # bodies stay in post_body
     assert b"Post 3" in blob  # titles are there
+
+
+def test_a_saved_session_of_another_layout_is_ignored(tmp_path: Path) -> None:
+    import pickle
+    import sqlite3
+
+    from aggregator.incremental import SavedSession
+
+    config = load_config(_site(tmp_path))
+    build(config, clock=fixed_clock())
+    old = object.__new__(SavedSession)  # an earlier version's record: other fields
+    vars(old).update(settings="x", index=None)
+    for record in (pickle.dumps(old), b"not a pickle"):
+        db = sqlite3.connect(f"{config.state_path}.cache")
+        with db:
+            db.execute("UPDATE session SET record = ?", (record,))
+        db.close()
+        _rewrite(tmp_path / "posts/a/p1.md", "</p></div>", " again</p></div>")
+        report = build(config, clock=fixed_clock())
+        assert not report.patched
+        assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path=config.path)
