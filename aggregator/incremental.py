@@ -16,9 +16,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import pickle
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aggregator.model import Entry
@@ -132,54 +130,33 @@ def _count(delta: dict[Names, int], category: Names, change: int) -> None:
 @dataclass
 class SavedSession:
     """A one-off build's SessionIndex kept in the build cache, so that the next
-    `aggregator build` that finds only a few changed files patches them in too.
+    `aggregator build` that finds only a few changed files patches them in too."""
 
-    Saved flat (each entry once, as a tuple of its fields without the html, which the
-    build cache has) and pickled without a memo: pickling the index itself, with its
-    shared references, took ~350 MB more at 100k posts. `restore` builds it again."""
-
-    FORMAT = 2  # of these fields: a record of another layout is not used
-
-    format: int
     settings: str  # digest of the config and versions it was built with
-    roots: list[Path]  # the content dirs: each post file below names its own by index
-    files: list[tuple[str, str, int, tuple[int, int, int]]]  # the post files as found
-    generation: str
-    entries: list[tuple[str, tuple[Any, ...]]]  # (source, light fields)
-    order: dict[str, tuple[str, str]]
-    problems: dict[str, tuple[Problem, ...]]
+    posts: dict[str, PostFile]  # location → the post file as that build found it
+    index: SessionIndex
     counts: dict[Names, int]  # entries in each node's feed, as published
+    format: int  # FORMAT when saved: a record of another layout is not used
 
-    @classmethod
-    def of(cls, settings: str, posts: dict[str, PostFile], index: SessionIndex,
-           counts: dict[Names, int]) -> SavedSession:
-        roots = list(dict.fromkeys(post.root for post in posts.values()))
-        number = {root: i for i, root in enumerate(roots)}
-        files = [(p.location, p.rel, number[p.root], p.identity) for p in posts.values()]
-        return cls(cls.FORMAT, settings, roots, files, index.generation,
-                   [(source, tuple(vars(entry)[name] for name in _LIGHT_FIELDS))
-                    for source, entry in index.posts.items()],
-                   index.order, index.problems, counts)
+    FORMAT = 1
 
     def dumps(self) -> memoryview:
+        """Pickled with every entry's html left out (the build cache has the bodies):
+        the index of 100k posts would otherwise carry 500 MB of html. A view, not a
+        copy, of the ~130 MB that 100k posts still take. (Saved flat instead, each
+        entry once and the tree rebuilt on load, used as much memory and made an edit
+        at 100k posts 3 s slower.)"""
         buffer = io.BytesIO()
-        pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-        pickler.fast = True  # no memo: nothing in here is shared or recursive
-        pickler.dump(self)
+        _LightPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(self)
         return buffer.getbuffer()
 
-    @property
-    def posts(self) -> dict[str, PostFile]:
-        """location → the post file as the saved build found it"""
-        return {location: PostFile(location, rel, self.roots[root], identity)
-                for location, rel, root, identity in self.files}
 
-    def restore(self, tree: Callable[[list[Entry]], Node]) -> SessionIndex:
-        """The index again (`tree` builds the category tree, as the build does)."""
-        posts = {source: _light_entry(values) for source, values in self.entries}
-        merged = list(posts.values())  # saved only when nothing was merged away
-        return SessionIndex.of(self.generation, posts, self.order, self.problems, merged,
-                               tree(merged))
+class _LightPickler(pickle.Pickler):
+    def reducer_override(self, obj: object) -> Any:
+        if type(obj) is Entry and obj.html and obj.digest:
+            fields = vars(obj)
+            return _light_entry, (tuple(fields[name] for name in _LIGHT_FIELDS),)
+        return NotImplemented
 
 
 # every field but the html and the flag that says it is missing

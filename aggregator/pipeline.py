@@ -275,15 +275,12 @@ class Builder:
                 SavedSession.FORMAT or saved.settings != _settings_digest(config):
             return False
         now = self._posts or {}
-        before = saved.posts
-        changed = changed_locations(before, now)
+        changed = changed_locations(saved.posts, now)
         if not changed or len(changed) > max(100, len(now) // 50):
             return False  # many changes: a full build is as quick and simpler
-        if saved.generation != state.generation():
-            return False
-        index = self._index = saved.restore(lambda merged: build_tree(merged, config.slugs))
+        index = self._index = saved.index
         self._counts = saved.counts
-        dirty = self._patch(config, state, report, before, changed)
+        dirty = self._patch(config, state, report, saved.posts, changed)
         if dirty is None:
             self._index, self._counts = None, None
             return False
@@ -302,8 +299,8 @@ class Builder:
         if self._index is None or self._counts is None or self._posts is None:
             self._cache.store_session(None)
             return
-        self._cache.store_session(SavedSession.of(
-            _settings_digest(config), self._posts, self._index, self._counts).dumps())
+        self._cache.store_session(SavedSession(
+            _settings_digest(config), self._posts, self._index, self._counts, SavedSession.FORMAT).dumps())
 
     def _publish_patched(self, config: Config, report: BuildReport, dirty: set[Names],
                          workers: int) -> None:

@@ -529,8 +529,10 @@ def test_a_saved_session_of_another_layout_is_ignored(tmp_path: Path) -> None:
 
     config = load_config(_site(tmp_path))
     build(config, clock=fixed_clock())
-    old = object.__new__(SavedSession)  # an earlier version's record: other fields
-    vars(old).update(settings="x", index=None)
+    from aggregator.pipeline import _settings_digest
+
+    old = object.__new__(SavedSession)  # an earlier layout's record, same settings
+    vars(old).update(settings=_settings_digest(config), posts={}, index=None, counts={})
     for record in (pickle.dumps(old), b"not a pickle"):
         db = sqlite3.connect(f"{config.state_path}.cache")
         with db:
