@@ -300,7 +300,8 @@ class Builder:
             self._cache.store_session(None)
             return
         self._cache.store_session(SavedSession(
-            _settings_digest(config), self._posts, self._index, self._counts, SavedSession.FORMAT).dumps())
+            _settings_digest(config), self._posts, self._index, self._counts,
+            SavedSession.FORMAT).dumps())
 
     def _publish_patched(self, config: Config, report: BuildReport, dirty: set[Names],
                          workers: int) -> None:
