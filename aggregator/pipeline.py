@@ -31,7 +31,7 @@ from aggregator.report import BuildReport
 from aggregator.sources.content import PostFile, discover, rediscover
 from aggregator.sources.read import ReadResult, read_changed, read_posts
 from aggregator.state.cache import BuildCache, CacheIncomplete
-from aggregator.state.last_build import LastBuild, inputs_print, published_files
+from aggregator.state.last_build import LastBuild, inputs_print, posts_print, published_files
 from aggregator.state.probes import apply_probes, unknown_image
 from aggregator.state.store import Clock, StateStore, utc_now
 from aggregator.state.upstream import stored_upstream_entries
@@ -152,8 +152,9 @@ class Builder:
             try:
                 before = self._posts
                 posts, walked = self._discover(config, changed, report.problems)
-                if posts is not None and self._unchanged_since_last_build(
-                        config, posts, walked, extra_entries, state, report):
+                walk = posts_print(posts) if posts is not None and not extra_entries else None
+                if walk is not None and self._unchanged_since_last_build(
+                        config, walk, state, report):
                     state.close()
                     self.close()
                     report.seconds = time.perf_counter() - started
@@ -163,15 +164,14 @@ class Builder:
                     dirty = self._patch(config, state, report, before, changed)
                     if dirty is not None:
                         state.close()
-                        self._publish_patched(config, report, dirty, workers)
-                        report.patched = True
+                        self._publish_patched(config, report, dirty, workers, stat=False)
                         report.seconds = time.perf_counter() - started
                         return report
-                if posts is not None and self._patch_saved_session(
-                        config, state, report, walked, extra_entries, workers):
+                if walk is not None and self._patch_saved_session(config, state, report,
+                                                                  workers):
                     generation = state.generation()
                     state.close()
-                    self._remember_build(config, posts, generation, report, found_after_walk)
+                    self._remember_build(config, walk, generation, report, found_after_walk)
                     self.close()
                     report.seconds = time.perf_counter() - started
                     return report
@@ -205,8 +205,8 @@ class Builder:
                 self._index = self._index_of(posts, post_entries, entries, root, generation)
             if not self.persistent and walked:
                 self._save_session(config)
-            if walked and not extra_entries:
-                self._remember_build(config, posts, generation, report, found_after_walk)
+            if walk is not None:
+                self._remember_build(config, walk, generation, report, found_after_walk)
         except BaseException:
             self.close()  # after a failure, trust nothing kept in memory
             raise
@@ -234,7 +234,7 @@ class Builder:
             if post is not None:
                 fresh.append(post)
             elif old is not None:
-                gone.append(f"{old.root}\0{old.rel}")
+                gone.append(old.source)
         results = read_changed(config, state, cache, fresh, gone, self._memo)
         read = [(source, entry) for source, (_, entry, _) in results.items() if entry]
         probed = dict(zip([s for s, _ in read], apply_probes(state, [e for _, e in read]),
@@ -252,8 +252,8 @@ class Builder:
             index.problems.pop(source, None)
             index.order.pop(source, None)
         for post in fresh:
-            source = f"{post.root}\0{post.rel}"
-            index.order[source] = (post.rel, str(post.root))
+            source = post.source
+            index.order[source] = post.order
             index.problems.pop(source, None)
             if results[source][2]:
                 index.problems[source] = results[source][2]
@@ -265,10 +265,11 @@ class Builder:
         return dirty
 
     def _patch_saved_session(self, config: Config, state: StateStore, report: BuildReport,
-                             walked: bool, extra_entries: list[Entry], workers: int) -> bool:
-        """A one-off build that found a few changed post files: patch them into the
-        last one-off build's saved index (as a session does) instead of building."""
-        if self.persistent or not walked or extra_entries or self._cache is None:
+                             workers: int) -> bool:
+        """A one-off build that walked and found a few changed post files: patch them
+        into the last one-off build's saved index (as a session does) instead of
+        building."""
+        if self.persistent or self._cache is None:
             return False
         saved = self._cache.saved_session()
         if not isinstance(saved, SavedSession) or getattr(saved, "format", None) != \
@@ -278,17 +279,13 @@ class Builder:
         changed = changed_locations(saved.posts, now)
         if not changed or len(changed) > max(100, len(now) // 50):
             return False  # many changes: a full build is as quick and simpler
-        index = self._index = saved.index
-        self._counts = saved.counts
+        self._index, self._counts = saved.index, saved.counts
         dirty = self._patch(config, state, report, saved.posts, changed)
         if dirty is None:
             self._index, self._counts = None, None
             return False
         # unlike a session, trust no published file without a stat
-        self._counts = publish(config, index.root, report, self._cache, workers,
-                               frozenset(index.nodes.keys() - dirty), self._counts,
-                               sweep_temps=True, memo=self._publish_memo, patched=True)
-        report.patched = True
+        self._publish_patched(config, report, dirty, workers, stat=True)
         # Not saved again (pickling 100k entries takes seconds): the next build patches
         # every change since the saved build, which stays exact; once they are too many,
         # a full build saves a new one.
@@ -304,30 +301,34 @@ class Builder:
             SavedSession.FORMAT).dumps())
 
     def _publish_patched(self, config: Config, report: BuildReport, dirty: set[Names],
-                         workers: int) -> None:
+                         workers: int, *, stat: bool) -> None:
+        """Publish the patched index, replanning only the `dirty` nodes' feeds; the
+        others are kept, after a stat of their files when `stat` (else trusted: a
+        session checks them at its next full walk)."""
         assert self._index is not None and self._cache is not None
         clean = frozenset(self._index.nodes.keys() - dirty)
         self._counts = publish(config, self._index.root, report, self._cache, workers, clean,
-                               self._counts, sweep_temps=False, memo=self._publish_memo,
+                               self._counts, sweep_temps=stat, memo=self._publish_memo,
                                patched=True)
+        report.patched = True
 
     def _index_of(self, posts: list[PostFile], post_entries: list[Entry], merged: list[Entry],
                   root: Node, generation: str) -> SessionIndex:
-        sources = [f"{p.root}\0{p.rel}" for p in posts]
+        sources = [p.source for p in posts]
         read = [s for s in sources if self._memo[s][1] is not None]
         return SessionIndex.of(
             generation, dict(zip(read, post_entries, strict=True)),
-            {f"{p.root}\0{p.rel}": (p.rel, str(p.root)) for p in posts},
+            {p.source: p.order for p in posts},
             {s: self._memo[s][2] for s in sources if self._memo[s][2]}, merged, root)
 
-    def _unchanged_since_last_build(self, config: Config, posts: list[PostFile],
-                                    walked: bool, extra_entries: list[Entry],
-                                    state: StateStore, report: BuildReport) -> bool:
+    def _unchanged_since_last_build(self, config: Config, walk: str, state: StateStore,
+                                    report: BuildReport) -> bool:
         """True (and the report filled in) when the last complete build had these very
-        inputs and its output is untouched: nothing to read, render or write."""
-        if self.persistent or not walked or extra_entries or self._cache is None:
+        inputs (`walk`: this walk's posts_print) and its output is untouched: nothing to
+        read, render or write."""
+        if self.persistent or self._cache is None:
             return False  # a session's own memo answers its rebuilds
-        inputs = inputs_print(_settings(config), posts, self._walk_problems,
+        inputs = inputs_print(_settings(config), walk, self._walk_problems,
                               state.generation())
         last = self._cache.last_build() if inputs is not None else None
         if last is None or last.inputs != inputs or not last.outputs_untouched(
@@ -342,10 +343,10 @@ class Builder:
         report.up_to_date = True
         return True
 
-    def _remember_build(self, config: Config, posts: list[PostFile], generation: str | None,
+    def _remember_build(self, config: Config, walk: str, generation: str | None,
                         report: BuildReport, found_after_walk: int) -> None:
         assert self._cache is not None
-        inputs = inputs_print(_settings(config), posts, self._walk_problems, generation)
+        inputs = inputs_print(_settings(config), walk, self._walk_problems, generation)
         if inputs is None:
             return
         rels = [*self._cache.feed_states(), *INDEX_FILES]
@@ -380,7 +381,7 @@ class Builder:
         return None, walked
 
     def _sorted_posts(self) -> list[PostFile]:
-        return sorted((self._posts or {}).values(), key=lambda p: (p.rel, str(p.root)))
+        return sorted((self._posts or {}).values(), key=lambda p: p.order)
 
     def _clean_nodes(self, entries: list[Entry], root: Node) -> frozenset[tuple[str, ...]]:
         """Nodes whose entries are the same as in the last build: no entry of theirs (or

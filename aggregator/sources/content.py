@@ -67,6 +67,16 @@ class PostFile(NamedTuple):
     def path(self) -> Path:
         return Path(self.location)
 
+    @property
+    def source(self) -> str:
+        """Its key in the build cache and in a session: content dir + relative path."""
+        return f"{self.root}\0{self.rel}"
+
+    @property
+    def order(self) -> tuple[str, str]:
+        """Posts (and their problems) are handled in this order."""
+        return self.rel, str(self.root)
+
 
 def display(rel: str) -> str:
     """A path safe to print: control and bidi-override characters escaped."""
@@ -85,7 +95,11 @@ def discover(config: Config, problems: ProblemLog) -> list[PostFile]:
         found.extend(_walk(root, roots, config.follow_symlinks, problems))
     if len(config.content_dirs) == 1:
         return sorted(found, key=_rel)
-    return sorted(found, key=lambda p: (p.rel, str(p.root)))
+    return sorted(found, key=_order)
+
+
+def _order(post: PostFile) -> tuple[str, str]:
+    return post.order
 
 
 def _rel(post: PostFile) -> str:

@@ -45,7 +45,7 @@ def read_posts(config: Config, state: StateStore, report: BuildReport,
     if workers > 1:
         _read_in_parallel(config, posts, cache, memo, workers, state, report.problems)
     for post in posts:
-        source = f"{post.root}\0{post.rel}"
+        source = post.source
         known = memo.get(source) if memo is not None else None
         if known is not None and known[0] == post.identity:
             entry, found = known[1], known[2]
@@ -78,7 +78,7 @@ def read_changed(config: Config, state: StateStore, cache: BuildCache,
     out: dict[str, ReadResult] = {}
     fresh: list[tuple[str, CachedPost]] = []
     for post in posts:
-        source = f"{post.root}\0{post.rel}"
+        source = post.source
         entry, record, found = _read_post(post, cache.post(source), reader,
                                           ProblemLog(echo=False))
         if record is not None:
@@ -106,7 +106,7 @@ def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
     that the sequential pass below finds every one of them there."""
     pending = []
     for post in posts:
-        source = f"{post.root}\0{post.rel}"
+        source = post.source
         known = memo.get(source) if memo is not None else None
         if known is not None and known[0] == post.identity:
             continue
@@ -128,7 +128,7 @@ def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
                     entry = result.entry
                     assert entry is not None
                     entry = _stamped(replace(entry, updated=state.first_seen(entry.id)))
-                    result = pack_post(f"{post.root}\0{post.rel}", replace(result, entry=entry))
+                    result = pack_post(post.source, replace(result, entry=entry))
                 if result is not None:  # None: unreadable, the sequential pass says why
                     packed.append(result)
             cache.store_packed(packed)
@@ -152,7 +152,7 @@ def _read_chunk(config: Config, posts: list[PostFile]) -> list[PackedPost | Cach
         if entry is not None and entry.updated == _NOT_SEEN_YET:
             out.append(record)
         else:
-            out.append(pack_post(f"{post.root}\0{post.rel}", record))
+            out.append(pack_post(post.source, record))
     return out
 
 

@@ -292,10 +292,6 @@ class BuildCache:
             "(SELECT 1 FROM post_cache WHERE entry_digest = ?)",
             [(d, d) for d in digests if d])
 
-    def full_entries(self, digests: Iterable[str]) -> dict[str, Entry]:
-        """The whole entries (html included) cached under these digests."""
-        return _bodies(self.db, list(digests))
-
     def whole(self, entries: Sequence[Entry]) -> Iterator[Entry]:
         """`entries` with the partial ones (no html) made whole from the cache, a few
         hundred at a time. Raises CacheIncomplete when a body is missing."""

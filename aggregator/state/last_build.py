@@ -44,20 +44,24 @@ class LastBuild:
         return True
 
 
-def inputs_print(settings: tuple[str, ...], posts: list[PostFile],
-                 walk_problems: list[Problem], generation: str | None) -> str | None:
+def posts_print(posts: list[PostFile]) -> str:
+    """A digest of one walk: every post file's relative path and identity (made once a
+    build: ~0.2 s at 100k posts)."""
+    # rel, not the longer location: the content dirs are in the config (and in `settings`)
+    return hashlib.blake2b("\n".join([
+        f"{p.rel}\0{p.identity[0]}\0{p.identity[1]}\0{p.identity[2]}" for p in posts
+    ]).encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+
+
+def inputs_print(settings: tuple[str, ...], walk: str, walk_problems: list[Problem],
+                 generation: str | None) -> str | None:
     """A digest of everything a build's output depends on: `settings` (the config and
-    the program and library versions), every post file's identity, the problems of the
-    walk and the state's generation; None when the state is a temporary one."""
+    the program and library versions), the walk's posts_print and problems, and the
+    state's generation; None when the state is a temporary one."""
     if generation is None:
         return None
-    digest = hashlib.blake2b(repr((settings, generation, walk_problems)).encode(),
-                             digest_size=16)
-    # the location holds the content dir and the relative path
-    # rel, not the longer location: the content dirs are in the config (and in `settings`)
-    digest.update("\n".join([f"{p.rel}\0{p.identity[0]}\0{p.identity[1]}\0{p.identity[2]}"
-                             for p in posts]).encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
+    return hashlib.blake2b(repr((settings, walk, walk_problems, generation)).encode(),
+                           digest_size=16).hexdigest()
 
 
 def published_files(out_dir: Path, rels: list[str]) -> tuple[tuple[str, int, int], ...]:
