@@ -48,8 +48,7 @@ class SessionIndex:
         nodes = {node.names: node for node in root.walk()}
         totals = dict.fromkeys(nodes, 0)
         for entry in merged:
-            for depth in range(len(entry.category) + 1):
-                totals[entry.category[:depth]] += 1
+            _count(totals, entry.category, +1)
         unknown = {source: url for source, entry in posts.items()
                    if (url := unknown_image(entry))}
         return cls(generation, posts, order, problems, {e.id: e for e in merged},

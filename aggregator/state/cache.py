@@ -97,16 +97,18 @@ class CacheIncomplete(Exception):
     that failed): the build is redone once with the post cache emptied."""
 
 
+def _rows_in(db: sqlite3.Connection, query: str, values: list[str]) -> Iterator[Any]:
+    """The rows of `query`, whose `IN ({marks})` takes `values` 500 at a time (SQLite
+    limits the variables of one statement)."""
+    for start in range(0, len(values), 500):
+        chunk = values[start:start + 500]
+        yield from db.execute(query.format(marks=",".join("?" * len(chunk))), chunk)
+
+
 def _bodies(db: sqlite3.Connection, wanted: list[str]) -> dict[str, Entry]:
-    out: dict[str, Entry] = {}
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start:start + 500]
-        marks = ",".join("?" * len(chunk))
-        for key, blob in db.execute(
-                f"SELECT entry_digest, entry FROM post_body WHERE entry_digest IN ({marks})",
-                chunk):
-            out[key] = pickle.loads(_unpack(blob))
-    return out
+    return {key: pickle.loads(_unpack(blob)) for key, blob in _rows_in(
+        db, "SELECT entry_digest, entry FROM post_body WHERE entry_digest IN ({marks})",
+        wanted)}
 
 
 def whole_entries(db: sqlite3.Connection, entries: Sequence[Entry],
@@ -276,13 +278,8 @@ class BuildCache:
             self._posts.update({row[0]: (*row[1:5], row[6]) for row in posts})
 
     def _body_digests(self, sources: list[str]) -> set[str]:
-        found: set[str] = set()
-        for start in range(0, len(sources), 500):
-            chunk = sources[start:start + 500]
-            found.update(row[0] for row in self.db.execute(
-                "SELECT entry_digest FROM post_cache WHERE source IN "  # noqa: S608
-                f"({','.join('?' * len(chunk))})", chunk))
-        return found
+        return {row[0] for row in _rows_in(
+            self.db, "SELECT entry_digest FROM post_cache WHERE source IN ({marks})", sources)}
 
     def _drop_unused_bodies(self, digests: set[str]) -> None:
         """Bodies no post row points to any more (an edited or deleted post's): dropped
@@ -317,15 +314,9 @@ class BuildCache:
     # -- rendered entries --------------------------------------------------------
 
     def rendered(self, keys: Iterable[str]) -> dict[str, tuple[bytes, bytes]]:
-        out: dict[str, tuple[bytes, bytes]] = {}
         wanted = [] if "rendered" in self._stale else list(keys)
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, atom, rss in self.db.execute(
-                    f"SELECT key, atom, rss FROM rendered WHERE key IN ({marks})", chunk):
-                out[key] = (_unpack(atom), _unpack(rss))
-        return out
+        return {key: (_unpack(atom), _unpack(rss)) for key, atom, rss in _rows_in(
+            self.db, "SELECT key, atom, rss FROM rendered WHERE key IN ({marks})", wanted)}
 
     @_disposable
     def store_rendered(self, rows: Iterable[tuple[str, bytes, bytes]]) -> None:
