@@ -7,7 +7,9 @@ feedgen 1.0.0 (unmaintained) is used to build each element, then corrected:
 - RSS channel `<link>` is whatever link came last: self first, alternate last.
 - RSS `<author>` must be an e-mail address: names go to `dc:creator` instead.
 Each entry is rendered once per format and the bytes are spliced into every feed
-that holds it (a post sits in one feed per ancestor node).
+that holds it (a post sits in one feed per ancestor node). Entries are written by
+entry_xml, which produces these feedgen paths' bytes directly (they stay as its
+reference and its fallback); the feed heads are feedgen's, made once as templates.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from lxml import etree
 from aggregator import PROJECT_URL, __version__
 from aggregator.config import Config
 from aggregator.model import Entry
+from aggregator.writers import entry_xml
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 MEDIA_NS = "http://search.yahoo.com/mrss/"
@@ -78,7 +81,7 @@ class FeedRenderer:
             fe.author({"name": entry.author})
         if entry.summary:
             fe.summary(entry.summary)
-        for term in self._categories(entry):
+        for term in entry_xml.categories(entry):
             fe.category({"term": term})
         return fe
 
@@ -98,14 +101,16 @@ class FeedRenderer:
                 content.set("fileSize", str(entry.image.length))
         etree.SubElement(element, f"{{{MEDIA_NS}}}thumbnail").set("url", entry.image.url)
 
-    @staticmethod
-    def _categories(entry: Entry) -> list[str]:
-        seen: dict[str, None] = {}
-        for term in (*entry.category, *entry.tags):
-            seen.setdefault(term, None)
-        return list(seen)
-
     def atom_entry(self, entry: Entry) -> bytes:
+        fast = entry_xml.atom_entry(entry, self.config.full_content)
+        return fast if fast is not None else self.feedgen_atom_entry(entry)
+
+    def rss_entry(self, entry: Entry) -> bytes:
+        fast = entry_xml.rss_entry(entry, self.config.full_content)
+        return fast if fast is not None else self.feedgen_rss_entry(entry)
+
+    def feedgen_atom_entry(self, entry: Entry) -> bytes:
+        """The reference for entry_xml.atom_entry (tests hold them equal)."""
         fe = self._feed_entry(entry)
         # Atom needs content or an alternate link; without a link, content it is.
         if entry.html and (self.config.full_content or not entry.link):
@@ -132,7 +137,8 @@ class FeedRenderer:
         self._add_media(element, entry)
         return _serialise_in_scope(element, _ATOM_SCOPE)
 
-    def rss_entry(self, entry: Entry) -> bytes:
+    def feedgen_rss_entry(self, entry: Entry) -> bytes:
+        """The reference for entry_xml.rss_entry (tests hold them equal)."""
         fe = self._feed_entry(entry)
         if entry.published is None:
             fe.pubDate(entry.updated)
@@ -162,17 +168,8 @@ class FeedRenderer:
 
     @staticmethod
     def _enclosures(entry: Entry) -> list[dict[str, str]]:
-        """The entry image (when its type is known), then upstream enclosures."""
-        out = []
-        if entry.image is not None and entry.image.mime_type:
-            out.append({"href": entry.image.url, "type": entry.image.mime_type,
-                        "length": str(max(entry.image.length, 0))})
-        for enclosure in entry.enclosures:
-            if entry.image is not None and enclosure.url == entry.image.url:
-                continue
-            out.append({"href": enclosure.url, "type": enclosure.mime_type,
-                        "length": str(max(enclosure.length, 0))})
-        return out
+        return [{"href": url, "type": mime, "length": length}
+                for url, mime, length in entry_xml.enclosures(entry)]
 
     # -- feeds ---------------------------------------------------------------
 

@@ -1,0 +1,141 @@
+"""One entry's Atom `<entry>` and RSS `<item>` bytes, written directly.
+
+The same bytes feedgen + lxml produce through `FeedRenderer` (feedgen stays the
+reference: tests compare the two on random, hostile and corpus entries), at a
+fraction of the cost: building feedgen's objects and lxml trees was ~40 % of
+rendering an entry. Anything this writer is not sure to match (text lxml would
+refuse, a missing id or title) returns None and goes the feedgen way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from feedgen.util import formatRFC2822
+
+from aggregator.model import Entry
+
+# Characters XML 1.0 forbids: lxml refuses them, and so must the feedgen path.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _text(value: str) -> str:
+    """Escaped as lxml escapes element text."""
+    return (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("\r", "&#13;"))
+
+
+def _attr(value: str) -> str:
+    """Escaped as lxml escapes a double-quoted attribute value."""
+    return (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;").replace("\n", "&#10;").replace("\r", "&#13;")
+            .replace("\t", "&#9;"))
+
+
+def _writable(entry: Entry) -> bool:
+    if not entry.id or not entry.title:
+        return False  # feedgen raises for these; let it
+    strings: Iterable[str | None] = (
+        entry.id, entry.title, entry.link, entry.author, entry.html, entry.summary,
+        *entry.category, *entry.tags,
+        entry.image.url if entry.image else None,
+        entry.image.mime_type if entry.image else None,
+        *(part for e in entry.enclosures for part in (e.url, e.mime_type)))
+    return not any(s and _NOT_XML.search(s) for s in strings)
+
+
+def categories(entry: Entry) -> list[str]:
+    """Categories then tags, each once, in order."""
+    return list(dict.fromkeys((*entry.category, *entry.tags)))
+
+
+def enclosures(entry: Entry) -> list[tuple[str, str, str]]:
+    """(url, type, length): the entry image when its type is known, then upstream
+    enclosures (the image's own URL only once)."""
+    out = []
+    image = entry.image
+    if image is not None and image.mime_type:
+        out.append((image.url, image.mime_type, str(max(image.length, 0))))
+    for enclosure in entry.enclosures:
+        if image is not None and enclosure.url == image.url:
+            continue
+        out.append((enclosure.url, enclosure.mime_type, str(max(enclosure.length, 0))))
+    return out
+
+
+def _media(entry: Entry) -> str:
+    image = entry.image
+    if image is None:
+        return ""
+    url = _attr(image.url)
+    extra = ""
+    if image.mime_type:
+        extra = f' type="{_attr(image.mime_type)}"'
+        if image.length:
+            extra += f' fileSize="{image.length}"'
+    return (f'<media:content url="{url}" medium="image"{extra}/>'
+            f'<media:thumbnail url="{url}"/>')
+
+
+def atom_entry(entry: Entry, full_content: bool) -> bytes | None:
+    if not _writable(entry):
+        return None
+    parts = [f"<entry><id>{_text(entry.id)}</id><title>{_text(entry.title)}</title>"
+             f"<updated>{entry.updated.isoformat()}</updated>"]
+    if entry.author:
+        parts.append(f"<author><name>{_text(entry.author)}</name></author>")
+    links = []
+    if entry.link:
+        links.append(f'<link rel="alternate" type="text/html" href="{_attr(entry.link)}"/>')
+    for url, mime, length in enclosures(entry):
+        links.append(f'<link rel="enclosure" href="{_attr(url)}" type="{_attr(mime)}" '
+                     f'length="{_attr(length)}"/>')
+    # Atom needs content or an alternate link; without a link, content it is. The
+    # links follow the content, or end the entry when there is none.
+    has_content = True
+    if entry.html and (full_content or not entry.link):
+        parts.append(f'<content type="html">{_text(entry.html)}</content>')
+    elif not entry.link:
+        text = entry.summary or entry.title
+        parts.append(f'<content type="text">{_text(text)}</content>')
+    else:
+        has_content = False
+    if has_content:
+        parts.extend(links)
+    if entry.summary:
+        parts.append(f"<summary>{_text(entry.summary)}</summary>")
+    parts.extend(f'<category term="{_attr(term)}"/>' for term in categories(entry))
+    if entry.published is not None:
+        parts.append(f"<published>{entry.published.isoformat()}</published>")
+    if not has_content:
+        parts.extend(links)
+    parts.append(_media(entry))
+    parts.append("</entry>\n")
+    return "".join(parts).encode("utf-8")
+
+
+def rss_entry(entry: Entry, full_content: bool) -> bytes | None:
+    if not _writable(entry):
+        return None
+    parts = [f"<item><title>{_text(entry.title)}</title>"]
+    if entry.link:
+        parts.append(f"<link>{_text(entry.link)}</link>")
+    # RSS <description> is HTML: the plain-text summary is escaped once as HTML, then
+    # again as XML text.
+    description = entry.summary or entry.title
+    description = description.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    parts.append(f"<description>{_text(description)}</description>")
+    if full_content and entry.html:
+        parts.append(f"<content:encoded>{_text(entry.html)}</content:encoded>")
+    parts.append(f'<guid isPermaLink="false">{_text(entry.id)}</guid>')
+    parts.extend(f"<category>{_text(term)}</category>" for term in categories(entry))
+    parts.append(f"<pubDate>{formatRFC2822(entry.published or entry.updated)}</pubDate>")
+    for url, mime, length in enclosures(entry)[:1]:  # RSS allows one per item
+        parts.append(f'<enclosure url="{_attr(url)}" length="{_attr(length)}" '
+                     f'type="{_attr(mime)}"/>')
+    if entry.author:
+        parts.append(f"<dc:creator>{_text(entry.author)}</dc:creator>")
+    parts.append(_media(entry))
+    parts.append("</item>\n")
+    return "".join(parts).encode("utf-8")
