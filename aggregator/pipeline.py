@@ -277,13 +277,18 @@ class Builder:
             return False
         now = self._posts or {}
         changed = changed_locations(saved.posts, now)
-        if not changed or len(changed) > max(100, len(now) // 50):
+        if len(changed) > max(100, len(now) // 50):
             return False  # many changes: a full build is as quick and simpler
         self._index, self._counts = saved.index, saved.counts
         dirty = self._patch(config, state, report, saved.posts, changed)
         if dirty is None:
             self._index, self._counts = None, None
             return False
+        if not changed:
+            # The inputs are the saved build's, but some output is not (deleted or
+            # edited by hand, or the last build failed while publishing): every feed
+            # is planned from the index, and only the ones that differ are written.
+            dirty = set(self._index.nodes)
         # unlike a session, trust no published file without a stat
         self._publish_patched(config, report, dirty, workers, stat=True)
         # Not saved again (pickling 100k entries takes seconds): the next build patches

@@ -26,7 +26,7 @@ from aggregator.media import image_type_from_url
 from aggregator.model import Entry, Image
 from aggregator.sanitize.html import SANITIZER_VERSION, Sanitizer
 from aggregator.sanitize.text import summarize
-from aggregator.state.cache import CacheIncomplete, open_read_only, whole_entries
+from aggregator.state.cache import CacheIncomplete, open_read_only, pack_render, whole_entries
 from aggregator.writers.feeds import FeedRenderer
 
 # Below this many entries a process pool costs more than it saves (measured: ~0.15 s
@@ -98,7 +98,8 @@ def _render(config: Config, entries: Sequence[Entry],
             if entry.partial:
                 raise CacheIncomplete("a post body was not loaded")
             done = finish_entry(entry, sanitizer)
-            out.append((renderer.atom_entry(done), renderer.rss_entry(done)))
+            out.append((pack_render(renderer.atom_entry(done)),
+                        pack_render(renderer.rss_entry(done))))
     finally:
         if db is not None:
             db.close()
@@ -119,8 +120,9 @@ def pool_context() -> multiprocessing.context.BaseContext:
 
 def render_entries(config: Config, entries: Sequence[Entry], workers: int = 1,
                    bodies: Path | None = None) -> list[tuple[bytes, bytes]]:
-    """(atom, rss) bytes for each entry, in order. Partial entries need `bodies`, the
-    build cache file holding their whole versions."""
+    """(atom, rss) bytes for each entry, in order, packed (state.cache.pack_render:
+    in the workers, not the parent). Partial entries need `bodies`, the build cache
+    file holding their whole versions."""
     workers = min(workers, os.cpu_count() or 1)
     if workers <= 1 or len(entries) < PARALLEL_THRESHOLD or not can_fork():
         return _render(config, entries, bodies)

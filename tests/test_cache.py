@@ -349,6 +349,27 @@ def test_any_change_of_input_or_output_means_a_real_build(tmp_path: Path,
     assert build(config, clock=fixed_clock()).up_to_date  # and settled again
 
 
+def test_damaged_output_with_unchanged_inputs_is_repaired_from_the_saved_index(
+        tmp_path: Path) -> None:
+    config_path = _site(tmp_path)
+    config = load_config(config_path)
+    first = build(config, clock=fixed_clock())
+    (config.output_dir / "alpha/atom.xml").write_bytes(b"<broken")
+    (config.output_dir / "beta/sub0/rss.xml").unlink()
+    report = build(config, clock=fixed_clock())
+    # nothing read again or rendered: only the two damaged files are written
+    assert report.patched and not report.up_to_date and report.rendered == 0
+    assert sorted(report.written) == ["alpha/atom.xml", "beta/sub0/rss.xml"]
+    assert (report.entries, report.feeds, [str(p) for p in report.problems.items]) == \
+        (first.entries, first.feeds, [str(p) for p in first.problems.items])
+    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
+    shutil.rmtree(config.output_dir)  # all of it gone: all of it written again
+    report = build(config, clock=fixed_clock())
+    assert report.patched and len(report.written) == first.feeds + 2  # + index, OPML
+    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
+    assert build(config, clock=fixed_clock()).up_to_date
+
+
 def _reference_with_state(tmp_path: Path, config_path: Path) -> dict[str, bytes]:
     """A build of the same inputs with no build cache (the state, which holds upstream
     entries and probes, is copied along)."""

@@ -8,6 +8,7 @@ and only those not in the build cache, are sanitised and serialised.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from aggregator.config import Config
@@ -15,7 +16,7 @@ from aggregator.model import Entry
 from aggregator.publish.atomic import Publisher
 from aggregator.render import entry_key, fingerprint_of, render_entries, render_fingerprint
 from aggregator.report import BuildReport
-from aggregator.state.cache import BuildCache
+from aggregator.state.cache import BuildCache, unpack_render
 from aggregator.tree.categories import Node
 from aggregator.writers.feeds import FeedRenderer
 from aggregator.writers.index import feed_title, feed_url, feeds_opml, index_html
@@ -55,7 +56,7 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
 
     # Plan: a feed whose fingerprint and file are as the last build left them is kept.
     previous = cache.feed_states()
-    plans: list[tuple[Node, str, str, list[Entry], str]] = []
+    plans: list[tuple[Node, str, str, list[Entry], list[str], str]] = []
     counts: dict[tuple[str, ...], int] = {}
     kept: list[str] = []
     kept_nodes: list[Node] = []
@@ -72,11 +73,12 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
             continue
         members = node.entries(config.max_items)
         counts[node.names] = len(members)
+        member_keys = [key(e) for e in members]  # once for both formats
         for kind, rel in zip(("atom", "rss"), rels, strict=True):
             feed_print = fingerprint_of(kind, feed_title(config, node),
-                                        feed_url(config, node, kind), [key(e) for e in members])
-            plans.append((node, kind, rel, members, feed_print))
-    todo = {plan[2] for plan in plans if not _untouched(publisher, plan[2], plan[4], previous)}
+                                        feed_url(config, node, kind), member_keys)
+            plans.append((node, kind, rel, members, member_keys, feed_print))
+    todo = {plan[2] for plan in plans if not _untouched(publisher, plan[2], plan[5], previous)}
 
     needed = {e.id: e for plan in plans if plan[2] in todo for e in plan[3]}
     rendered = cache.rendered({key(e) for e in needed.values()})
@@ -96,11 +98,14 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     for rel in kept:
         publisher.keep(rel)
         report.feeds += 1
-    for node, kind, rel, members, feed_print in plans:
+    for node, kind, rel, members, member_keys, feed_print in plans:
         report.feeds += 1
         if rel in todo:
             title, url = feed_title(config, node), feed_url(config, node, kind)
-            parts = (rendered[key(e)][0 if kind == "atom" else 1] for e in members)
+            which = 0 if kind == "atom" else 1
+
+            def parts(keys: list[str] = member_keys, which: int = which) -> Iterator[bytes]:
+                return (unpack_render(rendered[k][which]) for k in keys)
             data = (renderer.atom_feed if kind == "atom" else renderer.rss_feed)(
                 title, url, members, parts)
             publisher.write(rel, data)

@@ -110,8 +110,7 @@ def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
         known = memo.get(source) if memo is not None else None
         if known is not None and known[0] == post.identity:
             continue
-        cached = cache.post(source)
-        if cached is None or not cached.same_file(post.identity):
+        if not cache.has_post(source, post.identity):
             pending.append(post)
     if len(pending) < PARALLEL_THRESHOLD or not can_fork():
         return

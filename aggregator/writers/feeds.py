@@ -15,7 +15,8 @@ reference and its fallback); the feed heads are feedgen's, made once as template
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from xml.sax.saxutils import escape as xml_escape
 
@@ -214,22 +215,32 @@ class FeedRenderer:
         return head.encode("utf-8")
 
     def atom_feed(self, title: str, self_url: str, entries: list[Entry],
-                  rendered: Iterable[bytes]) -> list[bytes]:
-        """The feed as parts to write one after the other (the entries' bytes are not
-        copied into one big string: a 100k-entry feed is 300 MB)."""
+                  rendered: Callable[[], Iterable[bytes]]) -> Callable[[], Iterator[bytes]]:
+        """The feed as a source of parts to write one after the other (`rendered`
+        gives the entries' bytes, each time it is called): never one big string, nor
+        every part at once (a 100k-entry feed is 300 MB)."""
         return _splice(self._fill("atom", title, self_url, _newest(entries)), b"</feed>",
                        rendered)
 
     def rss_feed(self, title: str, self_url: str, entries: list[Entry],
-                 rendered: Iterable[bytes]) -> list[bytes]:
+                 rendered: Callable[[], Iterable[bytes]]) -> Callable[[], Iterator[bytes]]:
         return _splice(self._fill("rss", title, self_url, _newest(entries)), b"</channel>",
                        rendered)
 
 
 def _newest(entries: list[Entry]) -> datetime:
-    return max((e.updated for e in entries), default=EMPTY_FEED_UPDATED)
+    return max(map(_UPDATED, entries), default=EMPTY_FEED_UPDATED)
 
 
-def _splice(head: bytes, closing: bytes, rendered: Iterable[bytes]) -> list[bytes]:
+_UPDATED = operator.attrgetter("updated")
+
+
+def _splice(head: bytes, closing: bytes,
+            rendered: Callable[[], Iterable[bytes]]) -> Callable[[], Iterator[bytes]]:
     cut = head.rindex(closing)
-    return [head[:cut], b"\n", *rendered, head[cut:], b"\n"]
+
+    def parts() -> Iterator[bytes]:
+        yield head[:cut] + b"\n"
+        yield from rendered()
+        yield head[cut:] + b"\n"
+    return parts
