@@ -8,7 +8,7 @@ and only those not in the build cache, are sanitised and serialised.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aggregator.config import Config
@@ -95,6 +95,7 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     report.rendered = len(missing)
 
     prints: dict[str, str] = {}
+    unpacked = _SubtreeRenders(rendered)
     for rel in kept:
         publisher.keep(rel)
         report.feeds += 1
@@ -102,10 +103,7 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
         report.feeds += 1
         if rel in todo:
             title, url = feed_title(config, node), feed_url(config, node, kind)
-            which = 0 if kind == "atom" else 1
-
-            def parts(keys: list[str] = member_keys, which: int = which) -> Iterator[bytes]:
-                return (unpack_render(rendered[k][which]) for k in keys)
+            parts = unpacked.parts(node.names, member_keys, 0 if kind == "atom" else 1)
             data = (renderer.atom_feed if kind == "atom" else renderer.rss_feed)(
                 title, url, members, parts)
             publisher.write(rel, data)
@@ -141,6 +139,43 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     report.unchanged = len(publisher.unchanged)
     report.removed = publisher.removed
     return counts
+
+
+class _SubtreeRenders:
+    """The renders of the feeds being written, unpacked. An entry sits in the feeds of
+    its top-level category, of the ones below it and of the root: within one top-level
+    subtree (its feeds are planned one after the other) each render is unpacked once
+    and kept, up to a budget, until the next subtree starts; the root's are unpacked
+    as they are written. That halves the unpacking of a full rewrite (2.6 GB at 100k
+    posts) while holding one subtree's renders, not all of them."""
+
+    BUDGET = 128 << 20  # bytes kept unpacked at most
+
+    def __init__(self, packed: dict[str, tuple[bytes, bytes]]) -> None:
+        self.packed = packed
+        self.top: str | None = None
+        self.kept: dict[tuple[str, int], bytes] = {}
+        self.size = 0
+
+    def parts(self, names: tuple[str, ...], keys: list[str],
+              which: int) -> Callable[[], Iterator[bytes]]:
+        """A source of the feed's entry bytes (called once to compare, once to write)."""
+        packed = self.packed
+        if not names:
+            return lambda: (unpack_render(packed[k][which]) for k in keys)
+        if names[0] != self.top:
+            self.top, self.kept, self.size = names[0], {}, 0
+        kept = self.kept
+
+        def unpacked(key: str) -> bytes:
+            data = kept.get((key, which))
+            if data is None:
+                data = unpack_render(packed[key][which])
+                if self.size < self.BUDGET:
+                    kept[(key, which)] = data
+                    self.size += len(data)
+            return data
+        return lambda: map(unpacked, keys)
 
 
 def _untouched(publisher: Publisher, rel: str, feed_print: str,
