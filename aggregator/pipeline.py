@@ -133,7 +133,7 @@ class Builder:
             log.warning("%s; reading every post again", exc)
             cache = open_cache(config)
             try:
-                cache.invalidate_if_changed("read", "(emptied)", "post_cache", "post_body")
+                cache.invalidate_if_changed("read", "(emptied)", "post_cache")
             finally:
                 cache.close()
             return self._build(config, clock, None, extra, workers)

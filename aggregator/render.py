@@ -15,6 +15,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -24,9 +25,18 @@ from aggregator import __version__
 from aggregator.config import Config
 from aggregator.media import image_type_from_url
 from aggregator.model import Entry, Image
+from aggregator.problems import ProblemLog
 from aggregator.sanitize.html import SANITIZER_VERSION, Sanitizer
 from aggregator.sanitize.text import summarize
-from aggregator.state.cache import CacheIncomplete, open_read_only, pack_render, whole_entries
+from aggregator.sources.content import PostReader
+from aggregator.state.cache import (
+    BodyReader,
+    CacheIncomplete,
+    digest,
+    open_read_only,
+    pack_render,
+    whole_entries,
+)
 from aggregator.writers.feeds import FeedRenderer
 
 # Below this many entries a process pool costs more than it saves (measured: ~0.15 s
@@ -84,16 +94,41 @@ def _first_image(html: str) -> Image | None:
     return None
 
 
+def body_reader(config: Config) -> BodyReader:
+    """(source, content digest) → the html of that post's body, read again from its
+    file; None when the file is gone or its bytes are no longer those."""
+    # what the reader reports was reported when the post was parsed
+    reader = PostReader(config, ProblemLog(echo=False), lambda _id: _ANY_TIME)
+
+    def body_of(source: str, content_digest: str) -> str | None:
+        root, _, rel = source.partition("\0")
+        try:
+            with open(os.path.join(root, *rel.split("/")), "rb") as handle:
+                data = handle.read(config.max_post_bytes + 1)
+        except OSError:
+            return None
+        if digest(data) != content_digest:
+            return None
+        reader.problems = ProblemLog(echo=False)
+        return reader.html_of(data)
+    return body_of
+
+
+_ANY_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+
+
 def _render(config: Config, entries: Sequence[Entry],
-            bodies: Path | None = None) -> list[tuple[bytes, bytes]]:
-    """Partial entries (no html) are made whole from the build cache file `bodies`, a
-    chunk at a time, by the process that renders them."""
+            cache_file: Path | None = None) -> list[tuple[bytes, bytes]]:
+    """Partial entries (no html) are made whole, a chunk at a time, by the process
+    that renders them: `cache_file` (the build cache) says which post file each came
+    from."""
     sanitizer = Sanitizer(config.drop_selectors, config.iframe_hosts)
     renderer = FeedRenderer(config)
     out = []
-    db = open_read_only(bodies) if bodies is not None else None
+    db = open_read_only(cache_file) if cache_file is not None else None
     try:
-        whole = whole_entries(db, entries) if db is not None else iter(entries)
+        whole = whole_entries(db, entries, body_reader(config)) if db is not None \
+            else iter(entries)
         for entry in whole:
             if entry.partial:
                 raise CacheIncomplete("a post body was not loaded")
@@ -119,16 +154,17 @@ def pool_context() -> multiprocessing.context.BaseContext:
 
 
 def render_entries(config: Config, entries: Sequence[Entry], workers: int = 1,
-                   bodies: Path | None = None) -> list[tuple[bytes, bytes]]:
+                   cache_file: Path | None = None) -> list[tuple[bytes, bytes]]:
     """(atom, rss) bytes for each entry, in order, packed (state.cache.pack_render:
-    in the workers, not the parent). Partial entries need `bodies`, the build cache
-    file holding their whole versions."""
+    in the workers, not the parent). Partial entries need `cache_file`, the build
+    cache that read them."""
     workers = min(workers, os.cpu_count() or 1)
     if workers <= 1 or len(entries) < PARALLEL_THRESHOLD or not can_fork():
-        return _render(config, entries, bodies)
+        return _render(config, entries, cache_file)
     # a few chunks per worker evens out the load; small ones keep memory bounded
     size = min(-(-len(entries) // (workers * 4)), 1000)
     chunks = [entries[i:i + size] for i in range(0, len(entries), size)]
     with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
-        results = pool.map(_render, [config] * len(chunks), chunks, [bodies] * len(chunks))
+        results = pool.map(_render, [config] * len(chunks), chunks,
+                           [cache_file] * len(chunks))
         return [pair for chunk in results for pair in chunk]

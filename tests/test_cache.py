@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import fixed_clock, write_config, write_post
+from helpers import SHARED, fixed_clock, write_config, write_post
 
 import aggregator.render
 from aggregator.config import load_config
@@ -246,19 +246,25 @@ def test_parallel_cold_build_equals_sequential_build(tmp_path: Path) -> None:
     assert b"Renamed" in (one.output_dir / "atom.xml").read_bytes()
 
 
-def test_cache_that_lost_post_bodies_is_refilled(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import sqlite3
-
+def test_a_post_changed_behind_the_caches_back_is_read_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bodies are read again from the post files to render: a file whose bytes no
+    longer match the cache (same size and mtime, so the walk could not tell) makes
+    the build read every post again, not publish a body with another post's fields."""
     config_path = _site(tmp_path)
     config = load_config(config_path)
     build(config, clock=fixed_clock())
-    cache = config.state_path.with_name(config.state_path.name + ".cache")
-    with sqlite3.connect(cache) as db:
-        db.execute("DELETE FROM post_body")
-    monkeypatch.setattr(aggregator.render, "__version__", "999.0")  # every entry re-renders
+    post = tmp_path / "posts/a/p1.md"
+    st = post.stat()
+    post.write_bytes(post.read_bytes().replace(b"Body 1", b"Bodz 1")
+                     .replace(b"Post 1", b"Pozt 1"))  # same size
+    os.utime(post, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # a new sanitiser: every entry is rendered again, from the cached (light) entries
+    monkeypatch.setattr(aggregator.render, "SANITIZER_VERSION", "999")
     report = build(config, clock=fixed_clock())
     assert report.rendered == 12
+    assert b"Bodz 1" in (config.output_dir / "alpha/atom.xml").read_bytes()
+    assert b"Pozt 1" in (config.output_dir / "alpha/atom.xml").read_bytes()
     assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
 
 
@@ -480,8 +486,10 @@ def _clean_problems(tmp_path: Path, config_path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("session", [False, True])
-def test_cached_post_bodies_stay_one_per_post(tmp_path: Path, session: bool) -> None:
-    """Edited and deleted posts' old bodies leave the cache (its disk use is bounded)."""
+def test_cached_posts_stay_one_per_post_file_and_hold_no_body(tmp_path: Path,
+                                                              session: bool) -> None:
+    """Edited and deleted posts leave the cache (its disk use is bounded); no row holds
+    a body (they are read from the post files when rendered)."""
     import sqlite3
 
     from aggregator.pipeline import Builder
@@ -498,10 +506,10 @@ def test_cached_post_bodies_stay_one_per_post(tmp_path: Path, session: bool) -> 
                   changed={str(tmp_path / "posts/b/p0.md")} if session else None)
     builder.close()
     db = sqlite3.connect(f"{config.state_path}.cache")
-    bodies = db.execute("SELECT count(*) FROM post_body").fetchone()[0]
-    posts = db.execute("SELECT count(*) FROM post_cache").fetchone()[0]
+    rows = db.execute("SELECT payload FROM post_cache").fetchall()
     db.close()
-    assert bodies == posts == 11
+    assert len(rows) == 11
+    assert not any(b"Body" in row[0] or b"junk" in row[0] for row in rows)
 
 
 @pytest.mark.parametrize("session", [False, True])
@@ -538,7 +546,7 @@ def test_the_saved_session_index_carries_no_html(tmp_path: Path) -> None:
     db = sqlite3.connect(f"{config.state_path}.cache")
     blob = db.execute("SELECT record FROM session").fetchone()[0]
     db.close()
-    assert b"Body 3" not in blob and b"junk 3" not in blob  # bodies stay in post_body
+    assert b"Body 3" not in blob and b"junk 3" not in blob  # bodies stay in the posts
     assert b"Post 3" in blob  # titles are there
 
 
@@ -563,3 +571,44 @@ def test_a_saved_session_of_another_layout_is_ignored(tmp_path: Path) -> None:
         report = build(config, clock=fixed_clock())
         assert not report.patched
         assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path=config.path)
+
+
+REAL_POSTS = SHARED / "corpus" / "posts"
+BODY_CASES = {
+    "html": "---\ntitle: A\n---\n\n<div><p>x &amp; y</p></div>",
+    "markdown": "---\ntitle: A\n---\n# Head\n\n*em* <b>raw</b>\n",
+    "no front matter": "<p>only a body</p>\n",
+    "no front matter, markdown": "just *text*\n",
+    "leading blank lines and BOM": "\ufeff\n\n---\ntitle: A\n---\n<p>b</p>",
+    "NUL bytes": "---\ntitle: A\n---\n<p>a\x00b</p>",
+    "bad UTF-8": b"---\ntitle: A\n---\n<p>\xff\xfe</p>",
+    "front matter only": "---\ntitle: A\n---\n",
+    "a --- inside the body": "---\ntitle: A\n---\n<p>a</p>\n---\n<p>b</p>",
+    "bad YAML line": '---\ntitle: "a" b\n---\n<p>c</p>',
+}
+
+
+@pytest.mark.parametrize("body", ["html", "markdown", "auto"])
+def test_a_body_read_again_is_the_body_parse_gave(tmp_path: Path, body: str) -> None:
+    """Renders read bodies again from the post files (PostReader.html_of): it must give
+    the html `parse` gave, for every shape of post, and for every real one."""
+    from aggregator.problems import ProblemLog
+    from aggregator.sources.content import PostReader, discover
+
+    posts = tmp_path / "posts"
+    for name, text in BODY_CASES.items():
+        path = posts / f"{name}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    dirs = [str(posts)] + ([str(REAL_POSTS)] if REAL_POSTS.is_dir() else [])
+    config = load_config(write_config(tmp_path, dirs, content={"body": body}))
+    reader = PostReader(config, ProblemLog(echo=False), lambda _id: datetime(2024, 1, 1,
+                                                                             tzinfo=UTC))
+    compared = 0
+    for post in discover(config, ProblemLog(echo=False)):
+        data = Path(post.location).read_bytes()
+        entry = reader.parse(post, data)
+        if entry is not None:
+            assert reader.html_of(data) == entry.html, post.rel
+            compared += 1
+    assert compared >= len(BODY_CASES) - 1 + (100 if REAL_POSTS.is_dir() else 0)

@@ -14,7 +14,13 @@ from typing import Any
 from aggregator.config import Config
 from aggregator.model import Entry
 from aggregator.publish.atomic import Publisher
-from aggregator.render import entry_key, fingerprint_of, render_entries, render_fingerprint
+from aggregator.render import (
+    body_reader,
+    entry_key,
+    fingerprint_of,
+    render_entries,
+    render_fingerprint,
+)
 from aggregator.report import BuildReport
 from aggregator.state.cache import BuildCache, unpack_render
 from aggregator.tree.categories import Node
@@ -84,7 +90,8 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     rendered = cache.rendered({key(e) for e in needed.values()})
     missing = [e for e in needed.values() if key(e) not in rendered]
     if any(e.partial for e in missing) and cache.file is None:
-        missing = list(cache.whole(missing))  # an in-memory cache: only we can read it
+        # an in-memory cache: only this process can read it
+        missing = list(cache.whole(missing, body_reader(config)))
     if missing:
         # entries that came from the cache without their html are made whole by the
         # renderer, a chunk at a time (never all 100k bodies in memory at once)

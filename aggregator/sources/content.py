@@ -263,12 +263,26 @@ class PostReader:
 
     def parse(self, post: PostFile, data: bytes) -> Entry | None:
         where = display(post.rel)
+        return self._parse(post, self._text(data, where), where)
+
+    def html_of(self, data: bytes) -> str:
+        """The body html `parse` gives for these bytes, and only that (the build cache
+        keeps entries without their html: a post's is read again to render it).
+        Problems go to this reader's log: they were reported when it was parsed."""
+        text = self._text(data, "")
+        try:
+            _, body = _split_front_matter(text)
+        except ValueError:
+            body = ""  # (parse skips such a post: it has no entry to render)
+        return self._body(body, "")
+
+    def _text(self, data: bytes, where: str) -> str:
         text = self._decode(data, where)
         if "\x00" in text:
             self.problems.warn(f"{where}:{text[:text.index(chr(0))].count(chr(10)) + 1}",
                                "NUL bytes removed")
             text = text.replace("\x00", "")
-        return self._parse(post, text, where)
+        return text
 
     def _decode(self, data: bytes, where: str) -> str:
         try:
@@ -343,21 +357,19 @@ class PostReader:
 
     def _front_matter(self, text: str, where: str) -> tuple[dict[str, Any] | None, str, int]:
         """(metadata, body, 1-based line of the opening ---); recovers bad value lines."""
-        stripped = text.lstrip("\n\r\t ")
-        if not stripped.startswith("---"):
+        try:
+            fm, body = _split_front_matter(text)
+        except ValueError:
+            self.problems.error(f"{where}:1",
+                                "front matter opened with --- is never closed; skipped")
+            return None, "", 1
+        if fm is None:
             if not text.strip():
                 self.problems.error(f"{where}:1", "empty post; skipped")
                 return None, "", 1
             self.problems.warn(f"{where}:1", "no front matter; title and category from the path")
             return {}, text, 1
-        handler = frontmatter.default_handlers.YAMLHandler()
-        try:
-            fm, body = handler.split(stripped)
-        except ValueError:
-            self.problems.error(f"{where}:1",
-                                "front matter opened with --- is never closed; skipped")
-            return None, "", 1
-        fm_line = text[: len(text) - len(stripped)].count("\n") + 1
+        fm_line = text[: len(text) - len(text.lstrip(_LEADING))].count("\n") + 1
         meta = parse_simple(fm)  # the usual flat shape, without a YAML parser
         if meta is None:
             loaded, meta = self._load_yaml(fm, where, fm_line)
@@ -460,6 +472,19 @@ class PostReader:
         except Exception as exc:  # markdown-it on pathological input: keep the text
             self.problems.warn(where, f"Markdown failed ({exc}); body kept as text")
             return "<pre>" + body.replace("&", "&amp;").replace("<", "&lt;") + "</pre>"
+
+
+_LEADING = "\n\r\t "
+
+
+def _split_front_matter(text: str) -> tuple[str | None, str]:
+    """(front matter, body); (None, text) without front matter. ValueError: it is
+    opened with --- and never closed."""
+    stripped = text.lstrip(_LEADING)
+    if not stripped.startswith("---"):
+        return None, text
+    fm, body = frontmatter.default_handlers.YAMLHandler().split(stripped)
+    return str(fm), str(body)
 
 
 def _recover_line(lines: list[str], index: int) -> int | None:

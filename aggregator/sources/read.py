@@ -34,7 +34,7 @@ def read_posts(config: Config, state: StateStore, report: BuildReport,
     identity or content is unchanged is not parsed again; its problems are replayed.
     `memo` (source → last result, kept by a long-lived Builder) skips even the cache."""
     cache = cache if cache is not None else BuildCache(None)
-    cache.invalidate_if_changed("read", read_fingerprint(config), "post_cache", "post_body")
+    cache.invalidate_if_changed("read", read_fingerprint(config), "post_cache")
     if posts is None:
         posts = discover(config, report.problems)
     report.posts_found = len(posts)

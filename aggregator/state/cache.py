@@ -4,9 +4,12 @@ Kept in its own SQLite file beside the state (`<state>.cache`), because it is
 disposable: deleting it (or it being corrupt) only costs one slow build.
 
 - post_cache: a post file's identity (size, mtime, inode) and content digest → the
-  Entry read from it *without its html* (small: a no-op build loads 100k of them)
-  and the problems reported while reading it (replayed, so a no-op build reports
-  what a full one does); post_body: the full Entry, loaded only to render it.
+  Entry read from it *without its html* (small: a build loads 100k of them) and the
+  problems reported while reading it (replayed, so a no-op build reports what a full
+  one does). The html is not kept: an entry that must be rendered has its body read
+  again from its file, whose bytes must still have that digest (storing every body
+  was a third of a cold build's parent time and most of the cache's size, for the
+  few entries a later build renders).
 - rendered: an entry's render key (its fields + every setting and version that shapes
   the output) → its Atom and RSS bytes, sanitised and serialised once.
 - feed_state: a published feed's fingerprint (its head + the render keys of its
@@ -47,14 +50,10 @@ CREATE TABLE IF NOT EXISTS post_cache (
     mtime_ns INTEGER NOT NULL,
     inode    INTEGER NOT NULL,
     digest   TEXT NOT NULL,
-    entry_digest TEXT NOT NULL,  -- its post_body row ('' for a skipped post)
+    entry_digest TEXT NOT NULL,  -- its entry's digest ('' for a skipped post)
     payload  BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS post_cache_body ON post_cache (entry_digest);
-CREATE TABLE IF NOT EXISTS post_body (
-    entry_digest TEXT PRIMARY KEY,
-    entry        BLOB NOT NULL
-);
+CREATE INDEX IF NOT EXISTS post_cache_entry ON post_cache (entry_digest);
 CREATE TABLE IF NOT EXISTS rendered (
     key  TEXT PRIMARY KEY,
     atom BLOB NOT NULL,
@@ -75,7 +74,7 @@ CREATE TABLE IF NOT EXISTS session (
     record BLOB NOT NULL
 );
 """
-SCHEMA_VERSION = "6"
+SCHEMA_VERSION = "7"
 
 
 @dataclass(frozen=True)
@@ -105,26 +104,36 @@ def _rows_in(db: sqlite3.Connection, query: str, values: list[str]) -> Iterator[
         yield from db.execute(query.format(marks=",".join("?" * len(chunk))), chunk)
 
 
-def _bodies(db: sqlite3.Connection, wanted: list[str]) -> dict[str, Entry]:
-    return {key: pickle.loads(_unpack(blob)) for key, blob in _rows_in(
-        db, "SELECT entry_digest, entry FROM post_body WHERE entry_digest IN ({marks})",
-        wanted)}
+def _post_files(db: sqlite3.Connection, wanted: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Entry digest → the (source, content digest) of the post files that gave it."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for entry_digest, source, content_digest in _rows_in(
+            db, "SELECT entry_digest, source, digest FROM post_cache "
+                "WHERE entry_digest IN ({marks})", wanted):
+        found.setdefault(entry_digest, []).append((source, content_digest))
+    return found
 
 
-def whole_entries(db: sqlite3.Connection, entries: Sequence[Entry],
+# (source, content digest) → the post's body html, or None when its file no longer
+# has those bytes
+BodyReader = Callable[[str, str], str | None]
+
+
+def whole_entries(db: sqlite3.Connection, entries: Sequence[Entry], body_of: BodyReader,
                   chunk: int = 500) -> Iterator[Entry]:
-    """`entries`, the partial ones made whole from post_body: a chunk at a time, so that
-    rendering 100k cached posts never holds all their bodies at once."""
+    """`entries`, the partial ones made whole with their html read again from their
+    post files, a chunk at a time. Raises CacheIncomplete when a file changed since
+    the cache read it (then only a new read of every post is sure to be right)."""
     for start in range(0, len(entries), chunk):
         part = entries[start:start + chunk]
-        found = _bodies(db, [e.digest for e in part if e.partial])
+        files = _post_files(db, [e.digest for e in part if e.partial])
         for entry in part:
             if entry.partial:
-                body = found.get(entry.digest)
-                if body is None:
-                    raise CacheIncomplete("the build cache lost a post body")
-                # the image may have been filled by a probe since the body was cached
-                entry = replace(body, image=entry.image)
+                html = next((html for source, content in files.get(entry.digest, ())
+                             if (html := body_of(source, content)) is not None), None)
+                if html is None:
+                    raise CacheIncomplete(f"{entry.source}: changed while it was built")
+                entry = replace(entry, html=html, partial=False)
             yield entry
 
 
@@ -133,23 +142,16 @@ def open_read_only(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
 
 
-PostRow = tuple[str, int, int, int, str, str, bytes]  # a post_cache row
-BodyRow = tuple[str, bytes]  # a post_body row
-PackedPost = tuple[PostRow, BodyRow | None]
+PackedPost = tuple[str, int, int, int, str, str, bytes]  # a post_cache row
 
 
 def pack_post(source: str, post: CachedPost) -> PackedPost:
-    """The rows that cache a post: the entry without its html (a build loads every
-    post's), and the whole entry packed (loaded only to render it)."""
-    entry, body = post.entry, None
-    light = entry
-    if entry is not None:
-        light = replace(entry, html="", partial=True)
-        body = (entry.digest, _pack(pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL)))
-    row = (source, post.size, post.mtime_ns, post.inode, post.digest,
-           entry.digest if entry is not None else "",
-           pickle.dumps((light, post.problems), protocol=pickle.HIGHEST_PROTOCOL))
-    return row, body
+    """The row that caches a post: its entry without the html."""
+    entry = post.entry
+    light = replace(entry, html="", partial=True) if entry is not None else None
+    return (source, post.size, post.mtime_ns, post.inode, post.digest,
+            entry.digest if entry is not None else "",
+            pickle.dumps((light, post.problems), protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def pack_render(data: bytes) -> bytes:
@@ -275,41 +277,23 @@ class BuildCache:
         return CachedPost(size, mtime_ns, inode, content_digest, entry, problems)
 
     def store_posts(self, rows: Iterable[tuple[str, CachedPost]]) -> None:
-        """Cache each post: the entry without its html in post_cache, whole in post_body."""
+        """Cache each post: its entry without the html."""
         self.store_packed([pack_post(source, post) for source, post in rows])
 
     @_disposable
-    def store_packed(self, packed: list[PackedPost]) -> None:
+    def store_packed(self, posts: list[PackedPost]) -> None:
         """Store what pack_post made (a worker process may have made it)."""
-        posts = [row for row, _ in packed]
-        bodies = [body for _, body in packed if body is not None]
         if not posts:
             return
         with self.db:
-            replaced = self._body_digests([row[0] for row in posts])
             self.db.executemany("INSERT OR REPLACE INTO post_cache VALUES (?, ?, ?, ?, ?, ?, ?)",
                                 posts)
-            self.db.executemany("INSERT OR REPLACE INTO post_body VALUES (?, ?)", bodies)
-            self._drop_unused_bodies(replaced - {row[5] for row in posts})
         if self._posts is not None:  # a long-lived cache (the service) stays current
             self._posts.update({row[0]: (*row[1:5], row[6]) for row in posts})
 
-    def _body_digests(self, sources: list[str]) -> set[str]:
-        return {row[0] for row in _rows_in(
-            self.db, "SELECT entry_digest FROM post_cache WHERE source IN ({marks})", sources)}
-
-    def _drop_unused_bodies(self, digests: set[str]) -> None:
-        """Bodies no post row points to any more (an edited or deleted post's): dropped
-        as they go, instead of a sweep over every post on each build."""
-        self.db.executemany(
-            "DELETE FROM post_body WHERE entry_digest = ? AND NOT EXISTS "
-            "(SELECT 1 FROM post_cache WHERE entry_digest = ?)",
-            [(d, d) for d in digests if d])
-
-    def whole(self, entries: Sequence[Entry]) -> Iterator[Entry]:
-        """`entries` with the partial ones (no html) made whole from the cache, a few
-        hundred at a time. Raises CacheIncomplete when a body is missing."""
-        yield from whole_entries(self.db, entries)
+    def whole(self, entries: Sequence[Entry], body_of: BodyReader) -> Iterator[Entry]:
+        """`entries` with the partial ones (no html) made whole (see whole_entries)."""
+        yield from whole_entries(self.db, entries, body_of)
 
     @_disposable
     def forget_posts_except(self, sources: set[str]) -> None:
@@ -321,9 +305,7 @@ class BuildCache:
     @_disposable
     def forget_posts(self, sources: list[str]) -> None:
         with self.db:
-            bodies = self._body_digests(sources)
             self.db.executemany("DELETE FROM post_cache WHERE source=?", [(s,) for s in sources])
-            self._drop_unused_bodies(bodies)
         if self._posts is not None:
             for source in sources:
                 self._posts.pop(source, None)
