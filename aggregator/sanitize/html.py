@@ -75,6 +75,11 @@ class Sanitizer:
         self.drop_selectors = tuple(drop_selectors)
         self.iframe_hosts = frozenset(h.lower() for h in iframe_hosts)
         self._needles = _selector_needles(self.drop_selectors)
+        # nh3.clean builds its allowlist anew on every call (~100 us, half the cost of
+        # cleaning a post): one Cleaner each way, whose attribute filter reads the
+        # base URL of the html being cleaned (so a Sanitizer cleans one html at a time).
+        self._cleaners: dict[bool, nh3.Cleaner] = {}
+        self._base_url: str | None = None
 
     def clean(self, html: str, base_url: str | None = None,
               extra_selectors: Iterable[str] = ()) -> str:
@@ -121,6 +126,16 @@ class Sanitizer:
         return body.inner_html or ""
 
     def _allowlist(self, html: str, base_url: str | None, *, allow_iframes: bool) -> str:
+        cleaner = self._cleaners.get(allow_iframes)
+        if cleaner is None:
+            cleaner = self._cleaners[allow_iframes] = self._cleaner(allow_iframes)
+        self._base_url = base_url
+        try:
+            return str(cleaner.clean(html))
+        finally:
+            self._base_url = None
+
+    def _cleaner(self, allow_iframes: bool) -> nh3.Cleaner:
         tags = TAGS if allow_iframes else TAGS - {"iframe"}
         # ammonia panics (a BaseException) when a tag has attributes and is a content tag.
         attributes = ATTRIBUTES if allow_iframes else {
@@ -128,10 +143,9 @@ class Sanitizer:
         content_tags = CONTENT_TAGS if allow_iframes else CONTENT_TAGS | {"iframe"}
 
         def attribute_filter(tag: str, attr: str, value: str) -> str | None:
-            return self._filter_attribute(tag, attr, value, base_url)
+            return self._filter_attribute(tag, attr, value, self._base_url)
 
-        return nh3.clean(
-            html,
+        return nh3.Cleaner(
             tags=tags,
             clean_content_tags=content_tags,
             attributes=attributes,

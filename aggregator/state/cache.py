@@ -30,13 +30,13 @@ import logging
 import pickle
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lz4.block
 
-from aggregator.model import Entry
+from aggregator.model import Entry, changed
 from aggregator.problems import Problem
 from aggregator.state.last_build import LastBuild
 
@@ -133,7 +133,7 @@ def whole_entries(db: sqlite3.Connection, entries: Sequence[Entry], body_of: Bod
                              if (html := body_of(source, content)) is not None), None)
                 if html is None:
                     raise CacheIncomplete(f"{entry.source}: changed while it was built")
-                entry = replace(entry, html=html, partial=False)
+                entry = changed(entry, html=html, partial=False)
             yield entry
 
 
@@ -148,7 +148,7 @@ PackedPost = tuple[str, int, int, int, str, str, bytes]  # a post_cache row
 def pack_post(source: str, post: CachedPost) -> PackedPost:
     """The row that caches a post: its entry without the html."""
     entry = post.entry
-    light = replace(entry, html="", partial=True) if entry is not None else None
+    light = changed(entry, html="", partial=True) if entry is not None else None
     return (source, post.size, post.mtime_ns, post.inode, post.digest,
             entry.digest if entry is not None else "",
             pickle.dumps((light, post.problems), protocol=pickle.HIGHEST_PROTOCOL))
