@@ -15,7 +15,7 @@ def test_bench_smoke_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
                          timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stderr[-2000:]
     results = json.loads(run.stdout)
-    assert len(results) == 10
+    assert len(results) == 12
     assert all(r["posts"] == 30 and r["wall_s"] > 0 and r["feeds"] > 0 for r in results)
     no_op = [r for r in results if r["scenario"].startswith("no-op")]
     assert len(no_op) == 2
