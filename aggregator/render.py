@@ -75,6 +75,15 @@ def entry_key(fingerprint: str, entry: Entry) -> str:
     return fingerprint_of(fingerprint, entry)  # a frozen dataclass's repr lists every field
 
 
+def render_key(fingerprint: str, entry: Entry) -> str:
+    """What an entry's render is cached under: the render settings and the entry (its
+    digest, made when it was read, saves hashing its html again; the image apart, as
+    a probe may fill it in later)."""
+    if entry.digest:
+        return fingerprint_of(fingerprint, entry.digest, entry.image)
+    return entry_key(fingerprint, entry)
+
+
 def finish_entry(entry: Entry, sanitizer: Sanitizer) -> Entry:
     """Sanitise the body; fill the summary and the image from it when missing."""
     html = sanitizer.clean(entry.html, entry.base_url, entry.drop_selectors)

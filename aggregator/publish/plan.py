@@ -16,10 +16,10 @@ from aggregator.model import Entry
 from aggregator.publish.atomic import Publisher
 from aggregator.render import (
     body_reader,
-    entry_key,
     fingerprint_of,
     render_entries,
     render_fingerprint,
+    render_key,
 )
 from aggregator.report import BuildReport
 from aggregator.state.cache import BuildCache, unpack_render
@@ -55,9 +55,7 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     def key(entry: Entry) -> str:
         found = keys.get(entry.id)
         if found is None:
-            # A digest made when the entry was read saves hashing its html again.
-            found = keys[entry.id] = fingerprint_of(fingerprint, entry.digest, entry.image) \
-                if entry.digest else entry_key(fingerprint, entry)
+            found = keys[entry.id] = render_key(fingerprint, entry)
         return found
 
     # Plan: a feed whose fingerprint and file are as the last build left them is kept.
@@ -99,7 +97,7 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
         fresh = [(key(e), atom, rss) for e, (atom, rss) in zip(missing, pairs, strict=True)]
         cache.store_rendered(fresh)
         rendered.update({k: (atom, rss) for k, atom, rss in fresh})
-    report.rendered = len(missing)
+    report.rendered += len(missing)  # (plus any rendered as they were read)
 
     prints: dict[str, str] = {}
     unpacked = _SubtreeRenders(rendered)
@@ -134,7 +132,7 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
         states.append((rel, feed_print, st.st_size, st.st_mtime_ns))
     cache.update_feed_states([row for row in states if previous.get(row[0]) != row[1:]],
                              previous.keys() - {row[0] for row in states})
-    if missing and (sweep_temps and not patched or not kept_nodes):
+    if report.rendered and (sweep_temps and not patched or not kept_nodes):
         # Renders no feed uses any more go (bounded disk). The keys of the kept nodes'
         # entries were never computed: computed now, or their renders would go too
         # (they did: a patched build emptied the cache); not in a patched build.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import fields, replace
 from datetime import UTC, datetime
@@ -16,13 +17,25 @@ from aggregator.problems import Problem, ProblemLog
 from aggregator.render import (
     PARALLEL_THRESHOLD,
     can_fork,
+    finish_entry,
     pool_context,
     read_fingerprint,
+    render_fingerprint,
+    render_key,
 )
 from aggregator.report import BuildReport
+from aggregator.sanitize.html import Sanitizer
 from aggregator.sources.content import PostFile, PostReader, discover
-from aggregator.state.cache import BuildCache, CachedPost, PackedPost, digest, pack_post
+from aggregator.state.cache import (
+    BuildCache,
+    CachedPost,
+    PackedPost,
+    digest,
+    pack_post,
+    pack_render,
+)
 from aggregator.state.store import StateStore
+from aggregator.writers.feeds import FeedRenderer
 
 ReadResult = tuple[tuple[int, int, int], Entry | None, tuple[Problem, ...]]
 
@@ -43,7 +56,8 @@ def read_posts(config: Config, state: StateStore, report: BuildReport,
     fresh: list[tuple[str, CachedPost]] = []
     seen: dict[str, ReadResult] = {}
     if workers > 1:
-        _read_in_parallel(config, posts, cache, memo, workers, state, report.problems)
+        report.rendered += _read_in_parallel(config, posts, cache, memo, workers, state,
+                                             report.problems)
     for post in posts:
         source = post.source
         known = memo.get(source) if memo is not None else None
@@ -100,10 +114,11 @@ _NOT_SEEN_YET = datetime(1900, 1, 1, tzinfo=UTC)
 
 def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
                       memo: dict[str, ReadResult] | None, workers: int,
-                      state: StateStore, problems: ProblemLog) -> None:
+                      state: StateStore, problems: ProblemLog) -> int:
     """Parse the posts the cache cannot answer in worker processes (a cold build spends
     most of its reading time in YAML and Markdown), and put the results in the cache so
-    that the sequential pass below finds every one of them there."""
+    that the sequential pass below finds every one of them there. Returns how many
+    entries were rendered as they were read (max_items 0)."""
     pending = []
     for post in posts:
         source = post.source
@@ -113,14 +128,21 @@ def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
         if not cache.has_post(source, post.identity):
             pending.append(post)
     if len(pending) < PARALLEL_THRESHOLD or not can_fork():
-        return
+        return 0
     # Small chunks, stored as they come back: the parent never holds more than a few
     # chunks of whole posts (all 100k of them at once took 1.3 GB).
     size = min(-(-len(pending) // (workers * 4)), 250)
     chunks = [pending[i:i + size] for i in range(0, len(pending), size)]
+    render_print, rendered = None, 0
+    if config.max_items == 0:  # every entry is published: render as it is read
+        render_print = render_fingerprint(config)
+        cache.invalidate_if_changed("render", render_print, "rendered", "feed_state")
     with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
-        for chunk, results in zip(chunks, pool.map(_read_chunk, [config] * len(chunks),
-                                                   chunks), strict=True):
+        for chunk, (results, renders) in zip(chunks, pool.map(
+                _read_chunk, [config] * len(chunks), chunks, [render_print] * len(chunks)),
+                                             strict=True):
+            cache.store_rendered(renders)
+            rendered += len(renders)
             packed: list[PackedPost] = []
             for post, result in zip(chunk, results, strict=True):
                 if isinstance(result, CachedPost):  # undated: its first-seen time is ours
@@ -131,14 +153,26 @@ def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
                 if result is not None:  # None: unreadable, the sequential pass says why
                     packed.append(result)
             cache.store_packed(packed)
+    return rendered
 
 
-def _read_chunk(config: Config, posts: list[PostFile]) -> list[PackedPost | CachedPost | None]:
+RenderRow = tuple[str, bytes, bytes]  # render key, packed atom, packed rss
+
+
+def _read_chunk(config: Config, posts: list[PostFile], render_print: str | None
+                ) -> tuple[list[PackedPost | CachedPost | None], list[RenderRow]]:
     """In a worker: read, parse and pack each post for the cache (pickling and packing
     here, not in the parent); problems are returned, not logged (the parent reports
     them, in order, when it takes the results from the cache). An undated post comes
-    back unpacked: only the parent can give it its first-seen time."""
+    back unpacked: only the parent can give it its first-seen time.
+
+    With `render_print` (every entry goes into some feed: max_items 0), each dated
+    entry is rendered here too, while its body is at hand, under the render key the
+    publisher will look for; an entry that turns out not to be published (a merged
+    duplicate, a probed image) only leaves an unused render for the cache to drop."""
     out: list[PackedPost | CachedPost | None] = []
+    renders: list[RenderRow] = []
+    render = _speculative_renderer(config) if render_print is not None else None
     logging.getLogger("aggregator").disabled = True
     for post in posts:
         reader = PostReader(config, ProblemLog(), lambda _id: _NOT_SEEN_YET)
@@ -150,9 +184,26 @@ def _read_chunk(config: Config, posts: list[PostFile]) -> list[PackedPost | Cach
         record = CachedPost(*post.identity, digest(data), entry, tuple(reader.problems.items))
         if entry is not None and entry.updated == _NOT_SEEN_YET:
             out.append(record)
-        else:
-            out.append(pack_post(post.source, record))
-    return out
+            continue
+        out.append(pack_post(post.source, record))
+        if entry is not None and render is not None and render_print is not None:
+            pair = render(entry)
+            if pair is not None:
+                renders.append((render_key(render_print, entry), *pair))
+    return out, renders
+
+
+def _speculative_renderer(config: Config) -> Callable[[Entry], tuple[bytes, bytes] | None]:
+    sanitizer = Sanitizer(config.drop_selectors, config.iframe_hosts)
+    renderer = FeedRenderer(config)
+
+    def render(entry: Entry) -> tuple[bytes, bytes] | None:
+        try:
+            done = finish_entry(entry, sanitizer)
+            return pack_render(renderer.atom_entry(done)), pack_render(renderer.rss_entry(done))
+        except Exception:  # noqa: BLE001 (the publisher renders it again, and reports)
+            return None
+    return render
 
 
 def _parse(reader: PostReader, post: PostFile, data: bytes) -> Entry | None:
