@@ -246,6 +246,42 @@ def test_parallel_cold_build_equals_sequential_build(tmp_path: Path) -> None:
     assert b"Renamed" in (one.output_dir / "atom.xml").read_bytes()
 
 
+def test_touched_posts_are_hashed_not_parsed_again_by_the_workers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every post file touched (a checkout, a copy): a parallel build must find their
+    bytes unchanged and parse none, render none, write nothing; one really edited post
+    among them is parsed."""
+    from aggregator.render import PARALLEL_THRESHOLD, can_fork
+    from aggregator.sources.content import PostReader
+
+    if not can_fork():
+        pytest.skip("another thread is alive in this test process: workers would not fork")
+    for i in range(PARALLEL_THRESHOLD + 20):
+        write_post(tmp_path / "posts", f"c{i % 9}/p{i}.md",
+                   f"title: Post {i}\ncategories: [C{i % 9}]\ndate: 2026-01-{1 + i % 28:02d}")
+    config_path = write_config(tmp_path)
+    config = load_config(config_path)
+    build(config, clock=fixed_clock(), workers=2)
+    before = _feeds(config.output_dir)
+    for post in (tmp_path / "posts").rglob("*.md"):
+        os.utime(post, ns=(10**18, 10**18))
+    real_parse = PostReader.parse
+
+    def no_parse(self: PostReader, post: object, data: bytes) -> None:
+        raise AssertionError("a post with unchanged bytes was parsed again")
+    monkeypatch.setattr(PostReader, "parse", no_parse)  # the forked workers inherit it
+    report = build(config, clock=fixed_clock(), workers=2)
+    assert report.rendered == 0 and report.written == [] and not report.up_to_date
+    assert _feeds(config.output_dir) == before
+    monkeypatch.setattr(PostReader, "parse", real_parse)
+    for post in (tmp_path / "posts").rglob("*.md"):
+        os.utime(post, ns=(2 * 10**18, 2 * 10**18))
+    _rewrite(tmp_path / "posts/c1/p10.md", "Body", "Edited")
+    report = build(config, clock=fixed_clock(), workers=2)
+    assert report.rendered == 1 and b"Edited" in (config.output_dir / "atom.xml").read_bytes()
+    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
+
+
 def test_a_post_changed_behind_the_caches_back_is_read_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Bodies are read again from the post files to render: a file whose bytes no

@@ -119,7 +119,7 @@ def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
     most of its reading time in YAML and Markdown), and put the results in the cache so
     that the sequential pass below finds every one of them there. Returns how many
     entries were rendered as they were read (max_items 0)."""
-    pending = []
+    pending, digests = [], []
     for post in posts:
         source = post.source
         known = memo.get(source) if memo is not None else None
@@ -127,24 +127,30 @@ def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
             continue
         if not cache.has_post(source, post.identity):
             pending.append(post)
+            digests.append(cache.content_digest(source))
     if len(pending) < PARALLEL_THRESHOLD or not can_fork():
         return 0
     # Small chunks, stored as they come back: the parent never holds more than a few
     # chunks of whole posts (all 100k of them at once took 1.3 GB).
     size = min(-(-len(pending) // (workers * 4)), 250)
     chunks = [pending[i:i + size] for i in range(0, len(pending), size)]
+    known_digests = [digests[i:i + size] for i in range(0, len(digests), size)]
     render_print, rendered = None, 0
     if config.max_items == 0:  # every entry is published: render as it is read
         render_print = render_fingerprint(config)
         cache.invalidate_if_changed("render", render_print, "rendered", "feed_state")
     with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
         for chunk, (results, renders) in zip(chunks, pool.map(
-                _read_chunk, [config] * len(chunks), chunks, [render_print] * len(chunks)),
-                                             strict=True):
+                _read_chunk, [config] * len(chunks), chunks, known_digests,
+                [render_print] * len(chunks)), strict=True):
             cache.store_rendered(renders)
             rendered += len(renders)
             packed: list[PackedPost] = []
+            moved = []
             for post, result in zip(chunk, results, strict=True):
+                if isinstance(result, str):  # _SAME_BYTES: touched or copied, not parsed
+                    moved.append((post.source, post.identity))
+                    continue
                 if isinstance(result, CachedPost):  # undated: its first-seen time is ours
                     entry = result.entry
                     assert entry is not None
@@ -153,35 +159,43 @@ def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
                 if result is not None:  # None: unreadable, the sequential pass says why
                     packed.append(result)
             cache.store_packed(packed)
+            cache.move_posts(moved)
     return rendered
 
 
 RenderRow = tuple[str, bytes, bytes]  # render key, packed atom, packed rss
+_SAME_BYTES = "same bytes"  # the post's bytes are the ones the cache read
 
 
-def _read_chunk(config: Config, posts: list[PostFile], render_print: str | None
-                ) -> tuple[list[PackedPost | CachedPost | None], list[RenderRow]]:
+def _read_chunk(config: Config, posts: list[PostFile], known_digests: list[str | None],
+                render_print: str | None
+                ) -> tuple[list[PackedPost | CachedPost | str | None], list[RenderRow]]:
     """In a worker: read, parse and pack each post for the cache (pickling and packing
     here, not in the parent); problems are returned, not logged (the parent reports
     them, in order, when it takes the results from the cache). An undated post comes
-    back unpacked: only the parent can give it its first-seen time.
+    back unpacked: only the parent can give it its first-seen time. A post whose bytes
+    still have the digest the cache knows (a new mtime, a copy) is only hashed.
 
     With `render_print` (every entry goes into some feed: max_items 0), each dated
     entry is rendered here too, while its body is at hand, under the render key the
     publisher will look for; an entry that turns out not to be published (a merged
     duplicate, a probed image) only leaves an unused render for the cache to drop."""
-    out: list[PackedPost | CachedPost | None] = []
+    out: list[PackedPost | CachedPost | str | None] = []
     renders: list[RenderRow] = []
     render = _speculative_renderer(config) if render_print is not None else None
     logging.getLogger("aggregator").disabled = True
-    for post in posts:
+    for post, known in zip(posts, known_digests, strict=True):
         reader = PostReader(config, ProblemLog(), lambda _id: _NOT_SEEN_YET)
         data = reader.read_bytes(post)
         if data is None:
             out.append(None)
             continue
+        content = digest(data)
+        if content == known:
+            out.append(_SAME_BYTES)
+            continue
         entry = _parse(reader, post, data)
-        record = CachedPost(*post.identity, digest(data), entry, tuple(reader.problems.items))
+        record = CachedPost(*post.identity, content, entry, tuple(reader.problems.items))
         if entry is not None and entry.updated == _NOT_SEEN_YET:
             out.append(record)
             continue

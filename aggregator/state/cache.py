@@ -265,6 +265,27 @@ class BuildCache:
         row = self._post_row(source)
         return row is not None and row[:3] == identity
 
+    def content_digest(self, source: str) -> str | None:
+        """The digest of the bytes the post was read from, if it is cached."""
+        row = self._post_row(source)
+        return row[3] if row is not None else None
+
+    @_disposable
+    def move_posts(self, moved: list[tuple[str, tuple[int, int, int]]]) -> None:
+        """Posts whose files have a new identity (size, mtime_ns, inode) but the bytes
+        they were read from: their rows now answer for the new identity."""
+        if not moved:
+            return
+        with self.db:
+            self.db.executemany(
+                "UPDATE post_cache SET size=?, mtime_ns=?, inode=? WHERE source=?",
+                [(*identity, source) for source, identity in moved])
+        if self._posts is not None:
+            for source, identity in moved:
+                row = self._posts.get(source)
+                if row is not None:
+                    self._posts[source] = (*identity, row[3], row[4])
+
     def post(self, source: str) -> CachedPost | None:
         row = self._post_row(source)
         if row is None:
