@@ -17,6 +17,7 @@ import ctypes
 import logging
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,16 @@ log = logging.getLogger(__name__)
 TEMP_SUFFIX = ".aggregator-tmp"
 MANIFEST = ".aggregator-manifest"
 WRITE_BUFFER = 1 << 20
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Bytes to write in order, from a `source` called once to compare with the file
+    there and once to write (so no part need be held: a feed of 100k entries is
+    300 MB); `size`, their total, tells a file of another size apart unread."""
+
+    source: Callable[[], Iterable[bytes]]
+    size: int
 
 
 class PublishError(Exception):
@@ -60,14 +71,13 @@ class Publisher:
                 log.warning("%s: cannot remove stale temp file: %s", path, exc)
         return count
 
-    def write(self, rel: str, data: bytes | Callable[[], Iterable[bytes]]) -> bool:
-        """Stage `data` (bytes, or a source of parts to write in order: it is called
-        once to compare, once to write, so no part need be held) for `rel` (relative,
-        '/'-separated); `finish` publishes it. True if it differs from what is there."""
+    def write(self, rel: str, data: bytes | Parts) -> bool:
+        """Stage `data` for `rel` (relative, '/'-separated); `finish` publishes it.
+        True if it differs from what is there."""
         target = self._target(rel)
         self._published.add(rel)
-        parts = _parts_of(data)
-        if _same_bytes(target, parts()):
+        parts = data if isinstance(data, Parts) else Parts(lambda: (data,), len(data))
+        if _same_bytes(target, parts):
             self.unchanged.append(rel)
             return False
         temp = target.with_name(f".{target.name}.{os.getpid()}{TEMP_SUFFIX}")
@@ -76,7 +86,7 @@ class Publisher:
             # A big buffer: a feed is thousands of entry-sized parts, and one write
             # call each (500k of them for 2.6 GB) cost more than writing the bytes.
             with open(temp, "wb", buffering=WRITE_BUFFER) as handle:
-                handle.writelines(parts())
+                handle.writelines(parts.source())
         except OSError as exc:
             # On a read-only fs unlink fails too (EROFS, even for a missing file): that
             # OSError escaped instead of the PublishError, and the message was wrong.
@@ -157,23 +167,14 @@ class Publisher:
             folder = folder.parent
 
 
-def _parts_of(data: bytes | Callable[[], Iterable[bytes]]) -> Callable[[], Iterable[bytes]]:
-    if isinstance(data, bytes):
-        return lambda: (data,)
-    return data
-
-
-def _same_bytes(target: Path, parts: Iterable[bytes]) -> bool:
+def _same_bytes(target: Path, parts: Parts) -> bool:
     """The file holds exactly these parts, in order (compared as they come, without
-    joining them; most differ early, in the head's date or the first entry)."""
+    joining them; a file of another size is not read)."""
     try:
-        if not target.is_file():  # (a FIFO would block the open)
-            return False
+        if not target.is_file() or target.stat().st_size != parts.size:
+            return False  # (is_file first: a FIFO would block the open)
         with open(target, "rb") as handle:
-            for part in parts:
-                if handle.read(len(part)) != part:
-                    return False
-            return handle.read(1) == b""
+            return all(handle.read(len(part)) == part for part in parts.source())
     except OSError:
         return False
 

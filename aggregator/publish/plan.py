@@ -8,12 +8,11 @@ and only those not in the build cache, are sanitised and serialised.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
 from typing import Any
 
 from aggregator.config import Config
 from aggregator.model import Entry
-from aggregator.publish.atomic import Publisher
+from aggregator.publish.atomic import Parts, Publisher
 from aggregator.render import (
     body_reader,
     fingerprint_of,
@@ -22,7 +21,7 @@ from aggregator.render import (
     render_key,
 )
 from aggregator.report import BuildReport
-from aggregator.state.cache import BuildCache, unpack_render
+from aggregator.state.cache import BuildCache, unpack_render, unpacked_size
 from aggregator.tree.categories import Node
 from aggregator.writers.feeds import FeedRenderer
 from aggregator.writers.index import feed_title, feed_url, feeds_opml, index_html
@@ -162,12 +161,13 @@ class _SubtreeRenders:
         self.kept: dict[tuple[str, int], bytes] = {}
         self.size = 0
 
-    def parts(self, names: tuple[str, ...], keys: list[str],
-              which: int) -> Callable[[], Iterator[bytes]]:
-        """A source of the feed's entry bytes (called once to compare, once to write)."""
+    def parts(self, names: tuple[str, ...], keys: list[str], which: int) -> Parts:
+        """The feed's entry bytes (their source is called once to compare, once to
+        write)."""
         packed = self.packed
+        size = sum(unpacked_size(packed[k][which]) for k in keys)
         if not names:
-            return lambda: (unpack_render(packed[k][which]) for k in keys)
+            return Parts(lambda: (unpack_render(packed[k][which]) for k in keys), size)
         if names[0] != self.top:
             self.top, self.kept, self.size = names[0], {}, 0
         kept = self.kept
@@ -180,7 +180,7 @@ class _SubtreeRenders:
                     kept[(key, which)] = data
                     self.size += len(data)
             return data
-        return lambda: map(unpacked, keys)
+        return Parts(lambda: map(unpacked, keys), size)
 
 
 def _untouched(publisher: Publisher, rel: str, feed_print: str,

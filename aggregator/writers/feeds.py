@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import html
 import operator
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from xml.sax.saxutils import escape as xml_escape
 
@@ -28,6 +28,7 @@ from lxml import etree
 from aggregator import PROJECT_URL, __version__
 from aggregator.config import Config
 from aggregator.model import Entry
+from aggregator.publish.atomic import Parts
 from aggregator.writers import entry_xml
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
@@ -215,15 +216,14 @@ class FeedRenderer:
         return head.encode("utf-8")
 
     def atom_feed(self, title: str, self_url: str, entries: list[Entry],
-                  rendered: Callable[[], Iterable[bytes]]) -> Callable[[], Iterator[bytes]]:
-        """The feed as a source of parts to write one after the other (`rendered`
-        gives the entries' bytes, each time it is called): never one big string, nor
-        every part at once (a 100k-entry feed is 300 MB)."""
+                  rendered: Parts) -> Parts:
+        """The feed as parts to write one after the other: `rendered`, the entries'
+        bytes, spliced into the head (never joined into one string)."""
         return _splice(self._fill("atom", title, self_url, _newest(entries)), b"</feed>",
                        rendered)
 
     def rss_feed(self, title: str, self_url: str, entries: list[Entry],
-                 rendered: Callable[[], Iterable[bytes]]) -> Callable[[], Iterator[bytes]]:
+                 rendered: Parts) -> Parts:
         return _splice(self._fill("rss", title, self_url, _newest(entries)), b"</channel>",
                        rendered)
 
@@ -235,12 +235,12 @@ def _newest(entries: list[Entry]) -> datetime:
 _UPDATED = operator.attrgetter("updated")
 
 
-def _splice(head: bytes, closing: bytes,
-            rendered: Callable[[], Iterable[bytes]]) -> Callable[[], Iterator[bytes]]:
+def _splice(head: bytes, closing: bytes, rendered: Parts) -> Parts:
     cut = head.rindex(closing)
+    start, end = head[:cut] + b"\n", head[cut:] + b"\n"
 
     def parts() -> Iterator[bytes]:
-        yield head[:cut] + b"\n"
-        yield from rendered()
-        yield head[cut:] + b"\n"
-    return parts
+        yield start
+        yield from rendered.source()
+        yield end
+    return Parts(parts, len(start) + rendered.size + len(end))
