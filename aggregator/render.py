@@ -113,7 +113,9 @@ def body_reader(config: Config) -> BodyReader:
         root, _, rel = source.partition("\0")
         try:
             with open(os.path.join(root, *rel.split("/")), "rb") as handle:
-                data = handle.read(config.max_post_bytes + 1)
+                if os.fstat(handle.fileno()).st_size > config.max_post_bytes:
+                    return None  # not the file the cache read
+                data = handle.read()
         except OSError:
             return None
         if digest(data) != content_digest:

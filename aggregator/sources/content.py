@@ -252,13 +252,14 @@ class PostReader:
         limit = self.config.max_post_bytes
         try:
             with open(post.location, "rb") as handle:
-                data = handle.read(limit + 1)  # no stat first: one syscall a post less
-                if len(data) > limit:
-                    size = os.fstat(handle.fileno()).st_size
+                # the size of the open file (read(limit + 1) would allocate the whole
+                # limit for every post: ~0.5 ms each)
+                size = os.fstat(handle.fileno()).st_size
+                if size > limit:
                     self.problems.error(f"{where}:1", f"post is {size} bytes, over content."
                                         f"max_post_bytes ({limit}); skipped")
                     return None
-                return data
+                return handle.read()
         except OSError as exc:
             self.problems.error(where, f"cannot read: {exc.strerror}")
             return None
