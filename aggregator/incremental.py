@@ -140,8 +140,8 @@ class SavedSession:
     FORMAT = 1
 
     def dumps(self) -> memoryview:
-        """Pickled with every entry's html left out (the build cache has the bodies):
-        the index of 100k posts would otherwise carry 500 MB of html. A view, not a
+        """Pickled with every entry's html left out (a render reads it again from the
+        post file): the index of 100k posts would otherwise carry 500 MB of html. A view, not a
         copy, of the ~130 MB that 100k posts still take. (Saved flat instead, each
         entry once and the tree rebuilt on load, used as much memory and made an edit
         at 100k posts 3 s slower.)"""

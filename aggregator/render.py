@@ -12,7 +12,7 @@ import hashlib
 import multiprocessing
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -128,13 +128,23 @@ def body_reader(config: Config) -> BodyReader:
 _ANY_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 
 
+def entry_renderer(config: Config) -> Callable[[Entry], tuple[bytes, bytes]]:
+    """Entry (with its html) → its (atom, rss) bytes, sanitised, serialised, packed."""
+    sanitizer = Sanitizer(config.drop_selectors, config.iframe_hosts)
+    renderer = FeedRenderer(config)
+
+    def render(entry: Entry) -> tuple[bytes, bytes]:
+        done = finish_entry(entry, sanitizer)
+        return pack_render(renderer.atom_entry(done)), pack_render(renderer.rss_entry(done))
+    return render
+
+
 def _render(config: Config, entries: Sequence[Entry],
             cache_file: Path | None = None) -> list[tuple[bytes, bytes]]:
     """Partial entries (no html) are made whole, a chunk at a time, by the process
     that renders them: `cache_file` (the build cache) says which post file each came
     from."""
-    sanitizer = Sanitizer(config.drop_selectors, config.iframe_hosts)
-    renderer = FeedRenderer(config)
+    render = entry_renderer(config)
     out = []
     db = open_read_only(cache_file) if cache_file is not None else None
     try:
@@ -143,9 +153,7 @@ def _render(config: Config, entries: Sequence[Entry],
         for entry in whole:
             if entry.partial:
                 raise CacheIncomplete("a post body was not loaded")
-            done = finish_entry(entry, sanitizer)
-            out.append((pack_render(renderer.atom_entry(done)),
-                        pack_render(renderer.rss_entry(done))))
+            out.append(render(entry))
     finally:
         if db is not None:
             db.close()

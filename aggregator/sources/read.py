@@ -17,14 +17,13 @@ from aggregator.problems import Problem, ProblemLog
 from aggregator.render import (
     PARALLEL_THRESHOLD,
     can_fork,
-    finish_entry,
+    entry_renderer,
     pool_context,
     read_fingerprint,
     render_fingerprint,
     render_key,
 )
 from aggregator.report import BuildReport
-from aggregator.sanitize.html import Sanitizer
 from aggregator.sources.content import PostFile, PostReader, discover
 from aggregator.state.cache import (
     BuildCache,
@@ -32,10 +31,8 @@ from aggregator.state.cache import (
     PackedPost,
     digest,
     pack_post,
-    pack_render,
 )
 from aggregator.state.store import StateStore
-from aggregator.writers.feeds import FeedRenderer
 
 ReadResult = tuple[tuple[int, int, int], Entry | None, tuple[Problem, ...]]
 
@@ -182,7 +179,8 @@ def _read_chunk(config: Config, posts: list[PostFile], known_digests: list[str |
     duplicate, a probed image) only leaves an unused render for the cache to drop."""
     out: list[PackedPost | CachedPost | str | None] = []
     renders: list[RenderRow] = []
-    render = _speculative_renderer(config) if render_print is not None else None
+    render = _speculative_renderer(config, render_print) if render_print is not None \
+        else None
     logging.getLogger("aggregator").disabled = True
     for post, known in zip(posts, known_digests, strict=True):
         reader = PostReader(config, ProblemLog(), lambda _id: _NOT_SEEN_YET)
@@ -200,24 +198,23 @@ def _read_chunk(config: Config, posts: list[PostFile], known_digests: list[str |
             out.append(record)
             continue
         out.append(pack_post(post.source, record))
-        if entry is not None and render is not None and render_print is not None:
-            pair = render(entry)
-            if pair is not None:
-                renders.append((render_key(render_print, entry), *pair))
+        if entry is not None and render is not None:
+            row = render(entry)
+            if row is not None:
+                renders.append(row)
     return out, renders
 
 
-def _speculative_renderer(config: Config) -> Callable[[Entry], tuple[bytes, bytes] | None]:
-    sanitizer = Sanitizer(config.drop_selectors, config.iframe_hosts)
-    renderer = FeedRenderer(config)
+def _speculative_renderer(config: Config,
+                          render_print: str) -> Callable[[Entry], RenderRow | None]:
+    render = entry_renderer(config)
 
-    def render(entry: Entry) -> tuple[bytes, bytes] | None:
+    def render_row(entry: Entry) -> RenderRow | None:
         try:
-            done = finish_entry(entry, sanitizer)
-            return pack_render(renderer.atom_entry(done)), pack_render(renderer.rss_entry(done))
+            return (render_key(render_print, entry), *render(entry))
         except Exception:  # noqa: BLE001 (the publisher renders it again, and reports)
             return None
-    return render
+    return render_row
 
 
 def _parse(reader: PostReader, post: PostFile, data: bytes) -> Entry | None:
