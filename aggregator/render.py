@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import multiprocessing
 import os
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -23,6 +21,7 @@ from selectolax.lexbor import LexborHTMLParser
 
 from aggregator import __version__
 from aggregator.config import Config
+from aggregator.forking import can_fork, pool_context
 from aggregator.media import image_type_from_url
 from aggregator.model import Entry, Image
 from aggregator.problems import ProblemLog
@@ -158,18 +157,6 @@ def _render(config: Config, entries: Sequence[Entry],
         if db is not None:
             db.close()
     return out
-
-
-def can_fork() -> bool:
-    """Workers are forked (they inherit the imported modules and start in
-    milliseconds), which is only safe while this process runs one thread: a forked
-    child can inherit a lock another thread held (logging, an HTTP server) and hang
-    for ever. With other threads alive, the work stays in this process."""
-    return threading.active_count() == 1
-
-
-def pool_context() -> multiprocessing.context.BaseContext:
-    return multiprocessing.get_context("fork")
 
 
 def render_entries(config: Config, entries: Sequence[Entry], workers: int = 1,

@@ -216,7 +216,8 @@ def test_service_session_with_changed_paths_equals_clean_build(tmp_path: Path,
 
 
 def test_parallel_cold_build_equals_sequential_build(tmp_path: Path) -> None:
-    from aggregator.render import PARALLEL_THRESHOLD, can_fork
+    from aggregator.forking import can_fork
+    from aggregator.render import PARALLEL_THRESHOLD
 
     if not can_fork():
         pytest.skip("another thread is alive in this test process: workers would not fork")
@@ -251,7 +252,8 @@ def test_touched_posts_are_hashed_not_parsed_again_by_the_workers(
     """Every post file touched (a checkout, a copy): a parallel build must find their
     bytes unchanged and parse none, render none, write nothing; one really edited post
     among them is parsed."""
-    from aggregator.render import PARALLEL_THRESHOLD, can_fork
+    from aggregator.forking import can_fork
+    from aggregator.render import PARALLEL_THRESHOLD
     from aggregator.sources.content import PostReader
 
     if not can_fork():

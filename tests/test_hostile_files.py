@@ -103,6 +103,24 @@ def test_symlinks_not_followed_by_default(tmp_path: Path, capsys: Any) -> None:
         "dir-out: warning: symlink not followed"], [])
 
 
+def test_walk_order_is_the_sorted_order_of_relative_paths(tmp_path: Path) -> None:
+    """discover() no longer sorts what it found: the walk must meet posts in the order
+    of their relative paths, even where a folder's name is a prefix of a post's or
+    another folder's ("a" < "a b" as names, but "a b/x" < "a/x" as paths)."""
+    from aggregator.config import load_config
+    from aggregator.problems import ProblemLog
+    from aggregator.sources.content import discover
+
+    rels = ["a.md", "a-b.md", "a0.md", "a/x.md", "a/b/c.md", "a b/x.md", "a.b/y.md",
+            "ab/x.md", "ab.md", "A/z.md", "é/x.md", "e/x.md", "z.md", "二/三.md",
+            "二 次/一.md", "a/b.md", "a/b0/c.md", "a/b-/c.md"]
+    for rel in rels:
+        write_post(tmp_path / "posts", rel, f"title: {rel}")
+    config = load_config(write_config(tmp_path))
+    found = [post.rel for post in discover(config, ProblemLog(echo=False))]
+    assert found == sorted(rels)
+
+
 # -- encodings and bytes -----------------------------------------------------------
 
 

@@ -92,9 +92,10 @@ def discover(config: Config, problems: ProblemLog) -> list[PostFile]:
     found: list[PostFile] = []
     roots = [d.resolve() for d in config.content_dirs]
     for root in config.content_dirs:
-        found.extend(_walk(root, roots, config.follow_symlinks, problems))
+        walker = _Walker(root, roots, config.follow_symlinks)
+        walker.visit(str(root), "", found, problems)
     if len(config.content_dirs) == 1:
-        return sorted(found, key=_rel)
+        return found  # the walk's order is the sorted order (see _listing)
     return sorted(found, key=_order)
 
 
@@ -102,46 +103,33 @@ def _order(post: PostFile) -> tuple[str, str]:
     return post.order
 
 
-def _rel(post: PostFile) -> str:
-    return post.rel
+class _Walker:
+    """Walks one content dir. os.scandir's entries say what is a plain file without a
+    stat; a plain post costs one lstat (its identity)."""
 
+    def __init__(self, root: Path, roots: list[Path], follow: bool) -> None:
+        self.root, self.roots, self.follow = root, roots, follow
+        self.seen_dirs: set[tuple[int, int]] = set()
 
-def _walk(root: Path, roots: list[Path], follow: bool,
-          problems: ProblemLog) -> list[PostFile]:
-    """Depth first, in name order: each folder's symlinked subfolders are checked, then
-    its posts found, then its subfolders walked. os.scandir's entries say what is a
-    plain file without a stat; a plain post costs one lstat (its identity)."""
-    seen_dirs: set[tuple[int, int]] = set()
-    found: list[PostFile] = []  # appended to, not yielded: a generator per level cost 30%
-
-    def visit(dirpath: str, prefix: str) -> None:
-        try:
-            if follow:  # a symlinked folder may loop back on itself
-                st = os.stat(dirpath)
-                if (st.st_dev, st.st_ino) in seen_dirs:
-                    return
-                seen_dirs.add((st.st_dev, st.st_ino))
-            with os.scandir(dirpath) as listing:
-                entries = sorted(listing, key=_BY_NAME)
-        except OSError as exc:
-            problems.error(str(exc.filename or dirpath), f"cannot read folder: {exc.strerror}")
-            return
-        folders, files = [], []
-        for entry in entries:
+    def visit(self, dirpath: str, prefix: str, found: list[PostFile],
+              problems: ProblemLog) -> None:
+        # appended to, not yielded: a generator per level cost 30%
+        if self.follow:  # a symlinked folder may loop back on itself
             try:
-                is_folder = entry.is_dir()
-            except OSError:
-                is_folder = False
-            if not is_folder:
-                files.append(entry)
-            elif entry.name not in SKIPPED_DIRS and not (
-                    entry.is_symlink() and not _symlink_ok(Path(entry.path), root, roots,
-                                                           follow, problems)):
-                folders.append(entry)
+                st = os.stat(dirpath)
+            except OSError as exc:
+                problems.error(str(exc.filename or dirpath),
+                               f"cannot read folder: {exc.strerror}")
+                return
+            if (st.st_dev, st.st_ino) in self.seen_dirs:
+                return
+            self.seen_dirs.add((st.st_dev, st.st_ino))
+        root = self.root
         plain_prefix = not _SURROGATE.search(prefix)
-        for entry in files:
+        for entry, is_folder in _listing(dirpath, root, self.roots, self.follow, problems):
             name = entry.name
-            if not name.endswith(".md") or is_editor_artefact(name):
+            if is_folder:
+                self.visit(entry.path, prefix + name + "/", found, problems)
                 continue
             if plain_prefix and entry.is_file(follow_symlinks=False) \
                     and not _SURROGATE.search(name):
@@ -153,17 +141,42 @@ def _walk(root: Path, roots: list[Path], follow: bool,
                     found.append(PostFile(entry.path, prefix + name, root,
                                           (st.st_size, st.st_mtime_ns, st.st_ino)))
                     continue
-            post = post_file(root, roots, entry.path, prefix + name, follow, problems)
+            post = post_file(root, self.roots, entry.path, prefix + name, self.follow,
+                             problems)
             if post is not None:
                 found.append(post)
-        for entry in folders:
-            visit(entry.path, prefix + entry.name + "/")
-
-    visit(str(root), "")
-    return found
 
 
-_BY_NAME = operator.attrgetter("name")
+def _listing(dirpath: str, root: Path, roots: list[Path], follow: bool,
+             problems: ProblemLog) -> list[tuple[os.DirEntry[str], bool]]:
+    """A folder's candidate posts and subfolders to walk, (entry, is_folder), sorted so
+    that a depth-first walk meets the posts in the order of their relative paths: a
+    folder sorts as its name + "/" (the byte its posts' paths have there)."""
+    try:
+        with os.scandir(dirpath) as scan:
+            entries = list(scan)
+    except OSError as exc:
+        problems.error(str(exc.filename or dirpath), f"cannot read folder: {exc.strerror}")
+        return []
+    keyed: list[tuple[str, os.DirEntry[str], bool]] = []
+    for entry in entries:
+        name = entry.name
+        try:
+            is_folder = entry.is_dir()
+        except OSError:
+            is_folder = False
+        if is_folder:
+            if name not in SKIPPED_DIRS and not (
+                    entry.is_symlink() and not _symlink_ok(Path(entry.path), root, roots,
+                                                           follow, problems)):
+                keyed.append((name + "/", entry, True))
+        elif name.endswith(".md") and not is_editor_artefact(name):
+            keyed.append((name, entry, False))
+    keyed.sort(key=_FIRST)
+    return [(entry, is_folder) for _, entry, is_folder in keyed]
+
+
+_FIRST = operator.itemgetter(0)
 
 
 def post_file(root: Path, roots: list[Path], location: str, rel: str, follow: bool,

@@ -12,13 +12,12 @@ from dataclasses import fields, replace
 from datetime import UTC, datetime
 
 from aggregator.config import Config
+from aggregator.forking import can_fork, pool_context
 from aggregator.model import Entry, changed
 from aggregator.problems import Problem, ProblemLog
 from aggregator.render import (
     PARALLEL_THRESHOLD,
-    can_fork,
     entry_renderer,
-    pool_context,
     read_fingerprint,
     render_fingerprint,
     render_key,

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from array import array
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 from aggregator.problems import Problem
@@ -46,11 +48,13 @@ class LastBuild:
 
 def posts_print(posts: list[PostFile]) -> str:
     """A digest of one walk: every post file's relative path and identity (made once a
-    build: ~0.2 s at 100k posts)."""
+    build: ~40 ms at 100k posts; f-strings per post took 0.2 s)."""
     # rel, not the longer location: the content dirs are in the config (and in `settings`)
-    return hashlib.blake2b("\n".join([
-        f"{p.rel}\0{p.identity[0]}\0{p.identity[1]}\0{p.identity[2]}" for p in posts
-    ]).encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+    digest = hashlib.blake2b(digest_size=16)
+    # no file name holds a NUL, and every post has three identity numbers
+    digest.update("\0".join([p.rel for p in posts]).encode("utf-8", "surrogateescape"))
+    digest.update(array("q", chain.from_iterable([p.identity for p in posts])).tobytes())
+    return digest.hexdigest()
 
 
 def inputs_print(settings: tuple[str, ...], walk: str, walk_problems: list[Problem],
