@@ -188,3 +188,53 @@ def test_one_failure_does_not_stop_the_others(tmp_path: Path, httpserver: HTTPSe
     assert code == 1 and "1 fetched, 0 not modified, 1 failed" in err
     assert titles(tmp_path) == ["Alpha", "Beta"]
     assert (tmp_path / "feeds" / "a" / "atom.xml").exists()
+
+
+def test_a_re_poll_of_304s_reuses_connections(tmp_path: Path, capsys: Any) -> None:
+    """A 304 must hand its connection back to the pool: left unread, every re-polled
+    source opened a new TCP connection (and the server a new thread)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    connections: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+
+        def setup(self) -> None:
+            connections.append(1)
+            super().setup()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            if self.headers.get("If-None-Match") == '"v1"':
+                self.send_response(304)
+                self.send_header("ETag", '"v1"')
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", XML)
+            self.send_header("ETag", '"v1"')
+            self.send_header("Content-Length", str(len(GOOD)))
+            self.end_headers()
+            self.wfile.write(GOOD)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        sources = [{"url": f"http://127.0.0.1:{port}/feed-{i}", "category": "Up"}
+                   for i in range(30)]
+        config = upstream_config(tmp_path, sources, concurrency=3, per_host_limit=3)
+        code, err = run(config, capsys, "fetch", "--all")
+        assert code == 0 and "30 fetched" in err, err
+        before = len(connections)
+        code, err = run(config, capsys, "fetch", "--all")
+        assert code == 0 and "30 not modified" in err, err
+        assert len(connections) - before <= 3
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -171,6 +171,10 @@ class Fetcher:
             moved = final if resp.history and all(
                 r.status_code in (301, 308) for r in resp.history) else None
             if resp.status_code == 304:
+                # A 304 has no body (h11 reads none), but the connection goes back to
+                # the pool only once its end is read: left unread, every re-polled
+                # source cost a new TCP connection (and the server a new thread).
+                resp.read()
                 return Response(304, final, _headers(resp), moved_to=moved)
             if resp.status_code != 200:
                 reason = resp.reason_phrase or ""

@@ -13,15 +13,14 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import (
-    FIRST_COMPLETED,
     Executor,
     Future,
     ProcessPoolExecutor,
     ThreadPoolExecutor,
-    wait,
 )
 from dataclasses import dataclass, field
 from datetime import datetime
+from queue import SimpleQueue
 from typing import Any
 
 from aggregator.config import Config, UpstreamSource
@@ -135,19 +134,30 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
     # spawn, not fork: the parent has live httpx and SQLite threads.
     parsers: Executor | None = ProcessPoolExecutor(
         processes, mp_context=multiprocessing.get_context("spawn")) if processes > 1 else None
+    finished: SimpleQueue[Future[Any]] = SimpleQueue()  # futures, as they complete
+    pending: set[Future[Any]] = set()  # fetches and parses, both
+
+    def start(future: Future[Any]) -> None:
+        pending.add(future)
+        future.add_done_callback(finished.put)
+
     with Fetcher(limits) as fetcher, \
             ThreadPoolExecutor(max_workers=max(1, limits.concurrency),
                                thread_name_prefix="fetch") as pool:
-        pending: set[Future[Any]] = set()  # fetches and parses, both
         waiting: dict[Future[_Parsed], _Outcome] = {}
         try:
             for s in sources:
-                pending.add(pool.submit(
+                start(pool.submit(
                     _fetch_one, fetcher, s, validators[s.url].etag,
                     validators[s.url].last_modified, None if parsers else config, clock(),
                     validators[s.url].fetch_url))
+            # A queue, not wait(pending): wait() locks every pending future each time
+            # it is called, ~1M lock operations for 1,000 sources.
             while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                done = [finished.get()]
+                while not finished.empty():
+                    done.append(finished.get())
+                pending.difference_update(done)
                 for future in done:
                     outcome = _resolve(future, waiting)
                     response = outcome.response
@@ -157,14 +167,16 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
                                              response.url, outcome.source, config.site_host,
                                              config.id_date, clock())
                         waiting[job] = outcome
-                        pending.add(job)
+                        start(job)
                         continue
                     _record(outcome, state, problems, clock, report)
+                state.flush()
         except BaseException:
             for future in pending:  # interrupted: do not start what has not started
                 future.cancel()
             raise
         finally:
+            state.flush()  # what was recorded is kept
             if parsers is not None:
                 parsers.shutdown(wait=False, cancel_futures=True)
     _after_poll(config, store, problems, clock, sources)
