@@ -6,8 +6,10 @@ mojibake, C1 characters, tag quirks, unknown and colliding elements, comments)."
 
 from __future__ import annotations
 
+import functools
 import io
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,9 +127,13 @@ def _pick(rng: random.Random, values: list[str]) -> str:
     return rng.choice(values)
 
 
+def _draws(rng: random.Random) -> tuple[Callable[[], str], ...]:
+    """A random text, URI, date and base/lang attribute, each drawn when called."""
+    return tuple(functools.partial(rng.choice, values) for values in (TEXTS, URIS, DATES, BASES))
+
+
 def _rss_children(rng: random.Random) -> list[str]:
-    t, u, d = (lambda: _pick(rng, TEXTS)), (lambda: _pick(rng, URIS)), (lambda: _pick(rng, DATES))
-    b = lambda: _pick(rng, BASES)  # noqa: E731
+    t, u, d, b = _draws(rng)
     pool = [
         lambda: f"<title{b()}>{t()}</title>",
         lambda: f"<link{b()}>{u()}</link>",
@@ -169,8 +175,7 @@ def _rss_children(rng: random.Random) -> list[str]:
 
 
 def _atom_children(rng: random.Random) -> list[str]:
-    t, u, d = (lambda: _pick(rng, TEXTS)), (lambda: _pick(rng, URIS)), (lambda: _pick(rng, DATES))
-    b = lambda: _pick(rng, BASES)  # noqa: E731
+    t, u, d, b = _draws(rng)
     pool = [
         lambda: f"<title{_pick(rng, TYPES)}{b()}>{t()}</title>",
         lambda: f"<id{b()}>{u()}</id>",
