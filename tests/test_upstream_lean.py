@@ -1,7 +1,7 @@
 """The lean parsing path (lxml) against feedparser: for every feed the lean path takes,
 the normalised entries, their order and the warnings must be the ones feedparser's
-path gives. Checked on every corpus feed and on thousands of generated RSS 2.0 and
-Atom 1.0 feeds built from the awkward cases (links after guids, empty titles, xml:base,
+path gives. Checked on every corpus feed and on thousands of generated RSS 2.0, RSS 1.0
+and Atom 1.0 feeds built from the awkward cases (links after guids, empty titles, xml:base,
 mojibake, C1 characters, tag quirks, unknown and colliding elements, comments)."""
 
 from __future__ import annotations
@@ -151,6 +151,8 @@ def _rss_children(rng: random.Random) -> list[str]:
         lambda: f'<enclosure url="{u()}" type="{rng.choice(["image/PNG", "audio/mpeg", ""])}"'
                 f' length="{rng.choice(["12", "-1", "x", ""])}"/>',
         lambda: f'<media:content url="{u()}" medium="image" fileSize="9"/>',
+        lambda: f'<media:content url="{u()}"><media:title{b()}>{t()}</media:title>'
+                f"{rng.choice(['', '<media:title>again</media:title>'])}</media:content>",
         lambda: f'<media:thumbnail url="{u()}"/>',
         lambda: f"<media:thumbnail>{u()}</media:thumbnail>",
         lambda: f'<atom:link rel="{rng.choice(["alternate", "self", "enclosure", "related"])}"'
@@ -221,6 +223,17 @@ def _rss(items: list[str], channel_attrs: str = "", encoding: str = "utf-8") -> 
             + "".join(items) + "</channel></rss>").encode(encoding, "xmlcharrefreplace")
 
 
+def _rdf(items: list[str], rng: random.Random) -> bytes:
+    """RSS 1.0: items beside the channel, an rdf:about on some."""
+    starts = ["<item>", f'<item rdf:about="{rng.choice(URIS)}">']
+    tagged = [item.replace("<item>", rng.choice(starts), 1) for item in items]
+    return ('<?xml version="1.0" encoding="utf-8"?><rdf:RDF xmlns:rdf="http://www.w3.org/'
+            f'1999/02/22-rdf-syntax-ns#" xmlns="http://purl.org/rss/1.0/" {NAMESPACES}>'
+            '<channel rdf:about="https://x.example/"><title>Feed</title></channel>'
+            + "".join(tagged)
+            + "</rdf:RDF>").encode()
+
+
 def _atom(entries: list[str], feed_attrs: str = "") -> bytes:
     return (f'<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom"'
             f" {NAMESPACES}{feed_attrs}><title>Feed</title><id>urn:x</id>"
@@ -231,7 +244,10 @@ def test_generated_feeds_read_as_feedparser_reads_them() -> None:
     rng = random.Random(20261126)
     taken = total = 0
     for _ in range(1500):
-        if rng.random() < 0.5:
+        draw = rng.random()
+        if draw < 0.15:
+            body = _rdf([_item(_rss_children(rng)) for _ in range(rng.randint(1, 3))], rng)
+        elif draw < 0.55:
             body = _rss([_item(_rss_children(rng)) for _ in range(rng.randint(1, 3))],
                         _pick(rng, BASES), rng.choice(["utf-8", "utf-8", "iso-8859-1",
                                                        "windows-1252", "utf-16"]))

@@ -1,12 +1,12 @@
-"""The fast path of upstream parsing: RSS 2.0 and Atom 1.0 read with lxml into what
-feedparser gives for the keys the Normaliser reads.
+"""The fast path of upstream parsing: RSS 2.0, RSS 1.0 and Atom 1.0 read with lxml into
+what feedparser gives for the keys the Normaliser reads.
 
 feedparser runs Python handlers for every SAX event of a feed: ~1 ms an entry here,
 most of a first poll's CPU. This path builds the tree in C and looks at each entry's
 elements once. It takes a feed only when it knows what feedparser would do with every
 element of its entries, and does exactly that (the same encoding detection, date
 parser, URL joining, HTML sniffing and text fixes, all called from feedparser itself).
-Anything else returns None and feedparser reads the feed as before: RSS 1.0 and 0.9x, a
+Anything else returns None and feedparser reads the feed as before: RSS 0.9x, a
 DOCTYPE, XHTML or base64 content, a feed feedparser would flag as malformed (bozo) or
 that lxml will not parse, an element it does not know in an entry.
 
@@ -36,6 +36,10 @@ _ATOM = "http://www.w3.org/2005/Atom"
 _DECLARATIONS = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
 _QUERY_ENTITY = re.compile("&([A-Za-z0-9_]+);")
 _C1 = re.compile("[\x80-\x9f]")
+_RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}RDF"
+_RSS10 = b"http://purl.org/rss/1.0/"
+_OTHER_VERSIONS = re.compile(
+    rb"http://www\.w3\.org/2005/atom|http://my\.netscape\.com/rdf/simple/0\.9/", re.IGNORECASE)
 # Content types feedparser keeps as text; any other one it base64-decodes.
 _TEXT_TYPES = {"text/plain", "text/html"}
 # Keys the Normaliser reads: an element feedparser would store under one of these
@@ -83,8 +87,11 @@ def parse_lean(body: bytes, content_type: str, url: str) -> LeanFeed | None:
         return None
     if root.xpath("boolean(//@mode)"):
         return None  # base64 content
+    # RSS 1.0's version is the first feed namespace declared: plain only without the
+    # others anywhere (feedparser would call it atom10 and stop sniffing HTML titles).
+    rss10 = _RSS10 in data and not _OTHER_VERSIONS.search(data)
     try:
-        return _Reader().read(root, url)
+        return _Reader().read(root, url, rss10)
     except _Unsupported:
         return None
 
@@ -166,9 +173,11 @@ class _Reader:
         self.base = ""  # of the element being read
         self.atom = False
 
-    def read(self, root: Any, url: str) -> LeanFeed:
+    def read(self, root: Any, url: str, rss10: bool = False) -> LeanFeed:
         name = _name(root)
-        if name == "rss" and root.get("version", "").startswith("2."):
+        if root.tag == _RDF and rss10:
+            container, version = root, "rss10"  # RSS 1.0: items beside the channel
+        elif name == "rss" and root.get("version", "").startswith("2."):
             channels = [c for c in root if isinstance(c.tag, str) and _name(c) == "channel"]
             if len(channels) != 1:
                 raise _Unsupported
@@ -205,12 +214,14 @@ class _Reader:
     # -- one entry -------------------------------------------------------------------
 
     def _entry(self, item: Any, base: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {}
         attrs = _attributes(item)
         if "lastmod" in attrs or "href" in attrs:
             raise _Unsupported  # CDF
         base = _based(base, attrs)
-        entry: dict[str, Any] = {}
-        state = {"title_locked": False, "has_content": False}
+        if attrs.get("rdf:about"):
+            entry["id"] = attrs["rdf:about"]  # feedparser: as it is, not resolved
+        state = {"title_locked": False, "has_content": False, "media_title": False}
         for child in item:
             if not isinstance(child.tag, str):
                 if isinstance(child, etree._Comment):
@@ -256,8 +267,13 @@ class _Reader:
             _text(element)  # no elements inside
             self._enclosure(entry, attrs)
         elif name == "media:content":
-            _text(element)
             entry.setdefault("media_content", []).append(attrs)
+            for inner in element:  # media:title is the one child we know
+                if isinstance(inner.tag, str) and _name(inner) == "media:title" \
+                        and not len(inner):
+                    self._media_title(entry, state, inner)
+                elif not isinstance(inner, etree._Comment):
+                    raise _Unsupported
         elif name == "media:thumbnail":
             url = self._value(element, "url")
             if url and "url" not in attrs:
@@ -304,8 +320,22 @@ class _Reader:
         if state["title_locked"]:
             return  # feedparser keeps the first non-empty title of an entry
         entry["title"], entry["title_detail"] = value, detail
+        state["media_title"] = False
         if value:
             state["title_locked"] = True
+
+    def _media_title(self, entry: dict[str, Any], state: dict[str, bool],
+                     element: Any) -> None:
+        """A media:title inside media:content is a title one level deeper: it never
+        replaces one the entry's own level stored, and locks nothing."""
+        outer = self.base
+        self.base = _based(outer, attrs := _attributes(element))
+        value, detail = self._content(element, attrs, "text/plain")
+        self.base = outer
+        if state["title_locked"] or ("title" in entry and not state["media_title"]):
+            return
+        entry["title"], entry["title_detail"] = value, detail
+        state["media_title"] = True
 
     def _body(self, entry: dict[str, Any], state: dict[str, bool], element: Any,
               attrs: dict[str, str], default_type: str) -> None:
