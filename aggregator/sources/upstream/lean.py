@@ -40,6 +40,9 @@ _RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}RDF"
 _RSS10 = b"http://purl.org/rss/1.0/"
 _OTHER_VERSIONS = re.compile(
     rb"http://www\.w3\.org/2005/atom|http://my\.netscape\.com/rdf/simple/0\.9/", re.IGNORECASE)
+# Every element named item or entry, in any case and namespace (counted in C).
+_ITEMS_ANYWHERE = ("count(//*[translate(local-name(), 'ITEMNRY', 'itemnry') = 'item' or "
+                   "translate(local-name(), 'ITEMNRY', 'itemnry') = 'entry'])")
 # Content types feedparser keeps as text; any other one it base64-decodes.
 _TEXT_TYPES = {"text/plain", "text/html"}
 # Keys the Normaliser reads: an element feedparser would store under one of these
@@ -89,7 +92,7 @@ def parse_lean(body: bytes, content_type: str, url: str) -> LeanFeed | None:
         return None  # base64 content
     # RSS 1.0's version is the first feed namespace declared: plain only without the
     # others anywhere (feedparser would call it atom10 and stop sniffing HTML titles).
-    rss10 = _RSS10 in data and not _OTHER_VERSIONS.search(data)
+    rss10 = root.tag == _RDF and _RSS10 in data and not _OTHER_VERSIONS.search(data)
     try:
         return _Reader().read(root, url, rss10)
     except _Unsupported:
@@ -99,6 +102,19 @@ def parse_lean(body: bytes, content_type: str, url: str) -> LeanFeed | None:
 def _name(element: Any) -> str:
     """feedparser's name for an element: its namespace's standard prefix, else the
     prefix the document gave it, and the local name in lower case."""
+    key = (element.tag, element.prefix)
+    name = _NAMES.get(key)
+    if name is None:
+        if len(_NAMES) >= 4096:  # a hostile feed's made-up tags must not pile up
+            _NAMES.clear()
+        name = _NAMES[key] = _name_of(element)
+    return name
+
+
+_NAMES: dict[tuple[str, str | None], str] = {}  # a few dozen distinct tags in practice
+
+
+def _name_of(element: Any) -> str:
     qname = etree.QName(element)
     namespace: str | None = qname.namespace
     local = str(qname.localname).lower()
@@ -190,10 +206,8 @@ class _Reader:
             if container is not root else _based(url, _attributes(root))
         items = [c for c in container if isinstance(c.tag, str)
                  and _name(c) in ("item", "entry")]
-        everywhere = [e for e in root.iter() if isinstance(e.tag, str)
-                      and _name(e) in ("item", "entry")]
-        if len(items) != len(everywhere):
-            raise _Unsupported  # entries feedparser would find elsewhere
+        if root.xpath(_ITEMS_ANYWHERE) != len(items):
+            raise _Unsupported  # entries feedparser may find elsewhere
         feed = LeanFeed(version, self._feed_fields(container))
         feed.entries = [self._entry(item, base) for item in items]
         return feed
