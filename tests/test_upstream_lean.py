@@ -95,6 +95,12 @@ def test_parse_feed_uses_the_lean_path_and_falls_back() -> None:
                       b"<p>hi</p></div></content></entry></feed>"),
     ("malformed", b'<rss version="2.0"><channel><item><title>t &nbsp;</title></item>'
                   b"</channel></rss>"),
+    ("an undeclared prefix (feedparser: bozo)",
+     b'<rss version="2.0"><channel><item><title>t</title><foo:bar>x</foo:bar></item>'
+     b"</channel></rss>"),
+    ("nested past lxml's depth limit",
+     b'<rss version="2.0"><channel><item><title>t</title><x>' + b"<a>" * 3000
+     + b"</a>" * 3000 + b"</x></item></channel></rss>"),
     ("text/plain is bozo", b""),
 ])
 def test_left_to_feedparser(why: str, body: bytes) -> None:
