@@ -77,6 +77,20 @@ def test_parse_feed_uses_the_lean_path_and_falls_back() -> None:
     assert parsed.kind == "rss10" and parsed.entry_count == 1  # feedparser read it
 
 
+def test_a_failing_lean_path_costs_speed_not_the_feed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the fast path (simulated: no input makes it raise) falls back."""
+    import aggregator.sources.upstream.parse as parse_module
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(parse_module, "parse_lean", broken)
+    rss = _rss([_item(["<title>One</title>", "<guid>https://x.example/1</guid>"])])
+    parsed = parse_feed(rss, {"content-type": "application/rss+xml"}, URL)
+    assert parsed.kind == "rss20" and parsed.entry_count == 1
+    assert parsed.xml.__class__.__name__ != "LeanFeed"
+
+
 @pytest.mark.parametrize("why, body", [
     ("doctype", b'<?xml version="1.0"?><!DOCTYPE rss [<!ENTITY e "x">]><rss version="2.0">'
                 b"<channel><item><title>&e;</title></item></channel></rss>"),

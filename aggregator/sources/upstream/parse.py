@@ -8,6 +8,7 @@ Plain RSS 2.0 and Atom 1.0 take lean.py's faster path to the same result.
 from __future__ import annotations
 
 import io
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,8 @@ from aggregator.sources.upstream.jsonfeed import (
 from aggregator.sources.upstream.lean import parse_lean
 
 # Tried first by feedparser (see buffered_expat.py); libxml2 is never installed here.
+log = logging.getLogger(__name__)
+
 _PARSER = "aggregator.sources.upstream.buffered_expat"
 if _PARSER not in feedparser.api.PREFERRED_XML_PARSERS:
     feedparser.api.PREFERRED_XML_PARSERS.insert(0, _PARSER)
@@ -63,7 +66,11 @@ def parse_feed(body: bytes, headers: dict[str, str], url: str) -> ParsedFeed:
         parsed = ParsedFeed(kind, url, doc.title, json=doc)
         parsed.warnings += [f"JSON Feed {reason}; dropped" for reason in doc.dropped]
         return parsed
-    lean = parse_lean(body, content_type or "application/xml", url)
+    try:
+        lean = parse_lean(body, content_type or "application/xml", url)
+    except Exception:  # a bug of the fast path must cost speed, never the feed
+        log.warning("%s: the lean parser failed; feedparser reads it", url, exc_info=True)
+        lean = None
     if lean is not None and lean.entries:  # no entries: feedparser's messages say why
         return ParsedFeed(lean.version, url, str(lean.feed.get("title", "")), xml=lean)
     result = feedparser.parse(
