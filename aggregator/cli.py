@@ -109,7 +109,8 @@ def _build(config: Config, problems: ProblemLog) -> tuple[int, BuildReport | Non
 
 
 def cmd_check(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
-    from aggregator.pipeline import BuildReport, read_posts
+    from aggregator.pipeline import BuildReport
+    from aggregator.sources.read import read_posts
     from aggregator.state.store import StateStore
 
     report = BuildReport(problems=problems)

@@ -1,31 +1,23 @@
-"""Entry → sanitised → Atom and RSS bytes, once per entry, in parallel when it pays.
-
-Also the fingerprints that say when cached work is still valid: every setting and
-library version that shapes a stage's output is in its fingerprint, so changing one
-invalidates exactly that stage's cache.
-"""
+"""Entry → sanitised → Atom and RSS bytes, once per entry, in parallel when it pays
+(cached under the keys of aggregator.fingerprints)."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 from selectolax.lexbor import LexborHTMLParser
 
-from aggregator import __version__
 from aggregator.config import Config
 from aggregator.forking import can_fork, pool_context
 from aggregator.media import image_type_from_url
 from aggregator.model import Entry, Image
 from aggregator.problems import ProblemLog
-from aggregator.sanitize.html import SANITIZER_VERSION, Sanitizer
+from aggregator.sanitize.html import Sanitizer
 from aggregator.sanitize.text import summarize
 from aggregator.sources.content import PostReader
 from aggregator.state.cache import (
@@ -41,46 +33,6 @@ from aggregator.writers.feeds import FeedRenderer
 # Below this many entries a process pool costs more than it saves (measured: ~0.15 s
 # to start two workers; an entry takes ~1 ms).
 PARALLEL_THRESHOLD = 400
-
-
-@functools.cache
-def version(package: str) -> str:
-    """An installed package's version (read once: each look-up parses its metadata)."""
-    return metadata.version(package)
-
-
-def fingerprint_of(*parts: object) -> str:
-    return hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=16).hexdigest()
-
-
-def read_fingerprint(config: Config) -> str:
-    """What shapes an Entry read from a post file (besides the file itself)."""
-    return fingerprint_of(__version__, version("PyYAML"), version("markdown-it-py"),
-                 str(config.timezone), config.post_url, config.id_date,
-                 config.site_host, config.site_url, config.body, config.max_depth,
-                 config.max_post_bytes, config.follow_symlinks,
-                 tuple(map(str, config.content_dirs)))
-
-
-def render_fingerprint(config: Config) -> str:
-    """What shapes an entry's sanitised, serialised bytes (besides the entry)."""
-    return fingerprint_of(__version__, SANITIZER_VERSION, version("nh3"), version("selectolax"),
-                          version("feedgen"), version("lxml"),
-                 config.site_url, config.site_title, config.full_content,
-                 config.drop_selectors, config.iframe_hosts)
-
-
-def entry_key(fingerprint: str, entry: Entry) -> str:
-    return fingerprint_of(fingerprint, entry)  # a frozen dataclass's repr lists every field
-
-
-def render_key(fingerprint: str, entry: Entry) -> str:
-    """What an entry's render is cached under: the render settings and the entry (its
-    digest, made when it was read, saves hashing its html again; the image apart, as
-    a probe may fill it in later)."""
-    if entry.digest:
-        return fingerprint_of(fingerprint, entry.digest, entry.image)
-    return entry_key(fingerprint, entry)
 
 
 def finish_entry(entry: Entry, sanitizer: Sanitizer) -> Entry:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from helpers import SHARED, fixed_clock, write_config, write_post
 
-import aggregator.render
+import aggregator.fingerprints
 from aggregator.config import load_config
 from aggregator.pipeline import BuildReport, build
 
@@ -109,7 +109,7 @@ def test_a_new_program_version_rerenders_everything(tmp_path: Path,
     first = build(config, clock=fixed_clock())
     assert first.rendered == 12
     assert build(config, clock=fixed_clock()).rendered == 0
-    monkeypatch.setattr(aggregator.render, "__version__", "999.0")
+    monkeypatch.setattr(aggregator.fingerprints, "__version__", "999.0")
     again: BuildReport = build(config, clock=fixed_clock())
     assert again.rendered == 12
 
@@ -298,7 +298,7 @@ def test_a_post_changed_behind_the_caches_back_is_read_again(
                      .replace(b"Post 1", b"Pozt 1"))  # same size
     os.utime(post, ns=(st.st_atime_ns, st.st_mtime_ns))
     # a new sanitiser: every entry is rendered again, from the cached (light) entries
-    monkeypatch.setattr(aggregator.render, "SANITIZER_VERSION", "999")
+    monkeypatch.setattr(aggregator.fingerprints, "SANITIZER_VERSION", "999")
     report = build(config, clock=fixed_clock())
     assert report.rendered == 12
     assert b"Bodz 1" in (config.output_dir / "alpha/atom.xml").read_bytes()

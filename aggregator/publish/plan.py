@@ -11,15 +11,10 @@ import os
 from typing import Any
 
 from aggregator.config import Config
+from aggregator.fingerprints import fingerprint_of, render_fingerprint, render_key
 from aggregator.model import Entry
 from aggregator.publish.atomic import Parts, Publisher
-from aggregator.render import (
-    body_reader,
-    fingerprint_of,
-    render_entries,
-    render_fingerprint,
-    render_key,
-)
+from aggregator.render import body_reader, render_entries
 from aggregator.report import BuildReport
 from aggregator.state.cache import BuildCache, unpack_render, unpacked_size
 from aggregator.tree.categories import Node

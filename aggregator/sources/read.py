@@ -12,16 +12,11 @@ from dataclasses import fields, replace
 from datetime import UTC, datetime
 
 from aggregator.config import Config
+from aggregator.fingerprints import read_fingerprint, render_fingerprint, render_key
 from aggregator.forking import can_fork, pool_context
 from aggregator.model import Entry, changed
 from aggregator.problems import Problem, ProblemLog
-from aggregator.render import (
-    PARALLEL_THRESHOLD,
-    entry_renderer,
-    read_fingerprint,
-    render_fingerprint,
-    render_key,
-)
+from aggregator.render import PARALLEL_THRESHOLD, entry_renderer
 from aggregator.report import BuildReport
 from aggregator.sources.content import PostFile, PostReader, discover
 from aggregator.state.cache import (

@@ -1,6 +1,6 @@
 """Parsed upstream entries → aggregator.model.Entry, html left UNSANITISED.
 
-pipeline.finish_entry sanitises later with Entry.base_url (xml:base, else the feed
+render.finish_entry sanitises later with Entry.base_url (xml:base, else the feed
 URL) and Entry.drop_selectors (the source's own junk selectors). An entry without a
 usable date gets published=None here; the state layer replaces it with the entry's
 first-seen time, so its place in our feeds stays stable.

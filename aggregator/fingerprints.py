@@ -1,0 +1,58 @@
+"""The fingerprints that say when cached work is still valid: every setting and
+library version that shapes a stage's output is in its fingerprint, so changing one
+invalidates exactly that stage's cache.
+
+Kept apart from render.py, which imports the renderers: a build that finds nothing
+changed needs these, and not the ~0.15 s of imports behind them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from importlib import metadata
+
+from aggregator import __version__
+from aggregator.config import Config
+from aggregator.model import Entry
+from aggregator.sanitize.html import SANITIZER_VERSION
+
+
+@functools.cache
+def version(package: str) -> str:
+    """An installed package's version (read once: each look-up parses its metadata)."""
+    return metadata.version(package)
+
+
+def fingerprint_of(*parts: object) -> str:
+    return hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=16).hexdigest()
+
+
+def read_fingerprint(config: Config) -> str:
+    """What shapes an Entry read from a post file (besides the file itself)."""
+    return fingerprint_of(__version__, version("PyYAML"), version("markdown-it-py"),
+                 str(config.timezone), config.post_url, config.id_date,
+                 config.site_host, config.site_url, config.body, config.max_depth,
+                 config.max_post_bytes, config.follow_symlinks,
+                 tuple(map(str, config.content_dirs)))
+
+
+def render_fingerprint(config: Config) -> str:
+    """What shapes an entry's sanitised, serialised bytes (besides the entry)."""
+    return fingerprint_of(__version__, SANITIZER_VERSION, version("nh3"), version("selectolax"),
+                          version("feedgen"), version("lxml"),
+                 config.site_url, config.site_title, config.full_content,
+                 config.drop_selectors, config.iframe_hosts)
+
+
+def entry_key(fingerprint: str, entry: Entry) -> str:
+    return fingerprint_of(fingerprint, entry)  # a frozen dataclass's repr lists every field
+
+
+def render_key(fingerprint: str, entry: Entry) -> str:
+    """What an entry's render is cached under: the render settings and the entry (its
+    digest, made when it was read, saves hashing its html again; the image apart, as
+    a probe may fill it in later)."""
+    if entry.digest:
+        return fingerprint_of(fingerprint, entry.digest, entry.image)
+    return entry_key(fingerprint, entry)
