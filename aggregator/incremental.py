@@ -173,5 +173,21 @@ def _light_entry(values: tuple[Any, ...]) -> Entry:
 
 def changed_locations(before: dict[str, PostFile], now: dict[str, PostFile]) -> set[str]:
     """Post files added, removed or changed (identity) between two walks."""
-    return {location for location in before.keys() | now.keys()
-            if before.get(location) != now.get(location)}
+    changed = before.keys() ^ now.keys()
+    # Comparing whole PostFiles compared their root Paths 100k times (~0.5 s); the
+    # roots are a handful of objects, so each pair is compared once.
+    same_root: dict[tuple[int, int], bool] = {}
+    for location, post in now.items():
+        old = before.get(location)
+        if old is None:
+            continue
+        if old.identity != post.identity or old.rel != post.rel:
+            changed.add(location)
+            continue
+        pair = (id(old.root), id(post.root))
+        same = same_root.get(pair)
+        if same is None:
+            same = same_root[pair] = old.root == post.root
+        if not same:
+            changed.add(location)
+    return changed

@@ -39,6 +39,7 @@ def read_posts(config: Config, state: StateStore, report: BuildReport,
     `memo` (source → last result, kept by a long-lived Builder) skips even the cache."""
     cache = cache if cache is not None else BuildCache(None)
     cache.invalidate_if_changed("read", read_fingerprint(config), "post_cache")
+    cache.load_posts()  # every post is asked for: one query, not one each
     if posts is None:
         posts = discover(config, report.problems)
     report.posts_found = len(posts)

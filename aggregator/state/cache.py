@@ -251,13 +251,22 @@ class BuildCache:
 
     # -- posts -----------------------------------------------------------------
 
+    def load_posts(self) -> None:
+        """Every cached post in memory, in one query: for a read of every post. Until
+        then each post is asked for on its own (a CLI build patching one edited post
+        among 100k spent 0.7 s loading all the others)."""
+        if self._posts is None and "post_cache" not in self._stale:
+            self._posts = {row[0]: row[1:] for row in self.db.execute(
+                "SELECT source, size, mtime_ns, inode, digest, payload FROM post_cache")}
+
     def _post_row(self, source: str) -> tuple[int, int, int, str, bytes] | None:
         if "post_cache" in self._stale:
             return None
-        if self._posts is None:
-            self._posts = {row[0]: row[1:] for row in self.db.execute(
-                "SELECT source, size, mtime_ns, inode, digest, payload FROM post_cache")}
-        return self._posts.get(source)
+        if self._posts is not None:
+            return self._posts.get(source)
+        row = self.db.execute("SELECT size, mtime_ns, inode, digest, payload FROM post_cache "
+                              "WHERE source = ?", (source,)).fetchone()
+        return (row[0], row[1], row[2], row[3], row[4]) if row is not None else None
 
     def has_post(self, source: str, identity: tuple[int, int, int]) -> bool:
         """The post is cached as read from this very file (no unpickling)."""
