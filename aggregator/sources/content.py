@@ -126,10 +126,10 @@ class _Walker:
             self.seen_dirs.add((st.st_dev, st.st_ino))
         root = self.root
         plain_prefix = not _SURROGATE.search(prefix)
-        for entry, is_folder in _listing(dirpath, root, self.roots, self.follow, problems):
-            name = entry.name
+        for name, entry, is_folder in _listing(dirpath, root, self.roots, self.follow,
+                                               problems):
             if is_folder:
-                self.visit(entry.path, prefix + name + "/", found, problems)
+                self.visit(entry.path, prefix + name, found, problems)  # name ends in /
                 continue
             if plain_prefix and entry.is_file(follow_symlinks=False) \
                     and not _SURROGATE.search(name):
@@ -148,10 +148,11 @@ class _Walker:
 
 
 def _listing(dirpath: str, root: Path, roots: list[Path], follow: bool,
-             problems: ProblemLog) -> list[tuple[os.DirEntry[str], bool]]:
-    """A folder's candidate posts and subfolders to walk, (entry, is_folder), sorted so
-    that a depth-first walk meets the posts in the order of their relative paths: a
-    folder sorts as its name + "/" (the byte its posts' paths have there)."""
+             problems: ProblemLog) -> list[tuple[str, os.DirEntry[str], bool]]:
+    """A folder's candidate posts and subfolders to walk, (name, entry, is_folder),
+    sorted by name so that a depth-first walk meets the posts in the order of their
+    relative paths: a folder's name is given with a "/" (the character its posts'
+    paths have there)."""
     try:
         with os.scandir(dirpath) as scan:
             entries = list(scan)
@@ -170,10 +171,10 @@ def _listing(dirpath: str, root: Path, roots: list[Path], follow: bool,
                     entry.is_symlink() and not _symlink_ok(Path(entry.path), root, roots,
                                                            follow, problems)):
                 keyed.append((name + "/", entry, True))
-        elif name.endswith(".md") and not is_editor_artefact(name):
-            keyed.append((name, entry, False))
+        elif name.endswith(".md") and not name.startswith(".#"):
+            keyed.append((name, entry, False))  # (a .md name is no other editor artefact)
     keyed.sort(key=_FIRST)
-    return [(entry, is_folder) for _, entry, is_folder in keyed]
+    return keyed
 
 
 _FIRST = operator.itemgetter(0)
