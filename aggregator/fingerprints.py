@@ -37,12 +37,19 @@ def read_fingerprint(config: Config) -> str:
                  tuple(map(str, config.content_dirs)))
 
 
+# Bumped when the writers (writers/feeds.py, writers/entry_xml.py) write other bytes
+# for the same entry: 2 = ids validators reject are published as tag: URIs.
+ENTRY_FORMAT = 2
+
+
 def render_fingerprint(config: Config) -> str:
     """What shapes an entry's sanitised, serialised bytes (besides the entry)."""
-    return fingerprint_of(__version__, SANITIZER_VERSION, version("nh3"), version("selectolax"),
+    return fingerprint_of(__version__, ENTRY_FORMAT, SANITIZER_VERSION, version("nh3"),
+                          version("selectolax"),
                           version("feedgen"), version("lxml"),
-                 config.site_url, config.site_title, config.full_content,
-                 config.drop_selectors, config.iframe_hosts)
+                          config.site_url, config.site_title, config.full_content,
+                          config.drop_selectors, config.iframe_hosts,
+                          config.id_date)  # in the ids published for invalid ones
 
 
 def entry_key(fingerprint: str, entry: Entry) -> str:

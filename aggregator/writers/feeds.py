@@ -14,6 +14,7 @@ reference and its fallback); the feed heads are feedgen's, made once as template
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import operator
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from lxml import etree
 
 from aggregator import PROJECT_URL, __version__
 from aggregator.config import Config
+from aggregator.ids import published_id
 from aggregator.model import Entry
 from aggregator.publish.atomic import Parts
 from aggregator.writers import entry_xml
@@ -104,12 +106,20 @@ class FeedRenderer:
         etree.SubElement(element, f"{{{MEDIA_NS}}}thumbnail").set("url", entry.image.url)
 
     def atom_entry(self, entry: Entry) -> bytes:
+        entry = self._with_published_id(entry)
         fast = entry_xml.atom_entry(entry, self.config.full_content)
         return fast if fast is not None else self.feedgen_atom_entry(entry)
 
     def rss_entry(self, entry: Entry) -> bytes:
+        entry = self._with_published_id(entry)
         fast = entry_xml.rss_entry(entry, self.config.full_content)
         return fast if fast is not None else self.feedgen_rss_entry(entry)
+
+    def _with_published_id(self, entry: Entry) -> Entry:
+        """An id validators reject (`urn:uuid:` without a UUID, "123", a tag: with an
+        upper-case authority) is published as a tag: URI made from it."""
+        published = published_id(entry.id, self.config.site_host, self.config.id_date)
+        return entry if published == entry.id else dataclasses.replace(entry, id=published)
 
     def feedgen_atom_entry(self, entry: Entry) -> bytes:
         """The reference for entry_xml.atom_entry (tests hold them equal)."""
