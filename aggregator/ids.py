@@ -15,6 +15,7 @@ from urllib.parse import quote
 # Characters a URI may hold as they are (RFC 3986's unreserved, reserved and "%");
 # anything beyond ASCII is left to IRIs (RFC 3987).
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[0-9A-Za-z;/?:@&=+$._!~*'()%,#\[\]-]+$")
+_SPACE = re.compile(r"\s")
 _UUID = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
                    re.IGNORECASE)
 _URN = re.compile(r"^urn:[a-z0-9][a-z0-9-]{1,31}:(?:[a-z0-9()+,.:=@;$_!*'-]|%[0-9a-f]{2})+$",
@@ -26,8 +27,10 @@ _TAG = re.compile(r"^tag:(?:[a-z0-9._-]+@)?[a-z0-9.-]+,\d{4}(?:-\d{2}(?:-\d{2})?
 
 def is_valid_id(value: str) -> bool:
     """True for an absolute IRI that validators take as an entry id."""
-    ascii_part = "".join(c for c in value if c < "\x80")
-    if not _URI.match(ascii_part) or any(c.isspace() for c in value):
+    if value.isascii():  # the usual case: no IRI characters to set aside
+        if not _URI.match(value):
+            return False
+    elif not _URI.match("".join(c for c in value if c < "\x80")) or _SPACE.search(value):
         return False
     scheme = value.split(":", 1)[0].lower()
     if scheme == "tag":
