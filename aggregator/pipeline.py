@@ -11,7 +11,7 @@ import gc
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -146,8 +146,8 @@ class Builder:
             self._cache = open_cache(config)
         try:
             try:
-                before = self._posts
-                posts, walked = self._discover(config, changed, report.problems)
+                posts, before = self._discover(config, changed, report.problems)
+                walked = before is None
                 walk = posts_print(posts) if posts is not None and not extra_entries else None
                 if walk is not None and self._unchanged_since_last_build(
                         config, walk, state, report):
@@ -156,7 +156,7 @@ class Builder:
                     report.seconds = time.perf_counter() - started
                     return report
                 found_after_walk = len(report.problems.items)
-                if changed and not walked and not extra_entries and before is not None:
+                if changed and before is not None and not extra_entries:
                     dirty = self._patch(config, state, report, before, changed)
                     if dirty is not None:
                         state.close()
@@ -224,7 +224,7 @@ class Builder:
         return report
 
     def _patch(self, config: Config, state: StateStore, report: BuildReport,
-               before: dict[str, PostFile], changed: set[str]) -> set[Names] | None:
+               before: Mapping[str, PostFile | None], changed: set[str]) -> set[Names] | None:
         """Read the changed posts and patch them into the session index: the nodes whose
         feeds may differ, or None when a full build is needed."""
         from aggregator.sources.read import read_changed
@@ -380,26 +380,29 @@ class Builder:
             report.feeds, tuple(report.problems.items[found_after_walk:]),
             tuple(report.unknown_images)))
 
-    def _discover(self, config: Config, changed: set[str] | None,
-                  problems: ProblemLog) -> tuple[list[PostFile] | None, bool]:
-        """(posts in order, whether the tree was walked); without a walk the posts are
-        not sorted yet (None): a patched build does not need them (sorting 10k paths
-        was a fifth of its time); `_sorted_posts()` gives them."""
-        posts = None
+    def _discover(self, config: Config, changed: set[str] | None, problems: ProblemLog
+                  ) -> tuple[list[PostFile] | None, dict[str, PostFile | None] | None]:
+        """(posts in order, or None; the changed files' posts as they were before this
+        build, or None when the tree was walked). Without a walk the posts are not
+        sorted (None): a patched build does not need them (sorting 10k paths was a
+        fifth of its time); `_sorted_posts()` gives them."""
         if changed is not None and self._posts is not None:
-            posts = rediscover(config, self._posts, changed, problems)
-            if posts is not None:
+            updates = rediscover(config, self._posts, changed, problems)
+            if updates is not None:
                 problems.replay(self._walk_problems)
-        walked = posts is None
-        if posts is None:
-            walk = ProblemLog()
-            found = discover(config, walk)
-            problems.items.extend(walk.items)
-            self._walk_problems = list(walk.items)
-            self._posts = {post.location: post for post in found}
-            return found, True
-        self._posts = posts
-        return None, walked
+                before = {location: self._posts.get(location) for location in updates}
+                for location, post in updates.items():  # in place: no copy of 100k posts
+                    if post is None:
+                        self._posts.pop(location, None)
+                    else:
+                        self._posts[location] = post
+                return None, before
+        walk = ProblemLog()
+        found = discover(config, walk)
+        problems.items.extend(walk.items)
+        self._walk_problems = list(walk.items)
+        self._posts = {post.location: post for post in found}
+        return found, None
 
     def _sorted_posts(self) -> list[PostFile]:
         return sorted((self._posts or {}).values(), key=lambda p: p.order)
