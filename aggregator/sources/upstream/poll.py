@@ -174,9 +174,12 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
         except BaseException:
             for future in pending:  # interrupted: do not start what has not started
                 future.cancel()
+            try:
+                state.flush()  # the 304s recorded so far are kept
+            except Exception as exc:  # never in place of the error that stopped us
+                log.warning("could not store the last not-modified results: %s", exc)
             raise
         finally:
-            state.flush()  # what was recorded is kept
             if parsers is not None:
                 parsers.shutdown(wait=False, cancel_futures=True)
     _after_poll(config, store, problems, clock, sources)
