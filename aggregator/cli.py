@@ -81,13 +81,14 @@ def cmd_build(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
     return _build(config, problems)[0]
 
 
-def _build(config: Config, problems: ProblemLog) -> tuple[int, BuildReport | None]:
+def _build(config: Config, problems: ProblemLog,
+           echo_problems: bool = True) -> tuple[int, BuildReport | None]:
     from aggregator.pipeline import build
     from aggregator.service.lock import BuildLock
 
     try:
         with BuildLock(config.state_path):  # never at the same time as `aggregator run`
-            report = build(config, workers=os.cpu_count() or 1)
+            report = build(config, workers=os.cpu_count() or 1, echo_problems=echo_problems)
     except OSError as exc:  # the lock file (the build itself raises PublishError)
         log.error("%s; nothing written", exc)
         return EXIT_PUBLISH, None
@@ -223,7 +224,9 @@ def cmd_fetch(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
              polled.not_modified, len(polled.failed), polled.new_entries)
     code, report = _build(config, problems)
     if report is not None and report.unknown_images and _probe_post_images(config, report):
-        code, report = _build(config, ProblemLog())  # now with the probed types
+        # now with the probed types; the same inputs, so the same problems, which the
+        # first build printed already
+        code, report = _build(config, ProblemLog(), echo_problems=False)
     if code == EXIT_PUBLISH:
         return code
     return EXIT_SKIPPED if polled.failed or code != EXIT_OK else EXIT_OK

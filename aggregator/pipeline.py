@@ -78,11 +78,13 @@ def _all_distinct(entries: list[Entry]) -> bool:
     return len(ids) == len(entries) and len(set(links)) == len(links)
 
 
-def build(config: Config, clock: Clock = utc_now,
-          extra_entries: Iterable[Entry] = (), workers: int = 1) -> BuildReport:
-    """Publish every feed from the content dir (+ stored upstream entries)."""
+def build(config: Config, clock: Clock = utc_now, extra_entries: Iterable[Entry] = (),
+          workers: int = 1, *, echo_problems: bool = True) -> BuildReport:
+    """Publish every feed from the content dir (+ stored upstream entries).
+    `echo_problems`: log each problem as it is found (else only collect them)."""
     with _no_cyclic_gc():
-        return Builder().build(config, clock, extra_entries=extra_entries, workers=workers)
+        return Builder().build(config, clock, extra_entries=extra_entries, workers=workers,
+                               echo_problems=echo_problems)
 
 
 @contextlib.contextmanager
@@ -116,13 +118,15 @@ class Builder:
         self._counts: dict[tuple[str, ...], int] | None = None
         self._index: SessionIndex | None = None  # the last build, to patch edits into
         self._publish_memo: dict[str, Any] = {}
+        self._echo = True  # log problems as they are found
 
     def build(self, config: Config, clock: Clock = utc_now, *,
               changed: set[str] | None = None, extra_entries: Iterable[Entry] = (),
-              workers: int = 1) -> BuildReport:
+              workers: int = 1, echo_problems: bool = True) -> BuildReport:
         """`changed`: absolute paths that changed since the last build (None: unknown,
         walk everything)."""
         extra = list(extra_entries)
+        self._echo = echo_problems
         try:
             return self._build(config, clock, changed, extra, workers)
         except CacheIncomplete as exc:
@@ -140,7 +144,7 @@ class Builder:
         if config != self._config:
             self.close()
             self._config = config
-        report = BuildReport()
+        report = BuildReport(problems=ProblemLog(echo=self._echo))
         state = open_state(config, clock, report.problems)
         if self._cache is None:
             self._cache = open_cache(config)

@@ -332,3 +332,19 @@ def test_post_images_probed_by_fetch_and_applied_by_build(tmp_path: Path,
     run(config, capsys, "fetch", "--all")
     assert _enclosures(tmp_path) == {"Logo": (("image/png", "42"),)}
     assert len(httpserver.log) == requests  # cached: not probed again
+
+
+def test_fetch_prints_each_warning_once_when_it_probes_post_images(
+        tmp_path: Path, httpserver: HTTPServer, capsys: Any) -> None:
+    """After probing, `fetch` builds again with the probed types: the same inputs, so
+    the same problems, which were printed by the first build already."""
+    httpserver.expect_request("/api/logo").respond_with_data(b"p" * 42,
+                                                             content_type="image/png")
+    config = upstream_config(tmp_path, [])
+    _edit(config, "images", probe=True)
+    (tmp_path / "posts" / "p.md").write_text(
+        "---\ntitle: Logo\ncategories: [A]\ndate: not a date\n"
+        f"headimg: {httpserver.url_for('/api/logo')}\n---\n<p>x</p>\n", encoding="utf-8")
+    code, err = run(config, capsys, "fetch", "--all")
+    assert code == 0 and _enclosures(tmp_path) == {"Logo": (("image/png", "42"),)}
+    assert err.count("treated as undated") == 1, err
