@@ -118,7 +118,6 @@ class Builder:
         self._counts: dict[tuple[str, ...], int] | None = None
         self._index: SessionIndex | None = None  # the last build, to patch edits into
         self._publish_memo: dict[str, Any] = {}
-        self._echo = True  # log problems as they are found
 
     def build(self, config: Config, clock: Clock = utc_now, *,
               changed: set[str] | None = None, extra_entries: Iterable[Entry] = (),
@@ -126,9 +125,8 @@ class Builder:
         """`changed`: absolute paths that changed since the last build (None: unknown,
         walk everything)."""
         extra = list(extra_entries)
-        self._echo = echo_problems
         try:
-            return self._build(config, clock, changed, extra, workers)
+            return self._build(config, clock, changed, extra, workers, echo_problems)
         except CacheIncomplete as exc:
             log.warning("%s; reading every post again", exc)
             cache = open_cache(config)
@@ -136,15 +134,15 @@ class Builder:
                 cache.invalidate_if_changed("read", "(emptied)", "post_cache")
             finally:
                 cache.close()
-            return self._build(config, clock, None, extra, workers)
+            return self._build(config, clock, None, extra, workers, echo_problems)
 
     def _build(self, config: Config, clock: Clock, changed: set[str] | None,
-               extra_entries: list[Entry], workers: int) -> BuildReport:
+               extra_entries: list[Entry], workers: int, echo_problems: bool) -> BuildReport:
         started = time.perf_counter()
         if config != self._config:
             self.close()
             self._config = config
-        report = BuildReport(problems=ProblemLog(echo=self._echo))
+        report = BuildReport(problems=ProblemLog(echo=echo_problems))
         state = open_state(config, clock, report.problems)
         if self._cache is None:
             self._cache = open_cache(config)
@@ -391,7 +389,7 @@ class Builder:
         sorted (None): a patched build does not need them (sorting 10k paths was a
         fifth of its time); `_sorted_posts()` gives them."""
         if changed is not None and self._posts is not None:
-            updates = rediscover(config, self._posts, changed, problems)
+            updates = rediscover(config, changed, problems)
             if updates is not None:
                 problems.replay(self._walk_problems)
                 before = {location: self._posts.get(location) for location in updates}

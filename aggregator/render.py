@@ -19,7 +19,7 @@ from aggregator.model import Entry, Image
 from aggregator.problems import ProblemLog
 from aggregator.sanitize.html import Sanitizer
 from aggregator.sanitize.text import summarize
-from aggregator.sources.content import PostReader
+from aggregator.sources.content import PostFile, PostReader
 from aggregator.state.cache import (
     BodyReader,
     CacheIncomplete,
@@ -62,16 +62,11 @@ def body_reader(config: Config) -> BodyReader:
 
     def body_of(source: str, content_digest: str) -> str | None:
         root, _, rel = source.partition("\0")
-        try:
-            with open(os.path.join(root, *rel.split("/")), "rb") as handle:
-                if os.fstat(handle.fileno()).st_size > config.max_post_bytes:
-                    return None  # not the file the cache read
-                data = handle.read()
-        except OSError:
-            return None
-        if digest(data) != content_digest:
-            return None
         reader.problems = ProblemLog(echo=False)
+        data = reader.read_bytes(PostFile(os.path.join(root, *rel.split("/")), rel,
+                                          Path(root)))
+        if data is None or digest(data) != content_digest:
+            return None  # gone, unreadable, over the size limit or other bytes
         return reader.html_of(data)
     return body_of
 

@@ -308,18 +308,25 @@ def test_probe_cache_many_urls(tmp_path: Path) -> None:
     store.close()
 
 
-def test_post_images_probed_by_fetch_and_applied_by_build(tmp_path: Path,
-                                                         httpserver: HTTPServer,
-                                                         capsys: Any) -> None:
-    """A post's headimg with no extension: `build` cannot tell its type (no network),
-    `fetch` probes it, and from then on every build carries the enclosure."""
+def _post_with_unknown_image(tmp_path: Path, httpserver: HTTPServer, date: str) -> Path:
+    """A site (probing on) with one post whose headimg URL has no extension: a 42-byte
+    PNG only a probe can type."""
     httpserver.expect_request("/api/logo").respond_with_data(b"p" * 42,
                                                              content_type="image/png")
     config = upstream_config(tmp_path, [])
     _edit(config, "images", probe=True)
     (tmp_path / "posts" / "p.md").write_text(
-        "---\ntitle: Logo\ncategories: [A]\ndate: 2026-01-01 00:00:00\n"
+        f"---\ntitle: Logo\ncategories: [A]\ndate: {date}\n"
         f"headimg: {httpserver.url_for('/api/logo')}\n---\n<p>x</p>\n", encoding="utf-8")
+    return config
+
+
+def test_post_images_probed_by_fetch_and_applied_by_build(tmp_path: Path,
+                                                         httpserver: HTTPServer,
+                                                         capsys: Any) -> None:
+    """A post's headimg with no extension: `build` cannot tell its type (no network),
+    `fetch` probes it, and from then on every build carries the enclosure."""
+    config = _post_with_unknown_image(tmp_path, httpserver, "2026-01-01 00:00:00")
     code, _ = run(config, capsys, "build")
     assert code == 0 and _enclosures(tmp_path) == {"Logo": ()}
     assert len(httpserver.log) == 0  # build never touches the network
@@ -338,13 +345,7 @@ def test_fetch_prints_each_warning_once_when_it_probes_post_images(
         tmp_path: Path, httpserver: HTTPServer, capsys: Any) -> None:
     """After probing, `fetch` builds again with the probed types: the same inputs, so
     the same problems, which were printed by the first build already."""
-    httpserver.expect_request("/api/logo").respond_with_data(b"p" * 42,
-                                                             content_type="image/png")
-    config = upstream_config(tmp_path, [])
-    _edit(config, "images", probe=True)
-    (tmp_path / "posts" / "p.md").write_text(
-        "---\ntitle: Logo\ncategories: [A]\ndate: not a date\n"
-        f"headimg: {httpserver.url_for('/api/logo')}\n---\n<p>x</p>\n", encoding="utf-8")
+    config = _post_with_unknown_image(tmp_path, httpserver, "not a date")
     code, err = run(config, capsys, "fetch", "--all")
     assert code == 0 and _enclosures(tmp_path) == {"Logo": (("image/png", "42"),)}
     assert err.count("treated as undated") == 1, err

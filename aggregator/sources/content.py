@@ -171,8 +171,8 @@ def _listing(dirpath: str, root: Path, roots: list[Path], follow: bool,
                     entry.is_symlink() and not _symlink_ok(Path(entry.path), root, roots,
                                                            follow, problems)):
                 keyed.append((name + "/", entry, True))
-        elif name.endswith(".md") and not name.startswith(".#"):
-            keyed.append((name, entry, False))  # (a .md name is no other editor artefact)
+        elif name.endswith(".md") and not is_editor_artefact(name):
+            keyed.append((name, entry, False))
     keyed.sort(key=_FIRST)
     return keyed
 
@@ -208,12 +208,11 @@ def post_file(root: Path, roots: list[Path], location: str, rel: str, follow: bo
                     identity=(st.st_size, st.st_mtime_ns, st.st_ino))
 
 
-def rediscover(config: Config, known: dict[str, PostFile], changed: set[str],
+def rediscover(config: Config, changed: set[str],
                problems: ProblemLog) -> dict[str, PostFile | None] | None:
     """What became of the files in `changed` (location → its post now, or None: gone or
     not a post), found without walking the tree; None when a change needs a full walk
-    (a folder, a path outside). `known` is not touched (copying it cost a service
-    rebuild ~35 ms at 100k posts)."""
+    (a folder, a path outside)."""
     roots = [d.resolve() for d in config.content_dirs]
     updates: dict[str, PostFile | None] = {}
     for location in changed:

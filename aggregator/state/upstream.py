@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -119,8 +120,7 @@ class UpstreamState:
         """store_entries for entries dump_entries made (in a parse worker: turning 50k
         entries into JSON was a third of the parent's time in a 1,000-source poll)."""
         stamp = _iso(now)
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction():
             known = dict(self.db.execute(
                 "SELECT entry_id, first_seen FROM upstream_entry WHERE source_url = ?",
                 (source.url,)))
@@ -144,11 +144,6 @@ class UpstreamState:
                 "ORDER BY sort_at DESC, first_seen DESC, entry_id LIMIT ?)",
                 (source.url, source.url, source.retention))
             self._save(source, 200, etag, last_modified, None, now, floor=floor)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            self._rows = None  # it may hold what was just rolled back
-            raise
         return new
 
     def not_modified(self, source: UpstreamSource, etag: str | None,
@@ -165,13 +160,20 @@ class UpstreamState:
         if not self._deferred:
             return
         rows, self._deferred = self._deferred, []
+        with self._transaction():
+            self.db.executemany(_UPSERT_SOURCE, rows)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction; rolled back on any error, and then the rows kept in memory
+        are dropped (they may hold what was not stored)."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            self.db.executemany(_UPSERT_SOURCE, rows)
+            yield
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
-            self._rows = None  # it holds what was not stored
+            self._rows = None
             raise
 
     def failed(self, source: UpstreamSource, message: str, now: datetime,

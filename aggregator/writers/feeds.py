@@ -14,7 +14,6 @@ reference and its fallback); the feed heads are feedgen's, made once as template
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import operator
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from lxml import etree
 from aggregator import PROJECT_URL, __version__
 from aggregator.config import Config
 from aggregator.ids import published_id
-from aggregator.model import Entry
+from aggregator.model import Entry, changed
 from aggregator.publish.atomic import Parts
 from aggregator.writers import entry_xml
 
@@ -119,7 +118,7 @@ class FeedRenderer:
         """An id validators reject (`urn:uuid:` without a UUID, "123", a tag: with an
         upper-case authority) is published as a tag: URI made from it."""
         published = published_id(entry.id, self.config.site_host, self.config.id_date)
-        return entry if published == entry.id else dataclasses.replace(entry, id=published)
+        return entry if published == entry.id else changed(entry, id=published)
 
     def feedgen_atom_entry(self, entry: Entry) -> bytes:
         """The reference for entry_xml.atom_entry (tests hold them equal)."""

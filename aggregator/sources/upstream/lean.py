@@ -312,7 +312,7 @@ class _Reader:
     def _value(self, element: Any, key: str) -> str:
         """What feedparser's pop() makes of an element's text (URI keys resolved)."""
         text = _text(element).strip()
-        if text and key in _MIXIN.can_be_relative_uri and key != "id":
+        if text and key in _MIXIN.can_be_relative_uri:
             text = _urljoin(self.base, text)
         return _fixed(text)
 
@@ -354,17 +354,17 @@ class _Reader:
     def _body(self, entry: dict[str, Any], state: dict[str, bool], element: Any,
               attrs: dict[str, str], default_type: str) -> None:
         state["has_content"] = True
-        kind = _MIXIN.map_content_type(attrs.get("type", default_type))
         value, detail = self._content(element, attrs, default_type)
         entry.setdefault("content", []).append(detail)
-        if kind in {"text/plain"} | _HTML_TYPES:
-            entry.setdefault("summary", value)
+        # feedparser copies text and HTML content to the summary (_content takes no
+        # other type)
+        entry.setdefault("summary", value)
 
     def _link(self, entry: dict[str, Any], element: Any, attrs: dict[str, str]) -> None:
         attrs.setdefault("rel", "alternate")
         attrs.setdefault("type", "application/atom+xml" if attrs["rel"] == "self"
                          else "text/html")
-        _enforce_href(attrs)
+        _MIXIN._enforce_href(attrs)
         if "href" in attrs:  # an empty one too: it resolves to the base
             attrs["href"] = _urljoin(self.base, attrs["href"])
         links = entry.setdefault("links", [])
@@ -383,10 +383,8 @@ class _Reader:
 
     def _guid(self, entry: dict[str, Any], element: Any, attrs: dict[str, str]) -> None:
         is_link = attrs.get("ispermalink", "true") == "true"
-        text = _text(element).strip()
-        if text and is_link:
-            text = _urljoin(self.base, text)
-        value = _fixed(text)
+        # resolved like a URI only when it is one (isPermaLink)
+        value = self._value(element, "id") if is_link else _fixed(_text(element).strip())
         entry["id"] = value
         if is_link:
             entry.setdefault("link", value)
@@ -402,11 +400,11 @@ class _Reader:
             if not isinstance(inner.tag, str):
                 raise _Unsupported
             name = _name(inner)
-            inner_base = _based(self.base, _attributes(inner))
+            attrs = _attributes(inner)
             if name in ("name", "email"):
                 value = _text(inner).strip()  # pushed without text fixes
             elif name in ("uri", "url", "homepage"):
-                outer, self.base = self.base, inner_base
+                outer, self.base = self.base, _based(self.base, attrs)
                 value, name = self._value(inner, "href"), "href"
                 self.base = outer
             else:
@@ -431,14 +429,9 @@ class _Reader:
             _MIXIN._add_tag(context, value, None, None)
 
     def _enclosure(self, entry: dict[str, Any], attrs: dict[str, str]) -> None:
-        _enforce_href(attrs)
+        _MIXIN._enforce_href(attrs)  # a url or uri attribute becomes href
         attrs["rel"] = "enclosure"
         entry.setdefault("links", []).append(attrs)
-
-
-def _enforce_href(attrs: dict[str, str]) -> None:
-    """feedparser's: a url or uri attribute becomes href (when it is not empty)."""
-    _MIXIN._enforce_href(attrs)
 
 
 class _Context:

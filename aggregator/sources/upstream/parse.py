@@ -23,9 +23,9 @@ from aggregator.sources.upstream.jsonfeed import (
 )
 from aggregator.sources.upstream.lean import parse_lean
 
-# Tried first by feedparser (see buffered_expat.py); libxml2 is never installed here.
 log = logging.getLogger(__name__)
 
+# Tried first by feedparser (see buffered_expat.py); libxml2 is never installed here.
 _PARSER = "aggregator.sources.upstream.buffered_expat"
 if _PARSER not in feedparser.api.PREFERRED_XML_PARSERS:
     feedparser.api.PREFERRED_XML_PARSERS.insert(0, _PARSER)
