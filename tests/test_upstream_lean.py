@@ -77,6 +77,16 @@ def test_parse_feed_uses_the_lean_path_and_falls_back() -> None:
     assert parsed.kind == "rss10" and parsed.entry_count == 1  # feedparser read it
 
 
+def test_a_media_title_after_a_source_keeps_the_title_but_not_its_type() -> None:
+    """Found by the generator: <source> unlocks the title, and a later media:title
+    cannot replace the item's title but does replace its detail (feedparser checks the
+    depth for the value only), so an HTML-looking title is read as text."""
+    item = _item(["<title>a &lt;/span&gt; close</title>", "<source url=\"https://s.example/\">"
+                  "s</source>", "<media:content url=\"https://m.example/x.jpg\">"
+                  "<media:title>Plain title</media:title></media:content>"])
+    assert _same_as_feedparser(_rss([item]))
+
+
 def test_a_failing_lean_path_costs_speed_not_the_feed(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in the fast path (simulated: no input makes it raise) falls back."""
     import aggregator.sources.upstream.parse as parse_module

@@ -341,15 +341,19 @@ class _Reader:
     def _media_title(self, entry: dict[str, Any], state: dict[str, bool],
                      element: Any) -> None:
         """A media:title inside media:content is a title one level deeper: it never
-        replaces one the entry's own level stored, and locks nothing."""
+        replaces a title the entry's own level stored, and locks nothing. Its detail
+        (the type the normaliser reads) replaces the entry's all the same, unless a
+        title is locked: feedparser checks the depth for the value only."""
         outer = self.base
         self.base = _based(outer, attrs := _attributes(element))
         value, detail = self._content(element, attrs, "text/plain")
         self.base = outer
-        if state["title_locked"] or ("title" in entry and not state["media_title"]):
+        if state["title_locked"]:
             return
-        entry["title"], entry["title_detail"] = value, detail
-        state["media_title"] = True
+        if "title" not in entry or state["media_title"]:
+            entry["title"] = value
+            state["media_title"] = True
+        entry["title_detail"] = detail
 
     def _body(self, entry: dict[str, Any], state: dict[str, bool], element: Any,
               attrs: dict[str, str], default_type: str) -> None:
