@@ -155,6 +155,11 @@ class UpstreamState:
         self._save(source, 304, etag or old.etag, last_modified or old.last_modified, None, now,
                    floor=floor, defer=True)
 
+    @property
+    def deferred(self) -> int:
+        """How many 304s wait for the next flush()."""
+        return len(self._deferred)
+
     def flush(self) -> None:
         """Write the deferred 304s, in one transaction."""
         if not self._deferred:

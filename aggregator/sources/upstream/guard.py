@@ -22,6 +22,8 @@ from typing import Any
 import httpcore
 import httpx
 
+from aggregator.sources.upstream.connections import ConnectionPool
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Test-only: (ip, port) pairs treated as public addresses, so a test on 127.0.0.1 can
@@ -144,21 +146,9 @@ class GuardedBackend(httpcore.SyncBackend):
         raise last if last is not None else httpcore.ConnectError(f"no address for {host}")
 
 
-class GuardedTransport(httpx.HTTPTransport):
-    """httpx's transport with a connection pool on the guarded backend.
-
-    httpx 0.28 does not take a network backend, so we build the httpcore pool it would
-    build (same TLS context and limits) with ours; `_pool` is what HTTPTransport sends
-    through."""
-
-    def __init__(self, limits: httpx.Limits, allow_private: bool) -> None:
-        super().__init__(limits=limits)
-        # Our backend with allow_private too: it also carries the request deadline.
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=GuardedBackend(check=not allow_private),
-        )
-
+def guarded_pool(concurrency: int, allow_private: bool) -> ConnectionPool:
+    """Our connection pool on the guarded backend (which also carries the request
+    deadline, so it is used with `allow_private` too), with httpx's TLS context (certifi
+    roots), keeping up to `concurrency` idle connections for 5 s (httpx's default)."""
+    return ConnectionPool(httpx.create_ssl_context(), GuardedBackend(check=not allow_private),
+                          max_idle=concurrency, keepalive_expiry=5.0)
