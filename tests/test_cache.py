@@ -114,6 +114,35 @@ def test_a_new_program_version_rerenders_everything(tmp_path: Path,
     assert again.rendered == 12
 
 
+def test_a_new_sanitiser_library_rerenders_everything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nh3 upgraded (a newer dist-info first on sys.path, as an upgrade leaves it): the
+    versions are read from dist-info folder names, so this must re-render."""
+    config = load_config(_site(tmp_path))
+    assert build(config, clock=fixed_clock()).rendered == 12
+    upgraded = tmp_path / "site-packages"
+    (upgraded / "nh3-99.1.dist-info").mkdir(parents=True)
+    monkeypatch.syspath_prepend(str(upgraded))
+    for cached in (aggregator.fingerprints.version,
+                   aggregator.fingerprints._dist_info_versions):
+        cached.cache_clear()
+    try:
+        assert aggregator.fingerprints.version("nh3") == "99.1"
+        assert build(config, clock=fixed_clock()).rendered == 12
+    finally:
+        monkeypatch.undo()
+        aggregator.fingerprints.version.cache_clear()
+        aggregator.fingerprints._dist_info_versions.cache_clear()
+
+
+@pytest.mark.parametrize("package", ["PyYAML", "markdown-it-py", "nh3", "selectolax",
+                                     "feedgen", "lxml"])
+def test_versions_are_the_ones_importlib_metadata_reads(package: str) -> None:
+    from importlib import metadata
+
+    assert aggregator.fingerprints.version(package) == metadata.version(package)
+
+
 def test_a_lost_or_corrupt_cache_costs_only_time(tmp_path: Path) -> None:
     config = load_config(_site(tmp_path))
     build(config, clock=fixed_clock())

@@ -23,10 +23,6 @@ from aggregator.sanitize.text import strip_xml_illegal
 
 log = logging.getLogger(__name__)
 
-# Bump on any change to what clean() outputs: cached renders keyed on it must be redone
-# (render.render_fingerprint includes it, with nh3's and selectolax's versions).
-SANITIZER_VERSION = 4
-
 TAGS = set(nh3.ALLOWED_TAGS) | {
     "figure", "figcaption", "picture", "source", "video", "audio", "track", "iframe",
     "section", "main", "address",
