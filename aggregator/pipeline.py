@@ -268,7 +268,8 @@ class Builder:
         report.problems.replay(index.ordered_problems())
         report.posts_found, report.posts_read = len(now), len(index.posts)
         report.entries = len(index.merged)
-        report.unknown_images = index.unknown_images()
+        if not self.persistent:  # for `fetch` and the saved record; a session has no use
+            report.unknown_images = index.unknown_images()  # (~3 ms a rebuild at 100k)
         self._signature = None  # the next full build plans every node again
         return dirty
 
@@ -294,6 +295,7 @@ class Builder:
         if dirty is None:
             self._index, self._counts = None, None
             return False
+        self._publish_memo = saved.publish_memo
         if not changed:
             # The inputs are the saved build's, but some output is not (deleted or
             # edited by hand, or the last build failed while publishing): every feed
@@ -315,7 +317,7 @@ class Builder:
             return
         self._cache.store_session(SavedSession(
             _settings_digest(config), self._posts, self._index, self._counts,
-            SavedSession.FORMAT).dumps())
+            SavedSession.FORMAT, self._publish_memo).dumps())
 
     def _publish_patched(self, config: Config, report: BuildReport, dirty: set[Names],
                          workers: int, *, stat: bool) -> None:

@@ -143,6 +143,29 @@ def test_versions_are_the_ones_importlib_metadata_reads(package: str) -> None:
     assert aggregator.fingerprints.version(package) == metadata.version(package)
 
 
+def test_feed_states_kept_in_memory_see_another_process_commit(tmp_path: Path) -> None:
+    """A session keeps the published feeds' states in memory; a CLI build (another
+    connection) that rewrites them must not leave the session reading its old copy."""
+    import sqlite3
+
+    from aggregator.state.cache import BuildCache
+
+    path = tmp_path / "state.cache"
+    session = BuildCache(path)
+    session.update_feed_states([("a/atom.xml", "p1", 10, 1), ("b/atom.xml", "p1", 20, 2)], [])
+    assert session.feed_states() == {"a/atom.xml": ("p1", 10, 1), "b/atom.xml": ("p1", 20, 2)}
+    session.update_feed_states([("a/atom.xml", "p2", 11, 3)], ["b/atom.xml"])
+    assert session.feed_states() == {"a/atom.xml": ("p2", 11, 3)}  # its own writes
+    other = sqlite3.connect(path)
+    with other:
+        other.execute("UPDATE feed_state SET fingerprint='cli', size=12 WHERE rel='a/atom.xml'")
+    other.close()
+    assert session.feed_states() == {"a/atom.xml": ("cli", 12, 3)}
+    session.invalidate_if_changed("render", "another", "feed_state")
+    assert session.feed_states() == {}
+    session.close()
+
+
 def test_a_lost_or_corrupt_cache_costs_only_time(tmp_path: Path) -> None:
     config = load_config(_site(tmp_path))
     build(config, clock=fixed_clock())

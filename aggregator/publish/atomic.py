@@ -115,6 +115,10 @@ class Publisher:
         self._published.add(rel)
         self.unchanged.append(rel)
 
+    def keep_all(self, rels: list[str]) -> None:
+        self._published.update(rels)
+        self.unchanged.extend(rels)
+
     def _target(self, rel: str) -> Path:
         # Slugs make an escape impossible; check anyway, on the string (resolving every
         # path cost ~0.4 ms a file: a third of publishing 1,600 unchanged feeds).

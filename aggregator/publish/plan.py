@@ -59,13 +59,15 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     kept: list[str] = []
     kept_nodes: list[Node] = []
     for node in root.walk():
-        rels = [f"{node.rel_dir}{kind}.xml" for kind in ("atom", "rss")]
+        names = node.names
+        rels = (f"{node.rel_dir}atom.xml", f"{node.rel_dir}rss.xml")
         # A session's clean node is trusted without a stat between full walks (a feed
         # file edited by hand is repaired at the next walk, at most 10 minutes later).
-        if node.names in clean_nodes and last_counts is not None and node.names in last_counts \
-                and all(rel in previous and (not sweep_temps or _untouched(
-                    publisher, rel, previous[rel][0], previous)) for rel in rels):
-            counts[node.names] = last_counts[node.names]
+        if names in clean_nodes and last_counts is not None and names in last_counts \
+                and rels[0] in previous and rels[1] in previous and (not sweep_temps or (
+                    _untouched(publisher, rels[0], previous[rels[0]][0], previous)
+                    and _untouched(publisher, rels[1], previous[rels[1]][0], previous))):
+            counts[names] = last_counts[names]
             kept += rels
             kept_nodes.append(node)
             continue
@@ -95,9 +97,8 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
 
     prints: dict[str, str] = {}
     unpacked = _SubtreeRenders(rendered)
-    for rel in kept:
-        publisher.keep(rel)
-        report.feeds += 1
+    publisher.keep_all(kept)
+    report.feeds += len(kept)
     for node, kind, rel, members, member_keys, feed_print in plans:
         report.feeds += 1
         if rel in todo:
@@ -110,7 +111,9 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
             publisher.keep(rel)
         prints[rel] = feed_print
     index, opml = INDEX_FILES
-    shape = tuple((node.names, node.slugs, counts[node.names]) for node in root.walk())
+    # counts holds every node in walk order, and within one config the names decide
+    # the slugs: names and counts are the whole shape the two files show
+    shape = tuple(counts.items())
     if memo is None or memo.get("shape") != shape:
         files = (index_html(config, root, counts), feeds_opml(config, root))
         if memo is not None:
@@ -120,12 +123,14 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     publisher.write(index, files[0])
     publisher.write(opml, files[1])
     publisher.finish()
-    states = [(rel, *previous[rel]) for rel in kept]
+    states = []  # the kept feeds' states are as they were
     for rel, feed_print in prints.items():  # as published: size and mtime after the rename
         st = (config.output_dir / rel).stat()
         states.append((rel, feed_print, st.st_size, st.st_mtime_ns))
+    published = set(kept)
+    published.update(prints)
     cache.update_feed_states([row for row in states if previous.get(row[0]) != row[1:]],
-                             previous.keys() - {row[0] for row in states})
+                             previous.keys() - published)
     if report.rendered and (sweep_temps and not patched or not kept_nodes):
         # Renders no feed uses any more go (bounded disk). The keys of the kept nodes'
         # entries were never computed: computed now, or their renders would go too

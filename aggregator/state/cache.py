@@ -198,6 +198,8 @@ class BuildCache:
         name = self.db.execute("PRAGMA database_list").fetchone()[2]
         self.file: Path | None = Path(name) if name else None
         self._posts: dict[str, tuple[int, int, int, str, bytes]] | None = None
+        # feed_states() as last read and since updated, with the data_version it read
+        self._feed_states: tuple[int, dict[str, tuple[str, int, int]]] | None = None
 
     @staticmethod
     def _open(path: Path | None) -> sqlite3.Connection:
@@ -248,6 +250,7 @@ class BuildCache:
             self._write_failed(exc)
             self._stale.update(tables)  # outdated rows must not be used
         self._posts = None
+        self._feed_states = None
 
     # -- posts -----------------------------------------------------------------
 
@@ -366,19 +369,33 @@ class BuildCache:
     # -- published feeds ------------------------------------------------------------
 
     def feed_states(self) -> dict[str, tuple[str, int, int]]:
+        """rel → (fingerprint, size, mtime_ns) of every published feed. Kept in memory
+        between a session's builds (reading 1,644 rows was ~4 ms of each rebuild) for as
+        long as SQLite's data_version says no other connection (a CLI build) committed."""
         if "feed_state" in self._stale:
             return {}
-        return {row[0]: (row[1], row[2], row[3]) for row in self.db.execute(
-            "SELECT rel, fingerprint, size, mtime_ns FROM feed_state")}
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        kept = self._feed_states
+        if kept is None or kept[0] != version:
+            kept = self._feed_states = (version, {
+                row[0]: (row[1], row[2], row[3]) for row in self.db.execute(
+                    "SELECT rel, fingerprint, size, mtime_ns FROM feed_state")})
+        return dict(kept[1])
 
     @_disposable
     def update_feed_states(self, rows: Iterable[tuple[str, str, int, int]],
                            gone: Iterable[str]) -> None:
         """Upsert the feeds whose state changed; drop those no longer published."""
+        rows, gone = list(rows), list(gone)
         with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO feed_state VALUES (?, ?, ?, ?)",
-                                list(rows))
+            self.db.executemany("INSERT OR REPLACE INTO feed_state VALUES (?, ?, ?, ?)", rows)
             self.db.executemany("DELETE FROM feed_state WHERE rel=?", [(r,) for r in gone])
+        if self._feed_states is not None:  # our own commits leave data_version alone
+            states = self._feed_states[1]
+            states.update((rel, (fingerprint, size, mtime)) for rel, fingerprint, size, mtime
+                          in rows)
+            for rel in gone:
+                states.pop(rel, None)
 
     # -- the last complete build ---------------------------------------------------
 

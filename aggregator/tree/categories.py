@@ -11,6 +11,7 @@ import bisect
 import functools
 import hashlib
 import heapq
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -27,31 +28,58 @@ class Node:
     slugs: tuple[str, ...]
     children: dict[str, Node] = field(default_factory=dict)
     own: list[Entry] = field(default_factory=list)  # sorted by sort_key: add() keeps it
+    # Folder of this node's feeds relative to the output dir ('' for the root); set with
+    # the slugs (a service plans 1,644 nodes' file names on every rebuild).
+    rel_dir: str = ""
+    # entries(limit) as last merged, for that limit; None once this node or one below
+    # it changed (add() and discard() clear it up the path through their callers).
+    _merged: tuple[int, list[Entry]] | None = field(default=None, repr=False, compare=False)
 
     def add(self, entry: Entry) -> None:
         bisect.insort(self.own, entry, key=sort_key)
+        self._merged = None
 
-    @property
-    def rel_dir(self) -> str:
-        """Folder of this node's feeds relative to the output dir ('' for the root)."""
-        return "".join(f"{slug}/" for slug in self.slugs)
+    def discard(self, entry: Entry) -> None:
+        self.own.remove(entry)
+        self._merged = None
+
+    def changed(self) -> None:
+        """A node below this one gained or lost an entry."""
+        self._merged = None
 
     @property
     def title(self) -> str:
         return " / ".join(self.names)
 
     def walk(self) -> Iterator[Node]:
-        yield self
-        for child in self.children.values():
-            yield from child.walk()
+        """This node and every one below it, depth first, children in order."""
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            yield node
+            if node.children:
+                stack.extend(reversed(node.children.values()))
 
     def entries(self, limit: int = 0) -> list[Entry]:
-        """Own and descendants' entries, newest first; at most `limit` (0 = all)."""
-        runs = [node.own for node in self.walk() if node.own]  # each kept sorted
-        merged = heapq.merge(*runs, key=sort_key)
-        if limit:
-            return [entry for _, entry in zip(range(limit), merged, strict=False)]
-        return list(merged)
+        """Own and descendants' entries, newest first; at most `limit` (0 = all).
+
+        Merged from the children's own merges (kept until a change below clears them):
+        a rebuild after one edit merges the few runs on the edited entry's path, where
+        the root used to merge all 600 leaves' runs. Ties keep the depth-first order
+        of the nodes, as one merge of every run in walk order did."""
+        merged = self._merged
+        if merged is not None and merged[0] == limit:
+            return merged[1]
+        runs = [self.own[:limit] if limit else self.own]
+        runs += [child.entries(limit) for child in self.children.values()]
+        runs = [run for run in runs if run]
+        if len(runs) == 1:
+            result = list(runs[0])
+        else:
+            stream = heapq.merge(*runs, key=sort_key)
+            result = list(itertools.islice(stream, limit) if limit else stream)
+        self._merged = (limit, result)
+        return result
 
 
 def base_slug(name: str, overrides: dict[str, str]) -> str:
@@ -96,5 +124,6 @@ def _assign_slugs(node: Node, overrides: dict[str, str]) -> None:
         used.add(slug)
         child = node.children[name]
         child.slugs = node.slugs + (slug,)
+        child.rel_dir = f"{node.rel_dir}{slug}/"
         _assign_slugs(child, overrides)
     node.children = dict(sorted(node.children.items(), key=lambda kv: kv[1].slugs))
