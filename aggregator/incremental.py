@@ -135,24 +135,30 @@ class SavedSession:
 
     settings: str  # digest of the config and versions it was built with
     posts: dict[str, PostFile]  # location → the post file as that build found it
-    index: SessionIndex
+    index: SessionIndex | None  # saved apart: loaded only when few posts changed
     counts: dict[Names, int]  # entries in each node's feed, as published
     format: int  # FORMAT when saved: a record of another layout is not used
     # publish()'s memo: index.html and feeds.opml for the tree's shape, so a patched
     # build that leaves the shape alone does not make them again (~50 ms at 10k posts)
     publish_memo: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    FORMAT = 2
+    FORMAT = 3
 
-    def dumps(self) -> memoryview:
-        """Pickled with every entry's html left out (a render reads it again from the
-        post file): the index of 100k posts would otherwise carry 500 MB of html. A view, not a
-        copy, of the ~130 MB that 100k posts still take. (Saved flat instead, each
-        entry once and the tree rebuilt on load, used as much memory and made an edit
-        at 100k posts 3 s slower.)"""
+    def dumps(self) -> tuple[bytes, memoryview]:
+        """(this record without its index, the index). Two records: a build that
+        finds many changed files reads the first alone and does a full build, where
+        it used to unpickle the index too (~2 s at 100k posts).
+
+        The index is pickled with every entry's html left out (a render reads it again
+        from the post file): the index of 100k posts would otherwise carry 500 MB of
+        html. A view, not a copy, of the ~130 MB that 100k posts still take. (Saved
+        flat instead, each entry once and the tree rebuilt on load, used as much memory
+        and made an edit at 100k posts 3 s slower.)"""
+        head = pickle.dumps(dataclasses.replace(self, index=None),
+                            protocol=pickle.HIGHEST_PROTOCOL)
         buffer = io.BytesIO()
-        _LightPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(self)
-        return buffer.getbuffer()
+        _LightPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(self.index)
+        return head, buffer.getbuffer()
 
 
 class _LightPickler(pickle.Pickler):

@@ -278,7 +278,7 @@ class Builder:
         """A one-off build that walked and found a few changed post files: patch them
         into the last one-off build's saved index (as a session does) instead of
         building."""
-        from aggregator.incremental import SavedSession, changed_locations
+        from aggregator.incremental import SavedSession, SessionIndex, changed_locations
 
         if self.persistent or self._cache is None:
             return False
@@ -290,7 +290,10 @@ class Builder:
         changed = changed_locations(saved.posts, now)
         if len(changed) > max(100, len(now) // 50):
             return False  # many changes: a full build is as quick and simpler
-        self._index, self._counts = saved.index, saved.counts
+        index = self._cache.saved_session_index()
+        if not isinstance(index, SessionIndex):
+            return False
+        self._index, self._counts = index, saved.counts
         dirty = self._patch(config, state, report, saved.posts, changed)
         if dirty is None:
             self._index, self._counts = None, None

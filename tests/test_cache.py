@@ -634,10 +634,12 @@ def test_the_saved_session_index_carries_no_html(tmp_path: Path) -> None:
     config = load_config(_site(tmp_path))
     build(config, clock=fixed_clock())
     db = sqlite3.connect(f"{config.state_path}.cache")
-    blob = db.execute("SELECT record FROM session").fetchone()[0]
+    head = db.execute("SELECT record FROM session").fetchone()[0]
+    blob = db.execute("SELECT record FROM session_index").fetchone()[0]
     db.close()
     assert b"Body 3" not in blob and b"junk 3" not in blob  # bodies stay in the posts
     assert b"Post 3" in blob  # titles are there
+    assert b"Post 3" not in head  # the posts' record holds no entry
 
 
 def test_a_saved_session_of_another_layout_is_ignored(tmp_path: Path) -> None:
@@ -661,6 +663,42 @@ def test_a_saved_session_of_another_layout_is_ignored(tmp_path: Path) -> None:
         report = build(config, clock=fixed_clock())
         assert not report.patched
         assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path=config.path)
+
+
+def test_the_saved_index_is_read_only_to_patch(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many changed files: a full build, without unpickling the saved index (~2 s at
+    100k posts); one edited file: the index is read and the edit patched in; a broken
+    index record: a full build, the same feeds."""
+    import sqlite3
+
+    from aggregator.state.cache import BuildCache
+
+    config_path = _site(tmp_path)
+    for i in range(12, 130):  # more than the 100 changed files a patch takes
+        write_post(tmp_path / "posts", f"c/p{i}.md", f"title: Post {i}\ncategories: [Gamma]\n"
+                   f"date: 2026-02-01 08:00:00", body=f"<p>Body {i}</p>")
+    config = load_config(config_path)
+    build(config, clock=fixed_clock())
+    reads: list[int] = []
+    original = BuildCache.saved_session_index
+    monkeypatch.setattr(BuildCache, "saved_session_index",
+                        lambda self: reads.append(1) or original(self))
+    for i in range(12, 130):
+        _rewrite(tmp_path / f"posts/c/p{i}.md", "Body", "Changed")
+    report = build(config, clock=fixed_clock())
+    assert not report.patched and reads == []
+    _rewrite(tmp_path / "posts/a/p1.md", "Body 1", "Edited 1")
+    report = build(config, clock=fixed_clock())
+    assert report.patched and reads == [1]
+    db = sqlite3.connect(f"{config.state_path}.cache")
+    with db:
+        db.execute("UPDATE session_index SET record = ?", (b"not a pickle",))
+    db.close()
+    _rewrite(tmp_path / "posts/a/p1.md", "Edited 1", "Edited again 1")
+    report = build(config, clock=fixed_clock())
+    assert not report.patched
+    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
 
 
 REAL_POSTS = SHARED / "corpus" / "posts"

@@ -17,8 +17,8 @@ disposable: deleting it (or it being corrupt) only costs one slow build.
   fingerprint with an untouched file means nothing to render or write.
 - last_build: the inputs digest, published files and problems of the last complete
   build (see state/last_build.py): a build whose inputs match stops after the walk.
-- session: that build's SessionIndex (incremental.SavedSession), entries without
-  html: a build that finds a few changed post files patches them into it.
+- session, session_index: that build's posts and SessionIndex (incremental.SavedSession,
+  entries without html): a build that finds a few changed post files patches them in.
 """
 
 from __future__ import annotations
@@ -70,6 +70,10 @@ CREATE TABLE IF NOT EXISTS last_build (
     record BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS session (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    record BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS session_index (
     id     INTEGER PRIMARY KEY CHECK (id = 1),
     record BLOB NOT NULL
 );
@@ -422,9 +426,16 @@ class BuildCache:
     # -- the last one-off build's session index (incremental.SavedSession) -------------
 
     def saved_session(self) -> Any:
-        """The pickled SavedSession, or None (the caller checks its type: this module
-        must not import the pipeline's)."""
-        row = self.db.execute("SELECT record FROM session").fetchone()
+        """The pickled SavedSession without its index, or None (the caller checks its
+        type: this module must not import the pipeline's)."""
+        return self._unpickled("SELECT record FROM session")
+
+    def saved_session_index(self) -> Any:
+        """The index saved with it (loaded apart: a build of many changes needs none)."""
+        return self._unpickled("SELECT record FROM session_index")
+
+    def _unpickled(self, query: str) -> Any:
+        row = self.db.execute(query).fetchone()
         if row is None:
             return None
         try:
@@ -433,11 +444,14 @@ class BuildCache:
             return None
 
     @_disposable
-    def store_session(self, record: bytes | memoryview | None) -> None:
+    def store_session(self, record: tuple[bytes, bytes | memoryview] | None) -> None:
+        """SavedSession.dumps()'s two records, written together (None: forget them)."""
         with self.db:
             self.db.execute("DELETE FROM session")
+            self.db.execute("DELETE FROM session_index")
             if record is not None:
-                self.db.execute("INSERT INTO session VALUES (1, ?)", (record,))
+                self.db.execute("INSERT INTO session VALUES (1, ?)", (record[0],))
+                self.db.execute("INSERT INTO session_index VALUES (1, ?)", (record[1],))
 
     def close(self) -> None:
         self.db.close()
