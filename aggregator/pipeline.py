@@ -278,23 +278,24 @@ class Builder:
         """A one-off build that walked and found a few changed post files: patch them
         into the last one-off build's saved index (as a session does) instead of
         building."""
-        from aggregator.incremental import SavedSession, SessionIndex, changed_locations
+        from aggregator.incremental import SavedPosts, SavedSession, SessionIndex
 
         if self.persistent or self._cache is None:
             return False
         saved = self._cache.saved_session()
         if not isinstance(saved, SavedSession) or getattr(saved, "format", None) != \
-                SavedSession.FORMAT or saved.settings != _settings_digest(config):
+                SavedSession.FORMAT or saved.settings != _settings_digest(config) \
+                or not isinstance(saved.posts, SavedPosts):
             return False
         now = self._posts or {}
-        changed = changed_locations(saved.posts, now)
+        changed = saved.posts.changed(now)
         if len(changed) > max(100, len(now) // 50):
             return False  # many changes: a full build is as quick and simpler
         index = self._cache.saved_session_index()
         if not isinstance(index, SessionIndex):
             return False
         self._index, self._counts = index, saved.counts
-        dirty = self._patch(config, state, report, saved.posts, changed)
+        dirty = self._patch(config, state, report, saved.posts.before(changed), changed)
         if dirty is None:
             self._index, self._counts = None, None
             return False
@@ -312,14 +313,14 @@ class Builder:
         return True
 
     def _save_session(self, config: Config) -> None:
-        from aggregator.incremental import SavedSession
+        from aggregator.incremental import SavedPosts, SavedSession
 
         assert self._cache is not None
         if self._index is None or self._counts is None or self._posts is None:
             self._cache.store_session(None)
             return
         self._cache.store_session(SavedSession(
-            _settings_digest(config), self._posts, self._index, self._counts,
+            _settings_digest(config), SavedPosts(self._posts), self._index, self._counts,
             SavedSession.FORMAT, self._publish_memo).dumps())
 
     def _publish_patched(self, config: Config, report: BuildReport, dirty: set[Names],

@@ -701,6 +701,31 @@ def test_the_saved_index_is_read_only_to_patch(tmp_path: Path,
     assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
 
 
+def test_saved_posts_tell_what_changed_since() -> None:
+    import pickle
+
+    from aggregator.incremental import SavedPosts
+    from aggregator.sources.content import PostFile
+
+    one, two = Path("/site/posts"), Path("/site/more")
+    then = {f"/site/posts/{n}.md": PostFile(f"/site/posts/{n}.md", f"{n}.md", one,
+                                            (n, 10 + n, 100 + n)) for n in range(5)}
+    then["/site/more/x.md"] = PostFile("/site/more/x.md", "x.md", two, (1, 2, 3))
+    saved = pickle.loads(pickle.dumps(SavedPosts(then)))  # as a build reads it back
+    now = dict(then)
+    assert saved.changed(now) == set()
+    now["/site/posts/1.md"] = then["/site/posts/1.md"]._replace(identity=(1, 99, 101))
+    now["/site/posts/2.md"] = then["/site/posts/2.md"]._replace(rel="sub/2.md")
+    now["/site/posts/3.md"] = then["/site/posts/3.md"]._replace(root=Path("/elsewhere"))
+    del now["/site/posts/4.md"]
+    now["/site/posts/new.md"] = PostFile("/site/posts/new.md", "new.md", Path("/site/posts"),
+                                         (7, 7, 7))  # an equal root, another object
+    expected = {f"/site/posts/{n}.md" for n in (1, 2, 3, 4)} | {"/site/posts/new.md"}
+    assert saved.changed(now) == expected
+    assert saved.before(expected) == {**{f"/site/posts/{n}.md": then[f"/site/posts/{n}.md"]
+                                         for n in (1, 2, 3, 4)}, "/site/posts/new.md": None}
+
+
 REAL_POSTS = SHARED / "corpus" / "posts"
 BODY_CASES = {
     "html": "---\ntitle: A\n---\n\n<div><p>x &amp; y</p></div>",
