@@ -293,6 +293,7 @@ class Builder:
             return False  # many changes: a full build is as quick and simpler
         index = self._cache.saved_session_index()
         if not isinstance(index, SessionIndex):
+            self._cache.store_session(None)  # so the full build saves a new index
             return False
         self._index, self._counts = index, saved.counts
         dirty = self._patch(config, state, report, saved.posts.before(changed), changed)
@@ -319,9 +320,14 @@ class Builder:
         if self._index is None or self._counts is None or self._posts is None:
             self._cache.store_session(None)
             return
+        settings = _settings_digest(config)
+        key = self._index.content_key(settings)
+        old = self._cache.saved_session()
+        same = isinstance(old, SavedSession) and getattr(old, "format", None) == \
+            SavedSession.FORMAT and old.index_key == key
         self._cache.store_session(SavedSession(
-            _settings_digest(config), SavedPosts(self._posts), self._index, self._counts,
-            SavedSession.FORMAT, self._publish_memo).dumps())
+            settings, SavedPosts(self._posts), self._index, self._counts,
+            SavedSession.FORMAT, self._publish_memo, key).dumps(with_index=not same))
 
     def _publish_patched(self, config: Config, report: BuildReport, dirty: set[Names],
                          workers: int, *, stat: bool) -> None:

@@ -699,6 +699,44 @@ def test_the_saved_index_is_read_only_to_patch(tmp_path: Path,
     report = build(config, clock=fixed_clock())
     assert not report.patched
     assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
+    _rewrite(tmp_path / "posts/a/p1.md", "Edited again 1", "Edited a third time 1")
+    assert build(config, clock=fixed_clock()).patched  # that full build saved an index
+
+
+def test_touched_posts_keep_the_saved_index(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every post touched, none changed: the full build saves the posts' new identities
+    but not the index again (the same content key); an edit after it is patched right.
+    A changed post among many touched ones: the index is saved again."""
+    from aggregator.incremental import SavedSession
+
+    config_path = _site(tmp_path)
+    for i in range(12, 130):
+        write_post(tmp_path / "posts", f"c/p{i}.md", f"title: Post {i}\ncategories: [Gamma]\n"
+                   f"date: 2026-02-01 08:00:00", body=f"<p>Body {i}</p>")
+    config = load_config(config_path)
+    build(config, clock=fixed_clock())
+    dumps: list[bool] = []
+    original = SavedSession.dumps
+    monkeypatch.setattr(SavedSession, "dumps",
+                        lambda self, with_index=True: dumps.append(with_index) or
+                        original(self, with_index))
+    for post in (tmp_path / "posts").rglob("*.md"):
+        os.utime(post, ns=(post.stat().st_atime_ns, post.stat().st_mtime_ns + 10**9))
+    assert not build(config, clock=fixed_clock()).patched
+    assert dumps == [False]
+    _rewrite(tmp_path / "posts/a/p1.md", "Body 1", "Edited 1")
+    assert build(config, clock=fixed_clock()).patched
+    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
+    dumps.clear()  # the clean build's own
+    for post in (tmp_path / "posts").rglob("*.md"):
+        os.utime(post, ns=(post.stat().st_atime_ns, post.stat().st_mtime_ns + 10**9))
+    _rewrite(tmp_path / "posts/c/p20.md", "Body 20", "Edited 20")
+    assert not build(config, clock=fixed_clock()).patched
+    assert dumps == [True]
+    _rewrite(tmp_path / "posts/b/p2.md", "Body 2", "Edited 2")
+    assert build(config, clock=fixed_clock()).patched
+    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
 
 
 def test_saved_posts_tell_what_changed_since() -> None:

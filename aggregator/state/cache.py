@@ -444,14 +444,17 @@ class BuildCache:
             return None
 
     @_disposable
-    def store_session(self, record: tuple[bytes, bytes | memoryview] | None) -> None:
-        """SavedSession.dumps()'s two records, written together (None: forget them)."""
+    def store_session(self, record: tuple[bytes, bytes | memoryview | None] | None) -> None:
+        """SavedSession.dumps()'s two records, written together (None: forget them; an
+        index of None: the saved index stays, the caller knows it is the same)."""
         with self.db:
             self.db.execute("DELETE FROM session")
-            self.db.execute("DELETE FROM session_index")
+            if record is None or record[1] is not None:
+                self.db.execute("DELETE FROM session_index")
             if record is not None:
                 self.db.execute("INSERT INTO session VALUES (1, ?)", (record[0],))
-                self.db.execute("INSERT INTO session_index VALUES (1, ?)", (record[1],))
+                if record[1] is not None:
+                    self.db.execute("INSERT INTO session_index VALUES (1, ?)", (record[1],))
 
     def close(self) -> None:
         self.db.close()
