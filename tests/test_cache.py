@@ -17,7 +17,7 @@ import yaml
 from helpers import SHARED, fixed_clock, write_config, write_post
 
 import aggregator.fingerprints
-from aggregator.config import load_config
+from aggregator.config import Config, load_config
 from aggregator.pipeline import BuildReport, build
 
 
@@ -665,6 +665,18 @@ def test_a_saved_session_of_another_layout_is_ignored(tmp_path: Path) -> None:
         assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path=config.path)
 
 
+def _built_big_site(tmp_path: Path) -> tuple[Path, Config]:
+    """_site() with 118 more posts (more than the 100 changed files a patch takes),
+    built once."""
+    config_path = _site(tmp_path)
+    for i in range(12, 130):
+        write_post(tmp_path / "posts", f"c/p{i}.md", f"title: Post {i}\ncategories: [Gamma]\n"
+                   f"date: 2026-02-01 08:00:00", body=f"<p>Body {i}</p>")
+    config = load_config(config_path)
+    build(config, clock=fixed_clock())
+    return config_path, config
+
+
 def test_the_saved_index_is_read_only_to_patch(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Many changed files: a full build, without unpickling the saved index (~2 s at
@@ -674,12 +686,7 @@ def test_the_saved_index_is_read_only_to_patch(tmp_path: Path,
 
     from aggregator.state.cache import BuildCache
 
-    config_path = _site(tmp_path)
-    for i in range(12, 130):  # more than the 100 changed files a patch takes
-        write_post(tmp_path / "posts", f"c/p{i}.md", f"title: Post {i}\ncategories: [Gamma]\n"
-                   f"date: 2026-02-01 08:00:00", body=f"<p>Body {i}</p>")
-    config = load_config(config_path)
-    build(config, clock=fixed_clock())
+    config_path, config = _built_big_site(tmp_path)
     reads: list[int] = []
     original = BuildCache.saved_session_index
     monkeypatch.setattr(BuildCache, "saved_session_index",
@@ -710,12 +717,7 @@ def test_touched_posts_keep_the_saved_index(tmp_path: Path,
     A changed post among many touched ones: the index is saved again."""
     from aggregator.incremental import SavedSession
 
-    config_path = _site(tmp_path)
-    for i in range(12, 130):
-        write_post(tmp_path / "posts", f"c/p{i}.md", f"title: Post {i}\ncategories: [Gamma]\n"
-                   f"date: 2026-02-01 08:00:00", body=f"<p>Body {i}</p>")
-    config = load_config(config_path)
-    build(config, clock=fixed_clock())
+    config_path, config = _built_big_site(tmp_path)
     dumps: list[bool] = []
     original = SavedSession.dumps
     monkeypatch.setattr(SavedSession, "dumps",
