@@ -1,4 +1,5 @@
-"""Upstream feeds: fetch (httpx), parse (feedparser / our JSON Feed), normalise, poll."""
+"""Upstream feeds: fetch (httpcore, our pool), parse (lxml / feedparser / our JSON Feed),
+normalise, poll."""
 
 from __future__ import annotations
 

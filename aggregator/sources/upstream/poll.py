@@ -139,7 +139,7 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
     validators = {s.url: state.source(s.url) for s in sources}
     limits = limits_from(config)
     processes = _processes(config, len(sources))
-    # spawn, not fork: the parent has live httpx and SQLite threads.
+    # spawn, not fork: the parent has live fetch and SQLite threads.
     parsers: Executor | None = ProcessPoolExecutor(
         processes, mp_context=multiprocessing.get_context("spawn")) if processes > 1 else None
     finished: SimpleQueue[Future[Any]] = SimpleQueue()  # futures, as they complete
