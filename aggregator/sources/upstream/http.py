@@ -157,7 +157,7 @@ class Fetcher:
                 if time.monotonic() - started >= self.limits.deadline:
                     raise FetchError(f"deadline of {self.limits.deadline:g}s passed while "
                                      "reading") from exc
-                raise FetchError(f"timed out ({type(exc).__name__})") from exc
+                raise _failed(exc) from exc
             except _TRANSPORT_ERRORS as exc:
                 raise _failed(exc) from exc
 
@@ -228,8 +228,6 @@ class Fetcher:
                     length = _int(total) if resp.status == 206 else \
                         _int(headers.get("content-length"))
                     return resp.status, headers.get("content-type"), length
-            except httpcore.TimeoutException as exc:
-                raise FetchError(f"timed out ({type(exc).__name__})") from exc
             except _TRANSPORT_ERRORS as exc:
                 raise _failed(exc) from exc
 
@@ -244,13 +242,16 @@ _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 # A redirect's body is read (to keep its connection) only up to this; past it the
 # connection is dropped instead.
 _REDIRECT_BODY = 64 * 1024
-_TRANSPORT_ERRORS = (AddressRefused, httpcore.NetworkError, httpcore.ProtocolError,
-                     httpcore.UnsupportedProtocol, httpcore.ProxyError, httpx.InvalidURL)
+_TRANSPORT_ERRORS = (AddressRefused, httpcore.TimeoutException, httpcore.NetworkError,
+                     httpcore.ProtocolError, httpcore.UnsupportedProtocol, httpcore.ProxyError,
+                     httpx.InvalidURL)
 
 
 def _failed(exc: Exception) -> FetchError:
     if isinstance(exc, AddressRefused):
         return FetchError(str(exc))
+    if isinstance(exc, httpcore.TimeoutException):
+        return FetchError(f"timed out ({type(exc).__name__})")
     if isinstance(exc, httpx.InvalidURL):
         return FetchError(f"invalid URL: {exc}")
     return FetchError(f"request failed: {type(exc).__name__}: {exc}")
