@@ -153,36 +153,30 @@ class SavedSession:
 
     settings: str  # digest of the config and versions it was built with
     posts: SavedPosts  # the post files as that build found them
-    index: SessionIndex | None  # saved apart: loaded only when few posts changed
     counts: dict[Names, int]  # entries in each node's feed, as published
     format: int  # FORMAT when saved: a record of another layout is not used
     # publish()'s memo: index.html and feeds.opml for the tree's shape, so a patched
     # build that leaves the shape alone does not make them again (~50 ms at 10k posts)
     publish_memo: dict[str, Any] = dataclasses.field(default_factory=dict)
-    index_key: str = ""  # the index's content_key()
 
     FORMAT = 5
 
-    def dumps(self, with_index: bool = True) -> tuple[bytes, memoryview | None]:
-        """(this record without its index, the index or None when `with_index` is
-        false). Two records: a build that finds many changed files reads the first
-        alone and does a full build, where it used to unpickle the index too (~2 s at
-        100k posts); and a full build that made the index the saved one holds (every
-        post touched, none changed) writes only the first (pickling the index took
-        ~0.3 s at 10k posts, ~3 s at 100k).
+    def dumps(self) -> bytes:
+        """This record; the index it goes with is saved apart (dump_index): a build that
+        finds many changed files reads this alone and does a full build, where it used
+        to unpickle the index too (~2 s at 100k posts)."""
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
 
-        The index is pickled with every entry's html left out (a render reads it again
-        from the post file): the index of 100k posts would otherwise carry 500 MB of
-        html. A view, not a copy, of the ~130 MB that 100k posts still take. (Saved
-        flat instead, each entry once and the tree rebuilt on load, used as much memory
-        and made an edit at 100k posts 3 s slower.)"""
-        head = pickle.dumps(dataclasses.replace(self, index=None),
-                            protocol=pickle.HIGHEST_PROTOCOL)
-        if not with_index:
-            return head, None
-        buffer = io.BytesIO()
-        _LightPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(self.index)
-        return head, buffer.getbuffer()
+
+def dump_index(index: SessionIndex) -> memoryview:
+    """The index pickled with every entry's html left out (a render reads it again
+    from the post file): the index of 100k posts would otherwise carry 500 MB of html.
+    A view, not a copy, of the ~130 MB that 100k posts still take. (Saved flat instead,
+    each entry once and the tree rebuilt on load, used as much memory and made an edit
+    at 100k posts 3 s slower.)"""
+    buffer = io.BytesIO()
+    _LightPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(index)
+    return buffer.getbuffer()
 
 
 class _LightPickler(pickle.Pickler):

@@ -715,14 +715,14 @@ def test_touched_posts_keep_the_saved_index(tmp_path: Path,
     """Every post touched, none changed: the full build saves the posts' new identities
     but not the index again (the same content key); an edit after it is patched right.
     A changed post among many touched ones: the index is saved again."""
-    from aggregator.incremental import SavedSession
+    from aggregator.state.cache import BuildCache
 
     config_path, config = _built_big_site(tmp_path)
-    dumps: list[bool] = []
-    original = SavedSession.dumps
-    monkeypatch.setattr(SavedSession, "dumps",
-                        lambda self, with_index=True: dumps.append(with_index) or
-                        original(self, with_index))
+    dumps: list[bool] = []  # for each saved session: was its index written again?
+    original = BuildCache.store_session
+    monkeypatch.setattr(BuildCache, "store_session",
+                        lambda self, head, index=None: dumps.append(index is not None) or
+                        original(self, head, index))
     for post in (tmp_path / "posts").rglob("*.md"):
         os.utime(post, ns=(post.stat().st_atime_ns, post.stat().st_mtime_ns + 10**9))
     assert not build(config, clock=fixed_clock()).patched

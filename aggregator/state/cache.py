@@ -75,10 +75,11 @@ CREATE TABLE IF NOT EXISTS session (
 );
 CREATE TABLE IF NOT EXISTS session_index (
     id     INTEGER PRIMARY KEY CHECK (id = 1),
+    key    TEXT NOT NULL,  -- SessionIndex.content_key(): what the index was made from
     record BLOB NOT NULL
 );
 """
-SCHEMA_VERSION = "7"
+SCHEMA_VERSION = "8"
 
 
 @dataclass(frozen=True)
@@ -434,6 +435,11 @@ class BuildCache:
         """The index saved with it (loaded apart: a build of many changes needs none)."""
         return self._unpickled("SELECT record FROM session_index")
 
+    def saved_session_index_key(self) -> str | None:
+        """The content key of the saved index, without unpickling anything."""
+        row = self.db.execute("SELECT key FROM session_index").fetchone()
+        return str(row[0]) if row is not None else None
+
     def _unpickled(self, query: str) -> Any:
         row = self.db.execute(query).fetchone()
         if row is None:
@@ -444,17 +450,19 @@ class BuildCache:
             return None
 
     @_disposable
-    def store_session(self, record: tuple[bytes, bytes | memoryview | None] | None) -> None:
-        """SavedSession.dumps()'s two records, written together (None: forget them; an
-        index of None: the saved index stays, the caller knows it is the same)."""
+    def store_session(self, head: bytes | None,
+                      index: tuple[str, bytes | memoryview] | None = None) -> None:
+        """A SavedSession record and, when given, its index as (content key, record),
+        written together. No head: both forgotten. A head without an index: the saved
+        index stays (the caller found its key the same)."""
         with self.db:
             self.db.execute("DELETE FROM session")
-            if record is None or record[1] is not None:
+            if head is None or index is not None:
                 self.db.execute("DELETE FROM session_index")
-            if record is not None:
-                self.db.execute("INSERT INTO session VALUES (1, ?)", (record[0],))
-                if record[1] is not None:
-                    self.db.execute("INSERT INTO session_index VALUES (1, ?)", (record[1],))
+            if head is not None:
+                self.db.execute("INSERT INTO session VALUES (1, ?)", (head,))
+                if index is not None:
+                    self.db.execute("INSERT INTO session_index VALUES (1, ?, ?)", index)
 
     def close(self) -> None:
         self.db.close()
