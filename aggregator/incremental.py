@@ -24,7 +24,7 @@ from typing import Any
 
 from aggregator.model import Entry
 from aggregator.problems import Problem
-from aggregator.sources.content import PostFile
+from aggregator.sources.walk import PostFile
 from aggregator.state.probes import unknown_image
 from aggregator.tree.categories import Node
 

@@ -19,7 +19,8 @@ from aggregator.model import Entry, Image
 from aggregator.problems import ProblemLog
 from aggregator.sanitize.html import Sanitizer
 from aggregator.sanitize.text import summarize
-from aggregator.sources.content import PostFile, PostReader
+from aggregator.sources.content import PostReader
+from aggregator.sources.walk import PostFile
 from aggregator.state.cache import (
     BodyReader,
     CacheIncomplete,

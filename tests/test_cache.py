@@ -745,7 +745,7 @@ def test_saved_posts_tell_what_changed_since() -> None:
     import pickle
 
     from aggregator.incremental import SavedPosts
-    from aggregator.sources.content import PostFile
+    from aggregator.sources.walk import PostFile
 
     one, two = Path("/site/posts"), Path("/site/more")
     then = {f"/site/posts/{n}.md": PostFile(f"/site/posts/{n}.md", f"{n}.md", one,
@@ -786,7 +786,8 @@ def test_a_body_read_again_is_the_body_parse_gave(tmp_path: Path, body: str) -> 
     """Renders read bodies again from the post files (PostReader.html_of): it must give
     the html `parse` gave, for every shape of post, and for every real one."""
     from aggregator.problems import ProblemLog
-    from aggregator.sources.content import PostReader, discover
+    from aggregator.sources.content import PostReader
+    from aggregator.sources.walk import discover
 
     posts = tmp_path / "posts"
     for name, text in BODY_CASES.items():

@@ -17,9 +17,10 @@ from aggregator.model import Enclosure, Entry, Image
 from aggregator.problems import ProblemLog
 from aggregator.render import finish_entry
 from aggregator.sanitize.html import Sanitizer
-from aggregator.sources.content import PostReader, discover
+from aggregator.sources.content import PostReader
 from aggregator.sources.upstream.normalise import Normaliser
 from aggregator.sources.upstream.parse import ParseError, parse_feed
+from aggregator.sources.walk import discover
 from aggregator.writers import entry_xml
 from aggregator.writers.feeds import FeedRenderer
 

@@ -109,7 +109,7 @@ def test_walk_order_is_the_sorted_order_of_relative_paths(tmp_path: Path) -> Non
     another folder's ("a" < "a b" as names, but "a b/x" < "a/x" as paths)."""
     from aggregator.config import load_config
     from aggregator.problems import ProblemLog
-    from aggregator.sources.content import discover
+    from aggregator.sources.walk import discover
 
     rels = ["a.md", "a-b.md", "a0.md", "a/x.md", "a/b/c.md", "a b/x.md", "a.b/y.md",
             "ab/x.md", "ab.md", "A/z.md", "é/x.md", "e/x.md", "z.md", "二/三.md",

@@ -27,7 +27,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from aggregator.sources.content import is_editor_artefact
+from aggregator.sources.walk import is_editor_artefact
 
 log = logging.getLogger(__name__)
 

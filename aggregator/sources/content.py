@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import functools
 import json
-import operator
 import os
 import re
-import stat
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path, PurePosixPath
-from typing import Any, NamedTuple
+from pathlib import PurePosixPath
+from typing import Any
 from urllib.parse import quote
 
 import frontmatter
@@ -30,20 +28,17 @@ from aggregator.sanitize.html import absolute_url, html_depth
 from aggregator.sanitize.text import clean_line
 from aggregator.sources.dates import DateError, parse_date
 from aggregator.sources.simple_yaml import parse_simple
+from aggregator.sources.walk import PostFile, display
 
 try:
     from yaml import CSafeLoader as SafeLoader
 except ImportError:  # pragma: no cover
     from yaml import SafeLoader  # type: ignore[assignment]
 
-SKIPPED_DIRS = {".git", ".hg", ".svn"}
 # Bounds for hostile front matter: a YAML alias bomb is small on disk but huge when walked.
 MAX_FRONT_MATTER_NODES = 10_000
 MAX_TITLE_CHARS = 1_000
 _HTML_START = re.compile(r"<[A-Za-z!/?]")
-# Lone surrogates too: os.fsdecode's stand-ins for file-name bytes that are not UTF-8.
-_CONTROL = re.compile("[\x00-\x1f\x7f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _KEY_LINE = re.compile(r"^([A-Za-z_][\w-]*)\s*:(.*)$")
 
 
@@ -53,199 +48,6 @@ def _markdown() -> Any:
     from markdown_it import MarkdownIt
 
     return MarkdownIt("commonmark")
-
-
-class PostFile(NamedTuple):
-    """A post file as found by the walk (a tuple: 100k dataclasses cost ~0.15 s more)."""
-
-    location: str  # where it is read from (a str: 100k Path objects cost ~0.2 s)
-    rel: str  # posix path relative to its content dir: the post's identity
-    root: Path
-    identity: tuple[int, int, int] = (0, 0, 0)  # size, mtime_ns, inode when found
-
-    @property
-    def path(self) -> Path:
-        return Path(self.location)
-
-    @property
-    def source(self) -> str:
-        """Its key in the build cache and in a session: content dir + relative path."""
-        return f"{self.root}\0{self.rel}"
-
-    @property
-    def order(self) -> tuple[str, str]:
-        """Posts (and their problems) are handled in this order."""
-        return self.rel, str(self.root)
-
-
-def display(rel: str) -> str:
-    """A path safe to print: control and bidi-override characters escaped."""
-    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", rel)
-
-
-def is_editor_artefact(name: str) -> bool:
-    return name.startswith(".#") or name.endswith("~") or name.endswith(".swp")
-
-
-def discover(config: Config, problems: ProblemLog) -> list[PostFile]:
-    """Every regular `*.md` file under the content dirs, sorted by relative path."""
-    found: list[PostFile] = []
-    roots = [d.resolve() for d in config.content_dirs]
-    for root in config.content_dirs:
-        walker = _Walker(root, roots, config.follow_symlinks)
-        walker.visit(str(root), "", found, problems)
-    if len(config.content_dirs) == 1:
-        return found  # the walk's order is the sorted order (see _listing)
-    return sorted(found, key=_order)
-
-
-def _order(post: PostFile) -> tuple[str, str]:
-    return post.order
-
-
-class _Walker:
-    """Walks one content dir. os.scandir's entries say what is a plain file without a
-    stat; a plain post costs one lstat (its identity)."""
-
-    def __init__(self, root: Path, roots: list[Path], follow: bool) -> None:
-        self.root, self.roots, self.follow = root, roots, follow
-        self.seen_dirs: set[tuple[int, int]] = set()
-
-    def visit(self, dirpath: str, prefix: str, found: list[PostFile],
-              problems: ProblemLog) -> None:
-        # appended to, not yielded: a generator per level cost 30%
-        if self.follow:  # a symlinked folder may loop back on itself
-            try:
-                st = os.stat(dirpath)
-            except OSError as exc:
-                problems.error(str(exc.filename or dirpath),
-                               f"cannot read folder: {exc.strerror}")
-                return
-            if (st.st_dev, st.st_ino) in self.seen_dirs:
-                return
-            self.seen_dirs.add((st.st_dev, st.st_ino))
-        root = self.root
-        plain_prefix = not _SURROGATE.search(prefix)
-        for name, entry, is_folder in _listing(dirpath, root, self.roots, self.follow,
-                                               problems):
-            if is_folder:
-                self.visit(entry.path, prefix + name, found, problems)  # name ends in /
-                continue
-            if plain_prefix and entry.is_file(follow_symlinks=False) \
-                    and not _SURROGATE.search(name):
-                try:  # the usual case, without post_file's checks
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    pass
-                else:
-                    found.append(PostFile(entry.path, prefix + name, root,
-                                          (st.st_size, st.st_mtime_ns, st.st_ino)))
-                    continue
-            post = post_file(root, self.roots, entry.path, prefix + name, self.follow,
-                             problems)
-            if post is not None:
-                found.append(post)
-
-
-def _listing(dirpath: str, root: Path, roots: list[Path], follow: bool,
-             problems: ProblemLog) -> list[tuple[str, os.DirEntry[str], bool]]:
-    """A folder's candidate posts and subfolders to walk, (name, entry, is_folder),
-    sorted by name so that a depth-first walk meets the posts in the order of their
-    relative paths: a folder's name is given with a "/" (the character its posts'
-    paths have there)."""
-    try:
-        with os.scandir(dirpath) as scan:
-            entries = list(scan)
-    except OSError as exc:
-        problems.error(str(exc.filename or dirpath), f"cannot read folder: {exc.strerror}")
-        return []
-    keyed: list[tuple[str, os.DirEntry[str], bool]] = []
-    for entry in entries:
-        name = entry.name
-        try:
-            is_folder = entry.is_dir()
-        except OSError:
-            is_folder = False
-        if is_folder:
-            if name not in SKIPPED_DIRS and not (
-                    entry.is_symlink() and not _symlink_ok(Path(entry.path), root, roots,
-                                                           follow, problems)):
-                keyed.append((name + "/", entry, True))
-        elif name.endswith(".md") and not is_editor_artefact(name):
-            keyed.append((name, entry, False))
-    keyed.sort(key=_FIRST)
-    return keyed
-
-
-_FIRST = operator.itemgetter(0)
-
-
-def post_file(root: Path, roots: list[Path], location: str, rel: str, follow: bool,
-              problems: ProblemLog) -> PostFile | None:
-    """The post at `location` if it is one we read (regular file, allowed symlink)."""
-    if _SURROGATE.search(rel):
-        # Not UTF-8 (os.fsdecode surrogates): ids, links and logs could not encode
-        # it, and it crashed the whole build in quote().
-        problems.error(display(rel), "file name is not valid UTF-8 (rename it); skipped")
-        return None
-    try:
-        st = os.lstat(location)
-    except OSError as exc:
-        problems.error(display(rel), f"cannot stat: {exc.strerror}")
-        return None
-    if stat.S_ISLNK(st.st_mode):
-        if not _symlink_ok(Path(location), root, roots, follow, problems):
-            return None
-        try:
-            st = os.stat(location)
-        except OSError:
-            problems.error(display(rel), "broken symlink; skipped")
-            return None
-    if not stat.S_ISREG(st.st_mode):
-        problems.error(display(rel), "not a regular file; skipped")
-        return None
-    return PostFile(location=location, rel=rel, root=root,
-                    identity=(st.st_size, st.st_mtime_ns, st.st_ino))
-
-
-def rediscover(config: Config, changed: set[str],
-               problems: ProblemLog) -> dict[str, PostFile | None] | None:
-    """What became of the files in `changed` (location → its post now, or None: gone or
-    not a post), found without walking the tree; None when a change needs a full walk
-    (a folder, a path outside)."""
-    roots = [d.resolve() for d in config.content_dirs]
-    updates: dict[str, PostFile | None] = {}
-    for location in changed:
-        root = next((r for r in config.content_dirs
-                     if location.startswith(str(r) + os.sep)), None)
-        if root is None or os.path.isdir(location):
-            return None
-        rel = location[len(str(root)) + 1:].replace(os.sep, "/")
-        parts = rel.split("/")
-        name = parts[-1]
-        if any(part in SKIPPED_DIRS for part in parts[:-1]) or any(
-                os.path.islink(os.path.join(str(root), *parts[:i]))
-                for i in range(1, len(parts))):
-            return None  # inside a skipped or symlinked folder: let the walk decide
-        updates[location] = None
-        if name.endswith(".md") and not is_editor_artefact(name) and os.path.lexists(location):
-            updates[location] = post_file(root, roots, location, rel, config.follow_symlinks,
-                                          problems)
-    return updates
-
-
-
-def _symlink_ok(path: Path, root: Path, roots: list[Path], follow: bool,
-                problems: ProblemLog) -> bool:
-    rel = display(PurePosixPath(path.relative_to(root)).as_posix())
-    if not follow:
-        problems.warn(rel, "symlink not followed (content.follow_symlinks is false)")
-        return False
-    target = path.resolve()
-    if not any(target == r or r in target.parents for r in roots):
-        problems.error(rel, f"symlink points outside the content dirs ({target}); skipped")
-        return False
-    return True
 
 
 class PostReader:

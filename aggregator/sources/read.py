@@ -18,7 +18,8 @@ from aggregator.model import Entry, changed
 from aggregator.problems import Problem, ProblemLog
 from aggregator.render import PARALLEL_THRESHOLD, entry_renderer
 from aggregator.report import BuildReport
-from aggregator.sources.content import PostFile, PostReader, discover
+from aggregator.sources.content import PostReader
+from aggregator.sources.walk import PostFile, discover
 from aggregator.state.cache import (
     BuildCache,
     CachedPost,

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from array import array
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 
 from aggregator.problems import Problem
-from aggregator.sources.content import PostFile
 
 
 @dataclass(frozen=True)
@@ -46,22 +43,11 @@ class LastBuild:
         return True
 
 
-def posts_print(posts: list[PostFile]) -> str:
-    """A digest of one walk: every post file's relative path and identity (made once a
-    build: ~40 ms at 100k posts; f-strings per post took 0.2 s)."""
-    # rel, not the longer location: the content dirs are in the config (and in `settings`)
-    digest = hashlib.blake2b(digest_size=16)
-    # no file name holds a NUL, and every post has three identity numbers
-    digest.update("\0".join([p.rel for p in posts]).encode("utf-8", "surrogateescape"))
-    digest.update(array("q", chain.from_iterable([p.identity for p in posts])).tobytes())
-    return digest.hexdigest()
-
-
 def inputs_print(settings: tuple[str, ...], walk: str, walk_problems: list[Problem],
                  generation: str | None) -> str | None:
     """A digest of everything a build's output depends on: `settings` (the config and
-    the program and library versions), the walk's posts_print and problems, and the
-    state's generation; None when the state is a temporary one."""
+    the program and library versions), the walk's digest (`sources.walk.walk_posts`)
+    and problems, and the state's generation; None when the state is a temporary one."""
     if generation is None:
         return None
     return hashlib.blake2b(repr((settings, walk, walk_problems, generation)).encode(),

@@ -1,0 +1,97 @@
+"""The walk of the content dirs (`aggregator.sources.walk`): its digest, which the
+up-to-date check trusts to say "nothing changed", and its bounds on deep trees."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import REPO, write_config, write_post
+
+from aggregator.config import load_config
+from aggregator.problems import ProblemLog
+from aggregator.sources.walk import walk_posts
+
+
+def _walk(config_path: Path) -> tuple[list[str], str]:
+    found, digest = walk_posts(load_config(config_path), ProblemLog(echo=False))
+    return [post.rel for post in found], digest
+
+
+def test_digest_changes_with_every_change_the_up_to_date_check_must_see(
+        tmp_path: Path) -> None:
+    posts = tmp_path / "posts"
+    for rel in ("a.md", "b/c.md", "b/d.md", "e.md"):
+        write_post(posts, rel, f"title: {rel}")
+    config = write_config(tmp_path)
+    rels, first = _walk(config)
+    assert rels == ["a.md", "b/c.md", "b/d.md", "e.md"]
+    assert _walk(config)[1] == first  # the same tree: the same digest
+
+    seen = {first}
+
+    def changed() -> str:
+        digest = _walk(config)[1]
+        assert digest not in seen
+        seen.add(digest)
+        return digest
+
+    # a rename keeps size, mtime and inode: only the path tells
+    os.rename(posts / "b/d.md", posts / "b/f.md")
+    changed()
+    # a move to another folder under a name that joins to the same characters
+    os.mkdir(posts / "b" / "c")
+    os.rename(posts / "b/f.md", posts / "b/c/f.md")
+    changed()
+    # an edit that keeps the size: the mtime tells
+    stat = (posts / "a.md").stat()
+    os.utime(posts / "a.md", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000))
+    changed()
+    # the same bytes under a new inode (an editor's save by rename)
+    (posts / "e.tmp").write_bytes((posts / "e.md").read_bytes())
+    os.utime(posts / "e.tmp", ns=((posts / "e.md").stat().st_atime_ns,
+                                  (posts / "e.md").stat().st_mtime_ns))
+    os.replace(posts / "e.tmp", posts / "e.md")
+    changed()
+    # a post that is not a plain file (a followed symlink) is part of the digest too
+    config = write_config(tmp_path, content={"follow_symlinks": True})
+    os.symlink(posts / "a.md", posts / "z.md")
+    rels, digest = _walk(config)
+    assert rels == ["a.md", "b/c.md", "b/c/f.md", "e.md", "z.md"]
+    assert digest not in seen
+    seen.add(digest)
+    os.remove(posts / "z.md")
+    os.symlink(posts / "e.md", posts / "z.md")  # the same name, another target
+    changed()
+
+
+def test_deep_tree_walked_with_few_descriptors(tmp_path: Path) -> None:
+    """1,200 nested folders: deeper than Python's recursion limit, and far more than
+    the 64 descriptors the walk gets here (it holds one folder open at a time)."""
+    posts = tmp_path / "posts"
+    write_post(posts, "top.md", "title: Top")
+    fd = os.open(posts, os.O_RDONLY)
+    for _ in range(1_200):  # (os.makedirs recurses: too deep for it)
+        os.mkdir("d", dir_fd=fd)
+        fd, parent = os.open("d", os.O_RDONLY, dir_fd=fd), fd
+        os.close(parent)
+    post = os.open("deep.md", os.O_WRONLY | os.O_CREAT, dir_fd=fd)
+    os.write(post, (posts / "top.md").read_bytes())
+    os.close(post)
+    os.close(fd)
+    config = write_config(tmp_path)
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
+        "from pathlib import Path\n"
+        "from aggregator.config import load_config\n"
+        "from aggregator.problems import ProblemLog\n"
+        "from aggregator.sources.walk import discover\n"
+        "problems = ProblemLog(echo=False)\n"
+        "found = discover(load_config(Path(sys.argv[1])), problems)\n"
+        "print(len(problems.items), *[p.rel.count('/') for p in found])\n")
+    done = subprocess.run([sys.executable, "-c", script, str(config)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == ["0", "1200", "0"]
