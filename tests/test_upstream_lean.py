@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import io
 import random
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 from aggregator.config import UpstreamSource
 from aggregator.sources.upstream.lean import parse_lean
 from aggregator.sources.upstream.normalise import Normaliser
-from aggregator.sources.upstream.parse import ParsedFeed, parse_feed
+from aggregator.sources.upstream.parse import ParsedFeed, ParseError, parse_feed
 from aggregator.state.upstream import dump_entries
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "upstream"
@@ -289,3 +290,50 @@ def test_generated_feeds_read_as_feedparser_reads_them() -> None:
         total += 1
         taken += _same_as_feedparser(body, content_type)
     assert taken > total // 2, (taken, total)  # most of them take the lean path
+
+
+def test_whitespace_before_the_declaration_is_read_as_the_document_without_it() -> None:
+    """A stray newline before `<?xml` made feedparser fall back to its loose parser
+    (slow, and entities decoded its own way): the feed now reads exactly as it does
+    without the whitespace, with a warning that says why."""
+    rng = random.Random(20261127)
+    fast = 0
+    for _ in range(300):
+        if rng.random() < 0.5:
+            body = _rss([_item(_rss_children(rng)) for _ in range(rng.randint(1, 3))],
+                        _pick(rng, BASES), rng.choice(["utf-8", "windows-1252"]))
+        else:
+            body = _atom([_atom_children(rng) for _ in range(rng.randint(1, 3))],
+                         _pick(rng, BASES))
+        bom = rng.choice([b"", b"", b"\xef\xbb\xbf"])  # a BOM stays first (it says UTF-8)
+        whitespace = rng.choice([b"\n", b" \r\n\t"])
+        try:
+            plain = parse_feed(bom + body, {"content-type": "application/xml"}, URL)
+        except ParseError:
+            with pytest.raises(ParseError):
+                parse_feed(bom + whitespace + body, {"content-type": "application/xml"}, URL)
+            continue
+        padded = parse_feed(bom + whitespace + body, {"content-type": "application/xml"}, URL)
+        assert padded.kind == plain.kind
+        assert padded.warnings[0].startswith("whitespace before the XML declaration")
+        assert _normalised(padded)[0] == _normalised(plain)[0]
+        assert padded.warnings[1:] == plain.warnings
+        fast += padded.xml.__class__.__name__ == "LeanFeed"
+    assert fast > 100  # and most of them take the lean path
+    # whitespace before the root element, without a declaration, is well-formed XML
+    rss = b"\n\n" + _rss([_item(["<title>One</title>"])]).split(b"?>", 1)[-1]
+    assert not parse_feed(rss, {"content-type": "application/xml"}, URL).warnings
+
+
+def test_corpus_feeds_with_whitespace_first_read_by_the_strict_parser() -> None:
+    if not CORPUS.is_dir():
+        pytest.skip(f"{CORPUS} absent (../shared is not beside the project)")
+    late = [path for path in sorted(CORPUS.iterdir())
+            if re.match(rb"\s+<\?xml", path.read_bytes())]
+    assert late, "the corpus has feeds with a newline before <?xml"
+    for path in late:
+        body = path.read_bytes()
+        parsed = parse_feed(body, {"content-type": "application/xml"}, URL)
+        strict = _feedparser_path(body.lstrip(), "application/xml", URL)
+        assert not strict.xml.bozo, path.name
+        assert _normalised(parsed)[0] == _normalised(strict)[0], path.name

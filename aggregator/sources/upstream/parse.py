@@ -31,6 +31,10 @@ if _PARSER not in feedparser.api.PREFERRED_XML_PARSERS:
     feedparser.api.PREFERRED_XML_PARSERS.insert(0, _PARSER)
 
 _HTML_PAGE = re.compile(rb"<(!doctype\s+html|html[\s>]|head[\s>]|body[\s>])", re.IGNORECASE)
+# Whitespace before the XML declaration (a template's stray newline: common). XML says
+# the declaration comes first, so feedparser's strict parser refuses the feed and its
+# loose parser reads it, slowly and with entities decoded its own way.
+_LATE_DECLARATION = re.compile(rb"(\xef\xbb\xbf)?[ \t\r\n]+(?=<\?xml[ \t\r\n])")
 
 
 class ParseError(Exception):
@@ -66,6 +70,17 @@ def parse_feed(body: bytes, headers: dict[str, str], url: str) -> ParsedFeed:
         parsed = ParsedFeed(kind, url, doc.title, json=doc)
         parsed.warnings += [f"JSON Feed {reason}; dropped" for reason in doc.dropped]
         return parsed
+    late = _LATE_DECLARATION.match(body)
+    if late is not None:  # read as the document it is without the whitespace
+        body = (late.group(1) or b"") + body[late.end():]
+    parsed = _parse_xml(body, content_type, url)
+    if late is not None:
+        parsed.warnings.insert(0, "whitespace before the XML declaration (not well-formed"
+                                  " XML); read without it")
+    return parsed
+
+
+def _parse_xml(body: bytes, content_type: str, url: str) -> ParsedFeed:
     try:
         lean = parse_lean(body, content_type or "application/xml", url)
     except Exception:  # a bug of the fast path must cost speed, never the feed
