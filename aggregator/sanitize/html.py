@@ -197,6 +197,15 @@ def _selector_needles(selectors: Iterable[str]) -> tuple[str, ...] | None:
     return tuple(needles)
 
 
+# An absolute http(s) URL that urljoin (with any base) and absolute_url give back as it
+# is: a host first, no path parameters and no empty query or fragment for urlparse to
+# re-assemble, no brackets (IPv6 checks), no spaces, controls or backslashes to rewrite.
+# Most links are such: urljoin cost ~15 us each. tests/test_upstream_link_fast_paths.py
+# holds the shortcut equal to the long way.
+PLAIN_HTTP_URL = re.compile(r"https?://[^\x00-\x20\x7f\\;?#\[\]/][^\x00-\x20\x7f\\;?#\[\]]*"
+                            r"(?:\?[^\x00-\x20\x7f\\#\[\]]+)?(?:#[^\x00-\x20\x7f\\\[\]]+)?\Z")
+
+
 def absolute_url(value: str, base_url: str | None, *, allow_mailto: bool = False) -> str | None:
     """An http(s) URL (or mailto:), made absolute; None for anything else.
 

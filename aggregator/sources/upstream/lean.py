@@ -28,6 +28,8 @@ from feedparser.mixin import _FeedParserMixin
 from feedparser.urls import _urljoin, make_safe_absolute_uri
 from lxml import etree
 
+from aggregator.sanitize.html import PLAIN_HTTP_URL
+
 _MIXIN = _FeedParserMixin
 _STANDARD_PREFIX = {uri.lower(): prefix for uri, prefix in _MIXIN.namespaces.items()}
 _USERLAND = "http://backend.userland.com/rss"
@@ -312,8 +314,8 @@ class _Reader:
     def _value(self, element: Any, key: str) -> str:
         """What feedparser's pop() makes of an element's text (URI keys resolved)."""
         text = _text(element).strip()
-        if text and key in _MIXIN.can_be_relative_uri:
-            text = _urljoin(self.base, text)
+        if text and key in _MIXIN.can_be_relative_uri and not PLAIN_HTTP_URL.match(text):
+            text = _urljoin(self.base, text)  # (which gives a plain URL back as it is)
         return _fixed(text)
 
     def _content(self, element: Any, attrs: dict[str, str],

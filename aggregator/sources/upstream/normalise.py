@@ -21,7 +21,7 @@ from urllib.parse import quote, urljoin
 from aggregator.config import UpstreamSource
 from aggregator.media import image_type_from_url
 from aggregator.model import Enclosure, Entry, Image
-from aggregator.sanitize.html import absolute_url
+from aggregator.sanitize.html import PLAIN_HTTP_URL, absolute_url
 from aggregator.sanitize.text import clean_line, html_to_text, summarize
 from aggregator.sources.dates import DateError, parse_date
 from aggregator.sources.upstream.jsonfeed import JSONItem
@@ -101,7 +101,7 @@ class Normaliser:
         entry_id = self.entry_id(raw_id, link, title, html)
         if not title:
             title = summarize(html, 80) or link or "(untitled)"
-        if not _TAG.sub("", html).strip() and "<img" not in html:
+        if "<img" not in html and not _has_text(html):
             # writers/feeds.py gives feedgen no link when there is no content, and
             # feedgen then refuses the entry: never hand over an empty body.
             html = f"<p>{htmllib.escape(title)}</p>"
@@ -194,7 +194,26 @@ def _text_to_html(text: str) -> str:
 def _link(value: str | None, base: str) -> str | None:
     if not value:
         return None
-    return absolute_url(urljoin(base, value.strip()), None)
+    value = value.strip()
+    if PLAIN_HTTP_URL.match(value):
+        return value
+    try:
+        return absolute_url(urljoin(base, value), None)
+    except ValueError:  # urljoin: "Invalid IPv6 URL" and the like
+        return None
+
+
+def _has_text(html: str) -> bool:
+    """Whether anything but whitespace is left once every tag is removed (as
+    `_TAG.sub("", html).strip()` tells, but stopping at the first text: ~20 us less
+    an entry)."""
+    position = 0
+    for match in _TAG.finditer(html):
+        start = match.start()
+        if start > position and not html[position:start].isspace():
+            return True
+        position = match.end()
+    return bool(html[position:].strip())
 
 
 def _xml_enclosures(raw: Any, base: str) -> Iterator[Enclosure]:
