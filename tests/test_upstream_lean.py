@@ -230,8 +230,44 @@ def _atom_children(rng: random.Random) -> list[str]:
         lambda: f'<media:thumbnail url="{u()}"/>',
         lambda: "<!-- a comment -->",
         lambda: f"<foo:bar>{t()}</foo:bar>",
+        lambda: f'<link rel="{rng.choice(["alternate", "related"])}" href="{u()}"{b()}>'
+                + "".join(_inside_link(rng) for _ in range(rng.randint(1, 4))) + "</link>",
+        lambda: f'<media:content url="{u()}">{_thumbnail(rng)}</media:content>',
     ]
     return [rng.choice(pool)() for _ in range(rng.randint(0, 9))]
+
+
+def _thumbnail(rng: random.Random) -> str:
+    t, u, _, b = _draws(rng)
+    space = rng.choice(["", "\n   ", " "])
+    return rng.choice([
+        f'<media:thumbnail url="{u()}" width="106"{b()}>{space}<img alt="" src="{u()}"/>'
+        f"{space}</media:thumbnail>",
+        f"<media:thumbnail{b()}>{space}<img src=\"{u()}\"/>{space}</media:thumbnail>",
+        f'<media:thumbnail url="{u()}"/>',
+        f"<media:thumbnail>{u()}</media:thumbnail>",
+        f"<media:thumbnail>{u()}<img src=\"{u()}\"/></media:thumbnail>",  # text: feedparser
+        f'<media:thumbnail url="{u()}"><img/></media:thumbnail>',  # pushed: feedparser
+        f'<media:thumbnail url="{u()}"><foo:bar x="1">{t()}</foo:bar></media:thumbnail>',
+        "<!-- c -->",
+    ])
+
+
+def _inside_link(rng: random.Random) -> str:
+    """What BBC's Atom feeds put inside a <link href> (and a few things around it)."""
+    t, u, _, b = _draws(rng)
+    return rng.choice([
+        '<xhtml:link xmlns:xhtml="http://www.w3.org/1999/xhtml" rel="alternate" '
+        f'media="handheld" type="text/html" href="{u()}"/>',
+        f"<media:content{b()}>{_thumbnail(rng)}</media:content>",
+        f'<media:content url="{u()}" medium="image"/>',
+        f"<media:content><media:title>{t()}</media:title></media:content>",  # feedparser
+        f"<media:thumbnail url=\"{u()}\"{b()}/>",
+        f"<foo:bar>{t()}</foo:bar>",
+        '<foo:bar x="1"/>',
+        "<!-- c -->", "\n  ", t(),
+        f"<title>{t()}</title>",  # feedparser
+    ])
 
 
 NAMESPACES = ('xmlns:content="http://purl.org/rss/1.0/modules/content/" '

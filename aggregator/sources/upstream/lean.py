@@ -266,7 +266,7 @@ class _Reader:
             self._body(entry, state, element, attrs,
                        "text/plain" if name == "content" else "text/html")
         elif name == "link":
-            self._link(entry, element, attrs)
+            self._link(entry, state, element, attrs)
         elif name in ("guid", "id"):
             self._guid(entry, element, attrs)
         elif name in ("pubdate", "published", "issued", "dcterms:issued"):
@@ -284,14 +284,23 @@ class _Reader:
             self._enclosure(entry, attrs)
         elif name == "media:content":
             entry.setdefault("media_content", []).append(attrs)
-            for inner in element:  # media:title is the one child we know
-                if isinstance(inner.tag, str) and _name(inner) == "media:title" \
-                        and not len(inner):
+            for inner in element:  # media:title and media:thumbnail are the ones we know
+                if not isinstance(inner.tag, str):
+                    if not isinstance(inner, etree._Comment):
+                        raise _Unsupported
+                    continue
+                inner_name = _name(inner)
+                if inner_name == "media:title" and not len(inner):
                     self._media_title(entry, state, inner)
-                elif not isinstance(inner, etree._Comment):
+                elif inner_name == "media:thumbnail":
+                    outer = self.base
+                    self.base = _based(outer, inner_attrs := _attributes(inner))
+                    self._element(entry, state, inner_name, inner, inner_attrs)
+                    self.base = outer
+                else:
                     raise _Unsupported
         elif name == "media:thumbnail":
-            url = self._value(element, "url")
+            url = self._thumbnail_text(element)
             if url and "url" not in attrs:
                 attrs["url"] = url
             entry.setdefault("media_thumbnail", []).append(attrs)
@@ -310,6 +319,29 @@ class _Reader:
             # No handler: feedparser stores it under its own name, or its attributes.
             if len(element) or name.replace(":", "_") in _READ_KEYS:
                 raise _Unsupported
+
+    def _thumbnail_text(self, element: Any) -> str:
+        """A media:thumbnail's text (feedparser reads it as the URL when there is no
+        url attribute). Elements inside are taken when feedparser files them away
+        under their own names (attributes, no handler, nothing inside) and the text
+        around them is blank, so that the URL text is blank too."""
+        if not len(element):
+            return self._value(element, "url")
+        if (element.text or "").strip():
+            raise _Unsupported
+        for inner in element:
+            if (inner.tail or "").strip():
+                raise _Unsupported
+            if isinstance(inner, etree._Comment):
+                continue
+            if not isinstance(inner.tag, str) or len(inner) or not inner.attrib \
+                    or (inner.text or "").strip():
+                raise _Unsupported
+            name = _name(inner)
+            if _handled(name) or name.replace(":", "_") in _READ_KEYS:
+                raise _Unsupported
+            _attributes(inner)  # (base64 mode refused, as everywhere)
+        return ""
 
     def _value(self, element: Any, key: str) -> str:
         """What feedparser's pop() makes of an element's text (URI keys resolved)."""
@@ -366,7 +398,8 @@ class _Reader:
         # other type)
         entry.setdefault("summary", value)
 
-    def _link(self, entry: dict[str, Any], element: Any, attrs: dict[str, str]) -> None:
+    def _link(self, entry: dict[str, Any], state: dict[str, bool], element: Any,
+              attrs: dict[str, str]) -> None:
         attrs.setdefault("rel", "alternate")
         attrs.setdefault("type", "application/atom+xml" if attrs["rel"] == "self"
                          else "text/html")
@@ -376,16 +409,42 @@ class _Reader:
         links = entry.setdefault("links", [])
         links.append(attrs)
         if "href" in attrs:
-            _text(element)
             if attrs["rel"] == "alternate" and _MIXIN.map_content_type(
                     attrs["type"]) in _HTML_TYPES:
                 entry["link"] = attrs["href"]
+            if len(element):
+                self._inside_link(entry, state, element)
             return
         value = self._value(element, "link")
         value = _QUERY_ENTITY.sub(r"&\g<1>", value.replace("&amp;", "&"))
         entry["link"] = value
         if value:
             links[-1]["href"] = value
+
+    def _inside_link(self, entry: dict[str, Any], state: dict[str, bool],
+                     element: Any) -> None:
+        """Elements inside a link that has an href (BBC's feeds put an xhtml:link and
+        media:content there): feedparser pushes nothing for such a link, so its
+        children are handled as if they were the entry's own, and its text goes
+        nowhere. Taken: media:content without a title, media:thumbnail, and
+        elements feedparser has no handler for; anything else goes to feedparser."""
+        outer = self.base
+        for child in element:
+            if not isinstance(child.tag, str):
+                if isinstance(child, etree._Comment):
+                    continue
+                raise _Unsupported
+            name = _name(child)
+            if name == "media:content":
+                if any(isinstance(inner.tag, str) and _name(inner) == "media:title"
+                       for inner in child):
+                    raise _Unsupported  # a title at another depth: not modelled here
+            elif name != "media:thumbnail" and _handled(name):
+                raise _Unsupported
+            attrs = _attributes(child)
+            self.base = _based(outer, attrs)
+            self._element(entry, state, name, child, attrs)
+        self.base = outer
 
     def _guid(self, entry: dict[str, Any], element: Any, attrs: dict[str, str]) -> None:
         is_link = attrs.get("ispermalink", "true") == "true"
