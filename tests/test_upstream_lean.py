@@ -63,7 +63,10 @@ def test_every_corpus_feed_the_lean_path_takes_reads_as_feedparser_reads_it() ->
         pytest.skip(f"{CORPUS} absent (../shared is not beside the project)")
     taken = [path.name for path in sorted(CORPUS.iterdir())
              if path.suffix != ".json" and _same_as_feedparser(path.read_bytes())]
-    assert len(taken) >= 15, taken  # it must actually take the plain RSS and Atom ones
+    assert len(taken) >= 24, taken  # it must actually take the plain RSS and Atom ones
+    # and the ones with XHTML content and georss (osm), and elements inside links (bbc)
+    assert {"kagisearch__fastfeedparser__osm.xml",
+            "rss2email__rss2email__bbc-chinese_feed.atom"} <= set(taken)
 
 
 def test_parse_feed_uses_the_lean_path_and_falls_back() -> None:
@@ -115,9 +118,12 @@ def test_a_failing_lean_path_costs_speed_not_the_feed(monkeypatch: pytest.Monkey
     ("an unknown element named like a key the normaliser reads",
      b'<rss version="2.0"><channel><item><title>t</title><published_parsed>x'
      b"</published_parsed></item></channel></rss>"),
-    ("xhtml content", b'<feed xmlns="http://www.w3.org/2005/Atom"><entry><id>x</id>'
-                      b'<content type="xhtml"><div xmlns="http://www.w3.org/1999/xhtml">'
-                      b"<p>hi</p></div></content></entry></feed>"),
+    ("xhtml content in the Atom namespace",
+     b'<feed xmlns="http://www.w3.org/2005/Atom"><entry><id>x</id>'
+     b'<content type="xhtml"><div><p>hi</p></div></content></entry></feed>'),
+    ("xhtml summary", b'<feed xmlns="http://www.w3.org/2005/Atom"><entry><id>x</id>'
+                      b'<summary type="xhtml"><div xmlns="http://www.w3.org/1999/xhtml">'
+                      b"<p>hi</p></div></summary></entry></feed>"),
     ("malformed", b'<rss version="2.0"><channel><item><title>t &nbsp;</title></item>'
                   b"</channel></rss>"),
     ("an undeclared prefix (feedparser: bozo)",
@@ -233,8 +239,48 @@ def _atom_children(rng: random.Random) -> list[str]:
         lambda: f'<link rel="{rng.choice(["alternate", "related"])}" href="{u()}"{b()}>'
                 + "".join(_inside_link(rng) for _ in range(rng.randint(1, 4))) + "</link>",
         lambda: f'<media:content url="{u()}">{_thumbnail(rng)}</media:content>',
+        lambda: f'<content type="{rng.choice(["xhtml", "application/xhtml+xml"])}"{b()}>'
+                f"{_xhtml(rng)}</content>",
+        lambda: rng.choice(GEORSS),
     ]
     return [rng.choice(pool)() for _ in range(rng.randint(0, 9))]
+
+
+XHTML = 'xmlns="http://www.w3.org/1999/xhtml"'
+
+
+def _xhtml(rng: random.Random, depth: int = 0) -> str:
+    """Atom XHTML content: mostly one <div> around it all, sometimes not."""
+    t, u, _, b = _draws(rng)
+    space = rng.choice(["", "\n  ", " "])
+    inner = "".join(_xhtml_node(rng, depth) for _ in range(rng.randint(0, 4)))
+    return rng.choice([
+        f"{space}<div {XHTML}>{space}{inner}{space}</div>{space}",
+        f'<div {XHTML} class="c">{inner}</div>',
+        f"<div {XHTML}>{inner}</div><div {XHTML}>{t()}</div>",
+        f"<p {XHTML}>{inner}</p>",
+        f"{t()}<div {XHTML}>{inner}</div>",
+        f"<xhtml:div xmlns:xhtml=\"http://www.w3.org/1999/xhtml\">{t()}</xhtml:div>",
+        f"<div>{t()}</div>",  # the Atom namespace: feedparser
+        inner,
+    ])
+
+
+def _xhtml_node(rng: random.Random, depth: int) -> str:
+    t, u, _, b = _draws(rng)
+    nested = _xhtml_node(rng, depth + 1) if depth < 3 else t()
+    return rng.choice([
+        t(), t(), "\n ", "<!-- c -->", "<?pi x?>", "<br/>", f'<img src="{u()}" alt="{t()}"/>',
+        f'<a href="{u()}" REL="NoFollow" Title="{t()}">{nested}</a>',
+        f"<p>{nested}</p>", f"<div>{nested}</div>", "<div/>", f"<P>{t()}</P>",
+        f'<span style="x" type="TEXT">{nested}</span>',
+        f"<table><tr><td>{nested}</td></tr></table>",
+        "<style>th { text-align: left }</style>", f"<![CDATA[{t()}]]>", "&#233;&amp;&lt;",
+        f'<p lang="en"{b()}>{t()}</p>',  # xml:base and xml:lang: feedparser
+        '<svg xmlns="http://www.w3.org/2000/svg"><circle r="1"/></svg>',  # feedparser
+        "<body>x</body>",  # feedparser ends its content there
+        f'<a xmlns:xlink="http://www.w3.org/1999/xlink" href="{u()}">x</a>',  # feedparser
+    ])
 
 
 def _thumbnail(rng: random.Random) -> str:
@@ -276,7 +322,15 @@ NAMESPACES = ('xmlns:content="http://purl.org/rss/1.0/modules/content/" '
               'xmlns:media="http://search.yahoo.com/mrss/" xmlns:foo="http://foo.example/ns" '
               'xmlns:wfw="http://wellformedweb.org/CommentAPI/" '
               'xmlns:slash="http://purl.org/rss/1.0/modules/slash/" '
-              'xmlns:itunes="http://www.itunes.com/dtds/podcast-1.0.dtd"')
+              'xmlns:itunes="http://www.itunes.com/dtds/podcast-1.0.dtd" '
+              'xmlns:georss="http://www.georss.org/georss"')
+GEORSS = ["<georss:point>45.256 -71.92</georss:point>",
+          "<georss:box>42.9 -71 43 -69</georss:box>",
+          "<georss:line>45 -110 46 -109 47 -108</georss:line>",
+          "<georss:point>x y</georss:point>",
+          "<georss:polygon>45 -110 46 -109 45 -110</georss:polygon>",
+          "<georss:box>1 2 3</georss:box>",
+          "<georss:point><b>1 2</b></georss:point>"]
 
 
 def _item(children: list[str]) -> str:

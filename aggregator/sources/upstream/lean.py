@@ -20,11 +20,18 @@ import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from xml.sax.saxutils import escape
 
 from feedparser.datetimes import _parse_date
 from feedparser.encodings import convert_to_utf8
 from feedparser.html import _cp1252
 from feedparser.mixin import _FeedParserMixin
+from feedparser.namespaces.georss import (
+    _parse_georss_box,
+    _parse_georss_line,
+    _parse_georss_point,
+    _parse_georss_polygon,
+)
 from feedparser.urls import _urljoin, make_safe_absolute_uri
 from lxml import etree
 
@@ -56,6 +63,12 @@ _READ_KEYS = {"link", "title", "title_detail", "tags", "author", "id", "publishe
 # feedparser 6.0's handlers): taken as long as they hold no elements of their own
 # ("contributor": only name, email and uri).
 _HARMLESS = {"rights", "itunes:explicit", "contributor"}
+_GEORSS = {"georss:point": _parse_georss_point, "georss:line": _parse_georss_line,
+           "georss:polygon": _parse_georss_polygon, "georss:box": _parse_georss_box}
+_XHTML_TYPE = "application/xhtml+xml"
+_XHTML_NS = "{http://www.w3.org/1999/xhtml}"
+_XLINK = "http://www.w3.org/1999/xlink"  # feedparser writes its declaration as an attribute
+_QUOTE = {'"': "&quot;"}
 
 
 class _Unsupported(Exception):
@@ -179,6 +192,70 @@ def _fixed(text: str) -> str:
     except (UnicodeEncodeError, UnicodeDecodeError):
         pass
     return text.translate(_cp1252) if _C1.search(text) else text
+
+
+def _xhtml_content(content: Any) -> str:
+    """An Atom `type="xhtml"` content as feedparser serialises it: a start tag
+    `<name attr="value">` (name and attribute names in lower case, rel and type values
+    too, attributes in document order) and an end tag `</name>` for every element (an
+    empty one too), text escaped, comments and processing instructions dropped; then
+    the one enclosing <div> removed when everything else is inside it, and the ends
+    stripped. Only plain XHTML is taken: an element of another namespace, a
+    namespaced attribute, attribute names that differ only in case, an xlink
+    declaration or an element feedparser ends specially (body) go to feedparser."""
+    pieces: list[str] = []
+    if content.text:
+        pieces.append(escape(content.text))
+    for child in content:
+        _serialise_xhtml(child, pieces)
+    # feedparser's pop(): the same steps on the same pieces
+    while len(pieces) > 1 and not pieces[-1].strip():
+        del pieces[-1]
+    while len(pieces) > 1 and not pieces[0].strip():
+        del pieces[0]
+    if pieces and (pieces[0] == "<div>" or pieces[0].startswith("<div ")) \
+            and pieces[-1] == "</div>":
+        depth = 0
+        for piece in pieces[:-1]:
+            if piece.startswith("</"):
+                depth -= 1
+                if depth == 0:
+                    break
+            elif piece.startswith("<") and not piece.endswith("/>"):
+                depth += 1
+        else:
+            pieces = pieces[1:-1]
+    return "".join(pieces).strip()
+
+
+def _serialise_xhtml(element: Any, pieces: list[str]) -> None:
+    if isinstance(element.tag, str):
+        if not element.tag.startswith(_XHTML_NS):
+            raise _Unsupported
+        name = element.tag[len(_XHTML_NS):].lower()
+        if hasattr(_MIXIN, "_end_xhtml_" + name) or _XLINK in element.nsmap.values():
+            raise _Unsupported
+        start = ["<", name]
+        seen = set()
+        for key, value in element.attrib.items():
+            if key.startswith("{") or key.lower() in seen:
+                raise _Unsupported
+            key = key.lower()
+            seen.add(key)
+            if key in ("rel", "type"):
+                value = value.lower()
+            start.append(f' {key}="{escape(value, _QUOTE)}"')
+        start.append(">")
+        pieces.append("".join(start))
+        if element.text:
+            pieces.append(escape(element.text))
+        for child in element:
+            _serialise_xhtml(child, pieces)
+        pieces.append(f"</{name}>")
+    elif not isinstance(element, etree._Comment | etree._ProcessingInstruction):
+        raise _Unsupported  # an entity reference left unresolved
+    if element.tail:
+        pieces.append(escape(element.tail))
 
 
 def _handled(name: str) -> bool:
@@ -307,6 +384,13 @@ class _Reader:
         elif name == "source":
             _text(element)
             state["title_locked"] = False  # feedparser resets its title depth here
+        elif name in _GEORSS:  # feedparser files the shape under "where": never read
+            try:
+                _GEORSS[name](_text(element).strip())
+            except _Unsupported:
+                raise
+            except Exception as exc:  # (feedparser would fail the same way: its call)
+                raise _Unsupported from exc
         elif name in _HARMLESS:
             for inner in element:
                 if isinstance(inner.tag, str) and (
@@ -392,7 +476,13 @@ class _Reader:
     def _body(self, entry: dict[str, Any], state: dict[str, bool], element: Any,
               attrs: dict[str, str], default_type: str) -> None:
         state["has_content"] = True
-        value, detail = self._content(element, attrs, default_type)
+        if self.atom and default_type == "text/plain" and "src" not in attrs and \
+                _MIXIN.map_content_type(attrs.get("type", "")) == _XHTML_TYPE:
+            value = _fixed(_xhtml_content(element))
+            detail = {"type": _XHTML_TYPE, "language": None, "base": self.base,
+                      "value": value}
+        else:
+            value, detail = self._content(element, attrs, default_type)
         entry.setdefault("content", []).append(detail)
         # feedparser copies text and HTML content to the summary (_content takes no
         # other type)
