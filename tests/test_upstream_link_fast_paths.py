@@ -1,4 +1,4 @@
-"""The normaliser's fast paths give exactly what the slow ways they skip give."""
+"""The URL and text fast paths give exactly what the slow ways they skip give."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 import re
 from urllib.parse import urljoin
 
-from aggregator.sanitize.html import PLAIN_HTTP_URL, absolute_url
+from aggregator.sanitize.html import PLAIN_HTTP_URL, _resolve_url, absolute_url
 from aggregator.sources.upstream.normalise import _has_text, _link
 
 BASES = ["https://feeds.example.org/blog/feed.xml", "http://x.example/a/b/", "https://h.example"]
@@ -48,3 +48,15 @@ def test_has_text_is_what_removing_every_tag_tells() -> None:
     for _ in range(20_000):
         html = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
         assert _has_text(html) == bool(re.sub(r"<[^>]*>", "", html).strip()), html
+
+
+def test_absolute_url_takes_a_plain_url_as_the_long_way_would() -> None:
+    rng = random.Random(20261128)
+    for _ in range(20_000):
+        value = "".join(rng.choice(PIECES) for _ in range(rng.randint(1, 8)))
+        if rng.random() < 0.5:
+            value = rng.choice(["http://", "https://"]) + value
+        base = rng.choice([None, *BASES])
+        mailto = rng.random() < 0.5
+        assert absolute_url(value, base, allow_mailto=mailto) == \
+            _resolve_url(value, base, mailto), (value, base)

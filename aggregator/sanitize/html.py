@@ -213,6 +213,12 @@ def absolute_url(value: str, base_url: str | None, *, allow_mailto: bool = False
     the ends and tab/CR/LF anywhere are removed, so `jav\tascript:` is `javascript:`;
     inner spaces are kept as %20 (`/img/a b.png` is a real file name), and any other
     control character inside makes the URL unusable."""
+    if PLAIN_HTTP_URL.match(value):
+        return value  # what _resolve_url gives back (most URLs: ~10 a post)
+    return _resolve_url(value, base_url, allow_mailto)
+
+
+def _resolve_url(value: str, base_url: str | None, allow_mailto: bool) -> str | None:
     url = _URL_TAB_NEWLINE.sub("", value).strip("\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0b"
                                                 "\x0c\x0e\x0f\x10\x11\x12\x13\x14\x15\x16"
                                                 "\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f\x20")
