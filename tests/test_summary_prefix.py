@@ -11,19 +11,12 @@ from helpers import SHARED
 
 from aggregator.config import DEFAULT_DROP_SELECTORS, DEFAULT_IFRAME_HOSTS
 from aggregator.sanitize.html import Sanitizer
-from aggregator.sanitize.text import _SUMMARY_PREFIX, html_to_text, summarize
+from aggregator.sanitize.text import _SUMMARY_PREFIX, html_to_text, shortened, summarize
 
 
 def _whole_text_summary(html: str, limit: int = 300) -> str:
     """summarize() as it was: the text of all of the html."""
-    text = html_to_text(html)
-    if len(text) <= limit:
-        return text
-    cut = text[:limit]
-    space = cut.rfind(" ")
-    if space > limit * 0.6:
-        cut = cut[:space]
-    return cut.rstrip(" ,.;:") + "…"
+    return shortened(html_to_text(html), limit)
 
 
 def test_every_corpus_body_summarised_as_from_its_whole_text() -> None:

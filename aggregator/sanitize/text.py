@@ -54,6 +54,11 @@ def summarize(html: str, limit: int = 300) -> str:
         text = html_to_text(html[:_SUMMARY_PREFIX])
     if len(text) <= limit + _SUMMARY_MARGIN:
         text = html_to_text(html)
+    return shortened(text, limit)
+
+
+def shortened(text: str, limit: int) -> str:
+    """At most `limit` characters, cut at a word when one ends late enough, + "…"."""
     if len(text) <= limit:
         return text
     cut = text[:limit]
