@@ -243,6 +243,38 @@ class SavedPosts:
             changed.update(now.keys() - set(self.locations))
         return changed
 
+    def changed_in_place(self, walked: list[PostFile]) -> set[str] | None:
+        """changed() for the usual case, in bulk: the walk found the very same files,
+        in the same order, under one content dir, and only identities may differ. The
+        identity arrays are compared by halves (memcmp), so k edits cost ~k log n
+        comparisons instead of a Python loop over every post (~0.4 s at 100k). None
+        when files were added, removed or moved, or there are several content dirs."""
+        if len(walked) != len(self.locations) or len(self.roots) != 1 or not walked:
+            return None
+        root = walked[0].root
+        if root != self.roots[0] or any(post.root is not root for post in walked):
+            return None
+        if [post.location for post in walked] != self.locations \
+                or [post.rel for post in walked] != self.rels:
+            return None
+        now = array.array("q", [part for post in walked for part in post.identity]).tobytes()
+        then = self.identities.tobytes()
+        changed: set[str] = set()
+        ranges = [(0, len(walked))]
+        width = 3 * self.identities.itemsize  # bytes a post
+        while ranges:
+            low, high = ranges.pop()
+            if now[low * width:high * width] == then[low * width:high * width]:
+                continue
+            if high - low <= 8:
+                changed.update(self.locations[i] for i in range(low, high)
+                               if now[i * width:(i + 1) * width]
+                               != then[i * width:(i + 1) * width])
+                continue
+            middle = (low + high) // 2
+            ranges += [(low, middle), (middle, high)]
+        return changed
+
     def before(self, locations: set[str]) -> dict[str, PostFile | None]:
         """The saved posts at these locations (None: there was none)."""
         found: dict[str, PostFile | None] = dict.fromkeys(locations)

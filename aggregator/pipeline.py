@@ -167,8 +167,8 @@ class Builder:
                         self._publish_patched(config, report, dirty, workers, stat=False)
                         report.seconds = time.perf_counter() - started
                         return report
-                if walk is not None and self._patch_saved_session(config, state, report,
-                                                                  workers):
+                if walk is not None and posts is not None and self._patch_saved_session(
+                        config, state, report, workers, posts):
                     generation = state.generation()
                     state.close()
                     self._remember_build(config, walk, generation, report, found_after_walk)
@@ -276,7 +276,7 @@ class Builder:
         return dirty
 
     def _patch_saved_session(self, config: Config, state: StateStore, report: BuildReport,
-                             workers: int) -> bool:
+                             workers: int, walked: list[PostFile]) -> bool:
         """A one-off build that walked and found a few changed post files: patch them
         into the last one-off build's saved index (as a session does) instead of
         building."""
@@ -289,7 +289,9 @@ class Builder:
                 SavedSession.FORMAT or saved.settings != _settings_digest(config):
             return False
         now = self._post_map() or {}
-        changed = saved.posts.changed(now)
+        changed = saved.posts.changed_in_place(walked)
+        if changed is None:
+            changed = saved.posts.changed(now)
         if len(changed) > max(100, len(now) // 50):
             return False  # many changes: a full build is as quick and simpler
         index = self._cache.saved_session_index()

@@ -766,6 +766,41 @@ def test_saved_posts_tell_what_changed_since() -> None:
                                          for n in (1, 2, 3, 4)}, "/site/posts/new.md": None}
 
 
+def test_saved_posts_compared_in_bulk_as_one_by_one() -> None:
+    """changed_in_place (identity arrays compared by halves) finds what changed() finds
+    when the same files are walked in the same order, and declines anything else."""
+    import pickle
+    import random
+
+    from aggregator.incremental import SavedPosts
+    from aggregator.sources.walk import PostFile
+
+    root = Path("/site/posts")
+    rng = random.Random(7)
+    for size in (1, 2, 9, 100, 1000):
+        walked = [PostFile(f"/site/posts/{n:05d}.md", f"{n:05d}.md", root, (n, 10 + n, 100 + n))
+                  for n in range(size)]
+        saved = pickle.loads(pickle.dumps(SavedPosts({p.location: p for p in walked})))
+        assert saved.changed_in_place(walked) == set()
+        for _ in range(20):
+            now = list(walked)
+            for i in rng.sample(range(size), rng.randint(1, min(size, 12))):
+                field = rng.randrange(3)
+                identity = list(now[i].identity)
+                identity[field] += rng.choice([1, -1, 1 << 40])
+                now[i] = now[i]._replace(identity=tuple(identity))
+            expected = saved.changed({p.location: p for p in now})
+            assert expected and saved.changed_in_place(now) == expected
+    walked = [PostFile(f"/site/posts/{n}.md", f"{n}.md", root, (n, n, n)) for n in range(5)]
+    saved = SavedPosts({p.location: p for p in walked})
+    assert saved.changed_in_place(walked[:-1]) is None  # one gone
+    assert saved.changed_in_place(walked[::-1]) is None  # another order
+    moved = [*walked[:-1], walked[-1]._replace(rel="x/4.md")]
+    assert saved.changed_in_place(moved) is None
+    elsewhere = [p._replace(root=Path("/other")) for p in walked]
+    assert saved.changed_in_place(elsewhere) is None
+
+
 REAL_POSTS = SHARED / "corpus" / "posts"
 BODY_CASES = {
     "html": "---\ntitle: A\n---\n\n<div><p>x &amp; y</p></div>",
