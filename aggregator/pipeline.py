@@ -21,7 +21,7 @@ from aggregator.model import Entry, Image
 from aggregator.problems import Problem, ProblemLog
 from aggregator.publish.atomic import Publisher
 from aggregator.report import BuildReport
-from aggregator.sources.walk import PostFile, rediscover, walk_posts
+from aggregator.sources.walk import PostFile, Walk, rediscover, walk_posts
 from aggregator.state.cache import BuildCache, CacheIncomplete
 from aggregator.state.last_build import LastBuild, inputs_print, published_files
 from aggregator.state.store import Clock, StateStore, utc_now
@@ -111,7 +111,7 @@ class Builder:
         self._config: Config | None = None
         self._cache: BuildCache | None = None
         self._posts: dict[str, PostFile] | None = None  # location → post
-        self._walked: list[PostFile] | None = None  # the last walk, until _post_map()
+        self._walked: Walk | None = None  # the last walk, until _post_map()
         self._walk_problems: list[Problem] = []
         self._memo: dict[str, ReadResult] = {}
         self._signature: dict[str, tuple[tuple[str, ...], str, Image | None]] | None = None
@@ -149,10 +149,10 @@ class Builder:
             self._cache = open_cache(config)
         try:
             try:
-                posts, walk, before = self._discover(config, changed, report.problems)
+                found, before = self._discover(config, changed, report.problems)
                 walked = before is None
-                if extra_entries:
-                    walk = None
+                # the walk's digest; its posts are made only when the build goes on
+                walk = found.digest if found is not None and not extra_entries else None
                 if walk is not None and self._unchanged_since_last_build(
                         config, walk, state, report):
                     state.close()
@@ -167,8 +167,8 @@ class Builder:
                         self._publish_patched(config, report, dirty, workers, stat=False)
                         report.seconds = time.perf_counter() - started
                         return report
-                if walk is not None and posts is not None and self._patch_saved_session(
-                        config, state, report, workers, posts):
+                if walk is not None and found is not None and self._patch_saved_session(
+                        config, state, report, workers, found.posts):
                     generation = state.generation()
                     state.close()
                     self._remember_build(config, walk, generation, report, found_after_walk)
@@ -180,8 +180,7 @@ class Builder:
                 from aggregator.state.upstream import stored_upstream_entries
 
                 self._index = None
-                if posts is None:
-                    posts = self._sorted_posts()
+                posts = found.posts if found is not None else self._sorted_posts()
                 # Posts whose image type the URL does not tell get what `fetch` probed
                 # (state, no network). Render keys and the session's signatures include
                 # the image, so a newly probed type is rendered again.
@@ -399,13 +398,11 @@ class Builder:
             tuple(report.unknown_images)))
 
     def _discover(self, config: Config, changed: set[str] | None, problems: ProblemLog
-                  ) -> tuple[list[PostFile] | None, str | None,
-                             dict[str, PostFile | None] | None]:
-        """(posts in order, or None; the walk's digest, or None; the changed files'
-        posts as they were before this build, or None when the tree was walked).
-        Without a walk the posts are not
-        sorted (None): a patched build does not need them (sorting 10k paths was a
-        fifth of its time); `_sorted_posts()` gives them."""
+                  ) -> tuple[Walk | None, dict[str, PostFile | None] | None]:
+        """(the walk of the content dirs, or None; the changed files' posts as they
+        were before this build, or None when the tree was walked). Without a walk the
+        posts are not sorted: a patched build does not need them (sorting 10k paths
+        was a fifth of its time); `_sorted_posts()` gives them."""
         posts = self._post_map() if changed is not None else None
         if changed is not None and posts is not None:
             updates = rediscover(config, changed, problems)
@@ -417,19 +414,19 @@ class Builder:
                         posts.pop(location, None)
                     else:
                         posts[location] = post
-                return None, None, before
+                return None, before
         walk_problems = ProblemLog()
-        found, digest = walk_posts(config, walk_problems)
+        found = walk_posts(config, walk_problems)
         problems.items.extend(walk_problems.items)
         self._walk_problems = list(walk_problems.items)
         # indexed by location only when a build goes on (0.08 s at 100k posts)
         self._posts, self._walked = None, found
-        return found, digest, None
+        return found, None
 
     def _post_map(self) -> dict[str, PostFile] | None:
         """The posts of the last walk (kept up to date by patches), by location."""
         if self._posts is None and self._walked is not None:
-            self._posts = {post.location: post for post in self._walked}
+            self._posts = {post.location: post for post in self._walked.posts}
             self._walked = None
         return self._posts
 

@@ -16,8 +16,8 @@ from aggregator.sources.walk import walk_posts
 
 
 def _walk(config_path: Path) -> tuple[list[str], str]:
-    found, digest = walk_posts(load_config(config_path), ProblemLog(echo=False))
-    return [post.rel for post in found], digest
+    walk = walk_posts(load_config(config_path), ProblemLog(echo=False))
+    return [post.rel for post in walk.posts], walk.digest
 
 
 def test_digest_changes_with_every_change_the_up_to_date_check_must_see(
