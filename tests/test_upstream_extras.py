@@ -349,3 +349,22 @@ def test_fetch_prints_each_warning_once_when_it_probes_post_images(
     code, err = run(config, capsys, "fetch", "--all")
     assert code == 0 and _enclosures(tmp_path) == {"Logo": (("image/png", "42"),)}
     assert err.count("treated as undated") == 1, err
+
+
+def test_bulk_writes_checkpoint_less_often_and_restore_the_default(tmp_path: Path) -> None:
+    """A poll stores its entries with the WAL checkpointed every ~64 MB, not every
+    ~4 MB; the connection gets SQLite's default back afterwards, after an error too."""
+    from aggregator.state.store import StateStore
+
+    store = StateStore(tmp_path / "state.sqlite")
+
+    def pages() -> int:
+        return int(store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+
+    assert pages() == 1000
+    with store.bulk_writes():
+        assert pages() == 16384
+    assert pages() == 1000
+    with pytest.raises(RuntimeError), store.bulk_writes():
+        raise RuntimeError("a poll that failed")
+    assert pages() == 1000

@@ -10,7 +10,8 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -87,6 +88,8 @@ Clock = Callable[[], datetime]
 # How long to wait for another process's lock on the state file before going on without
 # it (a module constant so tests can shorten it).
 BUSY_TIMEOUT_SECONDS = 30.0
+DEFAULT_CHECKPOINT_PAGES = 1000  # SQLite's own default
+BULK_CHECKPOINT_PAGES = 16384  # ~64 MB of 4 KiB pages
 
 
 def utc_now() -> datetime:
@@ -100,6 +103,18 @@ class StateStore:
         self.db = self._open()
         self._first_seen: dict[str, datetime] | None = None
         self._read_only = False
+
+    @contextmanager
+    def bulk_writes(self) -> Iterator[None]:
+        """Many large transactions ahead (a first poll writes ~250 MB of entries): the
+        WAL is checkpointed every ~64 MB instead of every ~4 MB. Each checkpoint syncs
+        the WAL and the database; at the default they were a third of the poll's
+        storing time. Commits are as durable as before (synchronous=NORMAL)."""
+        self.db.execute(f"PRAGMA wal_autocheckpoint={BULK_CHECKPOINT_PAGES}")
+        try:
+            yield
+        finally:
+            self.db.execute(f"PRAGMA wal_autocheckpoint={DEFAULT_CHECKPOINT_PAGES}")
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)

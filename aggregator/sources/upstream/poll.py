@@ -149,7 +149,7 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
         pending.add(future)
         future.add_done_callback(finished.put)
 
-    with Fetcher(limits) as fetcher, \
+    with Fetcher(limits) as fetcher, store.bulk_writes(), \
             ThreadPoolExecutor(max_workers=max(1, limits.concurrency),
                                thread_name_prefix="fetch") as pool:
         waiting: dict[Future[_Parsed], _Outcome] = {}
