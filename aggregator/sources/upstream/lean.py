@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape
@@ -258,6 +259,16 @@ def _serialise_xhtml(element: Any, pieces: list[str]) -> None:
         pieces.append(escape(element.tail))
 
 
+def _child_elements(parent: Any) -> Iterator[Any]:
+    """The elements inside `parent`; comments are skipped (feedparser's SAX handler never
+    sees them), and anything else (an instruction, an entity) goes to feedparser."""
+    for child in parent:
+        if isinstance(child.tag, str):
+            yield child
+        elif not isinstance(child, etree._Comment):
+            raise _Unsupported
+
+
 def _handled(name: str) -> bool:
     key = name.replace(":", "_")
     return hasattr(_MIXIN, "_start_" + key) or hasattr(_MIXIN, "_end_" + key)
@@ -315,14 +326,8 @@ class _Reader:
         if attrs.get("rdf:about"):
             entry["id"] = attrs["rdf:about"]  # feedparser: as it is, not resolved
         state = {"title_locked": False, "has_content": False, "media_title": False}
-        for child in item:
-            if not isinstance(child.tag, str):
-                if isinstance(child, etree._Comment):
-                    continue  # feedparser's SAX handler never sees comments
-                raise _Unsupported
-            attrs = _attributes(child)
-            self.base = _based(base, attrs)
-            self._element(entry, state, _name(child), child, attrs)
+        for child in _child_elements(item):
+            self._nested(entry, state, _name(child), child, base)
         if "links" in entry:  # feedparser derives them from the links
             entry["enclosures"] = [{k: v for k, v in link.items() if k != "rel"}
                                    for link in entry["links"] if link["rel"] == "enclosure"]
@@ -361,19 +366,12 @@ class _Reader:
             self._enclosure(entry, attrs)
         elif name == "media:content":
             entry.setdefault("media_content", []).append(attrs)
-            for inner in element:  # media:title and media:thumbnail are the ones we know
-                if not isinstance(inner.tag, str):
-                    if not isinstance(inner, etree._Comment):
-                        raise _Unsupported
-                    continue
+            for inner in _child_elements(element):  # the two children we know
                 inner_name = _name(inner)
                 if inner_name == "media:title" and not len(inner):
                     self._media_title(entry, state, inner)
                 elif inner_name == "media:thumbnail":
-                    outer = self.base
-                    self.base = _based(outer, inner_attrs := _attributes(inner))
-                    self._element(entry, state, inner_name, inner, inner_attrs)
-                    self.base = outer
+                    self._nested(entry, state, inner_name, inner, self.base)
                 else:
                     raise _Unsupported
         elif name == "media:thumbnail":
@@ -518,12 +516,7 @@ class _Reader:
         children are handled as if they were the entry's own, and its text goes
         nowhere. Taken: media:content without a title, media:thumbnail, and
         elements feedparser has no handler for; anything else goes to feedparser."""
-        outer = self.base
-        for child in element:
-            if not isinstance(child.tag, str):
-                if isinstance(child, etree._Comment):
-                    continue
-                raise _Unsupported
+        for child in _child_elements(element):
             name = _name(child)
             if name == "media:content":
                 if any(isinstance(inner.tag, str) and _name(inner) == "media:title"
@@ -531,9 +524,15 @@ class _Reader:
                     raise _Unsupported  # a title at another depth: not modelled here
             elif name != "media:thumbnail" and _handled(name):
                 raise _Unsupported
-            attrs = _attributes(child)
-            self.base = _based(outer, attrs)
-            self._element(entry, state, name, child, attrs)
+            self._nested(entry, state, name, child, self.base)
+
+    def _nested(self, entry: dict[str, Any], state: dict[str, bool], name: str,
+                element: Any, outer: str) -> None:
+        """An element handled as one of the entry's own, under its own base URI
+        (`outer` joined with its xml:base), which is undone after it."""
+        attrs = _attributes(element)
+        self.base = _based(outer, attrs)
+        self._element(entry, state, name, element, attrs)
         self.base = outer
 
     def _guid(self, entry: dict[str, Any], element: Any, attrs: dict[str, str]) -> None:
