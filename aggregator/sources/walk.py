@@ -251,7 +251,6 @@ class _Walker:
         plain = not _SURROGATE.search(prefix + "".join([key for key, *_ in keyed]))
         items: list[_Run | _Later] = []
         later = False
-        names: list[str] = []  # the folder's plain posts, for the digest
         numbers = self.numbers
         run = _Run(base, prefix, root, [], [])
         for key, name, plain_file, is_folder in keyed:
@@ -268,15 +267,13 @@ class _Walker:
                     continue
             if run.names:  # a folder or a file to look at later ends the run
                 items.append(run)
-                names += run.names
+                self._record(prefix, run.names)
                 run = _Run(base, prefix, root, [], [])
             items.append(_Later(base + name, prefix + key, is_folder))
             later = True
         if run.names:
             items.append(run)
-            names += run.names
-        if names:
-            self._record(prefix, names)
+            self._record(prefix, run.names)
         return items, later
 
 
