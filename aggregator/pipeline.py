@@ -288,9 +288,7 @@ class Builder:
                 SavedSession.FORMAT or saved.settings != _settings_digest(config):
             return False
         now = self._post_map() or {}
-        changed = saved.posts.changed_in_place(walked)
-        if changed is None:
-            changed = saved.posts.changed(now)
+        changed = saved.posts.changed(now, walked)
         if len(changed) > max(100, len(now) // 50):
             return False  # many changes: a full build is as quick and simpler
         index = self._cache.saved_session_index()

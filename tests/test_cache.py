@@ -791,6 +791,7 @@ def test_saved_posts_compared_in_bulk_as_one_by_one() -> None:
                 now[i] = now[i]._replace(identity=tuple(identity))
             expected = saved.changed({p.location: p for p in now})
             assert expected and saved.changed_in_place(now) == expected
+            assert saved.changed({p.location: p for p in now}, now) == expected
     walked = [PostFile(f"/site/posts/{n}.md", f"{n}.md", root, (n, n, n)) for n in range(5)]
     saved = SavedPosts({p.location: p for p in walked})
     assert saved.changed_in_place(walked[:-1]) is None  # one gone
