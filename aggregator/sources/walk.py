@@ -109,7 +109,7 @@ def discover(config: Config, problems: ProblemLog) -> list[PostFile]:
 
 def walk_posts(config: Config, problems: ProblemLog) -> Walk:
     """The posts, and a digest of the walk made on the way (hashing 100k paths and
-    identities afterwards took ~0.1 s: here a folder's names are joined once)."""
+    identities afterwards took ~0.1 s: here a run of a folder's names is joined once)."""
     found: list[PostFile | _Run] = []
     roots = [d.resolve() for d in config.content_dirs]
     text: list[str] = []

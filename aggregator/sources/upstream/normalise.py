@@ -205,7 +205,7 @@ def _link(value: str | None, base: str) -> str | None:
 
 def _has_text(html: str) -> bool:
     """Whether anything but whitespace is left once every tag is removed (as
-    `_TAG.sub("", html).strip()` tells, but stopping at the first text: ~20 us less
+    `_TAG.sub("", html).strip()` tells, but stopping at the first text: ~14 us less
     an entry)."""
     position = 0
     for match in _TAG.finditer(html):
