@@ -16,11 +16,10 @@ from __future__ import annotations
 import array
 import dataclasses
 import hashlib
-import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from aggregator.model import Entry
 from aggregator.problems import Problem
@@ -168,15 +167,14 @@ class SavedSession:
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def dump_index(index: SessionIndex) -> memoryview:
-    """The index pickled with every entry's html left out (a render reads it again
-    from the post file): the index of 100k posts would otherwise carry 500 MB of html.
-    A view, not a copy, of the ~130 MB that 100k posts still take. (Saved flat instead,
-    each entry once and the tree rebuilt on load, used as much memory and made an edit
-    at 100k posts 3 s slower.)"""
-    buffer = io.BytesIO()
-    _LightPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(index)
-    return buffer.getbuffer()
+def dump_index(index: SessionIndex, out: BinaryIO) -> None:
+    """The index pickled into `out` with every entry's html left out (a render reads
+    it again from the post file): the index of 100k posts would otherwise carry 500 MB
+    of html. Written to a file, not built in memory: the ~100 MB that 100k posts still
+    take, and SQLite's copy of them, were most of a cold build's peak memory. (Saved
+    flat instead, each entry once and the tree rebuilt on load, used as much memory
+    and made an edit at 100k posts 3 s slower.)"""
+    _LightPickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(index)
 
 
 class _LightPickler(pickle.Pickler):

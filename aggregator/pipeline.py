@@ -328,7 +328,9 @@ class Builder:
         # kept (pickling it again took ~0.3 s at 10k posts, ~3 s at 100k).
         key = self._index.content_key(settings)
         same = self._cache.saved_session_index_key() == key
-        self._cache.store_session(head, None if same else (key, dump_index(self._index)))
+        index = self._index
+        self._cache.store_session(head, None if same else (
+            key, lambda out: dump_index(index, out)))
 
     def _publish_patched(self, config: Config, report: BuildReport, dirty: set[Names],
                          workers: int, *, stat: bool) -> None:
@@ -348,11 +350,13 @@ class Builder:
                   root: Node, generation: str) -> SessionIndex:
         from aggregator.incremental import SessionIndex
 
-        sources = [p.source for p in posts]
+        # read_posts keyed the memo by source in post order: its keys, not 100k more
+        # strings made again (~30 MB at 100k posts)
+        sources = list(self._memo)
         read = [s for s in sources if self._memo[s][1] is not None]
         return SessionIndex.of(
             generation, dict(zip(read, post_entries, strict=True)),
-            {p.source: p.order for p in posts},
+            {s: p.order for s, p in zip(sources, posts, strict=True)},
             {s: self._memo[s][2] for s in sources if self._memo[s][2]}, merged, root)
 
     def _unchanged_since_last_build(self, config: Config, walk: str, state: StateStore,

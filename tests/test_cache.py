@@ -299,6 +299,44 @@ def test_parallel_cold_build_equals_sequential_build(tmp_path: Path) -> None:
     assert b"Renamed" in (one.output_dir / "atom.xml").read_bytes()
 
 
+def test_a_parallel_read_shares_the_values_posts_repeat(tmp_path: Path) -> None:
+    """Entries read by the workers come back unpickled, each with its own copy of its
+    category path, author, image type and source: equal posts must share one object
+    (~600 bytes a post), and the entries must still equal a sequential read's."""
+    from aggregator.forking import can_fork
+    from aggregator.model import changed
+    from aggregator.problems import ProblemLog
+    from aggregator.render import PARALLEL_THRESHOLD
+    from aggregator.sources.read import read_posts
+    from aggregator.state.cache import BuildCache
+    from aggregator.state.store import StateStore
+
+    if not can_fork():
+        pytest.skip("another thread is alive in this test process: workers would not fork")
+    count = PARALLEL_THRESHOLD + 20
+    for i in range(count):
+        write_post(tmp_path / "posts", f"c{i % 3}/p{i}.md",
+                   f"title: Post {i}\ncategories: [C{i % 3}, D]\nauthor: Ann {i % 2}\n"
+                   f"date: 2026-01-{1 + i % 28:02d}\nheadimg: https://img.example/{i}.png")
+    config = load_config(write_config(tmp_path))
+    entries = {}
+    for workers in (1, 2):
+        state = StateStore(tmp_path / f"state{workers}.sqlite", fixed_clock())
+        cache = BuildCache(tmp_path / f"cache{workers}.sqlite")
+        entries[workers] = read_posts(config, state, BuildReport(problems=ProblemLog()),
+                                      cache, workers=workers)
+        cache.close()
+        state.close()
+    # (the workers' entries come without their html: it is read again to render)
+    assert [changed(e, html="") for e in entries[2]] == \
+        [changed(e, html="") for e in entries[1]]
+    assert [e.digest for e in entries[2]] == [e.digest for e in entries[1]]
+    assert len(entries[2]) == count
+    assert len({id(e.category) for e in entries[2]}) == 3
+    assert len({id(e.author) for e in entries[2]}) == 2
+    assert len({id(e.image.mime_type) for e in entries[2] if e.image}) == 1
+
+
 def test_touched_posts_are_hashed_not_parsed_again_by_the_workers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every post file touched (a checkout, a copy): a parallel build must find their
@@ -708,6 +746,31 @@ def test_the_saved_index_is_read_only_to_patch(tmp_path: Path,
     assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
     _rewrite(tmp_path / "posts/a/p1.md", "Edited again 1", "Edited a third time 1")
     assert build(config, clock=fixed_clock()).patched  # that full build saved an index
+
+
+def test_the_saved_index_is_streamed_to_and_from_its_blob(tmp_path: Path) -> None:
+    """The index is pickled into a spool file and copied into its blob in chunks, then
+    unpickled from the blob as a stream (~100 MB at 100k posts, never held whole): a
+    record of several chunks comes back equal; a dump that fails (disk full) leaves no
+    session at all rather than a head without its index or a stale pair."""
+    import pickle
+
+    from aggregator.state.cache import BuildCache
+
+    cache = BuildCache(tmp_path / "cache.sqlite")
+    record = {"entries": [os.urandom(1000) for _ in range(3000)], "text": "ü" * 10}
+    cache.store_session(pickle.dumps("head"), ("key", lambda out: pickle.dump(record, out)))
+    assert cache.saved_session() == "head" and cache.saved_session_index() == record
+    assert cache.saved_session_index_key() == "key"
+    cache.close()
+    cache = BuildCache(tmp_path / "cache.sqlite")
+    assert cache.saved_session_index() == record  # as the next build reads it
+
+    def disk_full(out: object) -> None:
+        raise OSError(28, "No space left on device")
+    cache.store_session(pickle.dumps("head 2"), ("key 2", disk_full))
+    assert cache.saved_session() is None and cache.saved_session_index() is None
+    cache.close()
 
 
 def test_touched_posts_keep_the_saved_index(tmp_path: Path,

@@ -26,10 +26,15 @@ from aggregator.state.cache import (
     PackedPost,
     digest,
     pack_post,
+    unpack_post,
 )
 from aggregator.state.store import StateStore
 
 ReadResult = tuple[tuple[int, int, int], Entry | None, tuple[Problem, ...]]
+
+# Above this many posts that the memo cannot answer, the cache's rows are loaded in one
+# query; below it, each is looked up (a service's rebuild after a few edits).
+_LOAD_ALL_AT = 200
 
 
 def read_posts(config: Config, state: StateStore, report: BuildReport,
@@ -40,17 +45,24 @@ def read_posts(config: Config, state: StateStore, report: BuildReport,
     `memo` (source → last result, kept by a long-lived Builder) skips even the cache."""
     cache = cache if cache is not None else BuildCache(None)
     cache.invalidate_if_changed("read", read_fingerprint(config), "post_cache")
-    cache.load_posts()  # every post is asked for: one query, not one each
     if posts is None:
         posts = discover(config, report.problems)
+    unknown = len(posts) if memo is None else sum(
+        1 for post in posts if (known := memo.get(post.source)) is None
+        or known[0] != post.identity)
+    if unknown > _LOAD_ALL_AT:
+        cache.load_posts()  # most posts will be asked for: one query, not one each
     report.posts_found = len(posts)
     reader = PostReader(config, report.problems, state.first_seen)
     entries: list[Entry] = []
     fresh: list[tuple[str, CachedPost]] = []
     seen: dict[str, ReadResult] = {}
+    shared = _Sharing()
+    parsed: dict[str, CachedPost] = {}
     if workers > 1:
-        report.rendered += _read_in_parallel(config, posts, cache, memo, workers, state,
-                                             report.problems)
+        rendered, parsed = _read_in_parallel(config, posts, cache, memo, workers, state,
+                                             shared)
+        report.rendered += rendered
     for post in posts:
         source = post.source
         known = memo.get(source) if memo is not None else None
@@ -58,14 +70,17 @@ def read_posts(config: Config, state: StateStore, report: BuildReport,
             entry, found = known[1], known[2]
             report.problems.replay(found)
         else:
-            entry, record, found = _read_post(post, cache.post(source), reader,
-                                              report.problems)
+            cached = parsed.pop(source, None)
+            if cached is None and (cached := cache.post(source)) is not None:
+                shared.entry(cached.entry, post.rel)
+            entry, record, found = _read_post(post, cached, reader, report.problems)
             if record is not None:
                 fresh.append((source, record))
         seen[source] = (post.identity, entry, found)
         if entry is not None:
             entries.append(entry)
     cache.store_posts(fresh)
+    cache.release_posts()  # the memo (or nothing) answers from here on
     if fresh or memo is None or len(memo) != len(seen):
         cache.forget_posts_except(set(seen))
     if memo is not None:
@@ -107,11 +122,13 @@ _NOT_SEEN_YET = datetime(1900, 1, 1, tzinfo=UTC)
 
 def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
                       memo: dict[str, ReadResult] | None, workers: int,
-                      state: StateStore, problems: ProblemLog) -> int:
+                      state: StateStore, shared: _Sharing
+                      ) -> tuple[int, dict[str, CachedPost]]:
     """Parse the posts the cache cannot answer in worker processes (a cold build spends
-    most of its reading time in YAML and Markdown), and put the results in the cache so
-    that the sequential pass below finds every one of them there. Returns how many
-    entries were rendered as they were read (max_items 0)."""
+    most of its reading time in YAML and Markdown) and put the results in the cache.
+    Returns how many entries were rendered as they were read (max_items 0), and what
+    was read (source → record), for the sequential pass: it used to find them in the
+    cache's rows loaded in memory, ~1.7 KB a post held beside the entries they become."""
     pending, digests = [], []
     for post in posts:
         source = post.source
@@ -121,8 +138,9 @@ def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
         if not cache.has_post(source, post.identity):
             pending.append(post)
             digests.append(cache.content_digest(source))
+    parsed: dict[str, CachedPost] = {}
     if len(pending) < PARALLEL_THRESHOLD or not can_fork():
-        return 0
+        return 0, parsed
     # Small chunks, stored as they come back: the parent never holds more than a few
     # chunks of whole posts (all 100k of them at once took 1.3 GB).
     size = min(-(-len(pending) // (workers * 4)), 250)
@@ -151,9 +169,11 @@ def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
                     result = pack_post(post.source, replace(result, entry=entry))
                 if result is not None:  # None: unreadable, the sequential pass says why
                     packed.append(result)
+                    parsed[result[0]] = record = unpack_post(result)
+                    shared.entry(record.entry, post.rel)
             cache.store_packed(packed)
             cache.move_posts(moved)
-    return rendered
+    return rendered, parsed
 
 
 RenderRow = tuple[str, bytes, bytes]  # render key, packed atom, packed rss
@@ -199,6 +219,32 @@ def _read_chunk(config: Config, posts: list[PostFile], known_digests: list[str |
             if row is not None:
                 renders.append(row)
     return out, renders
+
+
+class _Sharing:
+    """One object for the values many entries hold equal, each entry as it is read:
+    every post of a category has the same path, most posts one of a few authors and
+    image types, and its source is its file's relative path. Unpickled, each held its
+    own copies: ~600 bytes a post, 60 MB at 100k posts."""
+
+    def __init__(self) -> None:
+        self._values: dict[object, object] = {}
+
+    def entry(self, entry: Entry | None, rel: str) -> None:
+        """Changes `entry` in place: call it only on one just unpickled, that nothing
+        else holds yet."""
+        if entry is None:
+            return
+        fields = vars(entry)
+        values = self._values
+        fields["category"] = values.setdefault(entry.category, entry.category)
+        if entry.author is not None:
+            fields["author"] = values.setdefault(entry.author, entry.author)
+        if entry.source == rel:
+            fields["source"] = rel
+        image = entry.image
+        if image is not None and image.mime_type is not None:
+            vars(image)["mime_type"] = values.setdefault(image.mime_type, image.mime_type)
 
 
 def _speculative_renderer(config: Config,

@@ -26,13 +26,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import logging
 import pickle
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import lz4.block
 
@@ -161,6 +163,12 @@ def pack_post(source: str, post: CachedPost) -> PackedPost:
             pickle.dumps((light, post.problems), protocol=pickle.HIGHEST_PROTOCOL))
 
 
+def unpack_post(row: PackedPost) -> CachedPost:
+    """The record pack_post made `row` from (its entry without html)."""
+    entry, problems = pickle.loads(row[6])
+    return CachedPost(row[1], row[2], row[3], row[4], entry, problems)
+
+
 def pack_render(data: bytes) -> bytes:
     """An entry's rendered bytes as the cache stores and a build holds them. LZ4: a
     6 KB render packs in ~15 us and unpacks in ~5 (zlib level 1 took ~140 and ~45: 2 s
@@ -267,6 +275,11 @@ class BuildCache:
             self._posts = {row[0]: row[1:] for row in self.db.execute(
                 "SELECT source, size, mtime_ns, inode, digest, payload FROM post_cache")}
 
+    def release_posts(self) -> None:
+        """Drop what load_posts loaded (~1.7 KB a post: 170 MB at 100k posts, which a
+        one-off build held to its end and a service for its whole life)."""
+        self._posts = None
+
     def _post_row(self, source: str) -> tuple[int, int, int, str, bytes] | None:
         if "post_cache" in self._stale:
             return None
@@ -325,8 +338,9 @@ class BuildCache:
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO post_cache VALUES (?, ?, ?, ?, ?, ?, ?)",
                                 posts)
-        if self._posts is not None:  # a long-lived cache (the service) stays current
-            self._posts.update({row[0]: (*row[1:5], row[6]) for row in posts})
+        if self._posts is not None:  # rows loaded before these were stored are stale
+            for row in posts:
+                self._posts.pop(row[0], None)
 
     def whole(self, entries: Sequence[Entry], body_of: BodyReader) -> Iterator[Entry]:
         """`entries` with the partial ones (no html) made whole (see whole_entries)."""
@@ -432,8 +446,17 @@ class BuildCache:
         return self._unpickled("SELECT record FROM session")
 
     def saved_session_index(self) -> Any:
-        """The index saved with it (loaded apart: a build of many changes needs none)."""
-        return self._unpickled("SELECT record FROM session_index")
+        """The index saved with it (loaded apart: a build of many changes needs none).
+        Unpickled from the blob as a stream: its ~100 MB at 100k posts are never in
+        memory as one bytes object."""
+        row = self.db.execute("SELECT rowid FROM session_index").fetchone()
+        if row is None:
+            return None
+        try:
+            with self.db.blobopen("session_index", "record", row[0], readonly=True) as blob:
+                return pickle.load(io.BufferedReader(_BlobReader(blob), _CHUNK))
+        except Exception:  # another version's, or not a pickle: a full build
+            return None
 
     def saved_session_index_key(self) -> str | None:
         """The content key of the saved index, without unpickling anything."""
@@ -449,23 +472,67 @@ class BuildCache:
         except Exception:  # another version's: a full build
             return None
 
-    @_disposable
     def store_session(self, head: bytes | None,
-                      index: tuple[str, bytes | memoryview] | None = None) -> None:
-        """A SavedSession record and, when given, its index as (content key, record),
-        written together. No head: both forgotten. A head without an index: the saved
-        index stays (the caller found its key the same)."""
+                      index: tuple[str, Callable[[BinaryIO], None]] | None = None) -> None:
+        """A SavedSession record and, when given, its index as (content key, a function
+        that pickles it into a file), written together. No head: both forgotten. A head
+        without an index: the saved index stays (the caller found its key the same)."""
+        if head is None or index is None:
+            self._store_session(head, None)
+            return
+        key, dump = index
+        folder = self.file.parent if self.file is not None else None
+        try:
+            # pickled to an unnamed file first: a blob is written in place once its
+            # size is known, in chunks, so neither we nor SQLite hold it whole
+            with tempfile.TemporaryFile(dir=folder) as spool:
+                dump(spool)
+                self._store_session(head, (key, spool))
+        except OSError as exc:  # disk full: no session, rather than a stale one
+            log.warning("%s: build cache not updated (%s); the next build redoes the work",
+                        self.path, exc)
+            self._store_session(None, None)
+
+    @_disposable
+    def _store_session(self, head: bytes | None, index: tuple[str, BinaryIO] | None) -> None:
         with self.db:
             self.db.execute("DELETE FROM session")
             if head is None or index is not None:
                 self.db.execute("DELETE FROM session_index")
-            if head is not None:
-                self.db.execute("INSERT INTO session VALUES (1, ?)", (head,))
-                if index is not None:
-                    self.db.execute("INSERT INTO session_index VALUES (1, ?, ?)", index)
+            if head is None:
+                return
+            self.db.execute("INSERT INTO session VALUES (1, ?)", (head,))
+            if index is None:
+                return
+            key, spool = index
+            size = spool.tell()
+            spool.seek(0)
+            self.db.execute("INSERT INTO session_index VALUES (1, ?, zeroblob(?))", (key, size))
+            with self.db.blobopen("session_index", "record", 1) as blob:
+                while chunk := spool.read(_CHUNK):
+                    blob.write(chunk)
 
     def close(self) -> None:
         self.db.close()
+
+
+_CHUNK = 1 << 20  # bytes a blob is read or written at a time
+
+
+class _BlobReader(io.RawIOBase):
+    """A SQLite blob as a raw stream (pickle.load needs readline: a BufferedReader
+    over this gives it)."""
+
+    def __init__(self, blob: sqlite3.Blob) -> None:
+        self.blob = blob
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.blob.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def _connect(target: str) -> sqlite3.Connection:
