@@ -18,10 +18,11 @@ import dataclasses
 import hashlib
 import pickle
 from dataclasses import dataclass
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from aggregator.model import Entry
+from aggregator.model import Entry, Image
 from aggregator.problems import Problem
 from aggregator.sources.walk import PostFile
 from aggregator.state.probes import unknown_image
@@ -34,7 +35,6 @@ Names = tuple[str, ...]
 class SessionIndex:
     generation: str  # of the state when the build read it: upstream entries, probes
     posts: dict[str, Entry]  # source → the entry its post gave (probes applied)
-    order: dict[str, tuple[str, str]]  # source → (rel, root): the report's post order
     problems: dict[str, tuple[Problem, ...]]  # source → its problems, non-empty only
     merged: dict[str, Entry]  # id → the published entry
     link_owner: dict[str, str]  # link → id of the published entry that has it
@@ -44,7 +44,7 @@ class SessionIndex:
     unknown: dict[str, str]  # source → its image URL whose type a probe must tell
 
     @classmethod
-    def of(cls, generation: str, posts: dict[str, Entry], order: dict[str, tuple[str, str]],
+    def of(cls, generation: str, posts: dict[str, Entry],
            problems: dict[str, tuple[Problem, ...]], merged: list[Entry],
            root: Node) -> SessionIndex:
         nodes = {node.names: node for node in root.walk()}
@@ -53,7 +53,7 @@ class SessionIndex:
             _count(totals, entry.category, +1)
         unknown = {source: url for source, entry in posts.items()
                    if (url := unknown_image(entry))}
-        return cls(generation, posts, order, problems, {e.id: e for e in merged},
+        return cls(generation, posts, problems, {e.id: e for e in merged},
                    {e.link: e.id for e in merged if e.link}, root, nodes, totals, unknown)
 
     def patch(self, changes: dict[str, Entry | None]) -> set[Names] | None:
@@ -132,8 +132,15 @@ class SessionIndex:
         return list(self.unknown.values())  # for `fetch` to probe: any order will do
 
     def ordered_problems(self) -> list[Problem]:
-        return [p for source in sorted(self.problems, key=self.order.__getitem__)
+        return [p for source in sorted(self.problems, key=_post_order)
                 for p in self.problems[source]]
+
+
+def _post_order(source: str) -> tuple[str, str]:
+    """PostFile.order from the post's source key (a map of them was ~15 MB at 100k
+    posts)."""
+    root, _, rel = source.partition("\0")
+    return rel, root
 
 
 def _path(category: Names) -> list[Names]:
@@ -158,7 +165,7 @@ class SavedSession:
     # build that leaves the shape alone does not make them again (~50 ms at 10k posts)
     publish_memo: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    FORMAT = 5
+    FORMAT = 6
 
     def dumps(self) -> bytes:
         """This record; the index it goes with is saved apart (dump_index): a build that
@@ -178,23 +185,58 @@ def dump_index(index: SessionIndex, out: BinaryIO) -> None:
 
 
 class _LightPickler(pickle.Pickler):
+    """Pickles each post's entry as one flat tuple: its fields without the html, its
+    image's fields and its dates' pickle states as plain ints. Pickled as themselves,
+    the image (with its args tuple and state dict) and the dates (their state bytes and
+    args tuples) were five more objects a post that the pickler's memo keeps alive to
+    the end: 1.5M objects at 100k posts, whose memo table alone doubled to 64 MB."""
+
     def reducer_override(self, obj: object) -> Any:
-        if type(obj) is Entry and obj.html and obj.digest:
+        if type(obj) is Entry and obj.digest:  # a post's entry: its html is in its file
             fields = vars(obj)
-            return _light_entry, (tuple(fields[name] for name in _LIGHT_FIELDS),)
+            published, updated, image = obj.published, obj.updated, obj.image
+            return _light_entry, (
+                *_time_state(published),
+                *((None, None) if updated is published else _time_state(updated)),
+                *((image.url, image.mime_type, image.length) if image is not None
+                  else (None, None, 0)),
+                *[fields[name] for name in _LIGHT_FIELDS])
         return NotImplemented
 
 
-# every field but the html and the flag that says it is missing
-_LIGHT_FIELDS = tuple(f.name for f in dataclasses.fields(Entry)
-                      if f.name not in ("html", "partial"))
+# every field but those _LightPickler spreads out, the html and the flag that says it
+# is missing
+_LIGHT_FIELDS = tuple(f.name for f in dataclasses.fields(Entry) if f.name not in (
+    "published", "updated", "image", "html", "partial"))
+_DATETIME: Any = datetime  # called with a pickle state, as pickle itself does
 
 
-def _light_entry(values: tuple[Any, ...]) -> Entry:
+def _time_state(value: datetime | None) -> tuple[int | None, tzinfo | None]:
+    """A datetime's pickle state (10 bytes) as an int (ints are not memoized), and its
+    tzinfo (one object for all)."""
+    if value is None:
+        return None, None
+    state: tuple[Any, ...] = value.__reduce_ex__(4)[1]  # type: ignore[assignment]
+    return int.from_bytes(state[0], "big"), state[1] if len(state) > 1 else None
+
+
+def _light_entry(published_state: int | None, published_zone: tzinfo | None,
+                 updated_state: int | None, updated_zone: tzinfo | None,
+                 image_url: str | None, image_type: str | None, image_length: int,
+                 *values: Any) -> Entry:
     """The entry without its html (as pickle itself restores a dataclass: no __init__,
     which costs ~7 us a frozen entry)."""
+    published = None if published_state is None else \
+        _DATETIME(published_state.to_bytes(10, "big"), published_zone)
+    updated = published if updated_state is None else \
+        _DATETIME(updated_state.to_bytes(10, "big"), updated_zone)
+    image = None
+    if image_url is not None:
+        image = object.__new__(Image)
+        vars(image).update(url=image_url, mime_type=image_type, length=image_length)
     entry: Entry = object.__new__(Entry)
-    vars(entry).update(zip(_LIGHT_FIELDS, values, strict=True), html="", partial=True)
+    vars(entry).update(zip(_LIGHT_FIELDS, values, strict=True), published=published,
+                       updated=updated, image=image, html="", partial=True)
     return entry
 
 

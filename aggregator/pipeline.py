@@ -208,7 +208,7 @@ class Builder:
             patchable = not extra_entries and len(entries) == report.posts_read + len(upstream)
             self._index = None
             if generation is not None and patchable and (self.persistent or not upstream):
-                self._index = self._index_of(posts, post_entries, entries, root, generation)
+                self._index = self._index_of(post_entries, entries, root, generation)
             if not self.persistent and walked:
                 self._save_session(config)
             if walk is not None:
@@ -259,10 +259,8 @@ class Builder:
         index.generation = generation  # the changed posts' own first-seen times
         for source in gone:
             index.problems.pop(source, None)
-            index.order.pop(source, None)
         for post in fresh:
             source = post.source
-            index.order[source] = post.order
             index.problems.pop(source, None)
             if results[source][2]:
                 index.problems[source] = results[source][2]
@@ -346,7 +344,7 @@ class Builder:
                                patched=True)
         report.patched = True
 
-    def _index_of(self, posts: list[PostFile], post_entries: list[Entry], merged: list[Entry],
+    def _index_of(self, post_entries: list[Entry], merged: list[Entry],
                   root: Node, generation: str) -> SessionIndex:
         from aggregator.incremental import SessionIndex
 
@@ -356,7 +354,6 @@ class Builder:
         read = [s for s in sources if self._memo[s][1] is not None]
         return SessionIndex.of(
             generation, dict(zip(read, post_entries, strict=True)),
-            {s: p.order for s, p in zip(sources, posts, strict=True)},
             {s: self._memo[s][2] for s in sources if self._memo[s][2]}, merged, root)
 
     def _unchanged_since_last_build(self, config: Config, walk: str, state: StateStore,

@@ -773,6 +773,58 @@ def test_the_saved_index_is_streamed_to_and_from_its_blob(tmp_path: Path) -> Non
     cache.close()
 
 
+def test_the_saved_index_gives_back_every_field_of_its_entries() -> None:
+    """The index pickles each entry flat (dates as their pickle states, the image as
+    its fields): every field but the html comes back the same, to the repr (render
+    keys and digests are made from reprs), dates in every kind of zone and fold,
+    undated and image-less entries, and an updated date that is the published one
+    stays one object."""
+    import io
+    import pickle
+    from datetime import timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    from aggregator.incremental import SessionIndex, dump_index
+    from aggregator.model import Entry, Image, changed
+    from aggregator.tree.categories import build_tree
+
+    berlin = ZoneInfo("Europe/Berlin")
+    stamps = [datetime(2026, 3, 1, 8, 0, tzinfo=UTC),
+              datetime(2025, 10, 26, 2, 30, tzinfo=berlin, fold=1),  # the second 02:30
+              datetime(2025, 3, 30, 2, 30, tzinfo=berlin),  # in the gap: kept as written
+              datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-9,
+                                                                                  minutes=-30))),
+              datetime(2026, 1, 1)]  # naive
+    entries = []
+    for i, stamp in enumerate(stamps):
+        for published in (stamp, None):
+            entries.append(Entry(
+                id=f"tag:x,2026:{i}{published is None}", title=f"T{i}", link=None if i % 2
+                else f"https://x.example/{i}", author="A" if i else None,
+                published=published, updated=stamp if i % 2 else stamps[0],
+                category=("C", f"D{i}"), tags=("t",) if i else (), html=f"<p>{i}</p>",
+                summary="s" if i else "", image=None if i == 2 else Image(
+                    f"https://img.example/{i}.png", "image/png" if i else None, i * 100),
+                source=f"c/p{i}.md", base_url="https://x.example/", digest=f"d{i}"))
+    index = SessionIndex.of("g", {e.source + e.id: e for e in entries}, {}, entries,
+                            build_tree(entries, {}))
+    out = io.BytesIO()
+    dump_index(index, out)
+    back = pickle.loads(out.getvalue())
+    for before, after in zip(index.posts.values(), back.posts.values(), strict=True):
+        assert after.partial and after.html == "" and after.digest == before.digest
+        assert repr(after) == repr(changed(before, html=""))
+        assert [getattr(after, f) for f in ("published", "updated")] == \
+            [getattr(before, f) for f in ("published", "updated")]
+        assert (after.updated is after.published) == (before.updated is before.published)
+        if before.published is not None:
+            assert after.published.fold == before.published.fold
+            assert after.published.tzinfo == before.published.tzinfo
+            if isinstance(before.published.tzinfo, ZoneInfo):
+                assert after.published.tzinfo is berlin  # as pickle gives it: the cached one
+    assert back.merged[entries[0].id] is back.posts[entries[0].source + entries[0].id]
+
+
 def test_touched_posts_keep_the_saved_index(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Every post touched, none changed: the full build saves the posts' new identities
