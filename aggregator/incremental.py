@@ -167,11 +167,11 @@ class SavedSession:
 
     FORMAT = 6
 
-    def dumps(self) -> bytes:
-        """This record; the index it goes with is saved apart (dump_index): a build that
-        finds many changed files reads this alone and does a full build, where it used
-        to unpickle the index too (~2 s at 100k posts)."""
-        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+    def dump(self, out: BinaryIO) -> None:
+        """This record, pickled into `out`; the index it goes with is saved apart
+        (dump_index): a build that finds many changed files reads this alone and does a
+        full build, where it used to unpickle the index too (~2 s at 100k posts)."""
+        pickle.dump(self, out, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def dump_index(index: SessionIndex, out: BinaryIO) -> None:

@@ -209,8 +209,10 @@ class Builder:
             self._index = None
             if generation is not None and patchable and (self.persistent or not upstream):
                 self._index = self._index_of(post_entries, entries, root, generation)
-            if not self.persistent and walked:
-                self._save_session(config)
+            if not self.persistent:
+                self._memo.clear()  # a one-off build is done reading (~16 MB at 100k)
+                if walked:
+                    self._save_session(config)
             if walk is not None:
                 self._remember_build(config, walk, generation, report, found_after_walk)
         except BaseException:
@@ -321,13 +323,13 @@ class Builder:
             return
         settings = _settings_digest(config)
         head = SavedSession(settings, SavedPosts(posts), self._counts,
-                            SavedSession.FORMAT, self._publish_memo).dumps()
+                            SavedSession.FORMAT, self._publish_memo)
         # Every post touched, none changed: the same index as the saved one, which is
         # kept (pickling it again took ~0.3 s at 10k posts, ~3 s at 100k).
         key = self._index.content_key(settings)
         same = self._cache.saved_session_index_key() == key
         index = self._index
-        self._cache.store_session(head, None if same else (
+        self._cache.store_session(head.dump, None if same else (
             key, lambda out: dump_index(index, out)))
 
     def _publish_patched(self, config: Config, report: BuildReport, dirty: set[Names],

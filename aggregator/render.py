@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -108,17 +108,19 @@ def _render(config: Config, entries: Sequence[Entry],
 
 
 def render_entries(config: Config, entries: Sequence[Entry], workers: int = 1,
-                   cache_file: Path | None = None) -> list[tuple[bytes, bytes]]:
+                   cache_file: Path | None = None) -> Iterator[tuple[bytes, bytes]]:
     """(atom, rss) bytes for each entry, in order, packed (state.cache.pack_render:
-    in the workers, not the parent). Partial entries need `cache_file`, the build
-    cache that read them."""
+    in the workers, not the parent), as each chunk is done: the caller stores them and
+    need not hold them all (30k entries' were ~100 MB of a cold build's peak). Partial
+    entries need `cache_file`, the build cache that read them."""
     workers = min(workers, os.cpu_count() or 1)
     if workers <= 1 or len(entries) < PARALLEL_THRESHOLD or not can_fork():
-        return _render(config, entries, cache_file)
+        yield from _render(config, entries, cache_file)
+        return
     # a few chunks per worker evens out the load; small ones keep memory bounded
     size = min(-(-len(entries) // (workers * 4)), 1000)
     chunks = [entries[i:i + size] for i in range(0, len(entries), size)]
     with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
-        results = pool.map(_render, [config] * len(chunks), chunks,
-                           [cache_file] * len(chunks))
-        return [pair for chunk in results for pair in chunk]
+        for chunk in pool.map(_render, [config] * len(chunks), chunks,
+                              [cache_file] * len(chunks)):
+            yield from chunk

@@ -337,6 +337,35 @@ def test_a_parallel_read_shares_the_values_posts_repeat(tmp_path: Path) -> None:
     assert len({id(e.image.mime_type) for e in entries[2] if e.image}) == 1
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_renders_the_cache_cannot_keep_are_held_until_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    """Renders go into the build cache as they are made and are read back a subtree
+    at a time; when the cache cannot store them (disk full), the build holds them
+    itself and publishes the same feeds."""
+    import sqlite3
+
+    from aggregator.forking import can_fork
+    from aggregator.render import PARALLEL_THRESHOLD
+    from aggregator.state.cache import BuildCache
+
+    if workers > 1 and not can_fork():
+        pytest.skip("another thread is alive in this test process: workers would not fork")
+    for i in range(PARALLEL_THRESHOLD + 20):
+        write_post(tmp_path / "posts", f"c{i % 5}/p{i}.md",
+                   f"title: Post {i}\ncategories: [C{i % 5}, D{i % 3}]\n"
+                   f"date: 2026-01-{1 + i % 28:02d} {i % 24:02d}:00:00")
+    config_path = write_config(tmp_path, output={"dir": "feeds", "max_items": 30})
+
+    def full_disk(self: BuildCache, rows: object) -> None:
+        self._write_failed(sqlite3.OperationalError("database or disk is full"))
+    monkeypatch.setattr(BuildCache, "store_rendered", full_disk)
+    report = build(load_config(config_path), clock=fixed_clock(), workers=workers)
+    assert report.rendered > 0 and report.written
+    monkeypatch.undo()
+    assert _feeds(tmp_path / "feeds") == _clean_build(tmp_path, config_path)
+
+
 def test_touched_posts_are_hashed_not_parsed_again_by_the_workers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every post file touched (a checkout, a copy): a parallel build must find their
@@ -749,17 +778,19 @@ def test_the_saved_index_is_read_only_to_patch(tmp_path: Path,
 
 
 def test_the_saved_index_is_streamed_to_and_from_its_blob(tmp_path: Path) -> None:
-    """The index is pickled into a spool file and copied into its blob in chunks, then
-    unpickled from the blob as a stream (~100 MB at 100k posts, never held whole): a
-    record of several chunks comes back equal; a dump that fails (disk full) leaves no
-    session at all rather than a head without its index or a stale pair."""
+    """The saved session and its index are pickled into spool files and copied into
+    their blobs in chunks, then unpickled from the blobs as streams (~26 and ~100 MB at
+    100k posts, never held whole): a record of several chunks comes back equal; a dump
+    that fails (disk full) leaves no session at all rather than a head without its
+    index or a stale pair."""
     import pickle
 
     from aggregator.state.cache import BuildCache
 
     cache = BuildCache(tmp_path / "cache.sqlite")
     record = {"entries": [os.urandom(1000) for _ in range(3000)], "text": "ü" * 10}
-    cache.store_session(pickle.dumps("head"), ("key", lambda out: pickle.dump(record, out)))
+    cache.store_session(lambda out: pickle.dump("head", out),
+                        ("key", lambda out: pickle.dump(record, out)))
     assert cache.saved_session() == "head" and cache.saved_session_index() == record
     assert cache.saved_session_index_key() == "key"
     cache.close()
@@ -768,7 +799,7 @@ def test_the_saved_index_is_streamed_to_and_from_its_blob(tmp_path: Path) -> Non
 
     def disk_full(out: object) -> None:
         raise OSError(28, "No space left on device")
-    cache.store_session(pickle.dumps("head 2"), ("key 2", disk_full))
+    cache.store_session(lambda out: pickle.dump("head 2", out), ("key 2", disk_full))
     assert cache.saved_session() is None and cache.saved_session_index() is None
     cache.close()
 

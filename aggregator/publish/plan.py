@@ -8,6 +8,7 @@ and only those not in the build cache, are sanitised and serialised.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aggregator.config import Config
@@ -81,8 +82,9 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     todo = {plan[2] for plan in plans if not _untouched(publisher, plan[2], plan[5], previous)}
 
     needed = {e.id: e for plan in plans if plan[2] in todo for e in plan[3]}
-    rendered = cache.rendered({key(e) for e in needed.values()})
-    missing = [e for e in needed.values() if key(e) not in rendered]
+    cached = cache.rendered_keys({key(e) for e in needed.values()})
+    missing = [e for e in needed.values() if key(e) not in cached]
+    renders = _Renders(cache)
     if any(e.partial for e in missing) and cache.file is None:
         # an in-memory cache: only this process can read it
         missing = list(cache.whole(missing, body_reader(config)))
@@ -90,13 +92,16 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
         # entries that came from the cache without their html are made whole by the
         # renderer, a chunk at a time (never all 100k bodies in memory at once)
         pairs = render_entries(config, missing, workers, cache.file)
-        fresh = [(key(e), atom, rss) for e, (atom, rss) in zip(missing, pairs, strict=True)]
-        cache.store_rendered(fresh)
-        rendered.update({k: (atom, rss) for k, atom, rss in fresh})
+        renders.store((key(e), atom, rss) for e, (atom, rss) in zip(missing, pairs, strict=True))
     report.rendered += len(missing)  # (plus any rendered as they were read)
 
     prints: dict[str, str] = {}
-    unpacked = _SubtreeRenders(rendered)
+    wanted: dict[str | None, set[str]] = {}  # top-level category (None: root) → keys
+    for plan in plans:
+        if plan[2] in todo:
+            wanted.setdefault(plan[0].names[0] if plan[0].names else None,
+                              set()).update(plan[4])
+    unpacked = _SubtreeRenders(renders.fetch, wanted)
     publisher.keep_all(kept)
     report.feeds += len(kept)
     for node, kind, rel, members, member_keys, feed_print in plans:
@@ -145,31 +150,70 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     return counts
 
 
+class _Renders:
+    """Packed renders by key, kept in the build cache as they are made and read back
+    a subtree at a time (a cold 100k build held 30k renders, ~100 MB, from render to
+    write). Those the cache could not keep (disk full, a table it could not clear)
+    are held here instead."""
+
+    def __init__(self, cache: BuildCache) -> None:
+        self.cache = cache
+        self.held: dict[str, tuple[bytes, bytes]] = {}
+
+    def store(self, rows: Iterable[tuple[str, bytes, bytes]]) -> None:
+        batch: list[tuple[str, bytes, bytes]] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) == 500:
+                self._store(batch)
+                batch = []
+        self._store(batch)
+
+    def _store(self, batch: list[tuple[str, bytes, bytes]]) -> None:
+        self.cache.store_rendered(batch)
+        if not self.cache.keeps_renders():
+            self.held.update({k: (atom, rss) for k, atom, rss in batch})
+
+    def fetch(self, keys: set[str]) -> dict[str, tuple[bytes, bytes]]:
+        found = self.cache.rendered(keys - self.held.keys())
+        found.update({k: self.held[k] for k in keys & self.held.keys()})
+        return found
+
+
 class _SubtreeRenders:
-    """The renders of the feeds being written, unpacked. An entry sits in the feeds of
-    its top-level category, of the ones below it and of the root: within one top-level
-    subtree (its feeds are planned one after the other) each render is unpacked once
-    and kept, up to a budget, until the next subtree starts; the root's are unpacked
-    as they are written. That halves the unpacking of a full rewrite (2.6 GB at 100k
-    posts) while holding one subtree's renders, not all of them."""
+    """The renders of the feeds being written. An entry sits in the feeds of its
+    top-level category, of the ones below it and of the root: feeds are planned in walk
+    order, the root's first, then one top-level subtree after the other. The packed
+    renders of the root's feeds, then of each subtree's, are fetched when it starts
+    and dropped when it ends. Within a subtree each render is unpacked once and kept,
+    up to a budget; the root's are unpacked as they are written. That halves the
+    unpacking of a full rewrite (2.6 GB at 100k posts) while holding one subtree's
+    renders, not all of them."""
 
     BUDGET = 128 << 20  # bytes kept unpacked at most
 
-    def __init__(self, packed: dict[str, tuple[bytes, bytes]]) -> None:
-        self.packed = packed
+    def __init__(self, fetch: Callable[[set[str]], dict[str, tuple[bytes, bytes]]],
+                 wanted: dict[str | None, set[str]]) -> None:
+        self.fetch = fetch
+        self.wanted = wanted  # subtree (None: the root's feeds) → the keys they need
+        self.packed: dict[str, tuple[bytes, bytes]] = {}
         self.top: str | None = None
+        self.started = False
         self.kept: dict[tuple[str, int], bytes] = {}
         self.size = 0
 
     def parts(self, names: tuple[str, ...], keys: list[str], which: int) -> Parts:
         """The feed's entry bytes (their source is called once to compare, once to
         write)."""
+        top = names[0] if names else None
+        if top != self.top or not self.started:
+            self.started, self.top, self.kept, self.size = True, top, {}, 0
+            self.packed = {}  # (dropped before the next subtree's are fetched)
+            self.packed = self.fetch(self.wanted.get(top, set()))
         packed = self.packed
         size = sum(unpacked_size(packed[k][which]) for k in keys)
         if not names:
             return Parts(lambda: (unpack_render(packed[k][which]) for k in keys), size)
-        if names[0] != self.top:
-            self.top, self.kept, self.size = names[0], {}, 0
         kept = self.kept
 
         def unpacked(key: str) -> bytes:

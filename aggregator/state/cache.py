@@ -152,6 +152,7 @@ def open_read_only(path: Path) -> sqlite3.Connection:
 
 
 PackedPost = tuple[str, int, int, int, str, str, bytes]  # a post_cache row
+Dump = Callable[[BinaryIO], None]  # pickles a record into a file
 
 
 def pack_post(source: str, post: CachedPost) -> PackedPost:
@@ -370,6 +371,17 @@ class BuildCache:
         return {key: (atom, rss) for key, atom, rss in _rows_in(
             self.db, "SELECT key, atom, rss FROM rendered WHERE key IN ({marks})", wanted)}
 
+    def rendered_keys(self, keys: Iterable[str]) -> set[str]:
+        """Which of `keys` have a render, without reading the renders."""
+        wanted = [] if "rendered" in self._stale else list(keys)
+        return {row[0] for row in _rows_in(
+            self.db, "SELECT key FROM rendered WHERE key IN ({marks})", wanted)}
+
+    def keeps_renders(self) -> bool:
+        """What store_rendered was given can be read back (no write failed, and the
+        table was cleared when its settings changed)."""
+        return not self._failed and "rendered" not in self._stale
+
     @_disposable
     def store_rendered(self, rows: Iterable[tuple[str, bytes, bytes]]) -> None:
         """(key, atom, rss), packed by pack_render."""
@@ -443,74 +455,79 @@ class BuildCache:
     def saved_session(self) -> Any:
         """The pickled SavedSession without its index, or None (the caller checks its
         type: this module must not import the pipeline's)."""
-        return self._unpickled("SELECT record FROM session")
+        return self._unpickled("session")
 
     def saved_session_index(self) -> Any:
-        """The index saved with it (loaded apart: a build of many changes needs none).
-        Unpickled from the blob as a stream: its ~100 MB at 100k posts are never in
-        memory as one bytes object."""
-        row = self.db.execute("SELECT rowid FROM session_index").fetchone()
-        if row is None:
-            return None
-        try:
-            with self.db.blobopen("session_index", "record", row[0], readonly=True) as blob:
-                return pickle.load(io.BufferedReader(_BlobReader(blob), _CHUNK))
-        except Exception:  # another version's, or not a pickle: a full build
-            return None
+        """The index saved with it (loaded apart: a build of many changes needs none)."""
+        return self._unpickled("session_index")
 
     def saved_session_index_key(self) -> str | None:
         """The content key of the saved index, without unpickling anything."""
         row = self.db.execute("SELECT key FROM session_index").fetchone()
         return str(row[0]) if row is not None else None
 
-    def _unpickled(self, query: str) -> Any:
-        row = self.db.execute(query).fetchone()
+    def _unpickled(self, table: str) -> Any:
+        """The record of `table`, unpickled from its blob as a stream: the ~100 MB of
+        an index at 100k posts are never in memory as one bytes object."""
+        row = self.db.execute(f"SELECT rowid FROM {table}").fetchone()  # noqa: S608
         if row is None:
             return None
         try:
-            return pickle.loads(row[0])
-        except Exception:  # another version's: a full build
+            with self.db.blobopen(table, "record", row[0], readonly=True) as blob:
+                return pickle.load(io.BufferedReader(_BlobReader(blob), _CHUNK))
+        except Exception:  # another version's, or not a pickle: a full build
             return None
 
-    def store_session(self, head: bytes | None,
-                      index: tuple[str, Callable[[BinaryIO], None]] | None = None) -> None:
-        """A SavedSession record and, when given, its index as (content key, a function
-        that pickles it into a file), written together. No head: both forgotten. A head
-        without an index: the saved index stays (the caller found its key the same)."""
-        if head is None or index is None:
-            self._store_session(head, None)
+    def store_session(self, head: Dump | None, index: tuple[str, Dump] | None = None) -> None:
+        """A SavedSession record and, when given, its index as (content key, record),
+        each given as a function that pickles it into a file; written together. No
+        head: both forgotten. A head without an index: the saved index stays (the
+        caller found its key the same)."""
+        if head is None:
+            self._store_session(None, None)
             return
-        key, dump = index
         folder = self.file.parent if self.file is not None else None
         try:
-            # pickled to an unnamed file first: a blob is written in place once its
-            # size is known, in chunks, so neither we nor SQLite hold it whole
-            with tempfile.TemporaryFile(dir=folder) as spool:
-                dump(spool)
-                self._store_session(head, (key, spool))
+            # pickled to unnamed files first: a blob is written in place once its size
+            # is known, in chunks, so neither we nor SQLite hold a record whole (the
+            # index and the head were ~100 MB and ~26 MB at 100k posts)
+            with tempfile.TemporaryFile(dir=folder) as head_spool, \
+                    tempfile.TemporaryFile(dir=folder) as index_spool:
+                head(head_spool)
+                if index is not None:
+                    index[1](index_spool)
+                self._store_session(head_spool, (index[0], index_spool)
+                                    if index is not None else None)
         except OSError as exc:  # disk full: no session, rather than a stale one
             log.warning("%s: build cache not updated (%s); the next build redoes the work",
                         self.path, exc)
             self._store_session(None, None)
 
     @_disposable
-    def _store_session(self, head: bytes | None, index: tuple[str, BinaryIO] | None) -> None:
+    def _store_session(self, head: BinaryIO | None,
+                       index: tuple[str, BinaryIO] | None) -> None:
         with self.db:
             self.db.execute("DELETE FROM session")
             if head is None or index is not None:
                 self.db.execute("DELETE FROM session_index")
             if head is None:
                 return
-            self.db.execute("INSERT INTO session VALUES (1, ?)", (head,))
-            if index is None:
-                return
-            key, spool = index
-            size = spool.tell()
-            spool.seek(0)
-            self.db.execute("INSERT INTO session_index VALUES (1, ?, zeroblob(?))", (key, size))
-            with self.db.blobopen("session_index", "record", 1) as blob:
-                while chunk := spool.read(_CHUNK):
-                    blob.write(chunk)
+            self._insert_spooled("INSERT INTO session VALUES (1, zeroblob(?))", (), head,
+                                 "session")
+            if index is not None:
+                self._insert_spooled("INSERT INTO session_index VALUES (1, ?, zeroblob(?))",
+                                     (index[0],), index[1], "session_index")
+
+    def _insert_spooled(self, insert: str, values: tuple[str, ...], spool: BinaryIO,
+                        table: str) -> None:
+        """Insert row 1 of `table` with a blob the size of `spool`, then copy the
+        spool into it."""
+        size = spool.tell()
+        spool.seek(0)
+        self.db.execute(insert, (*values, size))
+        with self.db.blobopen(table, "record", 1) as blob:
+            while chunk := spool.read(_CHUNK):
+                blob.write(chunk)
 
     def close(self) -> None:
         self.db.close()
