@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 from selectolax.lexbor import LexborHTMLParser
 
 from aggregator.config import Config
-from aggregator.forking import can_fork, pool_context
+from aggregator.forking import can_fork, map_inherited
 from aggregator.media import image_type_from_url
 from aggregator.model import Entry, Image
 from aggregator.problems import ProblemLog
@@ -119,8 +118,12 @@ def render_entries(config: Config, entries: Sequence[Entry], workers: int = 1,
         return
     # a few chunks per worker evens out the load; small ones keep memory bounded
     size = min(-(-len(entries) // (workers * 4)), 1000)
-    chunks = [entries[i:i + size] for i in range(0, len(entries), size)]
-    with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
-        for chunk in pool.map(_render, [config] * len(chunks), chunks,
-                              [cache_file] * len(chunks)):
-            yield from chunk
+    ranges = [(i, min(i + size, len(entries))) for i in range(0, len(entries), size)]
+    for chunk in map_inherited(_render_range, (config, entries, cache_file), ranges, workers):
+        yield from chunk
+
+
+def _render_range(shared: tuple[Config, Sequence[Entry], Path | None],
+                  bounds: tuple[int, int]) -> list[tuple[bytes, bytes]]:
+    config, entries, cache_file = shared
+    return _render(config, entries[bounds[0]:bounds[1]], cache_file)

@@ -7,13 +7,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import fields, replace
 from datetime import UTC, datetime
 
 from aggregator.config import Config
 from aggregator.fingerprints import read_fingerprint, render_fingerprint, render_key
-from aggregator.forking import can_fork, pool_context
+from aggregator.forking import can_fork, map_inherited
 from aggregator.model import Entry, changed
 from aggregator.problems import Problem, ProblemLog
 from aggregator.render import PARALLEL_THRESHOLD, entry_renderer
@@ -144,40 +143,47 @@ def _read_in_parallel(config: Config, posts: list[PostFile], cache: BuildCache,
     # Small chunks, stored as they come back: the parent never holds more than a few
     # chunks of whole posts (all 100k of them at once took 1.3 GB).
     size = min(-(-len(pending) // (workers * 4)), 250)
-    chunks = [pending[i:i + size] for i in range(0, len(pending), size)]
-    known_digests = [digests[i:i + size] for i in range(0, len(digests), size)]
+    ranges = [(i, min(i + size, len(pending))) for i in range(0, len(pending), size)]
     render_print, rendered = None, 0
     if config.max_items == 0:  # every entry is published: render as it is read
         render_print = render_fingerprint(config)
         cache.invalidate_if_changed("render", render_print, "rendered", "feed_state")
-    with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
-        for chunk, (results, renders) in zip(chunks, pool.map(
-                _read_chunk, [config] * len(chunks), chunks, known_digests,
-                [render_print] * len(chunks)), strict=True):
-            cache.store_rendered(renders)
-            rendered += len(renders)
-            packed: list[PackedPost] = []
-            moved = []
-            for post, result in zip(chunk, results, strict=True):
-                if isinstance(result, str):  # _SAME_BYTES: touched or copied, not parsed
-                    moved.append((post.source, post.identity))
-                    continue
-                if isinstance(result, CachedPost):  # undated: its first-seen time is ours
-                    entry = result.entry
-                    assert entry is not None
-                    entry = _stamped(replace(entry, updated=state.first_seen(entry.id)))
-                    result = pack_post(post.source, replace(result, entry=entry))
-                if result is not None:  # None: unreadable, the sequential pass says why
-                    packed.append(result)
-                    parsed[result[0]] = record = unpack_post(result)
-                    shared.entry(record.entry, post.rel)
-            cache.store_packed(packed)
-            cache.move_posts(moved)
+    for (start, stop), (results, renders) in zip(ranges, map_inherited(
+            _read_range, (config, pending, digests, render_print), ranges, workers),
+            strict=True):
+        cache.store_rendered(renders)
+        rendered += len(renders)
+        packed: list[PackedPost] = []
+        moved = []
+        for post, result in zip(pending[start:stop], results, strict=True):
+            if isinstance(result, str):  # _SAME_BYTES: touched or copied, not parsed
+                moved.append((post.source, post.identity))
+                continue
+            if isinstance(result, CachedPost):  # undated: its first-seen time is ours
+                entry = result.entry
+                assert entry is not None
+                entry = _stamped(replace(entry, updated=state.first_seen(entry.id)))
+                result = pack_post(post.source, replace(result, entry=entry))
+            if result is not None:  # None: unreadable, the sequential pass says why
+                packed.append(result)
+                parsed[result[0]] = record = unpack_post(result)
+                shared.entry(record.entry, post.rel)
+        cache.store_packed(packed)
+        cache.move_posts(moved)
     return rendered, parsed
 
 
 RenderRow = tuple[str, bytes, bytes]  # render key, packed atom, packed rss
 _SAME_BYTES = "same bytes"  # the post's bytes are the ones the cache read
+
+
+def _read_range(shared: tuple[Config, list[PostFile], list[str | None], str | None],
+                bounds: tuple[int, int]
+                ) -> tuple[list[PackedPost | CachedPost | str | None], list[RenderRow]]:
+    """_read_chunk of the posts pending[start:stop], in a worker that inherited them."""
+    config, pending, digests, render_print = shared
+    start, stop = bounds
+    return _read_chunk(config, pending[start:stop], digests[start:stop], render_print)
 
 
 def _read_chunk(config: Config, posts: list[PostFile], known_digests: list[str | None],

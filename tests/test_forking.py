@@ -1,0 +1,46 @@
+"""map_inherited: forked workers that inherit what they work on instead of being sent
+it (the posts of a cold read, the entries to render)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+import aggregator.forking as forking
+from aggregator.forking import can_fork, map_inherited
+
+
+def _square_with(shared: tuple[threading.Lock, list[int]], bounds: tuple[int, int]
+                 ) -> tuple[int, list[int]]:
+    lock, numbers = shared
+    with lock:  # a lock cannot be pickled: the worker has it because it was forked
+        return os.getpid(), [n * n for n in numbers[bounds[0]:bounds[1]]]
+
+
+def _fail_on_three(shared: list[int], index: int) -> int:
+    if shared[index] == 3:
+        raise ValueError("three")
+    return shared[index]
+
+
+def test_workers_inherit_what_they_are_not_sent() -> None:
+    if not can_fork():
+        pytest.skip("another thread is alive in this test process: workers would not fork")
+    numbers = list(range(1000))
+    ranges = [(i, i + 100) for i in range(0, 1000, 100)]
+    results = list(map_inherited(_square_with, (threading.Lock(), numbers), ranges, 2))
+    assert [n for _, chunk in results for n in chunk] == [n * n for n in numbers]  # in order
+    assert os.getpid() not in {pid for pid, _ in results}
+    assert forking._inherited is None  # not kept past the fork
+
+
+def test_a_worker_error_reaches_the_caller_and_nothing_is_kept() -> None:
+    if not can_fork():
+        pytest.skip("another thread is alive in this test process: workers would not fork")
+    with pytest.raises(ValueError, match="three"):
+        list(map_inherited(_fail_on_three, [1, 2, 3, 4], [0, 1, 2, 3], 2))
+    assert forking._inherited is None
+    # and a later call works (each call forks its own workers with its own data)
+    assert list(map_inherited(_fail_on_three, [5, 6], [0, 1], 2)) == [5, 6]
