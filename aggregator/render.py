@@ -12,7 +12,7 @@ from pathlib import Path
 from selectolax.lexbor import LexborHTMLParser
 
 from aggregator.config import Config
-from aggregator.forking import can_fork, map_inherited
+from aggregator.forking import PARALLEL_THRESHOLD, can_fork, map_inherited
 from aggregator.media import image_type_from_url
 from aggregator.model import Entry, Image
 from aggregator.problems import ProblemLog
@@ -29,10 +29,6 @@ from aggregator.state.cache import (
     whole_entries,
 )
 from aggregator.writers.feeds import FeedRenderer
-
-# Below this many entries a process pool costs more than it saves (measured: ~0.15 s
-# to start two workers; an entry takes ~1 ms).
-PARALLEL_THRESHOLD = 400
 
 
 def finish_entry(entry: Entry, sanitizer: Sanitizer) -> Entry:

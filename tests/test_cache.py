@@ -549,6 +549,32 @@ def _reference_with_state(tmp_path: Path, config_path: Path) -> dict[str, bytes]
     return _feeds(clean / "feeds")
 
 
+def test_a_build_with_nothing_to_render_or_write_imports_no_writer(tmp_path: Path) -> None:
+    """Every post touched, nothing changed: the build reads, plans and keeps every
+    feed; the renderer, feedgen and lxml (~90 ms of imports) are not loaded, in a
+    fresh interpreter, as a CLI build runs."""
+    import subprocess
+    import sys
+
+    config_path = _site(tmp_path)
+    script = ("import sys\n"
+              "from aggregator.config import load_config\n"
+              "from aggregator.pipeline import build\n"
+              f"report = build(load_config({str(config_path)!r}))\n"
+              "print(len(report.written), report.rendered, sorted(m for m in ('feedgen',"
+              " 'lxml.etree', 'aggregator.render', 'aggregator.writers.feeds')"
+              " if m in sys.modules))\n")
+
+    def run() -> str:
+        return subprocess.run([sys.executable, "-c", script], check=True, text=True,
+                              capture_output=True).stdout.strip()
+    assert run() == ("20 12 ['aggregator.render', 'aggregator.writers.feeds', 'feedgen', "
+                     "'lxml.etree']")  # the first build renders and writes
+    for post in (tmp_path / "posts").rglob("*.md"):
+        os.utime(post, ns=(post.stat().st_atime_ns, post.stat().st_mtime_ns + 10**9))
+    assert run() == "0 0 []"
+
+
 def test_a_killed_builds_temp_files_are_swept_even_when_up_to_date(tmp_path: Path) -> None:
     config = load_config(_site(tmp_path))
     build(config, clock=fixed_clock())

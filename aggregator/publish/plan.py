@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aggregator.config import Config
 from aggregator.fingerprints import fingerprint_of, render_fingerprint, render_key
 from aggregator.model import Entry
 from aggregator.publish.atomic import Parts, Publisher
-from aggregator.render import body_reader, render_entries
 from aggregator.report import BuildReport
 from aggregator.state.cache import BuildCache, unpack_render, unpacked_size
 from aggregator.tree.categories import Node
-from aggregator.writers.feeds import FeedRenderer
+
+if TYPE_CHECKING:
+    from aggregator.writers.feeds import FeedRenderer
 from aggregator.writers.index import feed_title, feed_url, feeds_opml, index_html
 
 # Written by every build beside the feeds.
@@ -42,7 +43,6 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     Returns the number of entries in each node's feed."""
     fingerprint = render_fingerprint(config)
     cache.invalidate_if_changed("render", fingerprint, "rendered", "feed_state")
-    renderer = FeedRenderer(config)
     publisher = Publisher(config.output_dir)
     publisher.prepare(sweep_temps)
     keys: dict[str, str] = {}  # entry id -> render key
@@ -85,6 +85,11 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     cached = cache.rendered_keys({key(e) for e in needed.values()})
     missing = [e for e in needed.values() if key(e) not in cached]
     renders = _Renders(cache)
+    if missing:
+        # (imported here, as the feed writer below: the sanitiser, feedgen and lxml are
+        # ~90 ms of imports that a build with nothing to render or write does without)
+        from aggregator.render import body_reader, render_entries
+
     if any(e.partial for e in missing) and cache.file is None:
         # an in-memory cache: only this process can read it
         missing = list(cache.whole(missing, body_reader(config)))
@@ -104,9 +109,10 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     unpacked = _SubtreeRenders(renders.fetch, wanted)
     publisher.keep_all(kept)
     report.feeds += len(kept)
+    renderer = _feed_renderer(config) if todo else None
     for node, kind, rel, members, member_keys, feed_print in plans:
         report.feeds += 1
-        if rel in todo:
+        if renderer is not None and rel in todo:
             title, url = feed_title(config, node), feed_url(config, node, kind)
             parts = unpacked.parts(node.names, member_keys, 0 if kind == "atom" else 1)
             data = (renderer.atom_feed if kind == "atom" else renderer.rss_feed)(
@@ -148,6 +154,12 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     report.unchanged = len(publisher.unchanged)
     report.removed = publisher.removed
     return counts
+
+
+def _feed_renderer(config: Config) -> FeedRenderer:
+    from aggregator.writers.feeds import FeedRenderer
+
+    return FeedRenderer(config)
 
 
 class _Renders:
