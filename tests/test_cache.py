@@ -471,6 +471,38 @@ def _store_upstream_entry(config_path: Path) -> None:
     state.close()
 
 
+def test_a_state_from_before_migration_5_still_bumps_its_generation(tmp_path: Path) -> None:
+    """Migration 5 replaces upstream_entry's row triggers with one bump per stored
+    source: a state made by migration 4 loses those three triggers (the others stay),
+    and storing, re-storing or trimming a source's entries still changes the
+    generation a build's up-to-date check reads."""
+    import sqlite3
+
+    from aggregator.state.store import MIGRATIONS, StateStore, _statements
+
+    path = tmp_path / "state.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    for number, step in enumerate(MIGRATIONS[:4], start=1):
+        for statement in _statements(step):
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {number}")
+    db.close()
+    state = StateStore(path)
+    triggers = {row[0] for row in state.db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    assert not {t for t in triggers if t.startswith("upstream_entry")}
+    assert {"first_seen_insert", "image_probe_update", "written_post_delete"} <= triggers
+    state.close()
+    config_path = write_config(tmp_path, state={"path": str(path)})
+    generations = []
+    for _ in range(2):  # stored, then stored again as a re-poll with a 200 would
+        _store_upstream_entry(config_path)
+        state = StateStore(path)
+        generations.append(state.generation())
+        state.close()
+    assert None not in generations and len(set(generations)) == 2
+
+
 def _store_probe(config_path: Path) -> None:
     from aggregator.state.probes import Probe, ProbeCache
     from aggregator.state.store import StateStore

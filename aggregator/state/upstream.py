@@ -145,6 +145,8 @@ class UpstreamState:
                 "SELECT entry_id FROM upstream_entry WHERE source_url = ? "
                 "ORDER BY sort_at DESC, first_seen DESC, entry_id LIMIT ?)",
                 (source.url, source.url, source.retention))
+            # (its rows changed: last_seen at least; a trigger did this for every row)
+            self.db.execute("UPDATE generation SET counter = counter + 1")
             self._save(source, 200, etag, last_modified, None, now, floor=floor)
         return new
 
