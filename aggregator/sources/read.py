@@ -126,7 +126,7 @@ def _read_in_parallel(config: Config, posts: list[PostFile], sources: list[str],
     most of its reading time in YAML and Markdown) and put the results in the cache.
     Returns how many entries were rendered as they were read (max_items 0), and what
     was read (source → record), for the sequential pass: it used to find them in the
-    cache's rows loaded in memory, ~1.7 KB a post held beside the entries they become."""
+    cache's rows loaded in memory, ~1 KB a post held beside the entries they become."""
     pending, pending_sources, digests = [], [], []
     for post, source in zip(posts, sources, strict=True):
         known = memo.get(source) if memo is not None else None

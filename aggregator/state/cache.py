@@ -277,7 +277,7 @@ class BuildCache:
                 "SELECT source, size, mtime_ns, inode, digest, payload FROM post_cache")}
 
     def release_posts(self) -> None:
-        """Drop what load_posts loaded (~1.7 KB a post: 170 MB at 100k posts, which a
+        """Drop what load_posts loaded (~1 KB a post: ~100 MB at 100k posts, which a
         one-off build held to its end and a service for its whole life)."""
         self._posts = None
 
