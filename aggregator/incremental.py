@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 
 from aggregator.model import Entry, Image
 from aggregator.problems import Problem
-from aggregator.sources.walk import PostFile
+from aggregator.sources.walk import PostFile, split_source
 from aggregator.state.probes import unknown_image
 from aggregator.tree.categories import Node
 
@@ -139,7 +139,7 @@ class SessionIndex:
 def _post_order(source: str) -> tuple[str, str]:
     """PostFile.order from the post's source key (a map of them was ~15 MB at 100k
     posts)."""
-    root, _, rel = source.partition("\0")
+    root, rel = split_source(source)
     return rel, root
 
 

@@ -19,7 +19,7 @@ from aggregator.problems import ProblemLog
 from aggregator.sanitize.html import Sanitizer
 from aggregator.sanitize.text import summarize
 from aggregator.sources.content import PostReader
-from aggregator.sources.walk import PostFile
+from aggregator.sources.walk import PostFile, split_source
 from aggregator.state.cache import (
     BodyReader,
     CacheIncomplete,
@@ -57,7 +57,7 @@ def body_reader(config: Config) -> BodyReader:
     reader = PostReader(config, ProblemLog(echo=False), lambda _id: _ANY_TIME)
 
     def body_of(source: str, content_digest: str) -> str | None:
-        root, _, rel = source.partition("\0")
+        root, rel = split_source(source)
         reader.problems = ProblemLog(echo=False)
         data = reader.read_bytes(PostFile(os.path.join(root, *rel.split("/")), rel,
                                           Path(root)))
