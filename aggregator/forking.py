@@ -29,6 +29,13 @@ def pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork")
 
 
+def chunk_ranges(count: int, workers: int, largest: int) -> list[tuple[int, int]]:
+    """(start, stop) of the chunks `count` items are handed to workers in: a few a
+    worker evens out the load, and at most `largest` items each keeps memory bounded."""
+    size = min(-(-count // (workers * 4)), largest)
+    return [(i, min(i + size, count)) for i in range(0, count, size)]
+
+
 # What map_inherited's workers inherit: set while they are forked, never sent.
 _inherited: Any = None
 

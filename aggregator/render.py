@@ -12,7 +12,7 @@ from pathlib import Path
 from selectolax.lexbor import LexborHTMLParser
 
 from aggregator.config import Config
-from aggregator.forking import PARALLEL_THRESHOLD, can_fork, map_inherited
+from aggregator.forking import PARALLEL_THRESHOLD, can_fork, chunk_ranges, map_inherited
 from aggregator.media import image_type_from_url
 from aggregator.model import Entry, Image
 from aggregator.problems import ProblemLog
@@ -112,9 +112,7 @@ def render_entries(config: Config, entries: Sequence[Entry], workers: int = 1,
     if workers <= 1 or len(entries) < PARALLEL_THRESHOLD or not can_fork():
         yield from _render(config, entries, cache_file)
         return
-    # a few chunks per worker evens out the load; small ones keep memory bounded
-    size = min(-(-len(entries) // (workers * 4)), 1000)
-    ranges = [(i, min(i + size, len(entries))) for i in range(0, len(entries), size)]
+    ranges = chunk_ranges(len(entries), workers, 1000)
     for chunk in map_inherited(_render_range, (config, entries, cache_file), ranges, workers):
         yield from chunk
 

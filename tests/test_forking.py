@@ -44,3 +44,13 @@ def test_a_worker_error_reaches_the_caller_and_nothing_is_kept() -> None:
     assert forking._inherited is None
     # and a later call works (each call forks its own workers with its own data)
     assert list(map_inherited(_fail_on_three, [5, 6], [0, 1], 2)) == [5, 6]
+
+
+@pytest.mark.parametrize("count", [1, 7, 400, 1001, 100_000])
+def test_chunk_ranges_cover_every_item_once_in_bounded_chunks(count: int) -> None:
+    from aggregator.forking import chunk_ranges
+
+    ranges = chunk_ranges(count, 2, 250)
+    assert [i for start, stop in ranges for i in range(start, stop)] == list(range(count))
+    assert all(0 < stop - start <= 250 for start, stop in ranges)
+    assert len(ranges) >= min(count, 8)  # a few a worker, to even out the load

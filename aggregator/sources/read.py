@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from aggregator.config import Config
 from aggregator.fingerprints import read_fingerprint, render_fingerprint, render_key
-from aggregator.forking import PARALLEL_THRESHOLD, can_fork, map_inherited
+from aggregator.forking import PARALLEL_THRESHOLD, can_fork, chunk_ranges, map_inherited
 from aggregator.model import Entry, changed
 from aggregator.problems import Problem, ProblemLog
 from aggregator.report import BuildReport
@@ -141,8 +141,7 @@ def _read_in_parallel(config: Config, posts: list[PostFile], sources: list[str],
         return 0, parsed
     # Small chunks, stored as they come back: the parent never holds more than a few
     # chunks of whole posts (all 100k of them at once took 1.3 GB).
-    size = min(-(-len(pending) // (workers * 4)), 250)
-    ranges = [(i, min(i + size, len(pending))) for i in range(0, len(pending), size)]
+    ranges = chunk_ranges(len(pending), workers, 250)
     render_print, rendered = None, 0
     if config.max_items == 0:  # every entry is published: render as it is read
         render_print = render_fingerprint(config)
