@@ -491,13 +491,15 @@ class BuildCache:
             # pickled to unnamed files first: a blob is written in place once its size
             # is known, in chunks, so neither we nor SQLite hold a record whole (the
             # index and the head were ~100 MB and ~26 MB at 100k posts)
-            with tempfile.TemporaryFile(dir=folder) as head_spool, \
-                    tempfile.TemporaryFile(dir=folder) as index_spool:
+            with contextlib.ExitStack() as spools:
+                head_spool = spools.enter_context(tempfile.TemporaryFile(dir=folder))
                 head(head_spool)
-                if index is not None:
+                spooled_index = None
+                if index is not None:  # (no spool for an index that stays as it is)
+                    index_spool = spools.enter_context(tempfile.TemporaryFile(dir=folder))
                     index[1](index_spool)
-                self._store_session(head_spool, (index[0], index_spool)
-                                    if index is not None else None)
+                    spooled_index = (index[0], index_spool)
+                self._store_session(head_spool, spooled_index)
         except OSError as exc:  # disk full: no session, rather than a stale one
             log.warning("%s: build cache not updated (%s); the next build redoes the work",
                         self.path, exc)
