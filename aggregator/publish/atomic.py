@@ -16,7 +16,9 @@ import contextlib
 import ctypes
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 TEMP_SUFFIX = ".aggregator-tmp"
 MANIFEST = ".aggregator-manifest"
 WRITE_BUFFER = 1 << 20
+STAGING_THREADS = 4  # feeds staged at once: they mostly wait on the filesystem
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class Publisher:
         self.removed: list[str] = []
         self._published: set[str] = set()
         self._staged: list[tuple[str, Path, Path]] = []
+        self._pending: deque[tuple[str, Path, Future[Path | None]]] = deque()
+        self._pool: ThreadPoolExecutor | None = None
 
     def prepare(self, sweep_temps: bool = True) -> None:
         """Create the output dir; with `sweep_temps`, drop temp files of killed builds
@@ -77,38 +82,63 @@ class Publisher:
                     log.warning("%s: cannot remove stale temp file: %s", path, exc)
         return count
 
-    def write(self, rel: str, data: bytes | Parts) -> bool:
+    def write(self, rel: str, data: bytes | Parts) -> None:
         """Stage `data` for `rel` (relative, '/'-separated); `finish` publishes it.
-        True if it differs from what is there."""
+
+        Staging runs on a few threads: it is mostly waiting on the filesystem
+        (creating 1,648 folders and temp files cost a cold 100k build ~1.7 s of its
+        2.1 s of writing, in mkdir and open), which those waits let the caller spend
+        making the next feed. Parts must stay readable until `finish` (or `abort`)."""
         target = self._target(rel)
         self._published.add(rel)
         parts = data if isinstance(data, Parts) else Parts(lambda: (data,), len(data))
-        if _same_bytes(target, parts):
-            self.unchanged.append(rel)
-            return False
-        temp = target.with_name(f".{target.name}.{os.getpid()}{TEMP_SUFFIX}")
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(STAGING_THREADS,
+                                            thread_name_prefix="aggregator-stage")
+        while len(self._pending) >= 2 * STAGING_THREADS:
+            self._settle(self._pending.popleft())  # bounded: each holds its feed's parts
+        self._pending.append((rel, target, self._pool.submit(_stage, target, parts)))
+
+    def _settle(self, pending: tuple[str, Path, Future[Path | None]]) -> None:
+        """Wait for one staging (in the order they were asked for); on a failure,
+        drop everything staged and raise."""
+        rel, target, future = pending
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # A big buffer: a feed is thousands of entry-sized parts, and one write
-            # call each (500k of them for 2.6 GB) cost more than writing the bytes.
-            with open(temp, "wb", buffering=WRITE_BUFFER) as handle:
-                handle.writelines(parts.source())
+            temp = future.result()
         except OSError as exc:
-            # On a read-only fs unlink fails too (EROFS, even for a missing file): that
-            # OSError escaped instead of the PublishError, and the message was wrong.
-            with contextlib.suppress(OSError):
-                temp.unlink(missing_ok=True)
             self.abort()
             raise PublishError(f"{target}: cannot publish: {exc.strerror or exc}") from exc
-        self._staged.append((rel, temp, target))
-        return True
+        except BaseException:
+            self.abort()
+            raise
+        if temp is None:
+            self.unchanged.append(rel)
+        else:
+            self._staged.append((rel, temp, target))
+
+    def _settle_all(self) -> None:
+        while self._pending:
+            self._settle(self._pending.popleft())
 
     def abort(self) -> None:
-        """Drop everything staged; the published files stay as they were."""
+        """Drop everything staged; the published files stay as they were. No staging
+        thread is still writing once this returns."""
+        pending, self._pending = self._pending, deque()
+        for rel, target, future in pending:
+            with contextlib.suppress(BaseException):
+                temp = future.result()
+                if temp is not None:
+                    self._staged.append((rel, temp, target))
         for _rel, temp, _target in self._staged:
             with contextlib.suppress(OSError):
                 temp.unlink(missing_ok=True)
         self._staged.clear()
+        self._close_pool()
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def keep(self, rel: str) -> None:
         """`rel` is current as it is: published, not rewritten."""
@@ -131,6 +161,10 @@ class Publisher:
     def finish(self) -> None:
         """Publish what was staged, remove what the last run published and this one did
         not, save the manifest."""
+        try:
+            self._settle_all()
+        finally:
+            self._close_pool()
         if self._staged:
             _sync_filesystem(self.out_dir)  # every staged byte durable before any rename
             try:
@@ -239,3 +273,24 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _stage(target: Path, parts: Parts) -> Path | None:
+    """The temp file holding `parts` beside `target`; None when `target` already
+    holds exactly those bytes. Runs in a staging thread."""
+    if _same_bytes(target, parts):
+        return None
+    temp = target.with_name(f".{target.name}.{os.getpid()}{TEMP_SUFFIX}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # A big buffer: a feed is thousands of entry-sized parts, and one write
+        # call each (500k of them for 2.6 GB) cost more than writing the bytes.
+        with open(temp, "wb", buffering=WRITE_BUFFER) as handle:
+            handle.writelines(parts.source())
+    except BaseException:
+        # On a read-only fs unlink fails too (EROFS, even for a missing file): that
+        # OSError escaped instead of the PublishError, and the message was wrong.
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        raise
+    return temp

@@ -41,9 +41,21 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     `patched`: a build of a few changes, which leaves unused renders for a later one
     to drop.
     Returns the number of entries in each node's feed."""
+    publisher = Publisher(config.output_dir)
+    try:
+        return _publish(publisher, config, root, report, cache, workers, clean_nodes,
+                        last_counts, sweep_temps, memo, patched)
+    except BaseException:
+        publisher.abort()  # no staging thread may go on writing after this build
+        raise
+
+
+def _publish(publisher: Publisher, config: Config, root: Node, report: BuildReport,
+             cache: BuildCache, workers: int, clean_nodes: frozenset[tuple[str, ...]],
+             last_counts: dict[tuple[str, ...], int] | None, sweep_temps: bool,
+             memo: dict[str, Any] | None, patched: bool) -> dict[tuple[str, ...], int]:
     fingerprint = render_fingerprint(config)
     cache.invalidate_if_changed("render", fingerprint, "rendered", "feed_state")
-    publisher = Publisher(config.output_dir)
     publisher.prepare(sweep_temps)
     keys: dict[str, str] = {}  # entry id -> render key
 
