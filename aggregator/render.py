@@ -50,6 +50,11 @@ def _first_image(html: str) -> Image | None:
     return None
 
 
+def content_roots(config: Config) -> list[str]:
+    """The content dirs as post source keys begin (see PostFile.source)."""
+    return [str(root) for root in config.content_dirs]
+
+
 def body_reader(config: Config) -> BodyReader:
     """(source, content digest) → the html of that post's body, read again from its
     file; None when the file is gone or its bytes are no longer those."""
@@ -90,8 +95,8 @@ def _render(config: Config, entries: Sequence[Entry],
     out = []
     db = open_read_only(cache_file) if cache_file is not None else None
     try:
-        whole = whole_entries(db, entries, body_reader(config)) if db is not None \
-            else iter(entries)
+        whole = iter(entries) if db is None else \
+            whole_entries(db, entries, body_reader(config), content_roots(config))
         for entry in whole:
             if entry.partial:
                 raise CacheIncomplete("a post body was not loaded")

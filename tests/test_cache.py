@@ -1046,3 +1046,35 @@ def test_a_body_read_again_is_the_body_parse_gave(tmp_path: Path, body: str) -> 
             assert reader.html_of(data) == entry.html, post.rel
             compared += 1
     assert compared >= len(BODY_CASES) - 1 + (100 if REAL_POSTS.is_dir() else 0)
+
+
+def test_bodies_are_read_again_from_every_content_dir(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Entries cached without their html find their post files by content dir and
+    relative path (the same relative path in two dirs included) when they are rendered
+    again: no post is read again in full, and the feeds equal a clean build's."""
+    for folder in ("posts", "more"):
+        for i in range(4):
+            write_post(tmp_path / folder, f"same/p{i}.md" if i < 2 else f"{folder}-{i}.md", f"""
+                title: {folder} {i}
+                categories: [{folder}]
+                date: 2026-02-{i + 1:02d} 08:00:00
+            """, body=f'<div><p class="junk">junk</p><p>{folder} body {i}</p></div>')
+    config_path = write_config(tmp_path, ["posts", "more"])
+    build(load_config(config_path), clock=fixed_clock())
+    _edit_config(config_path, "sanitize", "drop_selectors", ["p.junk"])
+    config = load_config(config_path)
+    caplog.clear()
+    report = build(config, clock=fixed_clock())
+    assert report.rendered == report.entries > 0
+    assert not [r for r in caplog.records if "reading every post again" in r.getMessage()]
+    after = _feeds(config.output_dir)
+    assert b"posts body 2" in after["atom.xml"] and b"more body 3" in after["atom.xml"]
+    assert b"junk" not in after["atom.xml"]
+
+    clean = tmp_path / "clean"
+    for folder in ("posts", "more"):
+        shutil.copytree(tmp_path / folder, clean / folder)
+    shutil.copy(config_path, clean / "config.yaml")
+    build(load_config(clean / "config.yaml"), clock=fixed_clock())
+    assert after == _feeds(clean / "feeds")

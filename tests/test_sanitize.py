@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 import html5lib
@@ -9,7 +10,15 @@ import pytest
 from test_sanitize_xss import survivors
 
 from aggregator.config import DEFAULT_DROP_SELECTORS, DEFAULT_IFRAME_HOSTS
-from aggregator.sanitize.html import Sanitizer, _srcset_candidates, cap_depth
+from aggregator.sanitize.html import (
+    _TAG,
+    Sanitizer,
+    _nests,
+    _srcset_candidates,
+    cap_depth,
+    html_depth,
+    may_nest_deeper,
+)
 from aggregator.sanitize.text import clean_line, html_to_text, strip_xml_illegal, summarize
 
 BASE = "https://blog.example/2024/post/"
@@ -165,6 +174,30 @@ def test_deep_nesting_is_bounded(clean: Sanitizer, html: str) -> None:
     out = clean.clean(html, BASE)
     assert time.perf_counter() - started < 5
     assert "deep" in out and survivors(out) == []
+
+
+def _depth_by_matches(html: str) -> int:
+    """html_depth spelt out on cap_depth's own matches, one at a time."""
+    depth = deepest = 0
+    for match in _TAG.finditer(html):
+        if _nests(match):
+            depth = max(depth - 1, 0) if match.group(1) else depth + 1
+            deepest = max(deepest, depth)
+    return deepest
+
+
+def test_html_depth_counts_as_cap_depth_does() -> None:
+    pieces = ["<", ">", "/", "a", "div", "br", " ", "p", '"', "'", "=", "x/", "</", "<b/>",
+              "<div/ >", "< div>", "<A>", "</DIV>", "<br/>", "<img src=a/>", "<a href='x/'>"]
+    rng = random.Random(7)
+    samples = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 80)))
+               for _ in range(5_000)]
+    samples += ["<div>" * 600 + "</div>" * 600, "<div><br/></div/><x/ ></x>", "</div>" * 3]
+    for html in samples:
+        depth = _depth_by_matches(html)
+        assert html_depth(html) == depth, html
+        # the quick bound never says "no deeper" when it is deeper
+        assert depth == 0 or may_nest_deeper(html, depth - 1), html
 
 
 def test_depth_cap_keeps_shallow_and_flat_html() -> None:

@@ -100,11 +100,11 @@ def _publish(publisher: Publisher, config: Config, root: Node, report: BuildRepo
     if missing:
         # (imported here, as the feed writer below: the sanitiser, feedgen and lxml are
         # ~90 ms of imports that a build with nothing to render or write does without)
-        from aggregator.render import body_reader, render_entries
+        from aggregator.render import body_reader, content_roots, render_entries
 
         if any(e.partial for e in missing) and cache.file is None:
             # an in-memory cache: only this process can read it
-            missing = list(cache.whole(missing, body_reader(config)))
+            missing = list(cache.whole(missing, body_reader(config), content_roots(config)))
         # entries that came from the cache without their html are made whole by the
         # renderer, a chunk at a time (never all 100k bodies in memory at once)
         pairs = render_entries(config, missing, workers, cache.file)

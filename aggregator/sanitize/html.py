@@ -58,6 +58,8 @@ _SRCSET_SPACE = " \t\n\r\f"
 # minutes), so tags nested deeper than this are dropped (their text kept) beforehand.
 MAX_DEPTH = 512
 _TAG = re.compile(r"<(/?)([A-Za-z][^\s/<>]*)[^<>]*>")  # no '<' inside: linear scan
+# _TAG's groups, and a '/' just before the '>' (a self-closed tag)
+_TAG_PARTS = re.compile(r"<(/?)([A-Za-z][^\s/<>]*)[^<>]*?(/?)>")
 _NO_DEPTH = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
          "source", "track", "wbr", "param", "keygen", "frame", "isindex",
          # optional end tags: often left open in legacy HTML, so never counted as depth
@@ -248,14 +250,24 @@ def html_depth(html: str) -> int:
     """Deepest tag nesting, counted the way cap_depth counts it (void tags, self-closed
     tags and tags with optional end tags do not nest)."""
     depth = deepest = 0
-    for match in _TAG.finditer(html):
-        if _nests(match):
-            if match.group(1):
-                depth = max(depth - 1, 0)
-            else:
-                depth += 1
-                deepest = max(deepest, depth)
+    # (the tags' parts as tuples, not match objects: ~4x quicker over the 1 % of posts
+    # with hundreds of tags, which took a tenth of reading all of them)
+    for closing, name, self_closed in _TAG_PARTS.findall(html):
+        if self_closed or name.lower() in _NO_DEPTH:
+            continue
+        if closing:
+            depth = depth - 1 if depth else 0
+        else:
+            depth += 1
+            if depth > deepest:
+                deepest = depth
     return deepest
+
+
+def may_nest_deeper(html: str, limit: int) -> bool:
+    """False when `html` cannot nest deeper than `limit` (without parsing it): every
+    level needs an opening tag, so a '<' that does not start '</'."""
+    return html.count("<") - html.count("</") > limit
 
 
 def _nests(match: re.Match[str]) -> bool:
@@ -265,7 +277,7 @@ def _nests(match: re.Match[str]) -> bool:
 def cap_depth(html: str, limit: int = MAX_DEPTH) -> str:
     """Drop start and end tags nested deeper than `limit`, by a tag count (an estimate:
     what it drops is only markup, and the real parsers still see everything else)."""
-    if html.count("<") <= limit:
+    if not may_nest_deeper(html, limit):
         return html
     deepest = html_depth(html)
     if deepest <= limit:
