@@ -81,8 +81,8 @@ def entry_renderer(config: Config) -> Callable[[Entry], tuple[bytes, bytes]]:
     renderer = FeedRenderer(config)
 
     def render(entry: Entry) -> tuple[bytes, bytes]:
-        done = finish_entry(entry, sanitizer)
-        return pack_render(renderer.atom_entry(done)), pack_render(renderer.rss_entry(done))
+        atom, rss = renderer.entry_pair(finish_entry(entry, sanitizer))
+        return pack_render(atom), pack_render(rss)
     return render
 
 

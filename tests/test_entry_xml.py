@@ -82,8 +82,8 @@ def _renderers(tmp_path: Path) -> list[FeedRenderer]:
 def _assert_same(renderers: list[FeedRenderer], entry: Entry) -> None:
     for renderer in renderers:
         full = renderer.config.full_content
-        assert entry_xml.atom_entry(entry, full) == renderer.feedgen_atom_entry(entry), entry
-        assert entry_xml.rss_entry(entry, full) == renderer.feedgen_rss_entry(entry), entry
+        assert entry_xml.entry_pair(entry, full) == (renderer.feedgen_atom_entry(entry),
+                                                     renderer.feedgen_rss_entry(entry)), entry
 
 
 def test_random_hostile_entries_match_feedgen(tmp_path: Path) -> None:
@@ -102,13 +102,12 @@ def test_text_xml_forbids_goes_the_feedgen_way_and_is_refused(tmp_path: Path) ->
     for field in ("title", "html", "summary", "author", "link"):
         for bad in ("\x0b", "\ud800", "\ufffe"):
             entry = replace(base, **{field: f"x{bad}y"})
-            assert entry_xml.atom_entry(entry, True) is None
-            assert entry_xml.rss_entry(entry, True) is None
+            assert entry_xml.entry_pair(entry, True) is None
             with pytest.raises(ValueError):
-                renderer.atom_entry(entry)
+                renderer.entry_pair(entry)
     # feedgen refuses an entry without a title; so does the renderer, through it
     with pytest.raises(ValueError):
-        renderer.atom_entry(replace(base, title=""))
+        renderer.entry_pair(replace(base, title=""))
 
 
 POSTS = SHARED / "corpus" / "posts"

@@ -98,9 +98,17 @@ def _media(entry: Entry) -> str:
             f'<media:thumbnail url="{url}"/>')
 
 
-def atom_entry(entry: Entry, full_content: bool) -> bytes | None:
+def entry_pair(entry: Entry, full_content: bool) -> tuple[bytes, bytes] | None:
+    """(atom_entry, rss_entry) of one entry, its checks and its html's escaping done
+    once for both (each was ~7 us of a ~190 us render, twice)."""
     if not _writable(entry):
         return None
+    html = _text(entry.html)
+    return _atom(entry, full_content, html), _rss(entry, full_content, html)
+
+
+def _atom(entry: Entry, full_content: bool, html: str) -> bytes:
+    """The Atom entry of a _writable entry whose html, escaped, is `html`."""
     parts = [f"<entry><id>{_text(entry.id)}</id><title>{_text(entry.title)}</title>"
              f"<updated>{entry.updated.isoformat()}</updated>"]
     if entry.author:
@@ -115,7 +123,7 @@ def atom_entry(entry: Entry, full_content: bool) -> bytes | None:
     # links follow the content, or end the entry when there is none.
     has_content = True
     if entry.html and (full_content or not entry.link):
-        parts.append(f'<content type="html">{_text(entry.html)}</content>')
+        parts.append(f'<content type="html">{html}</content>')
     elif not entry.link:
         text = entry.summary or entry.title
         parts.append(f'<content type="text">{_text(text)}</content>')
@@ -135,9 +143,8 @@ def atom_entry(entry: Entry, full_content: bool) -> bytes | None:
     return "".join(parts).encode("utf-8")
 
 
-def rss_entry(entry: Entry, full_content: bool) -> bytes | None:
-    if not _writable(entry):
-        return None
+def _rss(entry: Entry, full_content: bool, html: str) -> bytes:
+    """The RSS item of a _writable entry whose html, escaped, is `html`."""
     parts = [f"<item><title>{_text(entry.title)}</title>"]
     if entry.link:
         parts.append(f"<link>{_text(entry.link)}</link>")
@@ -147,7 +154,7 @@ def rss_entry(entry: Entry, full_content: bool) -> bytes | None:
     description = description.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     parts.append(f"<description>{_text(description)}</description>")
     if full_content and entry.html:
-        parts.append(f"<content:encoded>{_text(entry.html)}</content:encoded>")
+        parts.append(f"<content:encoded>{html}</content:encoded>")
     parts.append(f'<guid isPermaLink="false">{_text(entry.id)}</guid>')
     parts.extend(f"<category>{_text(term)}</category>" for term in categories(entry))
     parts.append(f"<pubDate>{rfc2822(entry.published or entry.updated)}</pubDate>")

@@ -104,15 +104,12 @@ class FeedRenderer:
                 content.set("fileSize", str(entry.image.length))
         etree.SubElement(element, f"{{{MEDIA_NS}}}thumbnail").set("url", entry.image.url)
 
-    def atom_entry(self, entry: Entry) -> bytes:
+    def entry_pair(self, entry: Entry) -> tuple[bytes, bytes]:
+        """(atom_entry, rss_entry), made together."""
         entry = self._with_published_id(entry)
-        fast = entry_xml.atom_entry(entry, self.config.full_content)
-        return fast if fast is not None else self.feedgen_atom_entry(entry)
-
-    def rss_entry(self, entry: Entry) -> bytes:
-        entry = self._with_published_id(entry)
-        fast = entry_xml.rss_entry(entry, self.config.full_content)
-        return fast if fast is not None else self.feedgen_rss_entry(entry)
+        fast = entry_xml.entry_pair(entry, self.config.full_content)
+        return fast if fast is not None else (self.feedgen_atom_entry(entry),
+                                              self.feedgen_rss_entry(entry))
 
     def _with_published_id(self, entry: Entry) -> Entry:
         """An id validators reject (`urn:uuid:` without a UUID, "123", a tag: with an
