@@ -252,6 +252,7 @@ class Builder:
                           strict=True))
         changes: dict[str, Entry | None] = dict.fromkeys(gone)
         changes.update({source: probed.get(source) for source in results})
+        index.prepare(changes)  # (a saved index loads the parts they touch)
         dirty = index.patch(changes)
         if dirty is None:
             return None
@@ -267,8 +268,8 @@ class Builder:
             if results[source][2]:
                 index.problems[source] = results[source][2]
         report.problems.replay(index.ordered_problems())
-        report.posts_found, report.posts_read = len(now), len(index.posts)
-        report.entries = len(index.merged)
+        report.posts_found, report.posts_read = len(now), index.post_count()
+        report.entries = index.entry_count()
         if not self.persistent:  # for `fetch` and the saved record; a session has no use
             report.unknown_images = index.unknown_images()  # (~3 ms a rebuild at 100k)
         self._signature = None  # the next full build plans every node again
@@ -279,7 +280,7 @@ class Builder:
         """A one-off build that walked and found a few changed post files: patch them
         into the last one-off build's saved index (as a session does) instead of
         building."""
-        from aggregator.incremental import SavedSession, SessionIndex
+        from aggregator.incremental import SavedSession, load_index
 
         if self.persistent or self._cache is None:
             return False
@@ -291,10 +292,12 @@ class Builder:
         changed = saved.posts.changed(now, walked)
         if len(changed) > max(100, len(now) // 50):
             return False  # many changes: a full build is as quick and simpler
-        index = self._cache.saved_session_index()
-        if not isinstance(index, SessionIndex):
-            self._cache.store_session(None)  # so the full build saves a new index
+        cache = self._cache
+        index = load_index(cache.saved_index_records())
+        if index is None:
+            cache.store_session(None)  # so the full build saves a new index
             return False
+        index.forget = lambda: cache.store_session(None)
         self._index, self._counts = index, saved.counts
         dirty = self._patch(config, state, report, saved.posts.before(changed), changed)
         if dirty is None:
@@ -343,7 +346,7 @@ class Builder:
         clean = frozenset(self._index.nodes.keys() - dirty)
         self._counts = publish(config, self._index.root, report, self._cache, workers, clean,
                                self._counts, sweep_temps=stat, memo=self._publish_memo,
-                               patched=True)
+                               patched=True, load=self._index.load_nodes)
         report.patched = True
 
     def _index_of(self, post_entries: list[Entry], merged: list[Entry],

@@ -616,17 +616,21 @@ def test_a_killed_builds_temp_files_are_swept_even_when_up_to_date(tmp_path: Pat
     assert not leftover.exists()
 
 
-@pytest.mark.parametrize("one_off", [False, True])
-def test_a_long_session_of_random_edits_always_equals_a_clean_build(tmp_path: Path,
-                                                                    one_off: bool) -> None:
+@pytest.mark.parametrize(("one_off", "max_items"), [(False, 0), (True, 0), (True, 2)])
+def test_a_long_session_of_random_edits_always_equals_a_clean_build(
+        tmp_path: Path, one_off: bool, max_items: int) -> None:
     """Patched and full builds, in any order, publish what a clean build does and
     report the same problems: in a service session (told the changed paths), and in
-    one-off builds (which patch the last one-off build's saved index)."""
+    one-off builds (which patch the last one-off build's saved index, loading the parts
+    of it they touch: with max_items, the root's feed takes the other top-level
+    categories' entries from their saved merges)."""
     import random
 
     from aggregator.pipeline import Builder
 
     config_path = _site(tmp_path)
+    if max_items:
+        _edit_config(config_path, "output", "max_items", max_items)
     config = load_config(config_path)
     posts = tmp_path / "posts"
     session = Builder(persistent=not one_off)
@@ -813,8 +817,8 @@ def test_the_saved_index_is_read_only_to_patch(tmp_path: Path,
 
     config_path, config = _built_big_site(tmp_path)
     reads: list[int] = []
-    original = BuildCache.saved_session_index
-    monkeypatch.setattr(BuildCache, "saved_session_index",
+    original = BuildCache.saved_index_records
+    monkeypatch.setattr(BuildCache, "saved_index_records",
                         lambda self: reads.append(1) or original(self))
     for i in range(12, 130):
         _rewrite(tmp_path / f"posts/c/p{i}.md", "Body", "Changed")
@@ -849,32 +853,34 @@ def test_the_saved_index_is_streamed_to_and_from_its_blob(tmp_path: Path) -> Non
     record = {"entries": [os.urandom(1000) for _ in range(3000)], "text": "ü" * 10}
     cache.store_session(lambda out: pickle.dump("head", out),
                         ("key", lambda out: pickle.dump(record, out)))
-    assert cache.saved_session() == "head" and cache.saved_session_index() == record
-    assert cache.saved_session_index_key() == "key"
+    records = cache.saved_index_records()
+    assert cache.saved_session() == "head" and records is not None
+    assert records.load(0) == record and cache.saved_session_index_key() == "key"
     cache.close()
     cache = BuildCache(tmp_path / "cache.sqlite")
-    assert cache.saved_session_index() == record  # as the next build reads it
+    records = cache.saved_index_records()
+    assert records is not None and records.load(0) == record  # as the next build reads it
 
     def disk_full(out: object) -> None:
         raise OSError(28, "No space left on device")
     cache.store_session(lambda out: pickle.dump("head 2", out), ("key 2", disk_full))
-    assert cache.saved_session() is None and cache.saved_session_index() is None
+    assert cache.saved_session() is None and cache.saved_index_records() is None
     cache.close()
 
 
-def test_the_saved_index_gives_back_every_field_of_its_entries() -> None:
+def test_the_saved_index_gives_back_every_field_of_its_entries(tmp_path: Path) -> None:
     """The index pickles each entry flat (dates as their pickle states, the image as
     its fields): every field but the html comes back the same, to the repr (render
     keys and digests are made from reprs), dates in every kind of zone and fold,
     undated and image-less entries, and an updated date that is the published one
     stays one object."""
-    import io
     import pickle
     from datetime import timedelta, timezone
     from zoneinfo import ZoneInfo
 
-    from aggregator.incremental import SessionIndex, dump_index
+    from aggregator.incremental import SessionIndex, dump_index, load_index
     from aggregator.model import Entry, Image, changed
+    from aggregator.state.cache import BuildCache
     from aggregator.tree.categories import build_tree
 
     berlin = ZoneInfo("Europe/Berlin")
@@ -897,9 +903,12 @@ def test_the_saved_index_gives_back_every_field_of_its_entries() -> None:
                 source=f"c/p{i}.md", base_url="https://x.example/", digest=f"d{i}"))
     index = SessionIndex.of("g", {e.source + e.id: e for e in entries}, {}, entries,
                             build_tree(entries, {}))
-    out = io.BytesIO()
-    dump_index(index, out)
-    back = pickle.loads(out.getvalue())
+    cache = BuildCache(tmp_path / "cache.sqlite")
+    cache.store_session(lambda out: pickle.dump("head", out),
+                        ("key", lambda out: dump_index(index, out)))
+    back = load_index(cache.saved_index_records())
+    assert back is not None
+    back.load_all()
     for before, after in zip(index.posts.values(), back.posts.values(), strict=True):
         assert after.partial and after.html == "" and after.digest == before.digest
         assert repr(after) == repr(changed(before, html=""))
@@ -1078,3 +1087,98 @@ def test_bodies_are_read_again_from_every_content_dir(tmp_path: Path,
     shutil.copy(config_path, clean / "config.yaml")
     build(load_config(clean / "config.yaml"), clock=fixed_clock())
     assert after == _feeds(clean / "feeds")
+
+
+def _parts_site(tmp_path: Path, tops: int = 4) -> Path:
+    """Posts in several top-level categories, two levels deep, and max_items 2."""
+    for i in range(8 * tops):
+        write_post(tmp_path / "posts", f"t{i % tops}/p{i}.md", f"""
+            title: Post {i}
+            categories: [Top{i % tops}, Sub{i % 2}]
+            date: 2026-01-{i % 28 + 1:02d} 08:{i % 60:02d}:00
+        """, body=f"<p>Body {i}</p>")
+    return write_config(tmp_path, output={"dir": "feeds", "max_items": 2})
+
+
+def test_an_edit_loads_only_the_parts_of_the_saved_index_it_touches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-off build patching one edited post unpickles the saved index's spine, the
+    root's own part and the edited post's top-level category, not the others, and
+    reports the counts a full build does; a new post in another category loads that
+    one too."""
+    from aggregator.incremental import PartialIndex
+    from aggregator.state.cache import BlobRecords
+
+    config_path = _parts_site(tmp_path)
+    config = load_config(config_path)
+    full = build(config, clock=fixed_clock())
+    loaded: list[int] = []
+    original = BlobRecords.load
+    monkeypatch.setattr(BlobRecords, "load",
+                        lambda self, offset, *a: loaded.append(offset) or original(self, offset))
+    parts: list[PartialIndex] = []
+    original_prepare = PartialIndex.prepare
+    monkeypatch.setattr(PartialIndex, "prepare",
+                        lambda self, changes: parts.append(self) or original_prepare(self, changes))
+
+    _rewrite(tmp_path / "posts/t1/p25.md", "Body 25", "Edited 25")  # Top1/Sub1's newest
+    report = build(config, clock=fixed_clock())
+    assert report.patched and "top1/sub1/atom.xml" in report.written
+    assert (report.posts_read, report.entries) == (full.posts_read, full.entries)
+    index = parts[-1]
+    assert index.spine is not None and len(index.spine.tops) == 4
+    top1 = index.spine.tops.index("Top1")
+    assert index.loaded == {top1, 4}  # the edited post's category and the root's own
+    assert len(loaded) == 3  # and the spine
+    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
+
+    write_post(tmp_path / "posts", "t3/new.md", """
+        title: New
+        categories: [Top3, Sub1]
+        date: 2026-02-01 08:00:00
+    """, body="<p>New</p>")
+    report = build(config, clock=fixed_clock())
+    assert report.patched and parts[-1].loaded == {top1, index.spine.tops.index("Top3"), 4}
+    assert report.posts_read == full.posts_read + 1
+    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
+
+
+def test_parts_that_share_a_key_hash_are_all_loaded(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys are found by a 32-bit hash: keys of other parts with the same hash only
+    load those parts too (here every key has one hash), and the feeds stay right."""
+    import aggregator.incremental
+
+    config_path = _parts_site(tmp_path)
+    config = load_config(config_path)
+    monkeypatch.setattr(aggregator.incremental, "_key_hash", lambda key: 7)
+    build(config, clock=fixed_clock())
+    _rewrite(tmp_path / "posts/t2/p6.md", "Body 6", "Edited 6")
+    assert build(config, clock=fixed_clock()).patched
+    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
+
+
+def test_an_unreadable_part_of_the_saved_index_means_a_full_build(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A part that cannot be unpickled: the build says so and builds in full, with the
+    same feeds; the saved index it could not read is gone, and the next edit is
+    patched into the new one."""
+    import sqlite3
+
+    config_path = _parts_site(tmp_path)
+    config = load_config(config_path)
+    build(config, clock=fixed_clock())
+    db = sqlite3.connect(f"{config.state_path}.cache")
+    with db, db.blobopen("session_index", "record", 1) as blob:
+        blob.write(b"\x00" * 64)  # part 0 begins the blob
+    db.close()
+    for i in range(4):  # one post in each part: part 0 is among those loaded
+        _rewrite(tmp_path / f"posts/t{i}/p{i}.md", f"Body {i}<", f"Edited {i}<")
+    caplog.clear()
+    report = build(config, clock=fixed_clock())
+    assert not report.patched
+    assert any("saved index part 0 unreadable" in r.getMessage() for r in caplog.records)
+    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
+    _rewrite(tmp_path / "posts/t1/p5.md", "Body 5", "Edited 5")
+    assert build(config, clock=fixed_clock()).patched
+    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)

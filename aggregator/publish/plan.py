@@ -31,7 +31,9 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
             workers: int = 1, clean_nodes: frozenset[tuple[str, ...]] = frozenset(),
             last_counts: dict[tuple[str, ...], int] | None = None,
             sweep_temps: bool = True, memo: dict[str, Any] | None = None,
-            patched: bool = False) -> dict[tuple[str, ...], int]:
+            patched: bool = False,
+            load: Callable[[list[Node], int], None] | None = None
+            ) -> dict[tuple[str, ...], int]:
     """Write every feed whose inputs changed; render each needed entry once.
 
     `clean_nodes`: nodes the caller knows hold exactly the entries of the last build
@@ -39,12 +41,13 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     computing their fingerprints, unless their files were touched. `memo` (kept by a
     session) saves remaking the index and OPML files when no count or slug changed.
     `patched`: a build of a few changes, which leaves unused renders for a later one
-    to drop.
+    to drop. `load(nodes, max_items)` is called with the nodes whose feeds are planned
+    before their entries are asked for (a saved index loads their parts).
     Returns the number of entries in each node's feed."""
     publisher = Publisher(config.output_dir)
     try:
         return _publish(publisher, config, root, report, cache, workers, clean_nodes,
-                        last_counts, sweep_temps, memo, patched)
+                        last_counts, sweep_temps, memo, patched, load)
     except BaseException:
         publisher.abort()  # no staging thread may go on writing after this build
         raise
@@ -53,7 +56,8 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
 def _publish(publisher: Publisher, config: Config, root: Node, report: BuildReport,
              cache: BuildCache, workers: int, clean_nodes: frozenset[tuple[str, ...]],
              last_counts: dict[tuple[str, ...], int] | None, sweep_temps: bool,
-             memo: dict[str, Any] | None, patched: bool) -> dict[tuple[str, ...], int]:
+             memo: dict[str, Any] | None, patched: bool,
+             load: Callable[[list[Node], int], None] | None) -> dict[tuple[str, ...], int]:
     fingerprint = render_fingerprint(config)
     cache.invalidate_if_changed("render", fingerprint, "rendered", "feed_state")
     publisher.prepare(sweep_temps)
@@ -71,6 +75,7 @@ def _publish(publisher: Publisher, config: Config, root: Node, report: BuildRepo
     counts: dict[tuple[str, ...], int] = {}
     kept: list[str] = []
     kept_nodes: list[Node] = []
+    planned: list[Node] = []
     for node in root.walk():
         names = node.names
         rels = (f"{node.rel_dir}atom.xml", f"{node.rel_dir}rss.xml")
@@ -84,9 +89,15 @@ def _publish(publisher: Publisher, config: Config, root: Node, report: BuildRepo
             kept += rels
             kept_nodes.append(node)
             continue
+        counts[names] = 0  # (counted below: counts keeps the walk's order)
+        planned.append(node)
+    if load is not None and planned:
+        load(planned, config.max_items)
+    for node in planned:
         members = node.entries(config.max_items)
         counts[node.names] = len(members)
         member_keys = [key(e) for e in members]  # once for both formats
+        rels = (f"{node.rel_dir}atom.xml", f"{node.rel_dir}rss.xml")
         for kind, rel in zip(("atom", "rss"), rels, strict=True):
             feed_print = fingerprint_of(kind, feed_title(config, node),
                                         feed_url(config, node, kind), member_keys)

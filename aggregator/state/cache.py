@@ -467,9 +467,12 @@ class BuildCache:
         type: this module must not import the pipeline's)."""
         return self._unpickled("session")
 
-    def saved_session_index(self) -> Any:
-        """The index saved with it (loaded apart: a build of many changes needs none)."""
-        return self._unpickled("session_index")
+    def saved_index_records(self) -> BlobRecords | None:
+        """The saved index's blob, whose records are unpickled from chosen offsets
+        (incremental.load_index: the index is saved in parts, loaded as a patch needs
+        them), or None."""
+        row = self.db.execute("SELECT rowid FROM session_index").fetchone()
+        return None if row is None else BlobRecords(self.db, "session_index", row[0])
 
     def saved_session_index_key(self) -> str | None:
         """The content key of the saved index, without unpickling anything."""
@@ -546,6 +549,26 @@ class BuildCache:
 
 
 _CHUNK = 1 << 20  # bytes a blob is read or written at a time
+
+
+class BlobRecords:
+    """Pickled records laid one after the other in a blob, each read from its offset
+    as a stream."""
+
+    def __init__(self, db: sqlite3.Connection, table: str, rowid: int) -> None:
+        self.db, self.table, self.rowid = db, table, rowid
+
+    def tail(self, count: int) -> bytes:
+        """The blob's last `count` bytes."""
+        with self.db.blobopen(self.table, "record", self.rowid, readonly=True) as blob:
+            blob.seek(max(len(blob) - count, 0))
+            return blob.read(count)
+
+    def load(self, offset: int, chunk: int = _CHUNK) -> Any:
+        """The record pickled at `offset` (any error is the caller's to handle)."""
+        with self.db.blobopen(self.table, "record", self.rowid, readonly=True) as blob:
+            blob.seek(offset)
+            return pickle.load(io.BufferedReader(_BlobReader(blob), chunk))
 
 
 class _BlobReader(io.RawIOBase):
