@@ -181,7 +181,7 @@ class SavedSession:
     # build that leaves the shape alone does not make them again (~50 ms at 10k posts)
     publish_memo: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    FORMAT = 7
+    FORMAT = 8
 
     def dump(self, out: BinaryIO) -> None:
         """This record, pickled into `out`; the index it goes with is saved apart
@@ -210,7 +210,7 @@ def dump_index(index: SessionIndex, out: BinaryIO) -> None:
     def part(entry: Entry) -> int:
         return part_of[entry.category[0]] if entry.category else root_part
 
-    parts = [_Part({}, {}, {}, {}) for _ in range(root_part + 1)]
+    parts = [_Part({}, {}, {}, {}, {}) for _ in range(root_part + 1)]
     sources, ids, links = _LocatorMaker(), _LocatorMaker(), _LocatorMaker()
     for source, entry in index.posts.items():
         number = part(entry)
@@ -225,9 +225,11 @@ def dump_index(index: SessionIndex, out: BinaryIO) -> None:
         parts[number].link_owner[link] = entry_id
         links.add(link, number)
     for node in index.root.walk():
+        piece = parts[part_of[node.names[0]] if node.names else root_part]
         if node.own:
-            parts[part_of[node.names[0]] if node.names else root_part].own[node.names] = \
-                node.own
+            piece.own[node.names] = node.own
+        if node._merged is not None and node.names:  # (the root's is remade by any patch)
+            piece.merges[node.names] = node._merged
     places = []
     for piece in parts:
         start = out.tell()
@@ -266,6 +268,9 @@ class _Part:
     merged: dict[str, Entry]
     link_owner: dict[str, str]
     own: dict[Names, list[Entry]]  # node → its own entries
+    # node → its merged entries as last published (Node._merged): with max_items 0 a
+    # top-level node's are all of its entries, which the root's feed would merge again
+    merges: dict[Names, tuple[int, list[Entry]]]
 
 
 @dataclass
@@ -396,19 +401,21 @@ class PartialIndex(SessionIndex):
         for number in sorted(numbers - self.loaded):
             try:
                 part = records.load(spine.places[number])
-                if not isinstance(part, _Part):
-                    raise TypeError(f"a {type(part).__name__}")
-            except Exception as exc:
+                posts, merged, links, own, merges = (
+                    part.posts, part.merged, part.link_owner, part.own, part.merges)
+            except Exception as exc:  # not a part (of this layout)
                 if self.forget is not None:
                     self.forget()
                 raise CacheIncomplete(f"saved index part {number} unreadable ({exc})") from exc
-            self.posts.update(part.posts)
-            self.merged.update(part.merged)
-            self.link_owner.update(part.link_owner)
-            for names, own in part.own.items():
-                self.nodes[names].own = own
-            if number < len(spine.tops):  # its own merge replaces the saved one
+            self.posts.update(posts)
+            self.merged.update(merged)
+            self.link_owner.update(links)
+            for names, entries in own.items():
+                self.nodes[names].own = entries
+            if number < len(spine.tops):  # (its merge made of these entries, not copies)
                 self.root.children[spine.tops[number]]._merged = None
+            for names, merge in merges.items():
+                self.nodes[names]._merged = merge
             self.loaded.add(number)
 
     def load_all(self) -> None:

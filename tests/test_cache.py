@@ -1158,11 +1158,13 @@ def test_parts_that_share_a_key_hash_are_all_loaded(tmp_path: Path,
     assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
 
 
+@pytest.mark.parametrize("garbage", ["bytes", "another object"])
 def test_an_unreadable_part_of_the_saved_index_means_a_full_build(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A part that cannot be unpickled: the build says so and builds in full, with the
-    same feeds; the saved index it could not read is gone, and the next edit is
-    patched into the new one."""
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, garbage: str) -> None:
+    """A part that cannot be unpickled, or is not a part: the build says so and builds
+    in full, with the same feeds; the saved index it could not read is gone, and the
+    next edit is patched into the new one."""
+    import pickle
     import sqlite3
 
     config_path = _parts_site(tmp_path)
@@ -1170,7 +1172,8 @@ def test_an_unreadable_part_of_the_saved_index_means_a_full_build(
     build(config, clock=fixed_clock())
     db = sqlite3.connect(f"{config.state_path}.cache")
     with db, db.blobopen("session_index", "record", 1) as blob:
-        blob.write(b"\x00" * 64)  # part 0 begins the blob
+        # part 0 begins the blob
+        blob.write(b"\x00" * 64 if garbage == "bytes" else pickle.dumps({"posts": 1}))
     db.close()
     for i in range(4):  # one post in each part: part 0 is among those loaded
         _rewrite(tmp_path / f"posts/t{i}/p{i}.md", f"Body {i}<", f"Edited {i}<")
