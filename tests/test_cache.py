@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import yaml
@@ -764,7 +765,8 @@ def test_the_saved_session_index_carries_no_html(tmp_path: Path) -> None:
     build(config, clock=fixed_clock())
     db = sqlite3.connect(f"{config.state_path}.cache")
     head = db.execute("SELECT record FROM session").fetchone()[0]
-    blob = db.execute("SELECT record FROM session_index").fetchone()[0]
+    blob = b"".join(row[0] for row in db.execute(
+        "SELECT record FROM session_index UNION ALL SELECT record FROM session_index_part"))
     db.close()
     assert b"Body 3" not in blob and b"junk 3" not in blob  # bodies stay in the posts
     assert b"Post 3" in blob  # titles are there
@@ -860,6 +862,18 @@ def test_the_saved_index_is_streamed_to_and_from_its_blob(tmp_path: Path) -> Non
     cache = BuildCache(tmp_path / "cache.sqlite")
     records = cache.saved_index_records()
     assert records is not None and records.load(0) == record  # as the next build reads it
+
+    def three_records(out: BinaryIO) -> list[int]:
+        starts = []
+        for number in range(3):
+            starts.append(out.tell())
+            pickle.dump([number, record], out)
+        return starts
+    cache.store_session(lambda out: pickle.dump("head", out), ("key 3", three_records))
+    records = cache.saved_index_records()
+    assert records is not None
+    assert [records.load(number) for number in (2, 0, 1)] == [[2, record], [0, record],
+                                                               [1, record]]
 
     def disk_full(out: object) -> None:
         raise OSError(28, "No space left on device")
@@ -1171,8 +1185,7 @@ def test_an_unreadable_part_of_the_saved_index_means_a_full_build(
     config = load_config(config_path)
     build(config, clock=fixed_clock())
     db = sqlite3.connect(f"{config.state_path}.cache")
-    with db, db.blobopen("session_index", "record", 1) as blob:
-        # part 0 begins the blob
+    with db, db.blobopen("session_index_part", "record", 1) as blob:  # part 0
         blob.write(b"\x00" * 64 if garbage == "bytes" else pickle.dumps({"posts": 1}))
     db.close()
     for i in range(4):  # one post in each part: part 0 is among those loaded

@@ -82,6 +82,12 @@ CREATE TABLE IF NOT EXISTS session_index (
     key    TEXT NOT NULL,  -- SessionIndex.content_key(): what the index was made from
     record BLOB NOT NULL
 );
+-- records 1, 2, ... of the saved index (session_index.record is record 0): a record
+-- of its own reads without walking the overflow pages of the ones before it
+CREATE TABLE IF NOT EXISTS session_index_part (
+    number INTEGER PRIMARY KEY,
+    record BLOB NOT NULL
+);
 """
 SCHEMA_VERSION = "8"
 
@@ -162,6 +168,9 @@ def open_read_only(path: Path) -> sqlite3.Connection:
 
 PackedPost = tuple[str, int, int, int, str, str, bytes]  # a post_cache row
 Dump = Callable[[BinaryIO], None]  # pickles a record into a file
+# pickles records into a file one after the other; returns the offset each begins at
+# (None: one record)
+RecordsDump = Callable[[BinaryIO], list[int] | None]
 
 
 def pack_post(source: str, post: CachedPost) -> PackedPost:
@@ -472,7 +481,7 @@ class BuildCache:
         (incremental.load_index: the index is saved in parts, loaded as a patch needs
         them), or None."""
         row = self.db.execute("SELECT rowid FROM session_index").fetchone()
-        return None if row is None else BlobRecords(self.db, "session_index", row[0])
+        return None if row is None else BlobRecords(self.db, row[0])
 
     def saved_session_index_key(self) -> str | None:
         """The content key of the saved index, without unpickling anything."""
@@ -491,11 +500,13 @@ class BuildCache:
         except Exception:  # another version's, or not a pickle: a full build
             return None
 
-    def store_session(self, head: Dump | None, index: tuple[str, Dump] | None = None) -> None:
-        """A SavedSession record and, when given, its index as (content key, record),
-        each given as a function that pickles it into a file; written together. No
-        head: both forgotten. A head without an index: the saved index stays (the
-        caller found its key the same)."""
+    def store_session(self, head: Dump | None,
+                      index: tuple[str, RecordsDump] | None = None) -> None:
+        """A SavedSession record and, when given, its index as (content key, records),
+        each given as a function that pickles it into a file (the index's may write
+        several records one after the other and return where each begins); written
+        together. No head: both forgotten. A head without an index: the saved index
+        stays (the caller found its key the same)."""
         if head is None:
             self._store_session(None, None)
             return
@@ -510,8 +521,8 @@ class BuildCache:
                 spooled_index = None
                 if index is not None:  # (no spool for an index that stays as it is)
                     index_spool = spools.enter_context(tempfile.TemporaryFile(dir=folder))
-                    index[1](index_spool)
-                    spooled_index = (index[0], index_spool)
+                    starts = index[1](index_spool) or [0]
+                    spooled_index = (index[0], index_spool, starts)
                 self._store_session(head_spool, spooled_index)
         except OSError as exc:  # disk full: no session, rather than a stale one
             log.warning("%s: build cache not updated (%s); the next build redoes the work",
@@ -520,29 +531,37 @@ class BuildCache:
 
     @_disposable
     def _store_session(self, head: BinaryIO | None,
-                       index: tuple[str, BinaryIO] | None) -> None:
+                       index: tuple[str, BinaryIO, list[int]] | None) -> None:
         with self.db:
             self.db.execute("DELETE FROM session")
             if head is None or index is not None:
                 self.db.execute("DELETE FROM session_index")
+                self.db.execute("DELETE FROM session_index_part")
             if head is None:
                 return
             self._insert_spooled("INSERT INTO session VALUES (1, zeroblob(?))", (), head,
-                                 "session")
+                                 "session", 1, 0, head.tell())
             if index is not None:
+                key, spool, starts = index
+                ends = [*starts[1:], spool.tell()]
                 self._insert_spooled("INSERT INTO session_index VALUES (1, ?, zeroblob(?))",
-                                     (index[0],), index[1], "session_index")
+                                     (key,), spool, "session_index", 1, 0, ends[0])
+                for number in range(1, len(starts)):
+                    self._insert_spooled(
+                        "INSERT INTO session_index_part VALUES (?, zeroblob(?))", (number,),
+                        spool, "session_index_part", number, starts[number], ends[number])
 
-    def _insert_spooled(self, insert: str, values: tuple[str, ...], spool: BinaryIO,
-                        table: str) -> None:
-        """Insert row 1 of `table` with a blob the size of `spool`, then copy the
-        spool into it."""
-        size = spool.tell()
-        spool.seek(0)
-        self.db.execute(insert, (*values, size))
-        with self.db.blobopen(table, "record", 1) as blob:
-            while chunk := spool.read(_CHUNK):
+    def _insert_spooled(self, insert: str, values: tuple[str | int, ...], spool: BinaryIO,
+                        table: str, rowid: int, start: int, end: int) -> None:
+        """Insert row `rowid` of `table` with a blob of the spool's bytes from `start`
+        to `end`, copied in chunks."""
+        self.db.execute(insert, (*values, end - start))
+        spool.seek(start)
+        with self.db.blobopen(table, "record", rowid) as blob:
+            left = end - start
+            while left > 0 and (chunk := spool.read(min(left, _CHUNK))):
                 blob.write(chunk)
+                left -= len(chunk)
 
     def close(self) -> None:
         self.db.close()
@@ -552,23 +571,18 @@ _CHUNK = 1 << 20  # bytes a blob is read or written at a time
 
 
 class BlobRecords:
-    """Pickled records laid one after the other in a blob, each read from its offset
-    as a stream."""
+    """The saved index's records: record 0 in session_index, the others in
+    session_index_part, each unpickled from its blob as a stream."""
 
-    def __init__(self, db: sqlite3.Connection, table: str, rowid: int) -> None:
-        self.db, self.table, self.rowid = db, table, rowid
+    def __init__(self, db: sqlite3.Connection, first_rowid: int) -> None:
+        self.db, self.first_rowid = db, first_rowid
 
-    def tail(self, count: int) -> bytes:
-        """The blob's last `count` bytes."""
-        with self.db.blobopen(self.table, "record", self.rowid, readonly=True) as blob:
-            blob.seek(max(len(blob) - count, 0))
-            return blob.read(count)
-
-    def load(self, offset: int, chunk: int = _CHUNK) -> Any:
-        """The record pickled at `offset` (any error is the caller's to handle)."""
-        with self.db.blobopen(self.table, "record", self.rowid, readonly=True) as blob:
-            blob.seek(offset)
-            return pickle.load(io.BufferedReader(_BlobReader(blob), chunk))
+    def load(self, number: int) -> Any:
+        """Record `number`, unpickled (any error is the caller's to handle)."""
+        table, rowid = ("session_index", self.first_rowid) if number == 0 else \
+            ("session_index_part", number)
+        with self.db.blobopen(table, "record", rowid, readonly=True) as blob:
+            return pickle.load(io.BufferedReader(_BlobReader(blob), _CHUNK))
 
 
 class _BlobReader(io.RawIOBase):
