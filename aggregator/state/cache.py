@@ -17,8 +17,10 @@ disposable: deleting it (or it being corrupt) only costs one slow build.
   fingerprint with an untouched file means nothing to render or write.
 - last_build: the inputs digest, published files and problems of the last complete
   build (see state/last_build.py): a build whose inputs match stops after the walk.
-- session, session_index: that build's posts and SessionIndex (incremental.SavedSession,
-  entries without html): a build that finds a few changed post files patches them in.
+- session, session_index, session_index_part: that build's posts and SessionIndex
+  (incremental.SavedSession, entries without html; the index as a spine and a part a
+  top-level category, a blob each): a build that finds a few changed post files
+  patches them in, loading the parts they touch.
 """
 
 from __future__ import annotations
