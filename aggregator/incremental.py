@@ -231,12 +231,12 @@ def dump_index(index: SessionIndex, out: BinaryIO) -> list[int]:
         piece = parts[part_of[node.names[0]] if node.names else root_part]
         if node.own:
             piece.own[node.names] = node.own
-        if node._merged is not None and node.names:  # (the root's is remade by any patch)
-            piece.merges[node.names] = node._merged
+        if node.merge is not None and node.names:  # (the root's is remade by any patch)
+            piece.merges[node.names] = node.merge
     # Each top-level node's merged entries as its feed holds them (at most max_items):
     # the root's feed is made of them, so an edit elsewhere need not load that part.
     # (None with max_items 0: that would be every entry again.)
-    merged_tops = {top: node._merged if node._merged is not None and node._merged[0] > 0
+    merged_tops = {top: node.merge if node.merge is not None and node.merge[0] > 0
                    else None for top, node in index.root.children.items()}
     spine = _Spine(index.generation, index.problems, index.totals, index.unknown,
                    index.root, tops, [(len(p.posts), len(p.merged)) for p in parts],
@@ -269,7 +269,7 @@ class _Part:
     merged: dict[str, Entry]
     link_owner: dict[str, str]
     own: dict[Names, list[Entry]]  # node → its own entries
-    # node → its merged entries as last published (Node._merged): with max_items 0 a
+    # node → its merged entries as last published (Node.merge): with max_items 0 a
     # top-level node's are all of its entries, which the root's feed would merge again
     merges: dict[Names, tuple[int, list[Entry]]]
 
@@ -346,7 +346,7 @@ class PartialIndex(SessionIndex):
     def of_spine(cls, spine: _Spine, records: BlobRecords) -> PartialIndex:
         root = spine.root
         for top, merged in spine.merged_tops.items():
-            root.children[top]._merged = merged
+            root.children[top].restore_merge(merged)
         return cls(spine.generation, {}, spine.problems, {}, {}, root,
                    {node.names: node for node in root.walk()}, spine.totals, spine.unknown,
                    records, spine)
@@ -391,7 +391,7 @@ class PartialIndex(SessionIndex):
             wanted.add(len(spine.tops))
             # the root's feed: from each top-level node's saved merge, or its part
             for top, child in self.root.children.items():
-                merged = child._merged
+                merged = child.merge
                 if numbers[top] not in self.loaded and (merged is None or merged[0] != limit):
                     wanted.add(numbers[top])
         self._load(wanted)
@@ -414,14 +414,10 @@ class PartialIndex(SessionIndex):
             for names, entries in own.items():
                 self.nodes[names].own = entries
             if number < len(spine.tops):  # (its merge made of these entries, not copies)
-                self.root.children[spine.tops[number]]._merged = None
+                self.root.children[spine.tops[number]].restore_merge(None)
             for names, merge in merges.items():
-                self.nodes[names]._merged = merge
+                self.nodes[names].restore_merge(merge)
             self.loaded.add(number)
-
-    def load_all(self) -> None:
-        assert self.spine is not None
-        self._load(set(range(len(self.spine.sizes))))
 
 
 class _LightPickler(pickle.Pickler):

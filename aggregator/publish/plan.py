@@ -250,6 +250,8 @@ class _SubtreeRenders:
             return Parts(lambda: (unpack_render(packed[k][which]) for k in keys), size)
         kept = self.kept
 
+        # (called from the publisher's staging threads, a few feeds at a time: two may
+        # unpack one render, and the budget's count may be a render off; never wrong)
         def unpacked(key: str) -> bytes:
             data = kept.get((key, which))
             if data is None:

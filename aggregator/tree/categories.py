@@ -48,6 +48,15 @@ class Node:
         self._merged = None
 
     @property
+    def merge(self) -> tuple[int, list[Entry]] | None:
+        """(limit, entries(limit)) as last merged; None once it or a node below changed."""
+        return self._merged
+
+    def restore_merge(self, merge: tuple[int, list[Entry]] | None) -> None:
+        """Take a merge saved with this node (a saved index's part or spine)."""
+        self._merged = merge
+
+    @property
     def title(self) -> str:
         return " / ".join(self.names)
 
