@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import pickle
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -214,19 +214,15 @@ def dump_index(index: SessionIndex, out: BinaryIO) -> list[int]:
         return part_of[entry.category[0]] if entry.category else root_part
 
     parts = [_Part({}, {}, {}, {}, {}) for _ in range(root_part + 1)]
-    sources, ids, links = _LocatorMaker(), _LocatorMaker(), _LocatorMaker()
-    for source, entry in index.posts.items():
-        number = part(entry)
+    source_parts = [part(entry) for entry in index.posts.values()]
+    for (source, entry), number in zip(index.posts.items(), source_parts, strict=True):
         parts[number].posts[source] = entry
-        sources.add(source, number)
-    for entry_id, entry in index.merged.items():
-        number = part(entry)
+    id_parts = [part(entry) for entry in index.merged.values()]
+    for (entry_id, entry), number in zip(index.merged.items(), id_parts, strict=True):
         parts[number].merged[entry_id] = entry
-        ids.add(entry_id, number)
-    for link, entry_id in index.link_owner.items():
-        number = part(index.merged[entry_id])
+    link_parts = [part(index.merged[entry_id]) for entry_id in index.link_owner.values()]
+    for (link, entry_id), number in zip(index.link_owner.items(), link_parts, strict=True):
         parts[number].link_owner[link] = entry_id
-        links.add(link, number)
     for node in index.root.walk():
         piece = parts[part_of[node.names[0]] if node.names else root_part]
         if node.own:
@@ -240,7 +236,9 @@ def dump_index(index: SessionIndex, out: BinaryIO) -> list[int]:
                    else None for top, node in index.root.children.items()}
     spine = _Spine(index.generation, index.problems, index.totals, index.unknown,
                    index.root, tops, [(len(p.posts), len(p.merged)) for p in parts],
-                   merged_tops, sources.make(), ids.make(), links.make())
+                   merged_tops, _Locator.of(index.posts, source_parts),
+                   _Locator.of(index.merged, id_parts),
+                   _Locator.of(index.link_owner, link_parts))
     starts = [out.tell()]
     _SpinePickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(spine)
     for piece in parts:
@@ -298,6 +296,14 @@ class _Locator:
     def __init__(self, hashes: array.array[int], parts: array.array[int]) -> None:
         self.hashes, self.parts = hashes, parts
 
+    @classmethod
+    def of(cls, keys: Iterable[str], parts: list[int]) -> _Locator:
+        """`keys` and the part of each, in the same order."""
+        hashes = list(map(_key_hash, keys))
+        order = sorted(range(len(hashes)), key=hashes.__getitem__)
+        return cls(array.array("I", [hashes[i] for i in order]),
+                   array.array("I", [parts[i] for i in order]))
+
     def parts_of(self, key: str) -> set[int]:
         wanted, hashes = _key_hash(key), self.hashes
         found: set[int] = set()
@@ -306,22 +312,6 @@ class _Locator:
             found.add(self.parts[at])
             at += 1
         return found
-
-
-class _LocatorMaker:
-    def __init__(self) -> None:
-        self.hashes: list[int] = []
-        self.parts: list[int] = []
-
-    def add(self, key: str, part: int) -> None:
-        self.hashes.append(_key_hash(key))
-        self.parts.append(part)
-
-    def make(self) -> _Locator:
-        hashes, parts = self.hashes, self.parts
-        order = sorted(range(len(hashes)), key=hashes.__getitem__)
-        return _Locator(array.array("I", [hashes[i] for i in order]),
-                        array.array("I", [parts[i] for i in order]))
 
 
 def _key_hash(key: str) -> int:
