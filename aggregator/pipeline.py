@@ -293,6 +293,10 @@ class Builder:
         if len(changed) > max(100, len(now) // 50):
             return False  # many changes: a full build is as quick and simpler
         cache = self._cache
+        earlier = cache.patched_nodes()  # (None: unreadable, so nothing is known)
+        if earlier is None:
+            cache.store_session(None)
+            return False
         index = load_index(cache.saved_index_records())
         if index is None:
             cache.store_session(None)  # so the full build saves a new index
@@ -308,6 +312,14 @@ class Builder:
             # The inputs are the saved build's, but some output is not (deleted or
             # edited by hand, or the last build failed while publishing): every feed
             # is planned from the index, and only the ones that differ are written.
+            dirty = set(self._index.nodes)
+        # Feeds earlier patches wrote are planned again: a post added, then removed,
+        # since the saved build is in no change set, and those feeds still show it.
+        # Recorded before writing: a build that stops half way leaves a superset.
+        if cache.add_patched_nodes(dirty):
+            dirty |= earlier & self._index.nodes.keys()
+        else:  # not recorded: every feed is planned now, and the next build is full
+            cache.store_session(None)
             dirty = set(self._index.nodes)
         # unlike a session, trust no published file without a stat
         self._publish_patched(config, report, dirty, workers, stat=True)

@@ -90,6 +90,13 @@ CREATE TABLE IF NOT EXISTS session_index_part (
     number INTEGER PRIMARY KEY,
     record BLOB NOT NULL
 );
+-- the nodes whose feeds the one-off builds that patched the saved session wrote since
+-- it was saved: a post added then removed between two of them is in no change set,
+-- and its feeds were written
+CREATE TABLE IF NOT EXISTS session_patched (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    record BLOB NOT NULL
+);
 """
 SCHEMA_VERSION = "8"
 
@@ -485,6 +492,33 @@ class BuildCache:
         row = self.db.execute("SELECT rowid FROM session_index").fetchone()
         return None if row is None else BlobRecords(self.db, row[0])
 
+    def patched_nodes(self) -> set[tuple[str, ...]] | None:
+        """The nodes the builds that patched the saved session wrote (add_patched_nodes),
+        or None when the record cannot be read (then nothing is known: build in full)."""
+        row = self.db.execute("SELECT record FROM session_patched").fetchone()
+        if row is None:
+            return set()
+        try:
+            nodes = pickle.loads(row[0])
+        except Exception:  # noqa: BLE001
+            return None
+        return nodes if isinstance(nodes, set) else None
+
+    def add_patched_nodes(self, nodes: set[tuple[str, ...]]) -> bool:
+        """Add to patched_nodes, before their feeds are written; False when that could
+        not be stored (then they must not be: the next patch would not know them)."""
+        known = self.patched_nodes()
+        if known is None:
+            return False
+        try:
+            with self.db:
+                self.db.execute("INSERT OR REPLACE INTO session_patched VALUES (1, ?)",
+                                (pickle.dumps(known | nodes, protocol=pickle.HIGHEST_PROTOCOL),))
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+            return False
+        return True
+
     def saved_session_index_key(self) -> str | None:
         """The content key of the saved index, without unpickling anything."""
         row = self.db.execute("SELECT key FROM session_index").fetchone()
@@ -536,6 +570,7 @@ class BuildCache:
                        index: tuple[str, BinaryIO, list[int]] | None) -> None:
         with self.db:
             self.db.execute("DELETE FROM session")
+            self.db.execute("DELETE FROM session_patched")  # a new session: none yet
             if head is None or index is not None:
                 self.db.execute("DELETE FROM session_index")
                 self.db.execute("DELETE FROM session_index_part")
