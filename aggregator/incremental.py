@@ -16,6 +16,7 @@ from __future__ import annotations
 import array
 import bisect
 import dataclasses
+import functools
 import hashlib
 import pickle
 import zlib
@@ -286,6 +287,11 @@ class _Spine:
     ids: _Locator
     links: _Locator
 
+    @functools.cached_property
+    def part_numbers(self) -> dict[str, int]:
+        """Top-level category → its part number."""
+        return {top: number for number, top in enumerate(self.tops)}
+
 
 class _Locator:
     """Which parts hold a key: a 32-bit hash of each key and its part, in two arrays
@@ -357,7 +363,7 @@ class PartialIndex(SessionIndex):
         spine = self.spine
         assert spine is not None
         wanted = {len(spine.tops)}  # the root's own entries
-        numbers = {top: number for number, top in enumerate(spine.tops)}
+        numbers = spine.part_numbers
         for source, entry in changes.items():
             wanted |= spine.sources.parts_of(source)
             if entry is None:
@@ -372,7 +378,7 @@ class PartialIndex(SessionIndex):
     def load_nodes(self, nodes: list[Node], limit: int) -> None:
         spine = self.spine
         assert spine is not None
-        numbers = {top: number for number, top in enumerate(spine.tops)}
+        numbers = spine.part_numbers
         wanted: set[int] = set()
         for node in nodes:
             if node.names:

@@ -75,7 +75,7 @@ def _publish(publisher: Publisher, config: Config, root: Node, report: BuildRepo
     counts: dict[tuple[str, ...], int] = {}
     kept: list[str] = []
     kept_nodes: list[Node] = []
-    planned: list[Node] = []
+    planned: list[tuple[Node, tuple[str, str]]] = []  # (node, its feeds' files)
     for node in root.walk():
         names = node.names
         rels = (f"{node.rel_dir}atom.xml", f"{node.rel_dir}rss.xml")
@@ -90,14 +90,13 @@ def _publish(publisher: Publisher, config: Config, root: Node, report: BuildRepo
             kept_nodes.append(node)
             continue
         counts[names] = 0  # (counted below: counts keeps the walk's order)
-        planned.append(node)
+        planned.append((node, rels))
     if load is not None and planned:
-        load(planned, config.max_items)
-    for node in planned:
+        load([node for node, _ in planned], config.max_items)
+    for node, rels in planned:
         members = node.entries(config.max_items)
         counts[node.names] = len(members)
         member_keys = [key(e) for e in members]  # once for both formats
-        rels = (f"{node.rel_dir}atom.xml", f"{node.rel_dir}rss.xml")
         for kind, rel in zip(("atom", "rss"), rels, strict=True):
             feed_print = fingerprint_of(kind, feed_title(config, node),
                                         feed_url(config, node, kind), member_keys)
