@@ -316,9 +316,9 @@ class Builder:
         # Feeds earlier patches wrote are planned again: a post added, then removed,
         # since the saved build is in no change set, and those feeds still show it.
         # Recorded before writing: a build that stops half way leaves a superset.
-        if cache.add_patched_nodes(dirty):
-            dirty |= earlier & self._index.nodes.keys()
-        else:  # not recorded: every feed is planned now, and the next build is full
+        dirty |= earlier & self._index.nodes.keys()
+        if not cache.store_patched_nodes(dirty):
+            # not recorded: every feed is planned now, and the next build is full
             cache.store_session(None)
             dirty = set(self._index.nodes)
         # unlike a session, trust no published file without a stat

@@ -42,12 +42,17 @@ class PostFile(NamedTuple):
     @property
     def source(self) -> str:
         """Its key in the build cache and in a session: content dir + relative path."""
-        return f"{self.root}\0{self.rel}"
+        return source_key(str(self.root), self.rel)
 
     @property
     def order(self) -> tuple[str, str]:
         """Posts (and their problems) are handled in this order."""
         return self.rel, str(self.root)
+
+
+def source_key(root: str, rel: str) -> str:
+    """The PostFile.source key of the post at `rel` under the content dir `root`."""
+    return f"{root}\0{rel}"
 
 
 def split_source(source: str) -> tuple[str, str]:

@@ -42,6 +42,7 @@ import lz4.block
 
 from aggregator.model import Entry, changed
 from aggregator.problems import Problem
+from aggregator.sources.walk import source_key
 from aggregator.state.last_build import LastBuild
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def _post_files(db: sqlite3.Connection, roots: Sequence[str], entries: list[Entr
     post's source key is its content dir's and its own relative path (the entry's
     `source`), and the entry digest covers that path."""
     wanted = {e.digest for e in entries}
-    keys = [f"{root}\0{entry.source}" for entry in entries for root in roots]
+    keys = [source_key(root, entry.source) for entry in entries for root in roots]
     found: dict[str, list[tuple[str, str]]] = {}
     for entry_digest, source, content_digest in _rows_in(
             db, "SELECT entry_digest, source, digest FROM post_cache "
@@ -493,7 +494,7 @@ class BuildCache:
         return None if row is None else BlobRecords(self.db, row[0])
 
     def patched_nodes(self) -> set[tuple[str, ...]] | None:
-        """The nodes the builds that patched the saved session wrote (add_patched_nodes),
+        """The nodes the builds that patched the saved session wrote (store_patched_nodes),
         or None when the record cannot be read (then nothing is known: build in full)."""
         row = self.db.execute("SELECT record FROM session_patched").fetchone()
         if row is None:
@@ -504,16 +505,14 @@ class BuildCache:
             return None
         return nodes if isinstance(nodes, set) else None
 
-    def add_patched_nodes(self, nodes: set[tuple[str, ...]]) -> bool:
-        """Add to patched_nodes, before their feeds are written; False when that could
-        not be stored (then they must not be: the next patch would not know them)."""
-        known = self.patched_nodes()
-        if known is None:
-            return False
+    def store_patched_nodes(self, nodes: set[tuple[str, ...]]) -> bool:
+        """What patched_nodes gives from now on: stored before those feeds are written;
+        False when it could not be (then they must not be: the next patch would not
+        know them)."""
         try:
             with self.db:
                 self.db.execute("INSERT OR REPLACE INTO session_patched VALUES (1, ?)",
-                                (pickle.dumps(known | nodes, protocol=pickle.HIGHEST_PROTOCOL),))
+                                (pickle.dumps(nodes, protocol=pickle.HIGHEST_PROTOCOL),))
         except sqlite3.Error as exc:
             self._write_failed(exc)
             return False
@@ -525,14 +524,12 @@ class BuildCache:
         return str(row[0]) if row is not None else None
 
     def _unpickled(self, table: str) -> Any:
-        """The record of `table`, unpickled from its blob as a stream: the ~100 MB of
-        an index at 100k posts are never in memory as one bytes object."""
+        """The record of `table` (one row), unpickled, or None."""
         row = self.db.execute(f"SELECT rowid FROM {table}").fetchone()  # noqa: S608
         if row is None:
             return None
         try:
-            with self.db.blobopen(table, "record", row[0], readonly=True) as blob:
-                return pickle.load(io.BufferedReader(_BlobReader(blob), _CHUNK))
+            return _unpickle_blob(self.db, table, row[0])
         except Exception:  # another version's, or not a pickle: a full build
             return None
 
@@ -618,8 +615,14 @@ class BlobRecords:
         """Record `number`, unpickled (any error is the caller's to handle)."""
         table, rowid = ("session_index", self.first_rowid) if number == 0 else \
             ("session_index_part", number)
-        with self.db.blobopen(table, "record", rowid, readonly=True) as blob:
-            return pickle.load(io.BufferedReader(_BlobReader(blob), _CHUNK))
+        return _unpickle_blob(self.db, table, rowid)
+
+
+def _unpickle_blob(db: sqlite3.Connection, table: str, rowid: int) -> Any:
+    """The record pickled in row `rowid`'s blob, read as a stream (the ~100 MB of an
+    index at 100k posts are never in memory as one bytes object)."""
+    with db.blobopen(table, "record", rowid, readonly=True) as blob:
+        return pickle.load(io.BufferedReader(_BlobReader(blob), _CHUNK))
 
 
 class _BlobReader(io.RawIOBase):
