@@ -12,6 +12,7 @@ from test_sanitize_xss import survivors
 from aggregator.config import DEFAULT_DROP_SELECTORS, DEFAULT_IFRAME_HOSTS
 from aggregator.sanitize.html import (
     _TAG,
+    MAX_DEPTH,
     Sanitizer,
     _nests,
     _srcset_candidates,
@@ -174,6 +175,21 @@ def test_deep_nesting_is_bounded(clean: Sanitizer, html: str) -> None:
     out = clean.clean(html, BASE)
     assert time.perf_counter() - started < 5
     assert "deep" in out and survivors(out) == []
+
+
+@pytest.mark.parametrize("opening", ["<", "</", "<a ", "<a href=x"])
+def test_an_unclosed_tag_with_a_long_name_is_scanned_in_linear_time(
+        clean: Sanitizer, opening: str) -> None:
+    # A '<', a long name and no '>', in a body with enough tags to be measured for
+    # depth: the tag regexes backtracked through the name, quadratically (20,000
+    # letters took 3 s, this one ~5 minutes), in the reader's depth check and in
+    # the sanitiser's cap_depth.
+    html = "<b>" * (MAX_DEPTH + 50) + opening + "x" * 200_000 + " <p>after</p>"
+    started = time.perf_counter()
+    assert html_depth(html) == MAX_DEPTH + 50
+    out = clean.clean(html, BASE)
+    assert time.perf_counter() - started < 5
+    assert "after" in out
 
 
 def _depth_by_matches(html: str) -> int:

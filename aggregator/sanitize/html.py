@@ -57,9 +57,12 @@ _SRCSET_SPACE = " \t\n\r\f"
 # Both parsers take time quadratic in nesting depth (10,000 nested divs: ~1 s, 100,000:
 # minutes), so tags nested deeper than this are dropped (their text kept) beforehand.
 MAX_DEPTH = 512
-_TAG = re.compile(r"<(/?)([A-Za-z][^\s/<>]*)[^<>]*>")  # no '<' inside: linear scan
+# No '<' inside a tag, and the name possessive (`*+`): a failed match gives back
+# nothing, so a scan is linear. Backtracking into the name made `<` + 20,000 letters
+# and no `>` take 3 s, a 1 MB body hours: a hostile upstream could stall every build.
+_TAG = re.compile(r"<(/?)([A-Za-z][^\s/<>]*+)[^<>]*+>")
 # _TAG's groups, and a '/' just before the '>' (a self-closed tag)
-_TAG_PARTS = re.compile(r"<(/?)([A-Za-z][^\s/<>]*)[^<>]*?(/?)>")
+_TAG_PARTS = re.compile(r"<(/?)([A-Za-z][^\s/<>]*+)[^<>]*?(/?)>")
 _NO_DEPTH = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
          "source", "track", "wbr", "param", "keygen", "frame", "isindex",
          # optional end tags: often left open in legacy HTML, so never counted as depth

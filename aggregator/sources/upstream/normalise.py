@@ -28,7 +28,6 @@ from aggregator.sources.upstream.jsonfeed import JSONItem
 from aggregator.sources.upstream.parse import ParsedFeed
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s]+$")
-_TAG = re.compile(r"<[^>]*>")  # cheap emptiness test; the sanitiser does the real work
 _HTML_TYPES = ("text/html", "application/xhtml+xml", "html", "xhtml")
 # A little slack for clocks that run fast; anything later is a bogus future date.
 FUTURE_SLACK = timedelta(minutes=10)
@@ -204,15 +203,16 @@ def _link(value: str | None, base: str) -> str | None:
 
 
 def _has_text(html: str) -> bool:
-    """Whether anything but whitespace is left once every tag is removed (as
-    `_TAG.sub("", html).strip()` tells, but stopping at the first text: ~14 us less
-    an entry)."""
+    """Whether anything but whitespace is left once every tag, a '<' to the next '>',
+    is removed (as `re.sub("<[^>]*>", "", html).strip()` tells, but stopping at the
+    first text: ~14 us less an entry). A cheap test; the sanitiser does the real work."""
     position = 0
-    for match in _TAG.finditer(html):
-        start = match.start()
+    # (str.find, not a regex: after a '<' with no '>' the regex tried every later '<'
+    # to the end, so 1 MB of '<' took minutes)
+    while (start := html.find("<", position)) >= 0 and (end := html.find(">", start)) >= 0:
         if start > position and not html[position:start].isspace():
             return True
-        position = match.end()
+        position = end + 1
     return bool(html[position:].strip())
 
 
