@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import frontmatter
 import pytest
 import yaml
@@ -76,3 +78,46 @@ def test_every_real_post_reads_the_same_and_most_take_the_fast_path() -> None:
             fast_count += 1
             assert fast == _yaml(fm), path
     assert fast_count >= len(files) * 0.8, (fast_count, len(files))
+
+
+def test_random_front_matter_reads_as_pyyaml_reads_it_or_declines() -> None:
+    # Lines of the usual shape with traps mixed in: whatever the fast path accepts,
+    # PyYAML must read the same, with the same types (a `yes` read as text, a date
+    # read as a string, would change a post).
+    keys = ["title", "author", "date", "tags", "t-i_t1e", "yes", "null", "1", "Title", "a b"]
+    values = ["x", "'q r'", "'it''s'", "''", "'a'b'", '"d"', '"e\\"x"', "a # c", "a: b",
+              "ends:", "12", "0x1f", "1e3", ".inf", "-5", "false", "True", "~", "null",
+              "2024-06-26", "2024-06-26 03:33:19", "Tue, 26 Apr 2022 23:48:36 GMT", "[a]",
+              "{a: 1}", "&a x", "*a", "!!str 1", "|", "-", "?x", "<<", "=", "é 中", "x ",
+              "'x' y", "x\ty"]
+    rng = random.Random(20261127)
+    fast_count = 0
+    for _ in range(20_000):
+        lines = []
+        for _ in range(rng.randint(0, 6)):
+            roll = rng.random()
+            value = rng.choice(values) if rng.random() < 0.4 else rng.choice(values[:2])
+            if roll < 0.6:
+                key = rng.choice(keys) if rng.random() < 0.3 else rng.choice(keys[:4])
+                lines.append(key + rng.choice([": ", ": ", ":", " :", ":  "]) +
+                             (value if rng.random() < 0.8 else ""))
+            elif roll < 0.9:
+                lines.append(" " * rng.choice([0, 1, 1, 2]) + rng.choice(["- ", "-"]) + value)
+            else:
+                lines.append(rng.choice(["", "  ", "# c", value]))
+        text = "\n".join(lines)
+        fast = parse_simple(text)
+        if fast is not None:
+            fast_count += 1
+            expected = _yaml(text)
+            assert fast == expected, text
+            assert _types(fast) == _types(expected), text
+    assert fast_count > 1_000  # enough of them took the fast path to mean something
+
+
+def _types(value: object) -> object:
+    if isinstance(value, dict):
+        return {key: _types(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_types(item) for item in value]
+    return type(value)

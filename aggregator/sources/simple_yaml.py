@@ -26,8 +26,7 @@ _SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{name}"
 # Characters PyYAML refuses, or treats as line breaks, anywhere in the document.
 _AWKWARD = re.compile("[^\x09\x0a\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd"
                       "\U00010000-\U0010ffff]")
-_KEY_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*):(?: +(.*))?")
-_ITEM_LINE = re.compile(r"( *)- +(.*)")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _SINGLE_QUOTED = re.compile(r"'((?:[^']|'')*)'")
 _DOUBLE_QUOTED = re.compile(r'"([^"\\]*)"')
 # A plain scalar may not start with an indicator; these mean something inside one.
@@ -50,27 +49,30 @@ def parse_simple(text: str) -> dict[str, Any] | None:
 
 
 def _parse(lines: list[str]) -> dict[str, Any]:
+    # (str methods, not a regex a line: this is ~15 % of reading a post)
     out: dict[str, Any] = {}
     key: str | None = None  # the key whose value may still be a list of items
     items: list[Any] | None = None
     indent = -1
     for line in lines:
-        stripped = line.strip(" ")
-        if not stripped or stripped.startswith("#"):
+        stripped = line.lstrip(" ")
+        if not stripped or stripped[0] == "#":
             continue
-        item = _ITEM_LINE.fullmatch(line)
-        if item is not None:
-            if key is None or (items and len(item.group(1)) != indent):
+        if stripped[0] == "-" and stripped[1:2] == " ":  # `( *)- +(.*)`
+            if key is None or (items and len(line) - len(stripped) != indent):
                 raise _NotSimple
             if items is None:
-                items, indent = [], len(item.group(1))
+                items, indent = [], len(line) - len(stripped)
                 out[key] = items
-            items.append(_scalar(item.group(2)))
+            value = stripped[2:].strip(" ")
+            if not value:
+                raise _NotSimple  # an empty item
+            items.append(_scalar(value))
             continue
-        match = _KEY_LINE.fullmatch(line)
-        if match is None or _resolve_key(match.group(1)) != _STR:
+        name, colon, rest = line.partition(":")  # `([A-Za-z_][A-Za-z0-9_-]*):(?: +(.*))?`
+        if not colon or not _plain_key(name) or (rest and rest[0] != " "):
             raise _NotSimple  # indented text, a continuation, a key YAML reads as a bool...
-        name, raw = match.group(1), (match.group(2) or "").rstrip(" ")
+        raw = rest.strip(" ")
         if raw:
             out[name] = _scalar(raw)
             key = None
@@ -81,21 +83,29 @@ def _parse(lines: list[str]) -> dict[str, Any]:
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _plain_key(name: str) -> bool:
+    """A key of the simple shape that YAML reads as text (not `yes`, `null`, `1`)."""
+    return _KEY.fullmatch(name) is not None and _resolve(name) == _STR
+
+
 def _scalar(raw: str) -> Any:
-    raw = raw.rstrip(" ")
-    if not raw:
-        raise _NotSimple  # an empty item
-    if raw[0] == "'":
+    """A value, stripped of spaces and not empty."""
+    first = raw[0]
+    if first == "'":
+        inner = raw[1:-1]
+        if len(raw) > 1 and raw[-1] == "'" and "'" not in inner:
+            return inner  # the usual quoted title or URL
         match = _SINGLE_QUOTED.fullmatch(raw)
         if match is None:
             raise _NotSimple  # multi-line, or text after the closing quote
         return match.group(1).replace("''", "'")
-    if raw[0] == '"':
+    if first == '"':
         match = _DOUBLE_QUOTED.fullmatch(raw)
         if match is None:
             raise _NotSimple  # escapes, multi-line, or text after the closing quote
         return match.group(1)
-    if raw[0] in _INDICATOR_START or ": " in raw or " #" in raw or raw.endswith(":") \
+    if first in _INDICATOR_START or ": " in raw or " #" in raw or raw[-1] == ":" \
             or "\t" in raw:
         raise _NotSimple
     tag = _resolve(raw)
@@ -111,16 +121,16 @@ def _scalar(raw: str) -> Any:
 # plain scalar), so that the usual text value costs one dict lookup.
 _IMPLICIT: dict[str | None, list[tuple[str, re.Pattern[str]]]] = \
     yaml.resolver.Resolver.yaml_implicit_resolvers
-_WILDCARD = _IMPLICIT.get(None, [])
-
-
-@functools.lru_cache(maxsize=256)
-def _resolve_key(value: str) -> str:
-    return _resolve(value)
+_WILDCARD = tuple(_IMPLICIT.get(None, []))
 
 
 def _resolve(value: str) -> str:
-    for tag, pattern in [*_IMPLICIT.get(value[:1], []), *_WILDCARD]:
+    for tag, pattern in _RESOLVERS.get(value[:1], _WILDCARD):
         if pattern.match(value):
             return tag
     return _STR
+
+
+# each first character's resolvers, then the wildcard ones (as Resolver.resolve tries them)
+_RESOLVERS = {first: (*resolvers, *_WILDCARD) for first, resolvers in _IMPLICIT.items()
+              if first is not None}
