@@ -45,6 +45,10 @@ class Result:
     feeds: int
     bytes_written: int
     note: str = ""
+    # How fast the machine was just before this corpus's scenarios (see machine_speed):
+    # a shared machine's speed drifts by 2x from hour to hour, these tell which hour.
+    machine_python_s: float = 0.0
+    machine_stat_us: float = 0.0
 
 
 def make_corpus(folder: Path, posts: int) -> None:
@@ -111,6 +115,39 @@ def run_cli(args: list[str], timeout: float = 3600) -> tuple[float, float, float
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, err
 
 
+def machine_speed(corpus: Path) -> tuple[float, float]:
+    """(seconds of a fixed pure-Python loop, microseconds a file of a bare scandir +
+    lstat walk of `corpus`), each the best of three. The first scales the per-post
+    work of a cold build, the second the walk that bounds a no-op and an edit: compare
+    runs by these before comparing their timings."""
+    def python_loop() -> None:
+        seen: dict[str, int] = {}
+        for i in range(300_000):
+            key = f"post {i % 5000}"
+            seen[key] = seen.get(key, 0) + len(key.split(" "))
+
+    def stat_walk(folder: str) -> int:
+        count = 0
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                entry.stat(follow_symlinks=False)
+                count += 1
+                if entry.is_dir(follow_symlinks=False):
+                    count += stat_walk(entry.path)
+        return count
+
+    loop = walk = float("inf")
+    files = 1
+    for _ in range(3):
+        started = time.perf_counter()
+        python_loop()
+        loop = min(loop, time.perf_counter() - started)
+        started = time.perf_counter()
+        files = max(1, stat_walk(str(corpus)))
+        walk = min(walk, time.perf_counter() - started)
+    return round(loop, 3), round(walk / files * 1e6, 2)
+
+
 def output_size(out: Path) -> tuple[int, int]:
     files = [p for p in out.rglob("*.xml")]
     return len(files), sum(p.stat().st_size for p in files)
@@ -122,6 +159,7 @@ def build_scenarios(work: Path, posts: int) -> list[Result]:
     # warm the OS page cache: the targets are for warm runs
     for path in corpus.rglob("*.md"):
         path.read_bytes()
+    speed = machine_speed(corpus)
     results: list[Result] = []
     for max_items in (0, 50):
         site = work / f"site-{posts}-{max_items}"
@@ -134,7 +172,8 @@ def build_scenarios(work: Path, posts: int) -> list[Result]:
                    site: Path = site, label: str = label) -> None:
             feeds, size = output_size(site / "feeds")
             results.append(Result(f"{name} ({label})", posts, round(wall, 3), round(cpu, 3),
-                                  round(rss, 1), round(posts / wall, 1), feeds, size, note))
+                                  round(rss, 1), round(posts / wall, 1), feeds, size, note,
+                                  *speed))
 
         record("full build, empty cache", *run_cli(["build", "-c", config])[:3])
         shutil.rmtree(site / "feeds")
@@ -252,6 +291,11 @@ def print_table(results: list[Result]) -> None:
         print(f"{r.scenario:58} {r.posts:7d} {r.wall_s:8.3f} {r.cpu_s:8.2f} "
               f"{r.peak_rss_mb:8.1f} {r.posts_per_s:9.1f} {r.feeds:6d} "
               f"{r.bytes_written / 1e6:8.1f}" + (f"  {r.note}" if r.note else ""))
+    speeds = {r.posts: (r.machine_python_s, r.machine_stat_us) for r in results
+              if r.machine_python_s}
+    for posts, (loop, stat_us) in speeds.items():
+        print(f"machine before the {posts}-post scenarios: Python loop {loop:.3f} s, "
+              f"walk {stat_us:.2f} us a file")
 
 
 def main() -> int:
