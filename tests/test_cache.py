@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -179,6 +180,35 @@ def test_a_lost_or_corrupt_cache_costs_only_time(tmp_path: Path) -> None:
         Path(f"{cache}{suffix}").unlink(missing_ok=True)
     report = build(config, clock=fixed_clock())
     assert _feeds(config.output_dir) == reference and report.written == []
+
+
+def test_a_cache_made_with_4k_pages_still_serves_an_edit(tmp_path: Path) -> None:
+    # New caches use 16 KiB pages; one made before (4 KiB) keeps its size, and an
+    # edit patched from it gives the feeds a clean build gives.
+    config_path = _site(tmp_path)
+    config = load_config(config_path)
+    cache = config.state_path.with_name(config.state_path.name + ".cache")
+    build(config, clock=fixed_clock())
+    assert _page_size(cache) == 16384
+    old = sqlite3.connect(cache)  # as a cache made before
+    for statement in ("PRAGMA journal_mode=DELETE", "PRAGMA page_size=4096", "VACUUM",
+                      "PRAGMA journal_mode=WAL"):
+        old.execute(statement)
+    old.close()
+    assert _page_size(cache) == 4096
+    _rewrite(tmp_path / "posts/a/p1.md", "Body 1", "Edited 1")
+    report = build(config, clock=fixed_clock())
+    assert report.patched
+    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
+    assert _page_size(cache) == 4096
+
+
+def _page_size(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        db.close()
 
 
 def test_a_feed_edited_by_hand_is_rewritten(tmp_path: Path) -> None:

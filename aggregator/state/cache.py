@@ -643,6 +643,10 @@ class _BlobReader(io.RawIOBase):
 
 def _connect(target: str) -> sqlite3.Connection:
     db = sqlite3.connect(target, timeout=30)  # implicit BEGIN: batches commit once
+    # A new cache's pages are 16 KiB, not 4: most rows are renders of ~4 KB, which
+    # spilt into overflow pages (storing a cold build's renders: 0.43 -> 0.24 s in
+    # isolation). An existing file keeps its size (SQLite sets it at creation only).
+    db.execute("PRAGMA page_size=16384")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=OFF")  # a lost cache costs one slow build, no data
     for statement in SCHEMA.split(";"):
