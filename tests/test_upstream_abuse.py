@@ -222,6 +222,41 @@ def test_huge_entry_reduced(tmp_path: Path, capsys: Any, httpserver: HTTPServer)
     assert titles(tmp_path) == ["Alpha", "Beta", "Huge"]
 
 
+def _backtracking_feed() -> bytes:
+    """Bodies that made our regexes backtrack: an untitled entry of '<p' (its title is
+    the summary of its raw body) and a long unclosed tag after 600 tags (the depth
+    check), each well under the size cap."""
+    items = [("untitled", "", "<p" * 150_000),
+             ("unclosed", "Unclosed", "<b>" * 600 + "<" + "x" * 200_000 + " <p>end</p>")]
+    body = "".join(
+        f"<item><guid>{guid}</guid><title>{title}</title><link>https://up.example/{guid}"
+        f"</link><description><![CDATA[{html}]]></description>"
+        f"<pubDate>Mon, 09 Jun 2025 10:00:00 GMT</pubDate></item>"
+        for guid, title, html in items)
+    return (f'<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel>'
+            f"<title>Up</title><link>https://up.example/</link><description>d</description>"
+            f"{body}</channel></rss>").encode()
+
+
+def test_bodies_that_made_regexes_backtrack_are_read_in_linear_time(
+        tmp_path: Path, capsys: Any, httpserver: HTTPServer) -> None:
+    # Before the fix the first took ~10 s and the second ~5 minutes, in every build.
+    url = httpserver.url_for("/feed")
+    config = _good_first(tmp_path, capsys, url, lambda: httpserver.expect_request(
+        "/feed").respond_with_data(GOOD, content_type=XML))
+    httpserver.clear()
+    httpserver.expect_request("/feed").respond_with_data(_backtracking_feed(),
+                                                         content_type=XML)
+    started = time.monotonic()
+    code, err = run(config, capsys, "fetch", "--all")
+    assert code == 0, err
+    code, err = run(config, capsys, "build")
+    assert time.monotonic() - started < 30
+    assert code == 0, err
+    assert {"Alpha", "Beta", "Unclosed"} <= set(titles(tmp_path))
+    assert len(titles(tmp_path)) == 4  # and the untitled one, under a title of its own
+
+
 # Peak RSS of the child itself: VmHWM belongs to the process image after exec, while
 # getrusage's ru_maxrss survives execve and would count the parent's (pytest's) memory.
 _MEASURE = """
