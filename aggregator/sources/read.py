@@ -147,7 +147,8 @@ def _read_in_parallel(config: Config, posts: list[PostFile], sources: list[str],
         render_print = render_fingerprint(config)
         cache.invalidate_if_changed("render", render_print, "rendered", "feed_state")
     for (start, stop), (results, renders) in zip(ranges, map_inherited(
-            _read_range, (config, pending, digests, render_print), ranges, workers),
+            _read_range, (config, pending, pending_sources, digests, render_print), ranges,
+            workers),
             strict=True):
         cache.store_rendered(renders)
         rendered += len(renders)
@@ -165,7 +166,7 @@ def _read_in_parallel(config: Config, posts: list[PostFile], sources: list[str],
                 result = pack_post(source, replace(result, entry=entry))
             if result is not None:  # None: unreadable, the sequential pass says why
                 packed.append(result)
-                parsed[result[0]] = record = unpack_post(result)
+                parsed[source] = record = unpack_post(result)
                 shared.entry(record.entry, post.rel)
         cache.store_packed(packed)
         cache.move_posts(moved)
@@ -176,17 +177,20 @@ RenderRow = tuple[str, bytes, bytes]  # render key, packed atom, packed rss
 _SAME_BYTES = "same bytes"  # the post's bytes are the ones the cache read
 
 
-def _read_range(shared: tuple[Config, list[PostFile], list[str | None], str | None],
+def _read_range(shared: tuple[Config, list[PostFile], list[str], list[str | None],
+                              str | None],
                 bounds: tuple[int, int]
                 ) -> tuple[list[PackedPost | CachedPost | str | None], list[RenderRow]]:
-    """_read_chunk of the posts pending[start:stop], in a worker that inherited them."""
-    config, pending, digests, render_print = shared
+    """_read_chunk of the posts pending[start:stop], in a worker that inherited them
+    (and their source keys: the parent made them, the worker need not again)."""
+    config, pending, sources, digests, render_print = shared
     start, stop = bounds
-    return _read_chunk(config, pending[start:stop], digests[start:stop], render_print)
+    return _read_chunk(config, pending[start:stop], sources[start:stop], digests[start:stop],
+                       render_print)
 
 
-def _read_chunk(config: Config, posts: list[PostFile], known_digests: list[str | None],
-                render_print: str | None
+def _read_chunk(config: Config, posts: list[PostFile], sources: list[str],
+                known_digests: list[str | None], render_print: str | None
                 ) -> tuple[list[PackedPost | CachedPost | str | None], list[RenderRow]]:
     """In a worker: read, parse and pack each post for the cache (pickling and packing
     here, not in the parent); problems are returned, not logged (the parent reports
@@ -203,7 +207,7 @@ def _read_chunk(config: Config, posts: list[PostFile], known_digests: list[str |
     render = _speculative_renderer(config, render_print) if render_print is not None \
         else None
     logging.getLogger("aggregator").disabled = True
-    for post, known in zip(posts, known_digests, strict=True):
+    for post, source, known in zip(posts, sources, known_digests, strict=True):
         reader = PostReader(config, ProblemLog(), lambda _id: _NOT_SEEN_YET)
         data = reader.read_bytes(post)
         if data is None:
@@ -218,7 +222,7 @@ def _read_chunk(config: Config, posts: list[PostFile], known_digests: list[str |
         if entry is not None and entry.updated == _NOT_SEEN_YET:
             out.append(record)
             continue
-        out.append(pack_post(post.source, record))
+        out.append(pack_post(source, record))
         if entry is not None and render is not None:
             row = render(entry)
             if row is not None:
