@@ -207,8 +207,10 @@ def _read_chunk(config: Config, posts: list[PostFile], sources: list[str],
     render = _speculative_renderer(config, render_print) if render_print is not None \
         else None
     logging.getLogger("aggregator").disabled = True
+    # one reader for the chunk (it remembers each folder's quoted path), a log a post
+    reader = PostReader(config, ProblemLog(), lambda _id: _NOT_SEEN_YET)
     for post, source, known in zip(posts, sources, known_digests, strict=True):
-        reader = PostReader(config, ProblemLog(), lambda _id: _NOT_SEEN_YET)
+        reader.problems = ProblemLog()
         data = reader.read_bytes(post)
         if data is None:
             out.append(None)
