@@ -208,7 +208,7 @@ def dump_index(index: SessionIndex, out: BinaryIO) -> list[int]:
     (load_index): unpickling all 100k entries was ~0.5 s of a 1.3 s CLI edit at 100k
     posts."""
     tops = list(index.root.children)
-    part_of = {top: number for number, top in enumerate(tops)}
+    part_of = _part_numbers(tops)
     root_part = len(tops)
 
     def part(entry: Entry) -> int:
@@ -290,7 +290,18 @@ class _Spine:
     @functools.cached_property
     def part_numbers(self) -> dict[str, int]:
         """Top-level category → its part number."""
-        return {top: number for number, top in enumerate(self.tops)}
+        return _part_numbers(self.tops)
+
+    @property
+    def root_part(self) -> int:
+        """The number of the part with the root's own entries (the last)."""
+        return len(self.tops)
+
+
+def _part_numbers(tops: list[str]) -> dict[str, int]:
+    """Each top-level category's part number: its place among the root's children
+    (the root's own entries are the part after them)."""
+    return {top: number for number, top in enumerate(tops)}
 
 
 class _Locator:
@@ -362,7 +373,7 @@ class PartialIndex(SessionIndex):
         new entries' ids or links, and their categories."""
         spine = self.spine
         assert spine is not None
-        wanted = {len(spine.tops)}  # the root's own entries
+        wanted = {spine.root_part}
         numbers = spine.part_numbers
         for source, entry in changes.items():
             wanted |= spine.sources.parts_of(source)
@@ -384,7 +395,7 @@ class PartialIndex(SessionIndex):
             if node.names:
                 wanted.add(numbers[node.names[0]])
                 continue
-            wanted.add(len(spine.tops))
+            wanted.add(spine.root_part)
             # the root's feed: from each top-level node's saved merge, or its part
             for top, child in self.root.children.items():
                 merged = child.merge
@@ -409,7 +420,7 @@ class PartialIndex(SessionIndex):
             self.link_owner.update(links)
             for names, entries in own.items():
                 self.nodes[names].own = entries
-            if number < len(spine.tops):  # (its merge made of these entries, not copies)
+            if number < spine.root_part:  # (its merge made of these entries, not copies)
                 self.root.children[spine.tops[number]].restore_merge(None)
             for names, merge in merges.items():
                 self.nodes[names].restore_merge(merge)
