@@ -11,7 +11,7 @@ import gc
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,22 +49,36 @@ def open_state(config: Config, clock: Clock, problems: ProblemLog) -> StateStore
         return StateStore(Path(":memory:"), clock)
 
 
-def merge_duplicates(entries: Iterable[Entry], problems: ProblemLog) -> list[Entry]:
-    """One entry per id and per link; a local post always beats an upstream entry
-    (a stranger's feed claiming a post's id or link replaced the post), then the newest
-    version wins, then the first source."""
+def merge_duplicates(entries: Iterable[Entry], problems: ProblemLog,
+                     written: Callable[[], Mapping[str, str]] = dict) -> list[Entry]:
+    """One entry per id and per link; a local post always beats a post `write_posts`
+    wrote, which beats an upstream entry (a stranger's feed claiming a post's id or
+    link replaced the post), then the newest version wins, then the first source.
+    `written`: the posts write_posts wrote (their source → the upstream URL), asked
+    only when two entries share an id or a link."""
     entries = list(entries)
     if _all_distinct(entries):
         return entries  # the usual case: no sort needed (a second at 100k entries)
-    ordered = sorted(entries, key=lambda e: ("://" in e.source, -e.updated.timestamp(),
-                                             e.source))
+    from_upstream = written()
+
+    def rank(entry: Entry) -> int:
+        return 2 if "://" in entry.source else 1 if entry.source in from_upstream else 0
+
+    ordered = sorted(entries, key=lambda e: (rank(e), -e.updated.timestamp(), e.source))
     by_id: dict[str, Entry] = {}
     by_link: dict[str, Entry] = {}
     for entry in ordered:
         kept = by_id.get(entry.id) or (by_link.get(entry.link) if entry.link else None)
         if kept is not None:
-            problems.warn(entry.source or entry.id, f"duplicate of {kept.source or kept.id} "
-                          f"(same {'id' if kept.id == entry.id else 'link'}); merged")
+            same = "id" if kept.id == entry.id else "link"
+            url = from_upstream.get(entry.source)
+            if url is not None and rank(kept) == 0:
+                problems.warn(entry.source, f"written for {url} (its entry {entry.id}), "
+                              f"which has the {same} of the local post {kept.source}: "
+                              f"the local post is published, not this one")
+            else:
+                problems.warn(entry.source or entry.id, f"duplicate of "
+                              f"{kept.source or kept.id} (same {same}); merged")
             continue
         by_id[entry.id] = entry
         if entry.link:
@@ -177,7 +191,7 @@ class Builder:
                     return report
                 from aggregator.sources.read import read_posts
                 from aggregator.state.probes import apply_probes, unknown_image
-                from aggregator.state.upstream import stored_upstream_entries
+                from aggregator.state.upstream import stored_upstream_entries, written_posts
 
                 self._index = None
                 posts = found.posts if found is not None else self._sorted_posts()
@@ -188,8 +202,9 @@ class Builder:
                     config, state, report, self._cache, posts, self._memo, workers=workers))
                 report.unknown_images = [u for u in map(unknown_image, post_entries) if u]
                 upstream = stored_upstream_entries(state, config.upstream)
-                entries = merge_duplicates([*post_entries, *upstream, *extra_entries],
-                                           report.problems)
+                entries = merge_duplicates(
+                    [*post_entries, *upstream, *extra_entries], report.problems,
+                    lambda: written_posts(state, config.content_dirs[:1]))
                 # after reading: this build's own first-seen times are part of its inputs
                 generation = state.generation()
             finally:

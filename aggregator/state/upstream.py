@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Iterable, Iterator
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePath
 from typing import Any
 
 from aggregator.config import UpstreamSource
@@ -256,6 +258,26 @@ def stored_upstream_entries(store: StateStore, sources: Iterable[UpstreamSource]
         as_posts = written_ids(store)
         entries = [e for e in entries if e.id not in as_posts]
     return apply_probes(store, entries)
+
+
+def written_posts(store: StateStore, content_dirs: Sequence[Path]) -> dict[str, str]:
+    """The posts `write_posts` wrote into the first content dir, by their source (the
+    path in it, as a post's Entry.source), each with the URL of its upstream source:
+    the merge ranks them below the posts a person wrote."""
+    if not content_dirs:
+        return {}
+    root = content_dirs[0]
+    try:
+        rows = store.db.execute("SELECT path, source_url FROM written_post").fetchall()
+    except sqlite3.Error:  # an old or damaged state: nothing known as written
+        return {}
+    out: dict[str, str] = {}
+    for path, url in rows:
+        try:
+            out[PurePath(path).relative_to(root).as_posix()] = url
+        except ValueError:
+            continue  # written under another content dir
+    return out
 
 
 DumpedEntry = tuple[str, str | None, str]  # id, published (ISO), the stored JSON
