@@ -210,15 +210,18 @@ def _run_arguments(cmd: argparse.ArgumentParser) -> None:
 
 def cmd_fetch(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
     """Poll due (or all) upstream sources, store what they gave, then publish like build."""
-    from aggregator.pipeline import open_state
-    from aggregator.sources.upstream.poll import poll
+    from aggregator.pipeline import open_state_to_store
+    from aggregator.sources.upstream.poll import PollReport, poll
     from aggregator.state.store import utc_now
 
-    state = open_state(config, utc_now, problems)
-    try:
-        polled = poll(config, state, problems, utc_now, everything=args.all)
-    finally:
-        state.close()
+    state = open_state_to_store(config, utc_now, problems, "polling")
+    if state is None:
+        polled = PollReport()
+    else:
+        try:
+            polled = poll(config, state, problems, utc_now, everything=args.all)
+        finally:
+            state.close()
     log.info("polled %d sources in %.2fs: %d fetched, %d not modified, %d failed; "
              "%d new entries", polled.due, polled.seconds, polled.fetched,
              polled.not_modified, len(polled.failed), polled.new_entries)
@@ -239,7 +242,10 @@ def _probe_post_images(config: Config, report: BuildReport) -> int:
     from aggregator.sources.upstream.probe import probe_urls
     from aggregator.state.store import utc_now
 
-    state = open_state(config, utc_now, ProblemLog())
+    state = open_state(config, utc_now, ProblemLog(echo=False))
+    if state.read_only is not None:  # fetch said so already
+        state.close()
+        return 0
     try:
         return probe_urls(config, state, report.unknown_images, utc_now())
     except Exception as exc:  # probing is an extra

@@ -73,6 +73,7 @@ _UPSERT_SOURCE = (
 
 class UpstreamState:
     def __init__(self, store: StateStore) -> None:
+        self.store = store
         self.db = store.db
         # Every source's row, read in one query when first needed: a poll of 1,000
         # sources asked for each row four times (two queries each), ~1 s of a re-poll.
@@ -142,14 +143,15 @@ class UpstreamState:
                 "ON CONFLICT (source_url, entry_id) DO UPDATE SET "
                 "last_seen = excluded.last_seen, sort_at = excluded.sort_at, "
                 "data = excluded.data", list(rows.values()))
-            self.db.execute(
+            pruned = self.db.execute(
                 "DELETE FROM upstream_entry WHERE source_url = ? AND entry_id NOT IN ("
                 "SELECT entry_id FROM upstream_entry WHERE source_url = ? "
                 "ORDER BY sort_at DESC, first_seen DESC, entry_id LIMIT ?)",
-                (source.url, source.url, source.retention))
+                (source.url, source.url, source.retention)).rowcount
             # (its rows changed: last_seen at least; a trigger did this for every row)
             self.db.execute("UPDATE generation SET counter = counter + 1")
             self._save(source, 200, etag, last_modified, None, now, floor=floor)
+        self.store.pruned += max(pruned, 0)  # committed: close() gives the pages back
         return new
 
     def not_modified(self, source: UpstreamSource, etag: str | None,

@@ -14,13 +14,16 @@ if TYPE_CHECKING:
 def poll_sources(config: Config, sources: Sequence[UpstreamSource]) -> PollReport:
     """Poll exactly these sources now and store the results (the service's seam;
     it decides when, and rebuilds afterwards). Problems are logged as `url: message`."""
-    from aggregator.pipeline import open_state
+    from aggregator.pipeline import open_state_to_store
     from aggregator.problems import ProblemLog
-    from aggregator.sources.upstream.poll import poll
+    from aggregator.sources.upstream.poll import PollReport, poll
     from aggregator.state.store import utc_now
 
     problems = ProblemLog()
-    state = open_state(config, utc_now, problems)
+    state = open_state_to_store(config, utc_now, problems, f"polling {len(sources)} sources")
+    if state is None:  # reported; the build that follows publishes what is stored
+        return PollReport(due=len(sources), failed=[s.url for s in sources],
+                          outcomes={s.url: "failed" for s in sources})
     try:
         return poll(config, state, problems, utc_now, only=sources)
     finally:
