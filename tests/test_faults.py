@@ -256,7 +256,7 @@ def test_state_corrupt(garbage: bytes, tmp_path: Path, capsys: Any) -> None:
     code, err = _build(config, capsys)
     assert code == 1, err
     assert "Traceback" not in err
-    assert "Lost: 1 first-seen times" in err, err
+    assert "Lost: 1 first-seen time;" in err, err
     if garbage:
         assert "state file unusable" in err and "moved to" in err, err
         aside = [p for p in (tmp_path / "state").iterdir() if ".corrupt-" in p.name]
@@ -284,7 +284,7 @@ def test_state_deleted_between_builds(tmp_path: Path, capsys: Any) -> None:
         Path(path + suffix).unlink(missing_ok=True)
     code, err = _build(config, capsys)
     assert code == 1, err
-    assert "state file was missing (deleted?); started a new one. Lost: 1 first-seen" in err
+    assert "state file was missing (deleted?); started a new one. Lost: 1 first-seen time;" in err
     _published_all(tmp_path)
     code, err = _build(config, capsys)
     assert code == 0 and "missing" not in err, err

@@ -158,12 +158,16 @@ def test_corrupt_state_does_not_stop_fetch_or_build(tmp_path: Path, httpserver: 
     state.parent.mkdir()
     state.write_bytes(b"this is not a database" * 100)
     code, err = run(config, capsys, "fetch", "--all")
-    assert code == 0, err
+    assert code == 1, err  # a damaged state is an error, even when nothing was lost
+    assert "state file unusable" in err and "Lost" not in err, err
     assert titles(tmp_path) == ["Kept"]
     assert list(state.parent.glob("test.sqlite.corrupt-*"))
     state.write_bytes(b"garbage again" * 100)
     code, err = run(config, capsys, "build")
-    assert code == 0, err  # the stored entries are gone with the state, the build goes on
+    # the stored entries are gone with the state: published without them, and said
+    assert code == 1, err
+    assert "Lost: 1 upstream entry of 1 source" in err and "fetch --all" in err, err
+    assert titles(tmp_path) == []
 
 
 def test_poll_sources_seam_for_the_service(tmp_path: Path, httpserver: HTTPServer) -> None:

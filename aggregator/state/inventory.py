@@ -43,13 +43,18 @@ class Inventory:
         times"."""
         parts = []
         if self.upstream_entries:
-            parts.append(f"{self.upstream_entries} upstream entries of {self.sources} "
-                         f"source{'s' if self.sources != 1 else ''}")
+            parts.append(f"{_count(self.upstream_entries, 'upstream entry', 'upstream entries')}"
+                         f" of {_count(self.sources, 'source', 'sources')}")
         if self.first_seen:
-            parts.append(f"{self.first_seen} first-seen times")
+            parts.append(_count(self.first_seen, "first-seen time", "first-seen times"))
         if self.written_posts:
-            parts.append(f"the record of {self.written_posts} posts write_posts wrote")
+            parts.append("the record of " + _count(self.written_posts, "post", "posts") +
+                         " write_posts wrote")
         return ", ".join(parts) or "nothing"
+
+
+def _count(number: int, one: str, many: str) -> str:
+    return f"{number} {one if number == 1 else many}"
 
 
 def inventory_path(state: Path) -> Path:
