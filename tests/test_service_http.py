@@ -160,3 +160,128 @@ def test_run_serves_when_configured(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
+
+
+# --- hostile clients: smuggling, idle and slow sockets, Range, Accept-Encoding -------
+
+def read_all(sock: socket.socket, quiet: float = 1.0) -> bytes:
+    """Everything the server sends until it closes or is quiet for `quiet` seconds."""
+    sock.settimeout(quiet)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+SMUGGLED = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize("framing", [
+    b"Content-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED,
+    b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n0\r\n\r\n",
+])
+def test_a_get_body_is_never_a_second_request(served: tuple[int, Path], framing: bytes) -> None:
+    """CL.0: a GET's body holding a request gets one response (or a close), never two."""
+    with socket.create_connection(("127.0.0.1", served[0]), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + framing)
+        data = read_all(sock)
+    assert data.count(b"HTTP/1.1 ") <= 1, data[:600]
+    assert b"aggregator_builds_total" not in data
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """True once the server closes the socket (EOF or reset), False after `within` s."""
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            if not sock.recv(65536):
+                return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+    return False
+
+
+def thread_count() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_idle_and_slow_sockets_cost_no_thread_and_are_closed(tmp_path: Path) -> None:
+    """200 idle + 100 slowloris sockets: /healthz answers within 100 ms, the thread count
+    stays put, and every one of them is closed after the idle timeout."""
+    (tmp_path / "index.html").write_text("<p>hi</p>", encoding="utf-8")
+    stats = ServiceStats()
+    stats.record_build(True, 0.1, 1, 1)
+    service = HTTPService("127.0.0.1", free_port(), lambda: tmp_path, stats, idle_timeout=1.0)
+    service.start()
+    port = service.address[1]
+    sockets: list[socket.socket] = []
+    try:
+        get(port, "/healthz")  # the loop's first request warms up what it lazily creates
+        before = thread_count()
+        for i in range(300):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if i % 3 == 0:  # slowloris: a request line and headers that never end
+                sock.sendall(b"GET /index.html HTTP/1.1\r\nHost: x\r\nX-a: ")
+            sockets.append(sock)
+        time.sleep(0.2)
+        started = time.perf_counter()
+        status, _h, _b = get(port, "/healthz")
+        took = time.perf_counter() - started
+        assert status == 200 and took < 0.1, took
+        assert thread_count() - before <= 4, (before, thread_count())
+        # the slow ones keep trickling bytes; the server's deadline is for a whole request
+        for _ in range(8):
+            time.sleep(0.25)
+            for sock in sockets[::3]:
+                try:
+                    sock.sendall(b"a")
+                except OSError:
+                    pass
+        assert all(closed_by_server(sock, within=3.0) for sock in sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+        service.stop()
+
+
+def test_range_gets_206(served: tuple[int, Path]) -> None:
+    port, out = served
+    whole = (out / "atom.xml").read_bytes()
+    for encoding in ("identity", "gzip"):
+        status, headers, body = get(port, "/atom.xml", Range="bytes=10-19",
+                                    **{"Accept-Encoding": encoding})
+        assert status == 206 and body == whole[10:20], (status, body[:40])
+        assert headers["content-range"] == f"bytes 10-19/{len(whole)}"
+    status, headers, body = get(port, "/atom.xml", Range="bytes=-5")
+    assert status == 206 and body == whole[-5:]
+    status, headers, _b = get(port, "/atom.xml", Range=f"bytes={len(whole)}-")
+    assert status == 416 and headers["content-range"] == f"bytes */{len(whole)}"
+
+
+@pytest.mark.parametrize("accept", [
+    "*;q=1, gzip;q=0", "gzip;level=9;q=0", "*, x-gzip; Q=0, gzip;q=0",
+])
+def test_gzip_refused_by_q_zero_gets_identity(served: tuple[int, Path], accept: str) -> None:
+    port, out = served
+    status, headers, body = get(port, "/tech/atom.xml", **{"Accept-Encoding": accept})
+    assert status == 200 and "content-encoding" not in headers
+    assert body == (out / "tech/atom.xml").read_bytes()
+
+
+def test_symlink_out_of_the_output_dir_is_not_followed(served: tuple[int, Path]) -> None:
+    port, out = served
+    link = out / "leak.txt"
+    link.symlink_to(out.parent / "secret.txt")
+    try:
+        status, _h, body = get(port, "/leak.txt")
+    finally:
+        link.unlink()
+    assert status == 404 and b"outside" not in body
