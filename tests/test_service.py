@@ -269,3 +269,53 @@ def test_upstream_poll_then_rebuild(tmp_path: Path, httpserver: object) -> None:
         running.proc.terminate()
         assert running.proc.wait(timeout=30) == 0
         running.notify.close()
+
+
+def busy_port() -> socket.socket:
+    """A port held by a listener of the test's own."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    return holder
+
+
+def test_busy_serve_port_at_start_exits_1_naming_the_port(tmp_path: Path) -> None:
+    write_post(tmp_path / "posts", "Tech/a.md", "title: A\ncategories: [Tech]")
+    with busy_port() as holder:
+        port = holder.getsockname()[1]
+        config = write_config(tmp_path, serve={"host": "127.0.0.1", "port": port})
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "aggregator", "run", "-c", str(config)], cwd=tmp_path,
+                env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+                timeout=30)
+        except subprocess.TimeoutExpired as exc:
+            pytest.fail(f"still running with its port busy: {exc.stderr!r}")
+    assert done.returncode == 1, done.stderr
+    assert f"127.0.0.1:{port}" in done.stderr and "in use" in done.stderr, done.stderr
+
+
+def test_sighup_to_a_busy_port_keeps_the_old_listener(tmp_path: Path) -> None:
+    from test_service_http import free_port, get
+
+    write_post(tmp_path / "posts", "Tech/a.md", "title: A\ncategories: [Tech]")
+    old_port = free_port()
+    config = write_config(tmp_path, serve={"host": "127.0.0.1", "port": old_port})
+    running = Running(tmp_path, config)
+    try:
+        assert wait_for(lambda: "READY=1" in running.messages, 30), running.log()
+        assert get(old_port, "/healthz")[0] == 200
+        with busy_port() as holder:
+            new_port = holder.getsockname()[1]
+            running.write_config(serve={"host": "127.0.0.1", "port": new_port})
+            running.proc.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: any("still serving on" in line for line in running.lines),
+                            10), running.log()[-2000:]
+        line = next(line for line in running.lines if "still serving on" in line)
+        assert f":{new_port}" in line and f":{old_port}/" in line, line
+        assert get(old_port, "/healthz")[0] == 200
+        assert get(old_port, "/tech/atom.xml")[0] == 200
+    finally:
+        running.proc.terminate()
+        assert running.proc.wait(timeout=30) == 0, running.log()[-2000:]
+        running.notify.close()

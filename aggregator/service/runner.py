@@ -150,6 +150,7 @@ class Service:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._wake = threading.Event()
+        self._exit = 0  # 1 when the server cannot listen after the first build
 
     # signal handlers run in the main thread between bytecodes: only set flags here.
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
@@ -167,6 +168,14 @@ class Service:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, self._on_hup)
+        # Bind before the first build: a busy port is exit 1 at once, and systemd restarts
+        # the unit with its backoff (exit 2 stays "unusable config").
+        try:
+            self.http = self._bind_http(self.config)
+        except OSError as exc:
+            log.error("%s; exiting", self._serve_error(self.config, exc))
+            self.notifier.close()
+            return 1
         self.notifier.status("first build")
         # Watch before the first build so nothing changed meanwhile is missed.
         self._start_watcher()
@@ -176,8 +185,12 @@ class Service:
             if self._stop.is_set():
                 break
             self._ping()
+        failed = None if self._stop.is_set() else self._start_http()
+        if failed is not None:
+            log.error("%s; exiting", self._serve_error(self.config, failed))
+            self._stop.set()
+            self._exit = 1
         if not self._stop.is_set():
-            self._start_http()
             self.scheduler.start()
             health = self.stats.health()
             state = "published" if health["ok"] else "FAILED (previous feeds kept)"
@@ -212,18 +225,60 @@ class Service:
         changed = self.watcher.take_changes() if self.watcher is not None else None
         self.worker.request(f"{count} file event{'s' if count != 1 else ''}", changed)
 
-    def _start_http(self) -> None:
-        config = self.config
+    def _bind_http(self, config: Config) -> HTTPService | None:
+        """A server bound to the config's `serve:` address (not yet serving), or None
+        when serving is off; OSError when the address cannot be bound."""
         if config.serve_host is None or config.serve_port is None:
-            return
+            return None
+        return HTTPService(config.serve_host, config.serve_port,
+                           lambda: self.config.output_dir, self.stats)
+
+    @staticmethod
+    def _serve_error(config: Config, exc: OSError) -> str:
+        return (f"cannot serve on {config.serve_host}:{config.serve_port}: "
+                f"{exc.strerror or exc}")
+
+    def _start_http(self) -> OSError | None:
+        """Serve on the bound socket; the OSError if it cannot listen (then no server)."""
+        if self.http is None:
+            return None
         try:
-            self.http = HTTPService(config.serve_host, config.serve_port,
-                                    lambda: self.config.output_dir, self.stats)
+            self.http.start()
         except OSError as exc:
-            log.error("cannot serve on %s:%s: %s; feeds are still built",
-                      config.serve_host, config.serve_port, exc)
-            return
-        self.http.start()
+            self.http.stop()
+            self.http = None
+            return exc
+        return None
+
+    def _reload_http(self, old: Config) -> str | None:
+        """Move the server to the new `serve:` address; on failure keep the old listener
+        and return what went wrong."""
+        new = self.config
+        if (new.serve_host, new.serve_port) == (old.serve_host, old.serve_port):
+            return None
+        try:
+            fresh = self._bind_http(new)
+        except OSError as exc:
+            if self.http is None or new.serve_port != old.serve_port:
+                return self._serve_error(new, exc)
+            # The same port on another host (127.0.0.1 -> 0.0.0.0) collides with our
+            # own listener: free it, and take it back if the new address still fails.
+            self.http.stop()
+            self.http = None
+            try:
+                fresh = self._bind_http(new)
+            except OSError as again:
+                try:
+                    self.http = self._bind_http(old)
+                except OSError:
+                    self.http = None
+                self._start_http()
+                return self._serve_error(new, again)
+        if self.http is not None:
+            self.http.stop()
+        self.http = fresh
+        failed = self._start_http()
+        return None if failed is None else self._serve_error(new, failed)
 
     def reload(self) -> None:
         """SIGHUP: re-read the config; keep the old one if the new one is unusable."""
@@ -240,15 +295,17 @@ class Service:
             if self.watcher is not None:
                 self.watcher.stop()
             self._start_watcher()
-        if (new.serve_host, new.serve_port) != (old.serve_host, old.serve_port):
-            if self.http is not None:
-                self.http.stop()
-                self.http = None
-            self._start_http()
+        serve_error = self._reload_http(old)
         self.scheduler.schedule(new)
         self.worker.request("config reloaded")
-        log.info("%s: config reloaded", path)
-        self.notifier.ready("config reloaded")
+        if serve_error is None:
+            log.info("%s: config reloaded", path)
+            self.notifier.ready("config reloaded")
+            return
+        where = "http://{}:{}/".format(*self.http.address) if self.http else "nowhere"
+        log.error("%s: config reloaded, but %s; still serving on %s", path, serve_error,
+                  where)
+        self.notifier.ready(f"config reloaded; {serve_error}; still serving on {where}")
 
     def _shutdown(self) -> int:
         log.info("stopping: finishing the current build")
@@ -264,7 +321,7 @@ class Service:
             log.error("the running build did not finish within %.0fs", STOP_TIMEOUT)
             return 1
         log.info("stopped")
-        return 0
+        return self._exit
 
 
 def run_service(config: Config, loader: Loader) -> int:
