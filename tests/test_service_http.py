@@ -276,12 +276,19 @@ def test_gzip_refused_by_q_zero_gets_identity(served: tuple[int, Path], accept: 
     assert body == (out / "tech/atom.xml").read_bytes()
 
 
-def test_symlink_out_of_the_output_dir_is_not_followed(served: tuple[int, Path]) -> None:
+@pytest.mark.parametrize(("link", "to", "url", "served_it"), [
+    ("leak.txt", "../secret.txt", "/leak.txt", False),       # a file link leading out
+    ("up", "..", "/up/secret.txt", False),                   # a folder link leading out
+    ("alias.xml", "atom.xml", "/alias.xml", True),           # a link that stays inside
+    ("t", "tech", "/t/atom.xml", True),
+])
+def test_symlinks_are_served_only_inside_the_output_dir(
+        served: tuple[int, Path], link: str, to: str, url: str, served_it: bool) -> None:
     port, out = served
-    link = out / "leak.txt"
-    link.symlink_to(out.parent / "secret.txt")
+    (out / link).symlink_to(to)
     try:
-        status, _h, body = get(port, "/leak.txt")
+        status, _h, body = get(port, url)
     finally:
-        link.unlink()
-    assert status == 404 and b"outside" not in body
+        (out / link).unlink()
+    assert b"outside" not in body
+    assert status == (200 if served_it else 404)

@@ -21,9 +21,11 @@ import email.utils
 import gzip
 import json
 import logging
+import os
 import posixpath
 import resource
 import socket
+import stat
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -95,24 +97,37 @@ def accepts_gzip(header: str | None) -> bool:
     return wildcard is not None and wildcard > 0
 
 
-def resolve(root: Path, path: str) -> Path | None:
-    """The file for a URL path, or None: no '..', no dot-names, no way out of root."""
+def resolve(root: Path, path: str) -> tuple[Path, os.stat_result] | None:
+    """The file for a URL path and its stat, or None: no '..', no dot-names, no way out
+    of root.
+
+    A symlink under the root is followed only if what it leads to stays under the
+    resolved root, so a link placed in the output dir never leads outside it. The walk
+    lstats each part once and resolves the whole path only when it meets a link: this
+    runs on every request, and the publisher writes no links.
+    """
     if "\0" in path or "\\" in path or not path.startswith("/"):
         return None
     parts = [p for p in path.split("/") if p]
     if any(p.startswith(".") for p in parts):
         return None
-    root = root.resolve()
-    target = root.joinpath(*parts)
     if path.endswith("/") or not parts:
-        target = target / "index.html"
+        parts.append("index.html")
+    base = os.path.realpath(root)
+    current = base
     try:
-        real = target.resolve(strict=True)
-    except (OSError, RuntimeError):
+        for part in parts:
+            current = os.path.join(current, part)
+            st = os.lstat(current)
+            if stat.S_ISLNK(st.st_mode):
+                current = os.path.realpath(os.path.join(base, *parts))
+                if not current.startswith(base.rstrip("/") + "/"):
+                    return None  # a symlink pointing outside
+                st = os.stat(current)
+                break
+    except OSError:
         return None
-    if root != real and root not in real.parents:
-        return None  # a symlink pointing outside
-    return real if real.is_file() else None
+    return (Path(current), st) if stat.S_ISREG(st.st_mode) else None
 
 
 def not_modified(headers: Mapping[str, str], tag: str, mtime: int) -> bool:
@@ -184,16 +199,13 @@ class FeedApp:
             return _response(200, self.stats.prometheus(), CONTENT_TYPE_LATEST, cache=False)
         # resolve() and stat() stay on the loop: a few system calls on a local dir cost
         # less than a hop to a worker thread, and most requests are 304s that need no more.
-        target = resolve(self.root(), path)
-        if target is None:
+        found = resolve(self.root(), path)
+        if found is None:
             return _response(404, b"not found\n", _TEXT, cache=False)
-        return await self._file(request, target)
+        return await self._file(request, *found)
 
-    async def _file(self, request: web.BaseRequest, target: Path) -> web.StreamResponse:
-        try:
-            st = target.stat()
-        except OSError:
-            return _response(404, b"not found\n", _TEXT, cache=False)
+    async def _file(self, request: web.BaseRequest, target: Path,
+                    st: os.stat_result) -> web.StreamResponse:
         # Size + mtime_ns, as aiohttp's FileResponse tags: the publisher never rewrites
         # unchanged bytes, so this only changes when the content does.
         tag = f"{st.st_mtime_ns:x}-{st.st_size:x}"
