@@ -252,6 +252,29 @@ def test_idle_and_slow_sockets_cost_no_thread_and_are_closed(tmp_path: Path) -> 
         service.stop()
 
 
+def test_connections_over_the_cap_are_closed_and_the_rest_served(tmp_path: Path) -> None:
+    service = HTTPService("127.0.0.1", free_port(), lambda: tmp_path, ServiceStats(),
+                          max_connections=20)
+    service.start()
+    port = service.address[1]
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+    time.sleep(0.3)  # the loop accepts them
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+            assert closed_by_server(extra, within=2.0)
+        held.pop().close()
+        time.sleep(0.2)  # the server sees the close
+        assert get(port, "/healthz")[0] == 503  # served again (no build recorded: 503)
+        started = time.monotonic()
+        service.stop()  # with 19 idle connections open: they are closed, not waited for
+        assert time.monotonic() - started < 1.0
+        assert all(closed_by_server(sock, within=1.0) for sock in held)
+    finally:
+        for sock in held:
+            sock.close()
+        service.stop()
+
+
 def test_range_gets_206(served: tuple[int, Path]) -> None:
     port, out = served
     whole = (out / "atom.xml").read_bytes()

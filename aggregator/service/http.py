@@ -332,4 +332,5 @@ class HTTPService:
             await self._stopping.wait()
         finally:
             server.close()
+            handler.pre_shutdown()  # idle keep-alive connections close now, not at the timeout
             await handler.shutdown(SHUTDOWN_TIMEOUT)
