@@ -287,6 +287,13 @@ def test_range_gets_206(served: tuple[int, Path]) -> None:
     assert status == 206 and body == whole[-5:]
     status, headers, _b = get(port, "/atom.xml", Range=f"bytes={len(whole)}-")
     assert status == 416 and headers["content-range"] == f"bytes */{len(whole)}"
+    # If-Range: the current tag (or date) gets the part, any other tag the whole file
+    etag = get(port, "/atom.xml")[1]["etag"]
+    status, _h, body = get(port, "/atom.xml", Range="bytes=0-9", **{"If-Range": etag})
+    assert status == 206 and body == whole[:10]
+    for stale in ('"0-0"', f"W/{etag}"):
+        status, _h, body = get(port, "/atom.xml", Range="bytes=0-9", **{"If-Range": stale})
+        assert status == 200 and body == whole, stale
 
 
 @pytest.mark.parametrize("accept", [

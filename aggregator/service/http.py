@@ -170,11 +170,20 @@ class _Refused(asyncio.Protocol):
 class _IdentityFile(web.FileResponse):
     """aiohttp's FileResponse for the file as stored: Accept-Encoding is hidden from it,
     so it never picks a `.gz`/`.br` sibling (it matches codings by substring, so
-    `gzip;q=0` would select one); gzip is decided and served by FeedApp."""
+    `gzip;q=0` would select one); gzip is decided and served by FeedApp. It reads
+    If-Range only as a date, so an If-Range entity tag is checked here: one that is
+    not the file's current (strong) tag hides the Range, and the whole file is sent."""
+
+    def __init__(self, path: Path, tag: str, headers: Mapping[str, str]) -> None:
+        super().__init__(path, headers=headers)
+        self._tag = tag
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         headers = request.headers.copy()
         headers.popall(hdrs.ACCEPT_ENCODING, None)
+        if_range = headers.get(hdrs.IF_RANGE, "").strip()
+        if if_range.startswith(('"', "W/")) and if_range != f'"{self._tag}"':
+            headers.popall(hdrs.RANGE, None)
         return await super().prepare(request.clone(headers=headers))
 
 
@@ -220,7 +229,7 @@ class FeedApp:
         ctype = content_type(target.name)
         if not use_gzip:
             del headers["ETag"], headers["Last-Modified"]  # FileResponse sets both
-            return _IdentityFile(target, headers=_headers(ctype, True, headers))
+            return _IdentityFile(target, tag, _headers(ctype, True, headers))
         body = self.gzip_cache.get((str(target), tag))
         if body is None:
             loop = asyncio.get_running_loop()
