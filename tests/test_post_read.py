@@ -1,5 +1,5 @@
-"""Reading a post file's bytes (PostReader.read_bytes): one read of the size the walk
-saw, and the careful way whenever the file is not that size any more."""
+"""Reading a post file's bytes (PostReader.read_bytes): the file as it is when opened,
+whatever the walk saw (symlinks swapped in: tests/test_read_safety.py)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,6 @@ import functools
 import json
 import os
 import re
-import stat
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import PurePosixPath
@@ -28,6 +27,7 @@ from aggregator.sanitize.html import MAX_DEPTH as MAX_HTML_DEPTH
 from aggregator.sanitize.html import absolute_url, html_depth, may_nest_deeper
 from aggregator.sanitize.text import clean_line
 from aggregator.sources.dates import DateError, parse_date
+from aggregator.sources.safe_open import Refused, SafeOpener
 from aggregator.sources.simple_yaml import parse_simple
 from aggregator.sources.walk import PostFile, display
 
@@ -63,44 +63,47 @@ class PostReader:
         # folder → its quoted path: every post of a category shares it (quoting a whole
         # path of CJK names byte by byte was ~4 us of each post's ~100)
         self._quoted_folders: dict[str, str] = {}
+        self._opener = SafeOpener([str(d) for d in config.content_dirs],
+                                  config.follow_symlinks)
 
     def read(self, post: PostFile) -> Entry | None:
         data = self.read_bytes(post)
         return None if data is None else self.parse(post, data)
 
     def read_bytes(self, post: PostFile) -> bytes | None:
+        """The post's bytes, or None with the reason reported. Opened through the
+        SafeOpener: never through a symlink it may not follow, only a regular file
+        (the walk looked at the name earlier: it may be a link to anything by now)."""
         where = display(post.rel)
-        limit = self.config.max_post_bytes
         try:
-            # (O_NONBLOCK: a FIFO put in place of a post since the walk must not hang us)
-            fd = os.open(post.location, os.O_RDONLY | os.O_NONBLOCK)
-            try:
-                return self._read_open(fd, post.identity[0], where, limit)
-            finally:
-                os.close(fd)
+            fd, st = self._opener.open(str(post.root), post.rel)
+        except Refused as why:
+            (self.problems.warn if why.warning else self.problems.error)(where, why.message)
+            return None
         except OSError as exc:
             self.problems.error(where, f"cannot read: {exc.strerror}")
             return None
+        try:
+            limit = self.config.max_post_bytes
+            if st.st_size > limit:
+                self.problems.error(f"{where}:1", f"post is {st.st_size} bytes, over "
+                                    f"content.max_post_bytes ({limit}); skipped")
+                return None
+            # The fstat's size and one byte more in one read (~2 us a post less than
+            # open() and its buffered reader): a file grown since shows it.
+            data = os.read(fd, st.st_size + 1)
+            if len(data) > st.st_size:
+                data = (data + _read_to_end(fd, limit - len(data)))[:limit]
+            return data
+        except OSError as exc:
+            self.problems.error(where, f"cannot read: {exc.strerror}")
+            return None
+        finally:
+            os.close(fd)
 
-    def _read_open(self, fd: int, known: int, where: str, limit: int) -> bytes | None:
-        """The open file's bytes. The walk's size (`known`) asks for the whole file in
-        one read: an os.open and two reads took ~8 us a post where open() and its
-        buffered reader took ~16 (a cold build reads every post, a render reads its
-        body again). A file that is not that size any more is sized again, by fstat."""
-        if 0 < known <= limit:
-            data = os.read(fd, known + 1)
-            if len(data) == known and not os.read(fd, 1):
-                return data
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):  # replaced since the walk
-            self.problems.error(where, "not a regular file; skipped")
-            return None
-        if st.st_size > limit:
-            self.problems.error(f"{where}:1", f"post is {st.st_size} bytes, over "
-                                f"content.max_post_bytes ({limit}); skipped")
-            return None
-        os.lseek(fd, 0, os.SEEK_SET)
-        return _read_to_end(fd, limit)
+    def close(self) -> None:
+        """Release the folders the reader holds open (see SafeOpener)."""
+        self._opener.close()
 
     def parse(self, post: PostFile, data: bytes) -> Entry | None:
         where = display(post.rel)
@@ -332,7 +335,8 @@ _LEADING = "\n\r\t "
 
 def _read_to_end(fd: int, limit: int) -> bytes:
     """The rest of the file, up to `limit` bytes (it was no bigger when it was sized:
-    one that grows meanwhile is cut there, and its digest tells the next build)."""
+    one that grows meanwhile is cut at the limit, and its digest tells the next
+    build)."""
     parts = []
     left = limit
     while left > 0 and (part := os.read(fd, min(left, 1 << 20))):
