@@ -192,3 +192,35 @@ def test_read_posts_with_a_post_swapped_since_the_walk_reads_the_rest(
     assert [e.title for e in entries] == ["Kept"]
     assert [(p.where, p.severity.value) for p in report.problems.items] == [
         ("sub/p.md", "warning")]
+
+
+# -- symlink loops (item 9) ---------------------------------------------------------
+
+
+def test_symlink_loops_are_skipped_with_a_warning_and_the_rest_published(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    posts = tmp_path / "posts"
+    write_post(posts, "good.md", "title: Good\ndate: 2026-01-02 00:00:00")
+    write_post(posts, "sub/inner.md", "title: Inner\ndate: 2026-01-02 00:00:00")
+    (posts / "self.md").symlink_to("self.md")
+    (posts / "a.md").symlink_to("b.md")
+    (posts / "b.md").symlink_to("a.md")
+    (posts / "folder-self").symlink_to("folder-self")
+    (posts / "x").symlink_to("y")
+    (posts / "y").symlink_to("x")
+    (posts / "sub" / "up").symlink_to("..")
+    config = write_config(tmp_path, content={"follow_symlinks": True})
+    capsys.readouterr()
+    code = main(["build", "-c", str(config)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    for line in ("self.md: warning: symlink loop; skipped",
+                 "a.md: warning: symlink loop; skipped",
+                 "b.md: warning: symlink loop; skipped",
+                 "folder-self: warning: symlink loop; skipped",
+                 "x: warning: symlink loop; skipped",
+                 "y: warning: symlink loop; skipped",
+                 "sub/up: warning: folder already walked through another path"):
+        assert line in err, f"missing {line!r} in:\n{err}"
+    out = (tmp_path / "feeds" / "atom.xml").read_text(encoding="utf-8")
+    assert "Good" in out and "Inner" in out

@@ -6,6 +6,7 @@ posts the walk is most of its time.
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import operator
@@ -220,6 +221,8 @@ class _Walker:
             if self.follow:  # a symlinked folder may loop back on itself
                 st = os.fstat(fd)
                 if (st.st_dev, st.st_ino) in self.seen_dirs:
+                    problems.warn(display(prefix.rstrip("/")), "folder already walked through "
+                                  "another path (a symlink loop?); skipped")
                     return [], False
                 self.seen_dirs.add((st.st_dev, st.st_ino))
             try:
@@ -247,8 +250,11 @@ class _Walker:
                 continue
             try:
                 is_folder = entry.is_dir()
-            except OSError:
+            except OSError:  # a symlink in a loop (ELOOP): reported, skipped
                 is_folder = False
+                if not name.endswith(".md") and entry.is_symlink():
+                    _symlink_ok(Path(base + name), self.root, self.roots, self.follow,
+                                problems)
             if is_folder:
                 if name not in SKIPPED_DIRS and not (
                         entry.is_symlink() and not _symlink_ok(
@@ -348,7 +354,13 @@ def _symlink_ok(path: Path, root: Path, roots: list[Path], follow: bool,
     if not follow:
         problems.warn(rel, "symlink not followed (content.follow_symlinks is false)")
         return False
-    target = path.resolve()
+    try:
+        target = Path(os.path.realpath(path, strict=True))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # s.md -> s.md, a.md -> b.md -> a.md, a folder's
+            problems.warn(rel, "symlink loop; skipped")
+            return False
+        target = Path(os.path.realpath(path))  # dangling: where it would point
     if not any(target == r or r in target.parents for r in roots):
         problems.error(rel, f"symlink points outside the content dirs ({target}); skipped")
         return False
