@@ -8,12 +8,15 @@ deterministic ones swap it once, between the walk and the read.
 
 from __future__ import annotations
 
+import gzip
 import os
+import random
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import feedparser
 import pytest
 from helpers import write_config, write_post
 
@@ -224,3 +227,53 @@ def test_symlink_loops_are_skipped_with_a_warning_and_the_rest_published(
         assert line in err, f"missing {line!r} in:\n{err}"
     out = (tmp_path / "feeds" / "atom.xml").read_text(encoding="utf-8")
     assert "Good" in out and "Inner" in out
+
+
+# -- files that are not text (item 8) -----------------------------------------------
+
+
+def _binaries() -> dict[str, bytes]:
+    rng = random.Random(20)
+    post = b"---\ntitle: Zipped\n---\n<p>" + b"compressed words " * 400 + b"</p>\n"
+    return {"random.md": bytes(rng.randrange(256) for _ in range(3000)),
+            "gzip.md": gzip.compress(post),
+            "every-byte.md": bytes(range(256)) * 64}
+
+
+@pytest.mark.parametrize("name", sorted(_binaries()))
+def test_a_binary_file_named_md_is_skipped_with_an_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
+    posts = tmp_path / "posts"
+    write_post(posts, "good.md", "title: Good\ndate: 2026-01-02 00:00:00")
+    (posts / name).write_bytes(_binaries()[name])
+    config = write_config(tmp_path)
+    capsys.readouterr()
+    code = main(["build", "-c", str(config)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"{name}:1: error: not text: " in err, err
+    titles = [e.title for e in feedparser.parse(tmp_path / "feeds" / "atom.xml").entries]
+    assert titles == ["Good"]
+
+
+def test_text_in_other_encodings_and_a_stray_nul_are_still_posts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Below the not-text share: a Latin-1 post without front matter (a warning),
+    UTF-16 with either BOM (read as UTF-16), a good post with a NUL (a warning)."""
+    posts = tmp_path / "posts"
+    posts.mkdir()
+    (posts / "latin1.md").write_bytes(("Le café était très agréable à l'école, près de "
+                                       "la forêt. " * 50).encode("latin-1"))
+    for codec in ("utf-16-le", "utf-16-be"):
+        (posts / f"{codec}.md").write_bytes(
+            f"\ufeff---\ntitle: Wide 寛 {codec}\n---\n<p>x</p>\n".encode(codec))
+    (posts / "nul.md").write_bytes(b"---\ntitle: Nul\n---\n<p>a\0b</p>")
+    config = write_config(tmp_path)
+    capsys.readouterr()
+    code = main(["build", "-c", str(config)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "latin1.md:1: warning: not valid UTF-8" in err
+    assert "nul.md:4: warning: NUL bytes removed" in err
+    titles = sorted(e.title for e in feedparser.parse(tmp_path / "feeds" / "atom.xml").entries)
+    assert titles == ["Nul", "Wide 寛 utf-16-be", "Wide 寛 utf-16-le", "latin1"]
