@@ -8,14 +8,24 @@ went from ~4 s of fsyncs to one flush. If staging fails (disk full, read-only), 
 staged temps are removed and nothing is replaced. Unchanged bytes are not rewritten (mtime and
 ETag stay stable for feed readers). A manifest of what we published lets the next run
 remove feeds of vanished categories without touching anything else in the folder.
+
+Nothing is written, read or removed through a symlink placed in the output dir
+(`feeds/tech -> /etc`, `atom.xml -> /etc/passwd`, a temp file's name as a link): each
+folder below the output dir is opened from its parent's descriptor with O_NOFOLLOW,
+and files are made there with O_CREAT|O_EXCL|O_NOFOLLOW. A link met refuses the
+publish (PublishError: the previous feeds stay). The final rename is by path: after a
+folder is swapped for a link it finds no temp file there and fails, never writing
+through it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +52,12 @@ class Parts:
 
 class PublishError(Exception):
     """Writing the output failed; what was there before is still there."""
+
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_SUB_DIR = _DIR | os.O_NOFOLLOW
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_OLD_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class Publisher:
@@ -97,7 +113,8 @@ class Publisher:
                                             thread_name_prefix="aggregator-stage")
         while len(self._pending) >= 2 * STAGING_THREADS:
             self._settle(self._pending.popleft())  # bounded: each holds its feed's parts
-        self._pending.append((rel, target, self._pool.submit(_stage, target, parts)))
+        self._pending.append((rel, target, self._pool.submit(_stage, self.out_dir,
+                                                             rel.split("/"), parts)))
 
     def _settle(self, pending: tuple[str, Path, Future[Path | None]]) -> None:
         """Wait for one staging (in the order they were asked for); on a failure,
@@ -177,50 +194,133 @@ class Publisher:
             self._staged.clear()
             _sync_filesystem(self.out_dir)  # the renames themselves
         manifest = self.out_dir / MANIFEST
-        try:
-            previous = set(manifest.read_text(encoding="utf-8").split("\n")) - {""}
-        except OSError:
-            previous = set()
+        previous = set(_read_manifest(self.out_dir).split("\n")) - {""}
         for rel in sorted(previous - self._published):
             try:
                 target = self._target(rel)
             except PublishError:
                 continue
+            parts = rel.split("/")
             try:
-                target.unlink()
+                _remove(self.out_dir, parts)
                 self.removed.append(rel)
             except FileNotFoundError:
                 continue
-            except OSError as exc:
+            except (OSError, PublishError) as exc:
                 log.warning("%s: cannot remove stale feed: %s", target, exc)
                 continue
-            self._remove_empty_parents(target.parent)
+            _remove_empty_folders(self.out_dir, parts[:-1])
         listing = "\n".join(sorted(self._published)) + "\n"
         try:
-            _atomic_write(manifest, listing.encode("utf-8"))
+            _atomic_write(self.out_dir, MANIFEST, listing.encode("utf-8"))
         except OSError as exc:
             raise PublishError(f"{manifest}: cannot write manifest: {exc}") from exc
 
-    def _remove_empty_parents(self, folder: Path) -> None:
-        root = self.out_dir.resolve()
-        while folder != root and root in folder.parents:
-            try:
-                folder.rmdir()
-            except OSError:
-                return
-            folder = folder.parent
 
-
-def _same_bytes(target: Path, parts: Parts) -> bool:
-    """The file holds exactly these parts, in order (compared as they come, without
-    joining them; a file of another size is not read)."""
+def _open_folder(out_dir: Path, names: list[str], create: bool = False) -> int:
+    """A descriptor of the folder out_dir/names..., each opened from its parent's
+    descriptor with O_NOFOLLOW (and made first when missing, with `create`).
+    PublishError: one is a symlink; OSError: it cannot be opened."""
+    fd = os.open(out_dir, _DIR)  # the output dir itself is the config's
     try:
-        if not target.is_file() or target.stat().st_size != parts.size:
-            return False  # (is_file first: a FIFO would block the open)
-        with open(target, "rb") as handle:
-            return all(handle.read(len(part)) == part for part in parts.source())
+        for index, name in enumerate(names):
+            try:
+                below = os.open(name, _SUB_DIR, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, dir_fd=fd)
+                below = os.open(name, _SUB_DIR, dir_fd=fd)
+            except OSError as exc:  # O_NOFOLLOW|O_DIRECTORY on a link: ENOTDIR
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP) and _is_link(fd, name):
+                    raise _link_refused(out_dir, names[:index + 1]) from None
+                raise
+            os.close(fd)
+            fd = below
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _is_link(folder: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode)
     except OSError:
         return False
+
+
+def _link_refused(out_dir: Path, names: list[str]) -> PublishError:
+    return PublishError(f"{out_dir.joinpath(*names)}: a symlink in the output dir; "
+                        "nothing is written through it (remove it)")
+
+
+def _create(folder: int, name: str) -> int:
+    """A new file `name` in `folder`, for writing: a file or a symlink left there under
+    that name is removed first (the link itself, never what it points to)."""
+    try:
+        return os.open(name, _NEW_FILE, 0o666, dir_fd=folder)
+    except FileExistsError:
+        os.unlink(name, dir_fd=folder)
+        return os.open(name, _NEW_FILE, 0o666, dir_fd=folder)
+
+
+def _remove(out_dir: Path, parts: list[str]) -> None:
+    folder = _open_folder(out_dir, parts[:-1])
+    try:
+        os.unlink(parts[-1], dir_fd=folder)  # (a link is removed, not followed)
+    finally:
+        os.close(folder)
+
+
+def _remove_empty_folders(out_dir: Path, names: list[str]) -> None:
+    """Remove out_dir/names... and its parents below out_dir while they are empty."""
+    while names:
+        try:
+            parent = _open_folder(out_dir, names[:-1])
+        except (OSError, PublishError):
+            return
+        try:
+            os.rmdir(names[-1], dir_fd=parent)
+        except OSError:
+            return
+        finally:
+            os.close(parent)
+        names = names[:-1]
+
+
+def _read_manifest(out_dir: Path) -> str:
+    """The manifest's text; "" when it is missing, unreadable or not a regular file."""
+    try:
+        fd = os.open(out_dir / MANIFEST, _OLD_FILE)
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return ""
+            return handle.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+
+def _same_bytes(folder: int, name: str, parts: Parts) -> bool:
+    """The regular file `name` in `folder` holds exactly these parts, in order
+    (compared as they come, without joining them; a file of another size is not
+    read; a symlink is not followed)."""
+    try:
+        fd = os.open(name, _OLD_FILE, dir_fd=folder)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != parts.size:
+                return False
+            return all(handle.read(len(part)) == part for part in parts.source())
+        except OSError:
+            return False
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
@@ -248,49 +348,47 @@ def _sync_filesystem(folder: Path) -> None:
     os.sync()
 
 
-def _atomic_write(target: Path, data: bytes) -> None:
-    temp = target.with_name(f".{target.name}.{os.getpid()}{TEMP_SUFFIX}")
+def _atomic_write(out_dir: Path, name: str, data: bytes) -> None:
+    """out_dir/name holds `data`, durably, written beside it and renamed over it."""
+    temp = f".{name}.{os.getpid()}{TEMP_SUFFIX}"
+    folder = os.open(out_dir, _DIR)
     try:
-        with open(temp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _stage(target: Path, parts: Parts) -> Path | None:
-    """The temp file holding `parts` beside `target`; None when `target` already
-    holds exactly those bytes. Runs in a staging thread."""
-    if _same_bytes(target, parts):
-        return None
-    temp = target.with_name(f".{target.name}.{os.getpid()}{TEMP_SUFFIX}")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # A big buffer: a feed is thousands of entry-sized parts, and one write
-        # call each (500k of them for 2.6 GB) cost more than writing the bytes.
-        with open(temp, "wb", buffering=WRITE_BUFFER) as handle:
-            handle.writelines(parts.source())
-    except BaseException:
-        # On a read-only fs unlink fails too (EROFS, even for a missing file): that
-        # OSError escaped instead of the PublishError, and the message was wrong.
+        try:
+            with os.fdopen(_create(folder, temp), "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=folder)
+            raise
         with contextlib.suppress(OSError):
-            temp.unlink(missing_ok=True)
-        raise
-    return temp
+            os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def _stage(out_dir: Path, names: list[str], parts: Parts) -> Path | None:
+    """The temp file holding `parts` beside out_dir/names...; None when that file
+    already holds exactly those bytes. Runs in a staging thread."""
+    folder = _open_folder(out_dir, names[:-1], create=True)
+    try:
+        name = names[-1]
+        if _same_bytes(folder, name, parts):
+            return None
+        temp = f".{name}.{os.getpid()}{TEMP_SUFFIX}"
+        try:
+            # A big buffer: a feed is thousands of entry-sized parts, and one write
+            # call each (500k of them for 2.6 GB) cost more than writing the bytes.
+            with os.fdopen(_create(folder, temp), "wb", buffering=WRITE_BUFFER) as handle:
+                handle.writelines(parts.source())
+        except BaseException:
+            # On a read-only fs unlink fails too (EROFS, even for a missing file): that
+            # OSError must not replace the one that says why the write failed.
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=folder)
+            raise
+        return out_dir.joinpath(*names[:-1], temp)
+    finally:
+        os.close(folder)
