@@ -277,3 +277,29 @@ def test_text_in_other_encodings_and_a_stray_nul_are_still_posts(
     assert "nul.md:4: warning: NUL bytes removed" in err
     titles = sorted(e.title for e in feedparser.parse(tmp_path / "feeds" / "atom.xml").entries)
     assert titles == ["Nul", "Wide 寛 utf-16-be", "Wide 寛 utf-16-le", "latin1"]
+
+
+# -- OPML files named in the config ---------------------------------------------------
+
+
+_OPML = ('<opml version="2.0"><body><outline type="rss" text="Up" '
+         'xmlUrl="https://up.example/feed"/></body></opml>')
+
+
+@pytest.mark.timeout(30)
+def test_an_opml_file_swapped_for_a_symlink_or_a_fifo_is_not_read(tmp_path: Path) -> None:
+    from aggregator.sources.upstream.opml import read_opml
+
+    (tmp_path / "real.opml").write_text(_OPML, encoding="utf-8")
+    problems = ProblemLog(echo=False)
+    assert [s.url for s in read_opml(tmp_path / "real.opml", problems)] == [
+        "https://up.example/feed"]
+    (tmp_path / "linked.opml").symlink_to(tmp_path / "real.opml")
+    os.mkfifo(tmp_path / "fifo.opml")  # a plain read would wait for a writer forever
+    for name in ("linked.opml", "fifo.opml"):
+        assert read_opml(tmp_path / name, problems) == []
+    assert [str(p) for p in problems.items] == [
+        f"{tmp_path / 'linked.opml'}: cannot read OPML: it is a symlink, not followed "
+        "(name the file itself); its sources skipped",
+        f"{tmp_path / 'fifo.opml'}: cannot read OPML: not a regular file; its sources "
+        "skipped"]

@@ -86,7 +86,8 @@ class PostReader:
         try:
             fd, st = self._opener.open(str(post.root), post.rel)
         except Refused as why:
-            (self.problems.warn if why.warning else self.problems.error)(where, why.message)
+            (self.problems.warn if why.warning else self.problems.error)(
+                where, f"{why.message}; skipped")
             return None
         except OSError as exc:
             self.problems.error(where, f"cannot read: {exc.strerror}")

@@ -34,7 +34,7 @@ _ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # the content dir itself: c
 
 class Refused(Exception):
     """The file is not opened, for a reason about the file (not an I/O failure):
-    `message` says why; `warning` tells a skipped symlink from an error."""
+    `message` says why; `warning` tells a symlink skipped by choice from an error."""
 
     def __init__(self, message: str, warning: bool = False) -> None:
         super().__init__(message)
@@ -76,8 +76,8 @@ class SafeOpener:
             if not self.follow:
                 what = "symlink" if met.index == rel.count("/") else \
                     "a folder on its path is a symlink:"
-                raise Refused(f"{what} not followed (content.follow_symlinks is false); "
-                              "skipped", warning=True) from None
+                raise Refused(f"{what} not followed (content.follow_symlinks is false)",
+                              warning=True) from None
             return self._open_followed(root, rel)
 
     def close(self) -> None:
@@ -124,14 +124,14 @@ class SafeOpener:
             target = os.path.realpath(os.path.join(root, rel), strict=True)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise Refused("symlink loop; skipped", warning=True) from None
+                raise Refused("symlink loop", warning=True) from None
             if exc.errno == errno.ENOENT:
-                raise Refused("broken symlink; skipped") from None
+                raise Refused("broken symlink") from None
             raise
         inside = next((base for base in self._resolved
                        if target.startswith(base.rstrip("/") + "/")), None)
         if inside is None:
-            raise Refused(f"symlink points outside the content dirs ({target}); skipped")
+            raise Refused(f"symlink points outside the content dirs ({target})")
         names = target[len(inside.rstrip("/")) + 1:].split("/")
         fds = [os.open(inside, _ROOT)]
         try:
@@ -139,16 +139,29 @@ class SafeOpener:
                 fds.append(_open_dir(fds[-1], name, index))
             return _regular(_open_file(fds[-1], names[-1], len(names) - 1))
         except _SymlinkMet:
-            raise Refused("symlink changed while it was read; skipped",
+            raise Refused("symlink changed while it was read",
                           warning=True) from None
         finally:
             for fd in fds:
                 os.close(fd)
 
 
+def open_regular(path: str) -> tuple[int, os.stat_result]:
+    """(descriptor, its fstat) of the regular file at `path`, a file named in the
+    config (its folders are the config's to choose): its own name is not followed if
+    something put a symlink there, and only a regular file is accepted."""
+    try:
+        fd = os.open(path, _FILE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # (O_NOFOLLOW: its own name is a symlink)
+            raise Refused("it is a symlink, not followed (name the file itself)") from None
+        raise
+    return _regular(fd)
+
+
 def _check_names(names: list[str]) -> None:
     if any(name in ("", ".", "..") for name in names):
-        raise Refused("not a path inside the content dir; skipped")
+        raise Refused("not a path inside the content dir")
 
 
 def _open_dir(parent: int, name: str, index: int) -> int:
@@ -163,7 +176,7 @@ def _open_dir(parent: int, name: str, index: int) -> int:
 
 def _open_file(parent: int, name: str, index: int) -> int:
     if name in ("", ".", ".."):
-        raise Refused("not a path inside the content dir; skipped")
+        raise Refused("not a path inside the content dir")
     try:
         return os.open(name, _FILE, dir_fd=parent)
     except OSError as exc:
@@ -189,5 +202,5 @@ def _regular(fd: int) -> tuple[int, os.stat_result]:
         raise
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise Refused("not a regular file; skipped")
+        raise Refused("not a regular file")
     return fd, st

@@ -7,6 +7,7 @@ outline with `xmlUrl` is a source. A source at the top level with an OPML 2.0
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ from lxml import etree
 
 from aggregator.config import UpstreamSource
 from aggregator.problems import ProblemLog
+from aggregator.sources.safe_open import Refused, open_regular
 
 # No entities, no network, no DTDs: an OPML file is data, not a program.
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
@@ -23,7 +25,10 @@ _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=Fals
 
 def read_opml(path: Path, problems: ProblemLog) -> list[UpstreamSource]:
     try:
-        root = etree.fromstring(path.read_bytes(), _PARSER)
+        root = etree.fromstring(_read(path), _PARSER)
+    except Refused as why:
+        problems.error(str(path), f"cannot read OPML: {why.message}; its sources skipped")
+        return []
     except (OSError, etree.XMLSyntaxError) as exc:
         problems.error(str(path), f"cannot read OPML: {exc}; its sources skipped")
         return []
@@ -52,6 +57,14 @@ def read_opml(path: Path, problems: ProblemLog) -> list[UpstreamSource]:
 
     walk(body, ())
     return out
+
+
+def _read(path: Path) -> bytes:
+    """The OPML file's bytes: a symlink put in its place is not followed, a FIFO or
+    a device not read (Refused)."""
+    fd, _st = open_regular(str(path))
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
 
 
 def _category_attribute(value: str | None) -> tuple[str, ...]:
