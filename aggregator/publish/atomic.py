@@ -70,6 +70,7 @@ class Publisher:
         self._staged: list[tuple[str, Path, Path]] = []
         self._pending: deque[tuple[str, Path, Future[Path | None]]] = deque()
         self._pool: ThreadPoolExecutor | None = None
+        self._top: int | None = None  # the output dir's descriptor, while staging
 
     def prepare(self, sweep_temps: bool = True) -> None:
         """Create the output dir; with `sweep_temps`, drop temp files of killed builds
@@ -109,12 +110,16 @@ class Publisher:
         self._published.add(rel)
         parts = data if isinstance(data, Parts) else Parts(lambda: (data,), len(data))
         if self._pool is None:
+            try:
+                self._top = os.open(self.out_dir, _DIR)
+            except OSError as exc:
+                raise PublishError(f"{self.out_dir}: cannot publish: {exc.strerror}") from exc
             self._pool = ThreadPoolExecutor(STAGING_THREADS,
                                             thread_name_prefix="aggregator-stage")
         while len(self._pending) >= 2 * STAGING_THREADS:
             self._settle(self._pending.popleft())  # bounded: each holds its feed's parts
-        self._pending.append((rel, target, self._pool.submit(_stage, self.out_dir,
-                                                             rel.split("/"), parts)))
+        self._pending.append((rel, target, self._pool.submit(
+            _stage, self.out_dir, self._top, rel.split("/"), parts)))
 
     def _settle(self, pending: tuple[str, Path, Future[Path | None]]) -> None:
         """Wait for one staging (in the order they were asked for); on a failure,
@@ -156,6 +161,9 @@ class Publisher:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self._top is not None:
+            os.close(self._top)
+            self._top = None
 
     def keep(self, rel: str) -> None:
         """`rel` is current as it is: published, not rewritten."""
@@ -217,11 +225,15 @@ class Publisher:
             raise PublishError(f"{manifest}: cannot write manifest: {exc}") from exc
 
 
-def _open_folder(out_dir: Path, names: list[str], create: bool = False) -> int:
+def _open_folder(out_dir: Path, names: list[str], create: bool = False,
+                 top: int | None = None) -> int:
     """A descriptor of the folder out_dir/names..., each opened from its parent's
-    descriptor with O_NOFOLLOW (and made first when missing, with `create`).
-    PublishError: one is a symlink; OSError: it cannot be opened."""
-    fd = os.open(out_dir, _DIR)  # the output dir itself is the config's
+    descriptor with O_NOFOLLOW (and made first when missing, with `create`), from
+    `top` (out_dir's, left open) if given. PublishError: one is a symlink; OSError:
+    it cannot be opened."""
+    if top is not None and not names:
+        return os.dup(top)
+    fd = os.open(out_dir, _DIR) if top is None else top  # (out_dir is the config's)
     try:
         for index, name in enumerate(names):
             try:
@@ -236,11 +248,13 @@ def _open_folder(out_dir: Path, names: list[str], create: bool = False) -> int:
                 if exc.errno in (errno.ENOTDIR, errno.ELOOP) and _is_link(fd, name):
                     raise _link_refused(out_dir, names[:index + 1]) from None
                 raise
-            os.close(fd)
+            if fd != top:
+                os.close(fd)
             fd = below
         return fd
     except BaseException:
-        os.close(fd)
+        if fd != top:
+            os.close(fd)
         raise
 
 
@@ -369,10 +383,11 @@ def _atomic_write(out_dir: Path, name: str, data: bytes) -> None:
         os.close(folder)
 
 
-def _stage(out_dir: Path, names: list[str], parts: Parts) -> Path | None:
-    """The temp file holding `parts` beside out_dir/names...; None when that file
-    already holds exactly those bytes. Runs in a staging thread."""
-    folder = _open_folder(out_dir, names[:-1], create=True)
+def _stage(out_dir: Path, top: int | None, names: list[str], parts: Parts) -> Path | None:
+    """The temp file holding `parts` beside out_dir/names... (`top`: out_dir's
+    descriptor); None when that file already holds exactly those bytes. Runs in a
+    staging thread."""
+    folder = _open_folder(out_dir, names[:-1], create=True, top=top)
     try:
         name = names[-1]
         if _same_bytes(folder, name, parts):
