@@ -32,6 +32,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from aggregator.sources.safe_open import is_link
+
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".aggregator-tmp"
@@ -245,7 +247,7 @@ def _open_folder(out_dir: Path, names: list[str], create: bool = False,
                     os.mkdir(name, dir_fd=fd)
                 below = os.open(name, _SUB_DIR, dir_fd=fd)
             except OSError as exc:  # O_NOFOLLOW|O_DIRECTORY on a link: ENOTDIR
-                if exc.errno in (errno.ENOTDIR, errno.ELOOP) and _is_link(fd, name):
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP) and is_link(fd, name):
                     raise _link_refused(out_dir, names[:index + 1]) from None
                 raise
             if fd != top:
@@ -256,13 +258,6 @@ def _open_folder(out_dir: Path, names: list[str], create: bool = False,
         if fd != top:
             os.close(fd)
         raise
-
-
-def _is_link(folder: int, name: str) -> bool:
-    try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode)
-    except OSError:
-        return False
 
 
 def _link_refused(out_dir: Path, names: list[str]) -> PublishError:

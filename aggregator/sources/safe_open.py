@@ -169,7 +169,7 @@ def _open_dir(parent: int, name: str, index: int) -> int:
         return os.open(name, _DIR, dir_fd=parent)
     except OSError as exc:
         # O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR, as on a file
-        if exc.errno in (errno.ENOTDIR, errno.ELOOP) and _is_link(parent, name):
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP) and is_link(parent, name):
             raise _SymlinkMet(index) from None
         raise
 
@@ -186,7 +186,8 @@ def _open_file(parent: int, name: str, index: int) -> int:
         raise
 
 
-def _is_link(parent: int, name: str) -> bool:
+def is_link(parent: int, name: str) -> bool:
+    """`name` in the folder `parent` is a symlink (False when it cannot be told)."""
     try:
         return stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
     except OSError:
