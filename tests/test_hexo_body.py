@@ -102,8 +102,10 @@ def test_the_unit_test_sites_bodies_read_as_hexo_published_them() -> None:
     assert not warnings
 
 
-def _reader(tmp_path: Path, site: HexoSite) -> tuple[PostReader, ProblemLog]:
-    config = load_config(write_config(tmp_path, site={"post_url": "http://example.com/{path}/"}))
+def _reader(tmp_path: Path, site: HexoSite,
+            follow_symlinks: bool = False) -> tuple[PostReader, ProblemLog]:
+    config = load_config(write_config(tmp_path, site={"post_url": "http://example.com/{path}/"},
+                                      content={"follow_symlinks": follow_symlinks}))
     problems = ProblemLog(echo=False)
     return PostReader(config, problems, lambda _id: datetime(2024, 1, 1, tzinfo=UTC),
                       hexo=site), problems
@@ -231,16 +233,17 @@ def test_asset_images_resolve_and_the_first_is_the_enclosure_sized_from_disk(
     assert '<img src="cat.png" alt="A cat">' in html
 
 
-def test_assets_never_leave_the_content_dir(tmp_path: Path) -> None:
+@pytest.mark.parametrize("follow", [False, True])
+def test_assets_never_leave_the_content_dir(tmp_path: Path, follow: bool) -> None:
     """A symlink in the asset folder to a file outside the content dir, and a path
-    climbing out with .., are no assets: not linked, not sized."""
+    climbing out with .., are no assets: not linked, not sized, followed or not."""
     outside = tmp_path / "secret.png"
     outside.write_bytes(b"\x89PNG secret")
     _write(tmp_path, "p.md", "---\ntitle: P\n---\n![](link.png) ![](../../secret.png)\n"
            "{% asset_path link.png %}\n")
     (tmp_path / "posts" / "p").mkdir()
     os.symlink(outside, tmp_path / "posts" / "p" / "link.png")
-    reader, problems = _reader(tmp_path, HexoSite(post_asset_folder=True))
+    reader, problems = _reader(tmp_path, HexoSite(post_asset_folder=True), follow)
     entry = _read_all(reader, tmp_path)["p.md"]
     assert entry.image is None  # type: ignore[attr-defined]
     assert "secret" not in entry.html.replace("../../secret.png", "")  # type: ignore[attr-defined]
@@ -272,3 +275,16 @@ def test_tags_in_an_html_body_are_rendered_as_hexo_does(tmp_path: Path) -> None:
     read = _read_all(reader, tmp_path)
     assert 'src="https://www.youtube.com/embed/abc"' in read["t.md"].html  # type: ignore[attr-defined]
     assert read["h.md"].html == "\n<p>a  &#123;% x %&#125;</p>\n\n"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_a_symlinked_asset_inside_the_content_dir_counts_only_when_links_are_followed(
+        tmp_path: Path, follow: bool) -> None:
+    _write(tmp_path, "p.md", "---\ntitle: P\n---\n![](in.png)\n")
+    (tmp_path / "posts" / "p").mkdir()
+    (tmp_path / "posts" / "real.png").write_bytes(b"\x89PNG12345")
+    os.symlink(tmp_path / "posts" / "real.png", tmp_path / "posts" / "p" / "in.png")
+    reader, _ = _reader(tmp_path, HexoSite(post_asset_folder=True), follow)
+    entry = _read_all(reader, tmp_path)["p.md"]
+    image = entry.image  # type: ignore[attr-defined]
+    assert (image.length if image else None) == (9 if follow else None)

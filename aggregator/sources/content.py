@@ -326,7 +326,8 @@ class PostReader:
             mode = "html" if _HTML_START.match(start[:2]) else "markdown"
         assets = None
         if self.hexo.post_asset_folder and post is not None:
-            assets = PostAssets(asset_folder(post.path), post.root, link)
+            assets = PostAssets(asset_folder(post.path), post.root, link,
+                                self.config.follow_symlinks)
         if mode == "html" and "{%" not in body and (assets is None or "<img" not in body):
             return Rendered(body, excerpt_of(body), None)
 

@@ -1,8 +1,9 @@
 """A post's asset folder (Hexo's `post_asset_folder: true`): the folder named as the
 post file without its extension, beside it, published under the post's URL.
 
-Files are only looked at (os.stat, never opened), and only those that resolve, links
-followed, to a regular file inside the content dir: a symlink out of it is no asset.
+Files are only looked at (os.stat, never opened), and only regular files inside the
+content dir: as for posts, symlinks count only with `content.follow_symlinks`, and
+then never one that leads out of the content dir.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ _HTML_END = re.compile(r"(?:index)?\.html?$")
 class PostAssets:
     """The assets of one post: `folder` on disk, published under `url`'s folder."""
 
-    def __init__(self, folder: Path, root: Path, post_url: str | None) -> None:
+    def __init__(self, folder: Path, root: Path, post_url: str | None,
+                 follow_symlinks: bool = False) -> None:
         self.folder = folder
         self.root = root
+        self.follow_symlinks = follow_symlinks
         self.base = asset_base(post_url) if post_url else None
         self._real_root: str | None = None
 
@@ -64,9 +67,13 @@ class PostAssets:
     def _stat(self, rel: str) -> os.stat_result | None:
         if self._real_root is None:
             self._real_root = os.path.realpath(self.root)
-        real = os.path.realpath(self.folder.joinpath(*rel.split("/")))
+        path = self.folder.joinpath(*rel.split("/"))
+        real = os.path.realpath(path)
         if not real.startswith(self._real_root + os.sep):
             return None
+        if not self.follow_symlinks and real != os.path.join(
+                self._real_root, os.path.relpath(path, self.root)):
+            return None  # a symlink on the way, and content.follow_symlinks is off
         try:
             found = os.stat(real)
         except (OSError, ValueError):
