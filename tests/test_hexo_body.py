@@ -288,3 +288,26 @@ def test_a_symlinked_asset_inside_the_content_dir_counts_only_when_links_are_fol
     entry = _read_all(reader, tmp_path)["p.md"]
     image = entry.image  # type: ignore[attr-defined]
     assert (image.length if image else None) == (9 if follow else None)
+
+
+HOSTILE = {
+    "unclosed tags": "{%a " * 75_000,
+    "unclosed variables, one comment closer at the end": "{{a " * 75_000 + "#}",
+    "unknown blocks, one end": "{% note %}x " * 25_000 + "{% endnote %}",
+    "tags never ended, their end named in the text": "endnote " + "{% note %} " * 25_000,
+    "nested 5,000 deep": "{% note %}" * 5_000 + "x" + "{% endnote %}" * 5_000,
+    "blocks": "{% blockquote %}x{% endblockquote %}\n" * 5_000,
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("body", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_tag_soup_renders_in_linear_time(body: str) -> None:
+    """Unclosed and unended tags, deep nesting: each text is scanned a bounded number
+    of times (looking for an end to the end of the post again for each of 25,000
+    tags takes minutes)."""
+    import time
+    started = time.perf_counter()
+    for is_markdown in (False, True):
+        render_body(body, is_markdown, HexoSite(), None, lambda *_: None)
+    assert time.perf_counter() - started < 30

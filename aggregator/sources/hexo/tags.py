@@ -10,6 +10,7 @@ even before the tags (`protect_fences`), as Hexo's backtick filter does.
 
 from __future__ import annotations
 
+import bisect
 import html
 import re
 from collections.abc import Callable, Mapping
@@ -110,27 +111,27 @@ _FENCE_OPEN = re.compile(
 def protect(text: str, holes: Holes) -> str:
     """Every `{% tag %}`, `{% tag %}…{% endtag %}` and `{{ var }}` replaced by a
     placeholder, `{# comments #}` dropped: Hexo's escapeAllSwigTags. (An unclosed
-    `{%`, `{{` or `{#` is kept as text where Hexo loses the rest of the post.)"""
+    `{%`, `{{` or `{#` is kept as text where Hexo loses the rest of the post.)
+    Linear in the text: where the last closer of each kind is, and where each
+    `{% endname %}` is, are found once, so a hostile post of many unclosed or
+    unended tags is not scanned to its end again for each."""
+    last = {closer: text.rfind(closer) for closer in ("}}", "#}", "%}")}
+    past = max(last.values())  # no tag or comment starts after this
+    end_tags = _end_tags(text)
     out: list[str] = []
     pos = 0
     start = text.find("{", pos)
-    while start >= 0 and start + 1 < len(text):
+    while 0 <= start < past:
         kind = text[start + 1]
+        closer = _CLOSERS.get(kind)
         end = -1
-        if kind == "{":
-            end = text.find("}}", start + 2)
-            if end >= 0:
-                end += 2
-                out.append(text[pos:start] + holes.hole("swig", text[start:end]))
-        elif kind == "#":
-            end = text.find("#}", start + 2)
-            if end >= 0:
-                end += 2
-                out.append(text[pos:start])
-        elif kind == "%":
-            end = _tag_end(text, start)
-            if end >= 0:
-                out.append(text[pos:start] + holes.hole("swig", text[start:end]))
+        if closer is not None and start + 2 <= last[closer]:
+            end = text.find(closer, start + 2) + 2
+            if kind == "%":
+                end = _block_end(text, start, end, end_tags)
+            out.append(text[pos:start])
+            if kind != "#":
+                out.append(holes.hole("swig", text[start:end]))
         if end < 0:
             out.append(text[pos:start + 1])
             pos = start + 1
@@ -141,25 +142,29 @@ def protect(text: str, holes: Holes) -> str:
     return "".join(out)
 
 
-def _tag_end(text: str, start: int) -> int:
-    """End of the tag opened at `start`: past its `{% endname %}` when the text has one
-    (Hexo's test: `endname` anywhere in the post), else past its own `%}`; -1 if unclosed."""
-    close = text.find("%}", start + 2)
-    if close < 0:
-        return -1
-    words = text[start + 2:close].split(None, 1)
+_CLOSERS = {"{": "}}", "#": "#}", "%": "%}"}
+
+
+def _end_tags(text: str) -> dict[str, list[int]]:
+    """name → the end offsets of its `{% endname … %}` tags, in order."""
+    ends: dict[str, list[int]] = {}
+    for match in _END_TAG.finditer(text, 0, text.rfind("%}") + 2):
+        ends.setdefault(match.group(1), []).append(match.end())
+    return ends
+
+
+_END_TAG = re.compile(r"\{%-?\s*end(\w+)[^%]*(?:%(?!\})[^%]*)*%\}")
+
+
+def _block_end(text: str, start: int, close: int, end_tags: dict[str, list[int]]) -> int:
+    """End of the tag opened at `start` (its own `%}` ends at `close`): past the first
+    `{% endname %}` after it when there is one, else `close`."""
+    words = text[start + 2:close - 2].split(None, 1)
     name = words[0].lstrip("-") if words else ""
-    if not name or f"end{name}" not in text:
-        return close + 2
-    at = close + 2
-    while (opening := text.find("{%", at)) >= 0:
-        ending = text.find("%}", opening + 2)
-        if ending < 0:
-            break
-        if f"end{name}" in text[opening + 2:ending]:
-            return ending + 2
-        at = opening + 1
-    return close + 2
+    ends = end_tags.get(name)
+    if not ends or ends[-1] <= close:
+        return close
+    return ends[bisect.bisect_right(ends, close)]
 
 
 def restore(html_text: str, holes: Holes) -> str:
@@ -192,10 +197,14 @@ def render_tags(html_text: str, ctx: TagContext) -> str:
     return _render(html_text, ctx)
 
 
-def _render(text: str, ctx: TagContext) -> str:
+def _render(text: str, ctx: TagContext, depth: int = 0) -> str:
+    tags = list(_TAG.finditer(text, 0, text.rfind("%}") + 2))
+    ends = _pairs(tags, ctx)
     out: list[str] = []
     pos = 0
-    while (match := _TAG.search(text, pos)) is not None:
+    for index, match in enumerate(tags):
+        if match.start() < pos:
+            continue  # inside a block already written
         out.append(text[pos:match.start()])
         name, args = match.group(1), match.group(2)
         pos = match.end()
@@ -205,8 +214,8 @@ def _render(text: str, ctx: TagContext) -> str:
         if inline is not None:
             out.append(inline(split_args(args), ctx))
             continue
-        body_end = _matching_end(text, name, pos)
-        if body_end is None:
+        end = ends.get(index)
+        if end is None:
             if name in ctx.block_tags:
                 ctx.report(name, f"{{% {name} %}} is never closed with {{% end{name} %}}; "
                            "kept as text")
@@ -214,13 +223,15 @@ def _render(text: str, ctx: TagContext) -> str:
             else:
                 ctx.report(name, f"unknown tag plugin {{% {name} %}}; dropped")
             continue
-        inner, pos = body_end
-        body = text[match.end():inner]
+        body = text[match.end():tags[end].start()]
+        pos = tags[end].end()
         if name == "raw":
             out.append(body)
             continue
-        # (a code block's content is code: tag syntax in it stays text)
-        content = trim_body(body if name in _VERBATIM else _render(body, ctx))
+        # (a code block's content is code: tag syntax in it stays text; tags nested
+        # deeper than MAX_DEPTH are left as they are, each level is a pass over its text)
+        plain = name in _VERBATIM or depth >= MAX_DEPTH
+        content = trim_body(body if plain else _render(body, ctx, depth + 1))
         block = ctx.block_tags.get(name)
         if block is None:
             ctx.report(name, f"unknown tag plugin {{% {name} %}}; its content kept")
@@ -231,16 +242,21 @@ def _render(text: str, ctx: TagContext) -> str:
     return "".join(out)
 
 
-def _matching_end(text: str, name: str, pos: int) -> tuple[int, int] | None:
-    """(start, end) of the `{% endname %}` that closes a `{% name %}` ending at pos."""
-    opening = re.compile(r"\{%-?\s*(end)?" + re.escape(name) + r"\b.*?%\}", re.S)
-    depth = 1
-    while (match := opening.search(text, pos)) is not None:
-        depth += -1 if match.group(1) else 1
-        if depth == 0:
-            return match.start(), match.end()
-        pos = match.end()
-    return None
+MAX_DEPTH = 20
+
+
+def _pairs(tags: list[re.Match[str]], ctx: TagContext) -> dict[int, int]:
+    """Index of each block tag → index of the `{% endname %}` closing it (the latest
+    open one of its name: same-name blocks nest), in one pass."""
+    open_tags: dict[str, list[int]] = {}
+    pairs: dict[int, int] = {}
+    for index, match in enumerate(tags):
+        name = match.group(1)
+        if name.startswith("end") and open_tags.get(name[3:]):
+            pairs[open_tags[name[3:]].pop()] = index
+        elif name not in ctx.inline_tags:
+            open_tags.setdefault(name, []).append(index)
+    return pairs
 
 
 def split_args(text: str) -> list[str]:
