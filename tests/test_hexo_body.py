@@ -21,7 +21,7 @@ from aggregator.problems import ProblemLog
 from aggregator.sanitize.text import html_to_text
 from aggregator.sources.content import PostReader
 from aggregator.sources.hexo.assets import PostAssets
-from aggregator.sources.hexo.body import HexoSite, render_body
+from aggregator.sources.hexo.body import BodySettings, render_body
 from aggregator.sources.hexo.tags import LinkedPost
 from aggregator.sources.walk import discover
 
@@ -58,7 +58,7 @@ def _body(path: Path) -> str:
 def _render(name: str, warnings: list[str] | None = None) -> tuple[str, object, object]:
     assets = PostAssets(CASES / name, CASES, POST_URL.format(name=name))
     told = warnings if warnings is not None else []
-    rendered = render_body(_body(CASES / f"{name}.md"), True, HexoSite(post_asset_folder=True),
+    rendered = render_body(_body(CASES / f"{name}.md"), True, BodySettings(post_asset_folder=True),
                            assets, lambda _tag, message: told.append(message))
     return rendered.html, rendered.excerpt, rendered.image
 
@@ -95,20 +95,20 @@ def test_the_unit_test_sites_bodies_read_as_hexo_published_them() -> None:
     assert len(posts) == len(published) == 15
     warnings: list[str] = []
     for post in posts:
-        html = render_body(_body(post), True, HexoSite(), None,
+        html = render_body(_body(post), True, BodySettings(), None,
                            lambda _tag, message: warnings.append(message)).html
         assert "{%" not in html, post.name
         assert _text(html) == _text(published[post.stem]), post.name
     assert not warnings
 
 
-def _reader(tmp_path: Path, site: HexoSite,
+def _reader(tmp_path: Path, site: BodySettings,
             follow_symlinks: bool = False) -> tuple[PostReader, ProblemLog]:
     config = load_config(write_config(tmp_path, site={"post_url": "http://example.com/{path}/"},
                                       content={"follow_symlinks": follow_symlinks}))
     problems = ProblemLog(echo=False)
     return PostReader(config, problems, lambda _id: datetime(2024, 1, 1, tzinfo=UTC),
-                      hexo=site), problems
+                      bodies=site), problems
 
 
 def _write(tmp_path: Path, rel: str, text: str) -> None:
@@ -136,7 +136,7 @@ def test_the_excerpt_posts_summary_is_its_excerpt(tmp_path: Path) -> None:
     hexo_excerpt = html_to_text(unescape(summary.group(1)))
     # (its front matter has no opening ---: read here with one, a test of bodies)
     _write(tmp_path, "excerpts.md", "---\n" + (UNIT_TEST / "posts" / "excerpts.md").read_text())
-    reader, _ = _reader(tmp_path, HexoSite())
+    reader, _ = _reader(tmp_path, BodySettings())
     entry_read = _read_all(reader, tmp_path)["excerpts.md"]
     assert entry_read.summary == hexo_excerpt  # type: ignore[attr-defined]
     assert "Lorem ipsum" in entry_read.html  # type: ignore[attr-defined]
@@ -151,7 +151,7 @@ def test_the_part_before_the_more_marker_is_the_summary_else_excerpt_else_descri
     _write(tmp_path, "description.md", "---\ntitle: T\ndescription: The description.\n---\nB\n")
     _write(tmp_path, "html.md", f"---\ntitle: T\n---\n<p>Lead.</p>{marker}<p>More.</p>")
     _write(tmp_path, "none.md", "---\ntitle: T\n---\nJust a body.\n")
-    reader, _ = _reader(tmp_path, HexoSite())
+    reader, _ = _reader(tmp_path, BodySettings())
     read = _read_all(reader, tmp_path)
     summaries = {rel: entry.summary for rel, entry in read.items()}  # type: ignore[attr-defined]
     assert summaries == {"marked.md": "First part.", "excerpt.md": "The excerpt.",
@@ -172,7 +172,7 @@ def test_tag_syntax_in_code_stays_text_and_raw_passes_through() -> None:
 def test_an_unknown_tag_is_reported_once_at_its_line_and_keeps_its_text(
         tmp_path: Path) -> None:
     _write(tmp_path, "a/unknown.md", (CASES / "unknown-tag.md").read_text())
-    reader, problems = _reader(tmp_path, HexoSite())
+    reader, problems = _reader(tmp_path, BodySettings())
     entry = _read_all(reader, tmp_path)["a/unknown.md"]
     html = entry.html  # type: ignore[attr-defined]
     assert "<strong>theme's</strong> note, its text kept." in html.replace("’", "'")
@@ -189,7 +189,7 @@ def test_an_unknown_tag_is_reported_once_at_its_line_and_keeps_its_text(
 def test_an_unclosed_tag_or_brace_keeps_the_rest_of_the_post() -> None:
     warnings: list[str] = []
     html = render_body("Before {% blockquote %} and {{ never closed\n\nAfter `{%` too.\n",
-                       True, HexoSite(), None, lambda _t, m: warnings.append(m)).html
+                       True, BodySettings(), None, lambda _t, m: warnings.append(m)).html
     assert "After" in html and "never closed" in html
     assert warnings == ["{% blockquote %} is never closed with {% endblockquote %}; kept as text"]
 
@@ -199,7 +199,7 @@ def test_post_link_resolves_through_the_sites_index_and_is_reported_without_one(
     body = "See {% post_link hello-world %}, {% post_link hello-world 'its text' %} at " \
            "{% post_path hello-world %}; {% post_link nowhere %}.\n"
     warnings: list[str] = []
-    html = render_body(body, True, HexoSite(find_post=posts.get), None,
+    html = render_body(body, True, BodySettings(find_post=posts.get), None,
                        lambda _t, m: warnings.append(m)).html
     assert ('<a href="http://example.com/2013/hello/" title="Hello &lt;World&gt;">'
             "Hello &lt;World&gt;</a>") in html
@@ -208,7 +208,7 @@ def test_post_link_resolves_through_the_sites_index_and_is_reported_without_one(
     assert " at http://example.com/2013/hello/;" in html
     assert warnings == ["{% post_link nowhere %}: no post has that slug or title"]
     warnings.clear()
-    html = render_body(body, True, HexoSite(), None, lambda _t, m: warnings.append(m)).html
+    html = render_body(body, True, BodySettings(), None, lambda _t, m: warnings.append(m)).html
     assert "See hello-world, its text at" in html
     assert warnings == ["{% post_link hello-world %}: no other posts are known to link to",
                         "{% post_path hello-world %}: no other posts are known to link to",
@@ -229,7 +229,7 @@ def test_asset_images_resolve_and_the_first_is_the_enclosure_sized_from_disk(
     assert warnings == ["{% asset_img missing.png %}: no such file in the post's asset "
                         "folder; dropped"]
     # without an asset folder the same body keeps its relative images
-    html = render_body(_body(CASES / "assets.md"), True, HexoSite(), None, lambda *_: None).html
+    html = render_body(_body(CASES / "assets.md"), True, BodySettings(), None, lambda *_: None).html
     assert '<img src="cat.png" alt="A cat">' in html
 
 
@@ -243,7 +243,7 @@ def test_assets_never_leave_the_content_dir(tmp_path: Path, follow: bool) -> Non
            "{% asset_path link.png %}\n")
     (tmp_path / "posts" / "p").mkdir()
     os.symlink(outside, tmp_path / "posts" / "p" / "link.png")
-    reader, problems = _reader(tmp_path, HexoSite(post_asset_folder=True), follow)
+    reader, problems = _reader(tmp_path, BodySettings(post_asset_folder=True), follow)
     entry = _read_all(reader, tmp_path)["p.md"]
     assert entry.image is None  # type: ignore[attr-defined]
     assert "secret" not in entry.html.replace("../../secret.png", "")  # type: ignore[attr-defined]
@@ -258,7 +258,7 @@ def test_a_body_read_again_with_assets_is_the_body_parse_gave(tmp_path: Path) ->
     _write(tmp_path, "a.md", "---\ntitle: A\n---\n![x](x.png)\n")
     (tmp_path / "posts" / "a").mkdir()
     (tmp_path / "posts" / "a" / "x.png").write_bytes(b"\x89PNG")
-    reader, _ = _reader(tmp_path, HexoSite(post_asset_folder=True))
+    reader, _ = _reader(tmp_path, BodySettings(post_asset_folder=True))
     [post] = discover(reader.config, ProblemLog(echo=False))
     data = Path(post.location).read_bytes()
     entry = reader.parse(post, data)
@@ -271,7 +271,7 @@ def test_tags_in_an_html_body_are_rendered_as_hexo_does(tmp_path: Path) -> None:
     tags is used as it is."""
     _write(tmp_path, "t.md", "---\ntitle: T\n---\n<p>a</p>\n{% youtube abc %}\n")
     _write(tmp_path, "h.md", "---\ntitle: H\n---\n<p>a  &#123;% x %&#125;</p>\n\n")
-    reader, _ = _reader(tmp_path, HexoSite())
+    reader, _ = _reader(tmp_path, BodySettings())
     read = _read_all(reader, tmp_path)
     assert 'src="https://www.youtube.com/embed/abc"' in read["t.md"].html  # type: ignore[attr-defined]
     assert read["h.md"].html == "\n<p>a  &#123;% x %&#125;</p>\n\n"  # type: ignore[attr-defined]
@@ -284,7 +284,7 @@ def test_a_symlinked_asset_inside_the_content_dir_counts_only_when_links_are_fol
     (tmp_path / "posts" / "p").mkdir()
     (tmp_path / "posts" / "real.png").write_bytes(b"\x89PNG12345")
     os.symlink(tmp_path / "posts" / "real.png", tmp_path / "posts" / "p" / "in.png")
-    reader, _ = _reader(tmp_path, HexoSite(post_asset_folder=True), follow)
+    reader, _ = _reader(tmp_path, BodySettings(post_asset_folder=True), follow)
     entry = _read_all(reader, tmp_path)["p.md"]
     image = entry.image  # type: ignore[attr-defined]
     assert (image.length if image else None) == (9 if follow else None)
@@ -309,5 +309,5 @@ def test_hostile_tag_soup_renders_in_linear_time(body: str) -> None:
     import time
     started = time.perf_counter()
     for is_markdown in (False, True):
-        render_body(body, is_markdown, HexoSite(), None, lambda *_: None)
+        render_body(body, is_markdown, BodySettings(), None, lambda *_: None)
     assert time.perf_counter() - started < 30

@@ -28,7 +28,7 @@ from aggregator.sanitize.html import Sanitizer, absolute_url, html_depth, may_ne
 from aggregator.sanitize.text import clean_line, html_to_text
 from aggregator.sources.dates import DateError, parse_date
 from aggregator.sources.hexo.assets import PostAssets, asset_folder
-from aggregator.sources.hexo.body import HexoSite, Rendered, render_body, site_of
+from aggregator.sources.hexo.body import BodySettings, Rendered, render_body, site_of
 from aggregator.sources.hexo.excerpt import excerpt_of
 from aggregator.sources.simple_yaml import parse_simple
 from aggregator.sources.walk import PostFile, display
@@ -49,11 +49,12 @@ class PostReader:
     """Reads one post file into an Entry whose html is not yet sanitised."""
 
     def __init__(self, config: Config, problems: ProblemLog,
-                 first_seen: Callable[[str], datetime], hexo: HexoSite | None = None) -> None:
+                 first_seen: Callable[[str], datetime],
+                 bodies: BodySettings | None = None) -> None:
         self.config = config
         self.problems = problems
         self.first_seen = first_seen
-        self.hexo = hexo if hexo is not None else site_of(config)
+        self.bodies = bodies if bodies is not None else site_of(config)
         self._sanitizer: Sanitizer | None = None
         self._id_prefix = f"tag:{config.site_host},{config.id_date}:"
         # folder → its quoted path: every post of a category shares it (quoting a whole
@@ -107,7 +108,7 @@ class PostReader:
         keeps entries without their html: a post's is read again to render it).
         Problems go to this reader's log: they were reported when it was parsed.
         With asset folders, a post's images depend on its URL: `post` is parsed whole."""
-        if post is not None and self.hexo.post_asset_folder:
+        if post is not None and self.bodies.post_asset_folder:
             entry = self.parse(post, data)
             return entry.html if entry is not None else ""
         text = self._text(data, "")
@@ -325,7 +326,7 @@ class PostReader:
             start = body.lstrip()
             mode = "html" if _HTML_START.match(start[:2]) else "markdown"
         assets = None
-        if self.hexo.post_asset_folder and post is not None:
+        if self.bodies.post_asset_folder and post is not None:
             assets = PostAssets(asset_folder(post.path), post.root, link,
                                 self.config.follow_symlinks)
         if mode == "html" and "{%" not in body and (assets is None or "<img" not in body):
@@ -336,7 +337,7 @@ class PostReader:
             line = text.count("\n", 0, at.start()) + 1 if at else 1
             self.problems.warn(f"{where}:{line}", message)
         try:
-            return render_body(body, mode == "markdown", self.hexo, assets, warn)
+            return render_body(body, mode == "markdown", self.bodies, assets, warn)
         except Exception as exc:  # markdown-it on pathological input: keep the text
             self.problems.warn(where, f"Markdown failed ({exc}); body kept as text")
             kept = "<pre>" + body.replace("&", "&amp;").replace("<", "&lt;") + "</pre>"

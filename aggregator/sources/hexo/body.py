@@ -32,7 +32,7 @@ _IMG_SRC = re.compile(r"""<img\b[^>]*?\ssrc\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'
 
 
 @dataclass(frozen=True)
-class HexoSite:
+class BodySettings:
     """What rendering a body needs from its Hexo site (its _config.yml and its posts):
     whether posts have asset folders, and how to find another post by slug or title
     (for post_link and post_path; None: not known, those tags are reported)."""
@@ -41,10 +41,11 @@ class HexoSite:
     find_post: Callable[[str], LinkedPost | None] | None = None
 
 
-def site_of(_config: Config) -> HexoSite:
-    """The Hexo site a config's content dirs are (Hexo's _config.yml is read by the
-    config's `content.hexo_config`; without it, no asset folders and no post index)."""
-    return HexoSite()
+def site_of(_config: Config) -> BodySettings:
+    """What a config says about its posts' bodies. Hexo's `post_asset_folder` comes
+    from its _config.yml (`content.hexo_config`), which this config does not read
+    yet: no asset folders and no index of posts."""
+    return BodySettings()
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Rendered:
     image: Image | None  # the body's first image when it is one of the post's assets
 
 
-def render_body(body: str, is_markdown: bool, site: HexoSite, assets: PostAssets | None,
+def render_body(body: str, is_markdown: bool, site: BodySettings, assets: PostAssets | None,
                 warn: Callable[[str, str], None]) -> Rendered:
     """The body's html. `assets`: the post's asset folder (None: it has none);
     `warn(tag name, message)` reports a problem with one of its tags."""
