@@ -57,9 +57,15 @@ def fingerprint_of(*parts: object) -> str:
     return hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=16).hexdigest()
 
 
+# Bumped when a post's body is made into other html for the same file (sources/hexo):
+# 1 = Hexo's tag plugins, Markdown as hexo-renderer-marked, excerpts, asset folders.
+BODY_FORMAT = 1
+
+
 def read_fingerprint(config: Config) -> str:
     """What shapes an Entry read from a post file (besides the file itself)."""
     return fingerprint_of(__version__, version("PyYAML"), version("markdown-it-py"),
+                 version("mdit-py-plugins"), version("linkify-it-py"), BODY_FORMAT,
                  str(config.timezone), config.post_url, config.id_date,
                  config.site_host, config.site_url, config.body, config.max_depth,
                  config.max_post_bytes, config.follow_symlinks,

@@ -64,11 +64,11 @@ def body_reader(config: Config) -> BodyReader:
     def body_of(source: str, content_digest: str) -> str | None:
         root, rel = split_source(source)
         reader.problems = ProblemLog(echo=False)
-        data = reader.read_bytes(PostFile(os.path.join(root, *rel.split("/")), rel,
-                                          Path(root)))
+        post = PostFile(os.path.join(root, *rel.split("/")), rel, Path(root))
+        data = reader.read_bytes(post)
         if data is None or digest(data) != content_digest:
             return None  # gone, unreadable, over the size limit or other bytes
-        return reader.html_of(data)
+        return reader.html_of(data, post)
     return body_of
 
 

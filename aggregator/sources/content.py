@@ -7,7 +7,6 @@ and either recovered (a warning; the post is used) or the post is skipped (an er
 from __future__ import annotations
 
 import codecs
-import functools
 import json
 import os
 import re
@@ -25,9 +24,12 @@ from aggregator.media import image_type_from_url
 from aggregator.model import Entry, Image
 from aggregator.problems import ProblemLog
 from aggregator.sanitize.html import MAX_DEPTH as MAX_HTML_DEPTH
-from aggregator.sanitize.html import absolute_url, html_depth, may_nest_deeper
-from aggregator.sanitize.text import clean_line
+from aggregator.sanitize.html import Sanitizer, absolute_url, html_depth, may_nest_deeper
+from aggregator.sanitize.text import clean_line, html_to_text
 from aggregator.sources.dates import DateError, parse_date
+from aggregator.sources.hexo.assets import PostAssets, asset_folder
+from aggregator.sources.hexo.body import BodySettings, Rendered, render_body, site_of
+from aggregator.sources.hexo.excerpt import excerpt_of
 from aggregator.sources.safe_open import Refused, SafeOpener
 from aggregator.sources.simple_yaml import parse_simple
 from aggregator.sources.walk import PostFile, display
@@ -51,22 +53,17 @@ _HTML_START = re.compile(r"<[A-Za-z!/?]")
 _KEY_LINE = re.compile(r"^([A-Za-z_][\w-]*)\s*:(.*)$")
 
 
-@functools.cache
-def _markdown() -> Any:
-    """CommonMark renderer, imported on first use (most sites' posts are HTML)."""
-    from markdown_it import MarkdownIt
-
-    return MarkdownIt("commonmark")
-
-
 class PostReader:
     """Reads one post file into an Entry whose html is not yet sanitised."""
 
     def __init__(self, config: Config, problems: ProblemLog,
-                 first_seen: Callable[[str], datetime]) -> None:
+                 first_seen: Callable[[str], datetime],
+                 bodies: BodySettings | None = None) -> None:
         self.config = config
         self.problems = problems
         self.first_seen = first_seen
+        self.bodies = bodies if bodies is not None else site_of(config)
+        self._sanitizer: Sanitizer | None = None
         self._id_prefix = f"tag:{config.site_host},{config.id_date}:"
         # folder → its quoted path: every post of a category shares it (quoting a whole
         # path of CJK names byte by byte was ~4 us of each post's ~100)
@@ -118,16 +115,20 @@ class PostReader:
         where = display(post.rel)
         return self._parse(post, self._text(data, where), where)
 
-    def html_of(self, data: bytes) -> str:
+    def html_of(self, data: bytes, post: PostFile | None = None) -> str:
         """The body html `parse` gives for these bytes, and only that (the build cache
         keeps entries without their html: a post's is read again to render it).
-        Problems go to this reader's log: they were reported when it was parsed."""
+        Problems go to this reader's log: they were reported when it was parsed.
+        With asset folders, a post's images depend on its URL: `post` is parsed whole."""
+        if post is not None and self.bodies.post_asset_folder:
+            entry = self.parse(post, data)
+            return entry.html if entry is not None else ""
         text = self._text(data, "")
         try:
             _, body = _split_front_matter(text)
         except ValueError:
             body = ""  # (parse skips such a post: it has no entry to render)
-        return self._body(body, "")
+        return self._body(body, "", text).html
 
     def _text(self, data: bytes, where: str) -> str:
         text = self._decode(data, where)
@@ -187,8 +188,10 @@ class PostReader:
             if url:
                 image = Image(url=url, mime_type=image_type_from_url(url))
                 break
-        description = meta.get("description")
-        html = self._body(body, where)
+        rendered = self._body(body, where, text, post, link)
+        html = rendered.html
+        if image is None and rendered.image is not None:
+            image = rendered.image
         if may_nest_deeper(html, MAX_HTML_DEPTH):
             depth = html_depth(html)
             if depth > MAX_HTML_DEPTH:
@@ -206,7 +209,7 @@ class PostReader:
             category=category,
             tags=tuple(t for t in (clean_line(str(x)) for x in _as_list(meta.get("tags"))) if t),
             html=html,
-            summary=clean_line(str(description)) if isinstance(description, str | int) else "",
+            summary=self._summary(rendered.excerpt, meta, link),
             image=image,
             source=post.rel,
             base_url=link or self.config.site_url,
@@ -335,18 +338,48 @@ class PostReader:
         path = post.rel[:-3] if post.rel.endswith(".md") else post.rel
         return self.config.post_url.replace("{path}", quote(path))
 
-    def _body(self, body: str, where: str) -> str:
+    def _body(self, body: str, where: str, text: str, post: PostFile | None = None,
+              link: str | None = None) -> Rendered:
+        """The body's html as Hexo renders it (its tag plugins, Markdown when the body
+        is not HTML, its asset folder's images), its excerpt and first asset image.
+        An HTML body without tags or asset images is used as it is (the usual case)."""
         mode = self.config.body
         if mode == "auto":
             start = body.lstrip()
             mode = "html" if _HTML_START.match(start[:2]) else "markdown"
-        if mode == "html":
-            return body
+        assets = None
+        if self.bodies.post_asset_folder and post is not None:
+            assets = PostAssets(asset_folder(post.path), post.root, link,
+                                self.config.follow_symlinks)
+        if mode == "html" and "{%" not in body and (assets is None or "<img" not in body):
+            return Rendered(body, excerpt_of(body), None)
+
+        def warn(tag: str, message: str) -> None:
+            at = re.search(r"\{%-?\s*" + re.escape(tag) + r"\b", text)
+            line = text.count("\n", 0, at.start()) + 1 if at else 1
+            self.problems.warn(f"{where}:{line}", message)
         try:
-            return str(_markdown().render(body))
+            return render_body(body, mode == "markdown", self.bodies, assets, warn)
         except Exception as exc:  # markdown-it on pathological input: keep the text
             self.problems.warn(where, f"Markdown failed ({exc}); body kept as text")
-            return "<pre>" + body.replace("&", "&amp;").replace("<", "&lt;") + "</pre>"
+            kept = "<pre>" + body.replace("&", "&amp;").replace("<", "&lt;") + "</pre>"
+            return Rendered(kept, None, None)
+
+    def _summary(self, excerpt: str | None, meta: dict[str, Any], base: str | None) -> str:
+        """Hexo's excerpt (the html before <!-- more -->) as text, else the front
+        matter's `excerpt`, else its `description`; "" leaves it to the body."""
+        if excerpt:
+            if self._sanitizer is None:
+                self._sanitizer = Sanitizer(self.config.drop_selectors,
+                                            self.config.iframe_hosts)
+            return html_to_text(self._sanitizer.clean(excerpt, base or self.config.site_url))
+        for key in ("excerpt", "description"):
+            value = meta.get(key)
+            if isinstance(value, str | int):
+                text = clean_line(str(value))
+                if text:
+                    return text
+        return ""
 
 
 _LEADING = "\n\r\t "
