@@ -22,7 +22,12 @@ from helpers import REPO, write_config, write_post
 from pytest_httpserver import HTTPServer
 from upstream_support import published, run, upstream_config
 
+from aggregator import render
 from aggregator.forking import PARALLEL_THRESHOLD
+from aggregator.model import Entry
+from aggregator.sources.content import PostReader
+from aggregator.sources.upstream.normalise import Normaliser
+from aggregator.sources.walk import PostFile
 
 # In a post's date: none exists (PyYAML raises ValueError), or it is a real one whose
 # conversion to UTC overflows (OverflowError), or an RFC 822 text of the same.
@@ -86,6 +91,73 @@ def test_a_post_with_a_date_that_cannot_be_is_published_undated(
     assert code == 0 and again.count("warning:") == err.count("warning:")
 
 
+def _inject_failure(monkeypatch: pytest.MonkeyPatch, rel: str, record: Path) -> None:
+    """PostReader._parse raises for the post `rel` (in whichever process reads it),
+    noting each process it raised in."""
+    parse = PostReader._parse
+
+    def failing(self: PostReader, post: PostFile, text: str, where: str) -> Any:
+        if post.rel == rel:
+            with record.open("a", encoding="utf-8") as out:
+                out.write(f"{os.getpid()}\n")
+            raise RuntimeError("injected fault")
+        return parse(self, post, text, where)
+    monkeypatch.setattr(PostReader, "_parse", failing)
+
+
+@pytest.mark.parametrize("count", [20, PARALLEL_THRESHOLD + 50], ids=["serial", "workers"])
+def test_a_post_whose_read_fails_is_skipped_and_the_others_published(
+        tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    for i in range(count):
+        write_post(tmp_path / "posts", f"Cat/p{i:04d}.md",
+                   f"title: P{i}\ncategories: [Cat]\ndate: 2025-01-01 10:{i % 60:02d}:00")
+    config = write_config(tmp_path)
+    record = tmp_path / "raised-in"
+    _inject_failure(monkeypatch, "Cat/p0007.md", record)
+    code, err = run(config, capsys, "build")
+    assert code == 1, err[-3000:]  # published, an input skipped
+    assert re.search(r"^Cat/p0007\.md:1: error: cannot be read \(RuntimeError: injected "
+                     r"fault\); skipped$", err, re.M), err[-3000:]
+    titles = {e.title for e in feedparser.parse(
+        (tmp_path / "feeds/atom.xml").read_bytes()).entries}
+    assert titles == {f"P{i}" for i in range(count)} - {"P7"}
+    pids = set(record.read_text(encoding="utf-8").split())
+    if count > PARALLEL_THRESHOLD and (os.cpu_count() or 1) > 1:
+        assert pids - {str(os.getpid())}, "the workers never read the post"
+    # not cached as the post's own: the next build reads it again, and says so again
+    raised = len(record.read_text(encoding="utf-8").split())
+    code, again = run(config, capsys, "build")
+    assert code == 1 and "Cat/p0007.md:1: error: cannot be read" in again
+    assert len(record.read_text(encoding="utf-8").split()) > raised
+
+
+def test_an_upstream_entry_that_cannot_be_normalised_costs_only_itself(
+        tmp_path: Path, httpserver: HTTPServer, capsys: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    items = "".join(
+        f"<item><guid>https://u.example/{i}</guid><title>T{i}</title>"
+        f"<description>x</description><pubDate>Mon, 02 Jun 2025 10:0{i}:00 GMT</pubDate>"
+        f"</item>" for i in range(5))
+    body = (f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
+            f"<link>https://u.example/</link><description>d</description>{items}"
+            f"</channel></rss>").encode()
+    httpserver.expect_request("/f").respond_with_data(body, content_type="application/rss+xml")
+    make = Normaliser._xml_entry
+
+    def failing(self: Normaliser, raw: Any, feed_url: str) -> Any:
+        if raw.get("title") == "T3":
+            raise RuntimeError("injected fault")
+        return make(self, raw, feed_url)
+    monkeypatch.setattr(Normaliser, "_xml_entry", failing)
+    url = httpserver.url_for("/f")
+    config = upstream_config(tmp_path, [{"url": url, "category": "U"}])
+    code, err = run(config, capsys, "fetch", "--all")
+    assert code == 1, err
+    assert f"{url}: error: entry 4 (https://u.example/3) cannot be read (RuntimeError: " \
+           f"injected fault); skipped" in err
+    assert sorted(e.title for e in published(tmp_path).entries) == ["T0", "T1", "T2", "T4"]
+
+
 UPSTREAM_BAD = [("Mon, 30 Feb 2025 10:00:00 GMT", "2025-02-30T00:00:00Z"),
                 ("Wed, 01 Jan 2025 25:61:61 GMT", "2025-01-01T25:61:61Z"),
                 ("Fri, 31 Dec 9999 23:59:59 -1400", "9999-12-31T23:59:59-14:00"),
@@ -128,6 +200,35 @@ def test_upstream_entries_with_dates_that_cannot_be_are_published_undated(
                                                 "JSON good", "RSS bad", "RSS good"]
     assert all(e.updated[:4] not in ("0001", "9999") for e in entries)
 
+
+
+def test_an_entry_whose_render_fails_is_left_out_and_the_others_published(
+        tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(6):
+        write_post(tmp_path / "posts", f"Cat/p{i}.md",
+                   f"title: P{i}\ncategories: [Cat]\ndate: 2025-01-0{i + 1} 10:00:00")
+    config = write_config(tmp_path)
+    finish = render.finish_entry
+
+    def failing(entry: Entry, sanitizer: Any) -> Entry:
+        if entry.source == "Cat/p3.md":
+            raise RuntimeError("injected fault")
+        return finish(entry, sanitizer)
+    monkeypatch.setattr(render, "finish_entry", failing)
+    for _build in range(2):  # not cached: the next build tries it again, and says so
+        code, err = run(config, capsys, "build")
+        assert code == 1, err
+        assert "Cat/p3.md: error: cannot be rendered (RuntimeError: injected fault); left " \
+               "out of the feeds" in err
+        assert "nothing changed since the last build" not in err  # rendered again
+        for rel in ("feeds/atom.xml", "feeds/cat/atom.xml", "feeds/rss.xml"):
+            feed = feedparser.parse((tmp_path / rel).read_bytes())
+            assert not feed.bozo, rel
+            assert sorted(e.title for e in feed.entries) == ["P0", "P1", "P2", "P4", "P5"]
+    monkeypatch.undo()
+    code, err = run(config, capsys, "build")
+    assert code == 0, err
+    assert len(published(tmp_path).entries) == 6
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
