@@ -244,7 +244,9 @@ class Builder:
             # in the build cache)
             patchable = not extra_entries and len(entries) == report.posts_read + len(upstream)
             self._index = None
-            if generation is not None and patchable and (self.persistent or not upstream):
+            # (none after a failure that need not be the input's: the next build retries)
+            if generation is not None and patchable and (self.persistent or not upstream) \
+                    and not report.retry:
                 self._index = self._index_of(post_entries, entries, root, generation)
             if not self.persistent:
                 self._memo.clear()  # a one-off build is done reading (~16 MB at 100k)
@@ -438,7 +440,7 @@ class Builder:
 
         assert self._cache is not None
         inputs = inputs_print(_settings(config), walk, self._walk_problems, generation)
-        if inputs is None:
+        if inputs is None or report.retry:
             return
         rels = [*self._cache.feed_states(), *INDEX_FILES]
         try:

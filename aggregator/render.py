@@ -86,13 +86,17 @@ def entry_renderer(config: Config) -> Callable[[Entry], tuple[bytes, bytes]]:
     return render
 
 
+# What render_entries gives for an entry that cannot be rendered: why not.
+RenderFailure = str
+
+
 def _render(config: Config, entries: Sequence[Entry],
-            cache_file: Path | None = None) -> list[tuple[bytes, bytes]]:
+            cache_file: Path | None = None) -> list[tuple[bytes, bytes] | RenderFailure]:
     """Partial entries (no html) are made whole, a chunk at a time, by the process
     that renders them: `cache_file` (the build cache) says which post file each came
-    from."""
+    from. An entry whose render fails costs only itself: its place holds why."""
     render = entry_renderer(config)
-    out = []
+    out: list[tuple[bytes, bytes] | RenderFailure] = []
     db = open_read_only(cache_file) if cache_file is not None else None
     try:
         whole = iter(entries) if db is None else \
@@ -100,7 +104,11 @@ def _render(config: Config, entries: Sequence[Entry],
         for entry in whole:
             if entry.partial:
                 raise CacheIncomplete("a post body was not loaded")
-            out.append(render(entry))
+            try:
+                out.append(render(entry))
+            except Exception as exc:  # noqa: BLE001 (one entry's failure costs that entry)
+                out.append(f"cannot be rendered ({type(exc).__name__}: {exc}); left out "
+                           f"of the feeds")
     finally:
         if db is not None:
             db.close()
@@ -108,11 +116,13 @@ def _render(config: Config, entries: Sequence[Entry],
 
 
 def render_entries(config: Config, entries: Sequence[Entry], workers: int = 1,
-                   cache_file: Path | None = None) -> Iterator[tuple[bytes, bytes]]:
+                   cache_file: Path | None = None
+                   ) -> Iterator[tuple[bytes, bytes] | RenderFailure]:
     """(atom, rss) bytes for each entry, in order, packed (state.cache.pack_render:
     in the workers, not the parent), as each chunk is done: the caller stores them and
     need not hold them all (30k entries' were ~100 MB of a cold build's peak). Partial
-    entries need `cache_file`, the build cache that read them."""
+    entries need `cache_file`, the build cache that read them. An entry that cannot
+    be rendered gives a RenderFailure, the reason, in its place."""
     workers = min(workers, os.cpu_count() or 1)
     if workers <= 1 or len(entries) < PARALLEL_THRESHOLD or not can_fork():
         yield from _render(config, entries, cache_file)
@@ -123,6 +133,6 @@ def render_entries(config: Config, entries: Sequence[Entry], workers: int = 1,
 
 
 def _render_range(shared: tuple[Config, Sequence[Entry], Path | None],
-                  bounds: tuple[int, int]) -> list[tuple[bytes, bytes]]:
+                  bounds: tuple[int, int]) -> list[tuple[bytes, bytes] | RenderFailure]:
     config, entries, cache_file = shared
     return _render(config, entries[bounds[0]:bounds[1]], cache_file)

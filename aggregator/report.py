@@ -21,6 +21,9 @@ class BuildReport:
     seconds: float = 0.0
     up_to_date: bool = False  # inputs as the last complete build's: nothing was read or written
     patched: bool = False  # a session's few changed posts patched into its last build
+    # an input failed in a way that need not be its own (an unexpected exception): the
+    # next build does the work again rather than replay this one's problems
+    retry: bool = False
     problems: ProblemLog = field(default_factory=ProblemLog)
 
     @property

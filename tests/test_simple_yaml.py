@@ -1,4 +1,5 @@
-"""The front matter fast path reads exactly what PyYAML reads, or leaves it to PyYAML."""
+"""The front matter fast path reads exactly what the front-matter loader (PyYAML's
+C safe loader, dates that do not exist read as text) reads, or leaves it to it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ import pytest
 import yaml
 from helpers import SHARED
 
+from aggregator.sources.front_matter_yaml import FrontMatterLoader, load_front_matter
 from aggregator.sources.simple_yaml import parse_simple
+
+# Shaped like YAML timestamps, so resolved as such, but no date datetime can hold: the
+# loader reads each as its text; plain PyYAML raises ValueError for every one.
+IMPOSSIBLE_DATES = ["2025-02-30", "2026-13-45", "2025-01-01 25:61:61", "0000-01-01",
+                    "2025-01-01 00:00:00 +25", "2025-01-01T00:00:00-24:30", "2025-00-10",
+                    "2025-1-32 0:00:00", "0000-01-01T00:00:00Z"]
+# Real dates near datetime's edges: read as dates (a post's date refuses them later).
+EDGE_DATES = ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+05:00", "0001-01-01",
+              "9999-12-31 23:59:59.999999", "2024-02-29"]
 
 # Each is either in the simple shape (the fast path must agree with PyYAML) or not (it
 # must return None). Many are traps: YAML reads them as something other than text.
@@ -38,14 +49,37 @@ CASES = [
     "title: %x", "title: @x", "title: `x", "title: trailing   ", "t-i_t1e: ok",
     "title: <<", "<<: {a: 1}", "title: =", "on: key", "Title: Case",
     "title: 'multi\n  line quoted'", "title: 'a'b'", "title: ''''",
+    *(f"date: {value}" for value in IMPOSSIBLE_DATES + EDGE_DATES),
+    "title: x\ntags:\n - 2025-02-30\n - 2024-02-29", "born: 0000-01-01\ntitle: y",
 ]
 
 
 def _yaml(text: str) -> object:
     try:
-        return yaml.load(text, Loader=yaml.CSafeLoader)
+        return yaml.load(text, Loader=FrontMatterLoader)
     except yaml.YAMLError:
         return "<error>"
+
+
+@pytest.mark.parametrize("value", IMPOSSIBLE_DATES)
+def test_a_date_that_does_not_exist_is_read_as_its_text_wherever_it_is(value: str) -> None:
+    text = (f"date: {value}\ncustom: {value}\nlist:\n  - ok\n  - {value}\n"
+            f"map: {{inner: {value}}}\nnested:\n  deeper: [{value}]")
+    with pytest.raises(ValueError):  # what every build met: PyYAML's own reading
+        yaml.load(text, Loader=yaml.CSafeLoader)
+    data, not_dates = load_front_matter(text)
+    assert data == {"date": value, "custom": value, "list": ["ok", value],
+                    "map": {"inner": value}, "nested": {"deeper": [value]}}
+    assert not_dates == [(0, value), (1, value), (4, value), (5, value), (7, value)]
+    assert parse_simple(f"title: t\ndate: {value}") is None  # the loader reads it
+
+
+@pytest.mark.parametrize("value", EDGE_DATES)
+def test_a_real_date_near_the_edges_is_read_as_pyyaml_reads_it(value: str) -> None:
+    text = f"date: {value}\nlist:\n - {value}"
+    expected = yaml.load(text, Loader=yaml.CSafeLoader)
+    assert load_front_matter(text) == (expected, [])
+    assert parse_simple(text) == expected
 
 
 @pytest.mark.parametrize("text", CASES)
@@ -54,6 +88,14 @@ def test_fast_path_agrees_with_pyyaml_or_declines(text: str) -> None:
     if fast is not None:
         assert fast == _yaml(text)
         assert all(type(fast[k]) is type(v) for k, v in _yaml(text).items())  # type: ignore[union-attr]
+
+
+def test_an_explicit_timestamp_tag_on_text_is_read_as_the_text() -> None:
+    with pytest.raises(AttributeError):  # PyYAML's constructor on its regex's None
+        yaml.load("when: !!timestamp junk", Loader=yaml.CSafeLoader)
+    assert load_front_matter("when: !!timestamp junk\nok: !!timestamp 2024-02-29") == (
+        {"when": "junk", "ok": yaml.load("d: 2024-02-29", Loader=yaml.CSafeLoader)["d"]},
+        [(0, "junk")])
 
 
 def test_the_usual_shapes_take_the_fast_path() -> None:
@@ -89,7 +131,7 @@ def test_random_front_matter_reads_as_pyyaml_reads_it_or_declines() -> None:
               "ends:", "12", "0x1f", "1e3", ".inf", "-5", "false", "True", "~", "null",
               "2024-06-26", "2024-06-26 03:33:19", "Tue, 26 Apr 2022 23:48:36 GMT", "[a]",
               "{a: 1}", "&a x", "*a", "!!str 1", "|", "-", "?x", "<<", "=", "é 中", "x ",
-              "'x' y", "x\ty"]
+              "'x' y", "x\ty", *IMPOSSIBLE_DATES, *EDGE_DATES]
     rng = random.Random(20261127)
     fast_count = 0
     for _ in range(20_000):

@@ -8,7 +8,7 @@ and only those not in the build cache, are sanitised and serialised.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from aggregator.config import Config
@@ -16,7 +16,7 @@ from aggregator.fingerprints import fingerprint_of, render_fingerprint, render_k
 from aggregator.model import Entry
 from aggregator.publish.atomic import Parts, Publisher
 from aggregator.report import BuildReport
-from aggregator.state.cache import BuildCache, unpack_render, unpacked_size
+from aggregator.state.cache import BuildCache, pack_render, unpack_render, unpacked_size
 from aggregator.tree.categories import Node
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def _publish(publisher: Publisher, config: Config, root: Node, report: BuildRepo
         # entries that came from the cache without their html are made whole by the
         # renderer, a chunk at a time (never all 100k bodies in memory at once)
         pairs = render_entries(config, missing, workers, cache.file)
-        renders.store((key(e), atom, rss) for e, (atom, rss) in zip(missing, pairs, strict=True))
+        renders.store(_rendered(missing, pairs, key, renders, report))
     report.rendered += len(missing)  # (plus any rendered as they were read)
 
     prints: dict[str, str] = {}
@@ -141,7 +141,9 @@ def _publish(publisher: Publisher, config: Config, root: Node, report: BuildRepo
             publisher.write(rel, data)
         else:
             publisher.keep(rel)
-        prints[rel] = feed_print
+        if renders.failed.isdisjoint(member_keys):
+            prints[rel] = feed_print
+        # (else no state is kept: the next build writes it again, trying that entry again)
     index, opml = INDEX_FILES
     # counts holds every node in walk order, and within one config the names decide
     # the slugs: names and counts are the whole shape the two files show
@@ -177,10 +179,28 @@ def _publish(publisher: Publisher, config: Config, root: Node, report: BuildRepo
     return counts
 
 
+def _rendered(entries: list[Entry], pairs: Iterable[tuple[bytes, bytes] | str],
+              key: Callable[[Entry], str], renders: _Renders, report: BuildReport
+              ) -> Iterator[tuple[str, bytes, bytes]]:
+    """(render key, atom, rss) of each entry rendered. One that could not be is
+    reported, held as an empty render (its feeds are written without it) and not
+    cached: the next build tries it again."""
+    for entry, pair in zip(entries, pairs, strict=True):
+        if isinstance(pair, str):
+            report.problems.error(entry.source or entry.id, pair)
+            report.retry = True
+            renders.leave_out(key(entry))
+        else:
+            yield key(entry), *pair
+
+
 def _feed_renderer(config: Config) -> FeedRenderer:
     from aggregator.writers.feeds import FeedRenderer
 
     return FeedRenderer(config)
+
+
+_NOTHING = pack_render(b"")  # the render of an entry left out
 
 
 class _Renders:
@@ -192,6 +212,11 @@ class _Renders:
     def __init__(self, cache: BuildCache) -> None:
         self.cache = cache
         self.held: dict[str, tuple[bytes, bytes]] = {}
+        self.failed: set[str] = set()  # keys of entries that could not be rendered
+
+    def leave_out(self, key: str) -> None:
+        self.failed.add(key)
+        self.held[key] = (_NOTHING, _NOTHING)
 
     def store(self, rows: Iterable[tuple[str, bytes, bytes]]) -> None:
         batch: list[tuple[str, bytes, bytes]] = []

@@ -27,17 +27,13 @@ from aggregator.sanitize.html import MAX_DEPTH as MAX_HTML_DEPTH
 from aggregator.sanitize.html import Sanitizer, absolute_url, html_depth, may_nest_deeper
 from aggregator.sanitize.text import clean_line, html_to_text
 from aggregator.sources.dates import DateError, parse_date
+from aggregator.sources.front_matter_yaml import load_front_matter
 from aggregator.sources.hexo.assets import PostAssets, asset_folder
 from aggregator.sources.hexo.body import BodySettings, Rendered, render_body, site_of
 from aggregator.sources.hexo.excerpt import excerpt_of
 from aggregator.sources.safe_open import Refused, SafeOpener
 from aggregator.sources.simple_yaml import parse_simple
 from aggregator.sources.walk import PostFile, display
-
-try:
-    from yaml import CSafeLoader as SafeLoader
-except ImportError:  # pragma: no cover
-    from yaml import SafeLoader  # type: ignore[assignment]
 
 # Bounds for hostile front matter: a YAML alias bomb is small on disk but huge when walked.
 MAX_FRONT_MATTER_NODES = 10_000
@@ -256,11 +252,17 @@ class PostReader:
         return {str(k): v for k, v in meta.items()}, body, fm_line
 
     def _load_yaml(self, fm: str, where: str, fm_line: int) -> tuple[bool, Any]:
-        """(loaded, data) from PyYAML; a bad `key: value` line is quoted and tried again."""
+        """(loaded, data) from PyYAML; a bad `key: value` line is quoted and tried again.
+        A date that does not exist is read as its text, with a warning naming its key
+        (not for `date` and `updated`: reading them as dates says why they are not)."""
         lines = fm.split("\n")
         for _attempt in range(20):
             try:
-                return True, yaml.load("\n".join(lines), Loader=SafeLoader)
+                data, not_dates = load_front_matter("\n".join(lines))
+            except (ValueError, TypeError, KeyError) as exc:  # `!!int x`, `!!bool x`
+                self.problems.error(f"{where}:{fm_line + 1}", f"front matter is not valid "
+                                    f"YAML: a tagged value cannot be built ({exc}); skipped")
+                return False, None
             except yaml.YAMLError as exc:
                 mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
                 bad = _recover_line(lines, mark.line if mark is not None else -1)
@@ -271,6 +273,13 @@ class PostReader:
                     return False, None
                 self.problems.warn(f"{where}:{line_no}",
                                    "malformed YAML value read as plain text")
+                continue
+            for index, text in not_dates:
+                key = _key_above(lines, index)
+                if key not in _DATE_KEYS:
+                    self.problems.warn(f"{where}:{fm_line + index}",
+                                       f"{key} {text!r} is not a real date; read as text")
+            return True, data
         self.problems.error(f"{where}:{fm_line}", "front matter is not valid YAML; skipped")
         return False, None
 
@@ -425,6 +434,18 @@ def _recover_line(lines: list[str], index: int) -> int | None:
                 lines[i] = f"{match.group(1)}: {json.dumps(value, ensure_ascii=False)}"
                 return i
     return None
+
+
+_DATE_KEYS = frozenset({"date", "updated"})
+
+
+def _key_above(lines: list[str], index: int) -> str:
+    """The top-level key whose value holds front-matter line `index`."""
+    for line in reversed(lines[:index + 1]):
+        match = _KEY_LINE.match(line)
+        if match:
+            return match.group(1)
+    return "a value"
 
 
 def _key_lines(text: str, fm_line: int) -> dict[str, int]:

@@ -6,7 +6,11 @@ from datetime import UTC, date, datetime, tzinfo
 from email.utils import parsedate_to_datetime
 
 # Years outside this window are scraper garbage (0001, 2999, "Invalid Date" → NaN),
-# not history: such a post is treated as undated.
+# not history: such a post is treated as undated. The window is also what keeps every
+# date downstream (zone conversion, RFC 822 and ISO formatting, sort keys, the cache)
+# far from datetime's own limits: a date near them (`9999-12-31T23:59:59-14:00`,
+# `0001-01-01 00:00:00+05:00`), whose conversion to UTC overflows, is refused here
+# too, not clamped: a clamped date would be a made-up one.
 MIN_YEAR, MAX_YEAR = 1970, 2200
 
 
@@ -24,12 +28,18 @@ def parse_date(value: object, zone: tzinfo) -> datetime:
         parsed = _parse_text(value.strip())
     else:
         raise DateError(f"date {value!r} is not a date")
+    if not MIN_YEAR - 1 <= parsed.year <= MAX_YEAR + 1:  # (a day's offset either way)
+        raise DateError(f"date {_shown(value)} has an implausible year")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone)
     parsed = parsed.astimezone(UTC)
     if not MIN_YEAR <= parsed.year <= MAX_YEAR:
-        raise DateError(f"date {value!r} has an implausible year")
+        raise DateError(f"date {_shown(value)} has an implausible year")
     return parsed
+
+
+def _shown(value: object) -> str:
+    return repr(value.isoformat(" ") if isinstance(value, datetime) else str(value))
 
 
 def _parse_text(text: str) -> datetime:
@@ -44,5 +54,5 @@ def _parse_text(text: str) -> datetime:
     except (TypeError, ValueError, IndexError, OverflowError):
         parsed = None
     if parsed is None:
-        raise DateError(f"date {text!r} is not RFC 822 or ISO 8601")
+        raise DateError(f"date {text!r} is not a real RFC 822 or ISO 8601 date")
     return parsed

@@ -17,7 +17,7 @@ from aggregator.model import Entry, changed
 from aggregator.problems import Problem, ProblemLog
 from aggregator.report import BuildReport
 from aggregator.sources.content import PostReader
-from aggregator.sources.walk import PostFile, discover
+from aggregator.sources.walk import PostFile, discover, display
 from aggregator.state.cache import (
     BuildCache,
     CachedPost,
@@ -58,6 +58,7 @@ def read_posts(config: Config, state: StateStore, report: BuildReport,
     seen: dict[str, ReadResult] = {}
     shared = _Sharing()
     parsed: dict[str, CachedPost] = {}
+    failed: list[str] = []  # posts whose read raised
     if workers > 1:
         rendered, parsed = _read_in_parallel(config, posts, sources, cache, memo, workers,
                                              state, shared)
@@ -71,13 +72,14 @@ def read_posts(config: Config, state: StateStore, report: BuildReport,
             cached = parsed.pop(source, None)
             if cached is None and (cached := cache.post(source)) is not None:
                 shared.entry(cached.entry, post.rel)
-            entry, record, found = _read_post(post, cached, reader, report.problems)
+            entry, record, found = _read_post(post, cached, reader, report.problems, failed)
             if record is not None:
                 fresh.append((source, record))
         seen[source] = (post.identity, entry, found)
         if entry is not None:
             entries.append(entry)
     cache.store_posts(fresh)
+    report.retry = report.retry or bool(failed)
     cache.release_posts()  # the memo (or nothing) answers from here on
     if fresh or memo is None or len(memo) != len(seen):
         cache.forget_posts_except(set(seen))
@@ -211,25 +213,33 @@ def _read_chunk(config: Config, posts: list[PostFile], sources: list[str],
     reader = PostReader(config, ProblemLog(), lambda _id: _NOT_SEEN_YET)
     for post, source, known in zip(posts, sources, known_digests, strict=True):
         reader.problems = ProblemLog()
-        data = reader.read_bytes(post)
-        if data is None:
-            out.append(None)
-            continue
-        content = digest(data)
-        if content == known:
-            out.append(_SAME_BYTES)
-            continue
-        entry = _parse(reader, post, data)
-        record = CachedPost(*post.identity, content, entry, tuple(reader.problems.items))
-        if entry is not None and entry.updated == _NOT_SEEN_YET:
-            out.append(record)
-            continue
-        out.append(pack_post(source, record))
+        try:
+            result, entry = _read_one(reader, post, source, known)
+        except Exception:  # noqa: BLE001 (None: the parent's pass reads it again, reports)
+            result, entry = None, None
+        out.append(result)
         if entry is not None and render is not None:
             row = render(entry)
             if row is not None:
                 renders.append(row)
     return out, renders
+
+
+def _read_one(reader: PostReader, post: PostFile, source: str, known: str | None
+              ) -> tuple[PackedPost | CachedPost | str | None, Entry | None]:
+    """One post of _read_chunk: its result (packed; unpacked when undated;
+    _SAME_BYTES; None when unreadable) and the dated entry to render, if any."""
+    data = reader.read_bytes(post)
+    if data is None:
+        return None, None
+    content = digest(data)
+    if content == known:
+        return _SAME_BYTES, None
+    entry = _parse(reader, post, data)
+    record = CachedPost(*post.identity, content, entry, tuple(reader.problems.items))
+    if entry is not None and entry.updated == _NOT_SEEN_YET:
+        return record, None
+    return pack_post(source, record), entry
 
 
 class _Sharing:
@@ -294,26 +304,36 @@ def _stamped(entry: Entry) -> Entry:
 
 
 def _read_post(post: PostFile, cached: CachedPost | None, reader: PostReader,
-               problems: ProblemLog
+               problems: ProblemLog, failed: list[str] | None = None
                ) -> tuple[Entry | None, CachedPost | None, tuple[Problem, ...]]:
     """(entry, what to cache if it changed, its problems). Unchanged identity: no read
-    at all; unchanged bytes: no parse."""
+    at all; unchanged bytes: no parse. A read or parse that raises costs this post
+    only: reported as an error, not cached, and its path added to `failed`."""
     identity = post.identity
     if cached is not None and cached.same_file(identity):
         problems.replay(cached.problems)
         return cached.entry, None, cached.problems
     # a log of this post's own problems, to cache with it
     reader.problems = ProblemLog(echo=problems.echo)
-    data = reader.read_bytes(post)
-    if data is None:
+    try:
+        data = reader.read_bytes(post)
+        if data is None:
+            problems.items.extend(reader.problems.items)
+            return None, None, tuple(reader.problems.items)
+        content_digest = digest(data)
+        if cached is not None and cached.digest == content_digest:
+            problems.replay(cached.problems)
+            entry, found = cached.entry, cached.problems
+        else:
+            entry = _parse(reader, post, data)
+            found = tuple(reader.problems.items)
+            problems.items.extend(found)
+    except Exception as exc:  # noqa: BLE001 (one post's failure costs that post only)
+        # not cached: the failure need not be the file's (the next build tries again)
+        reader.problems.error(f"{display(post.rel)}:1", f"cannot be read "
+                              f"({type(exc).__name__}: {exc}); skipped")
         problems.items.extend(reader.problems.items)
+        if failed is not None:
+            failed.append(post.rel)
         return None, None, tuple(reader.problems.items)
-    content_digest = digest(data)
-    if cached is not None and cached.digest == content_digest:
-        problems.replay(cached.problems)
-        entry, found = cached.entry, cached.problems
-    else:
-        entry = _parse(reader, post, data)
-        found = tuple(reader.problems.items)
-        problems.items.extend(found)
     return entry, CachedPost(*identity, content_digest, entry, found), found

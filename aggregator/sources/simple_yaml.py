@@ -6,8 +6,9 @@ for that: a third of reading a post. This reads that shape only, with PyYAML's o
 resolver deciding what a plain scalar means and its constructors building numbers
 and dates, and gives up (returns None: the caller uses PyYAML) on anything else:
 nested mappings, flow collections, anchors, tags, multi-line or escaped scalars,
-comments after a value. Giving up is always safe; a test checks that whatever this
-returns, PyYAML returns too.
+comments after a value, and a date that does not exist (`2025-02-30`: the loader
+of sources.front_matter_yaml reads it as text and says where it was). Giving up is
+always safe; a test checks that whatever this returns, that loader returns too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 import yaml
 from yaml.constructor import SafeConstructor
+
+from aggregator.sources.front_matter_yaml import TIMESTAMP_TAG, real_timestamp
 
 _CONSTRUCTOR = SafeConstructor()
 _STR = "tag:yaml.org,2002:str"
@@ -113,7 +116,12 @@ def _scalar(raw: str) -> Any:
         return raw
     if tag not in _SCALAR_TAGS:
         raise _NotSimple  # "<<" (merge) and "=" (value) mean more than a scalar
-    # numbers, booleans, null, timestamps: built by the very functions PyYAML uses
+    if tag == TIMESTAMP_TAG:
+        value = real_timestamp(raw)
+        if value is None:
+            raise _NotSimple  # no such date: the loader reads it as text and reports it
+        return value
+    # numbers, booleans, null: built by the very functions PyYAML uses
     return _CONSTRUCTOR.yaml_constructors[tag](_CONSTRUCTOR, yaml.ScalarNode(tag, raw))
 
 

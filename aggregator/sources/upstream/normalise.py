@@ -13,7 +13,7 @@ import html as htmllib
 import re
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urljoin
@@ -58,13 +58,33 @@ class Normaliser:
                                  f"(duplicate id); the first of each kept")
 
     def _all_entries(self, feed: ParsedFeed) -> Iterator[Entry]:
+        """Each entry that can be made; one that cannot (whatever the reason) is
+        reported in feed.errors and costs only itself, never the feed."""
+        made: Entry | None
         if feed.json is not None:
             base = feed.json.feed_url or feed.url
-            for item in feed.json.items:
-                yield self._json_entry(item, absolute_url(base, feed.url) or feed.url)
+            base = absolute_url(base, feed.url) or feed.url
+            for number, item in enumerate(feed.json.items, 1):
+                made = self._guarded(feed, number, item.id, self._json_entry, item, base)
+                if made is not None:
+                    yield made
         elif feed.xml is not None:
-            for raw in feed.xml.entries:
-                yield self._xml_entry(raw, feed.url)
+            for number, raw in enumerate(feed.xml.entries, 1):
+                made = self._guarded(feed, number, raw.get("id") or raw.get("link"),
+                                     self._xml_entry, raw, feed.url)
+                if made is not None:
+                    yield made
+
+    @staticmethod
+    def _guarded(feed: ParsedFeed, number: int, name: object,
+                 make: Callable[[Any, str], Entry], raw: Any, base: str) -> Entry | None:
+        try:
+            return make(raw, base)
+        except Exception as exc:  # noqa: BLE001 (one entry's failure costs that entry)
+            named = f" ({str(name)[:200]})" if name else ""
+            feed.errors.append(f"entry {number}{named} cannot be read "
+                               f"({type(exc).__name__}: {exc}); skipped")
+            return None
 
     def entry_id(self, raw_id: str | None, link: str | None, title: str, html: str) -> str:
         raw_id = (raw_id or "").strip()

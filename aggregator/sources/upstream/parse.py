@@ -49,6 +49,7 @@ class ParsedFeed:
     xml: Any = None  # feedparser's result, for kind != json
     json: JSONFeed | None = None
     warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # entries skipped, and why
 
     @property
     def entry_count(self) -> int:

@@ -59,6 +59,7 @@ class _Parsed:
     kind: str
     error: str | None = None
     ttl: str | None = None  # RSS <ttl>, minutes
+    skipped: tuple[str, ...] = ()  # entries that could not be read, and why
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ def parse_job(body: bytes, headers: dict[str, str], url: str, source: UpstreamSo
     except Exception as exc:  # a parser bug must cost one source, not the run
         return _Parsed([], [], "", f"could not parse: {exc!r}")
     ttl = feed.xml.feed.get("ttl") if feed.xml is not None else None
-    return _Parsed(entries, feed.warnings, feed.kind, ttl=str(ttl) if ttl else None)
+    return _Parsed(entries, feed.warnings, feed.kind, ttl=str(ttl) if ttl else None,
+                   skipped=tuple(feed.errors))
 
 
 def _fetch_one(fetcher: Fetcher, source: UpstreamSource, etag: str | None,
@@ -244,6 +246,8 @@ def _record(outcome: _Outcome, state: UpstreamState, problems: ProblemLog, clock
     assert parsed is not None
     for warning in parsed.warnings:
         problems.warn(source.url, warning)
+    for error in parsed.skipped:
+        problems.error(source.url, error)
     if not parsed.entries:
         problems.warn(source.url, "feed has no entries; stored entries kept")
     report.new_entries += state.store_dumped(source, parsed.entries, etag, last_modified, now,
