@@ -3,6 +3,7 @@ server on 127.0.0.1 that counts the TCP connections it accepts."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +14,16 @@ import pytest
 from aggregator.sources.upstream.http import Fetcher, FetchError, Limits
 
 Route = Callable[[BaseHTTPRequestHandler], None]
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Prints the errors of its handlers, except a client hanging up on a kept-alive
+    connection: the tests below close and reset connections on purpose."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class Server:
@@ -37,7 +48,7 @@ class Server:
 
             do_HEAD = do_GET  # noqa: N815
 
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http = _QuietServer(("127.0.0.1", 0), Handler)
         self.http.daemon_threads = True
         self.base = f"http://127.0.0.1:{self.http.server_address[1]}"
 
