@@ -1,30 +1,35 @@
-"""Command line: `aggregator build|check` (contract and exit codes in docs/cli.md).
+"""aggregator: Hexo posts and upstream feeds in, sanitised Atom/RSS feeds per category out.
 
-Exit codes: 0 fine (warnings only); 1 some inputs skipped / problems listed;
-2 unusable config or missing content dir, nothing written; 3 publishing failed.
+Each command's --help lists its exit codes; docs/cli.md has the commands, the output of
+--json and the exit codes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from aggregator import __version__
-from aggregator.config import Config, load_config
-from aggregator.problems import ConfigError, ProblemLog
+from aggregator import __version__, progress
+from aggregator.advice import config_label, default_warnings
+from aggregator.config import Config, UnknownKeys, load_config
+from aggregator.problems import ConfigError, Problem, ProblemLog
 from aggregator.publish.atomic import PublishError
 
 if TYPE_CHECKING:
     from aggregator.pipeline import BuildReport
+    from aggregator.sources.upstream.poll import PollReport
 
 log = logging.getLogger("aggregator")
 
 EXIT_OK, EXIT_SKIPPED, EXIT_CONFIG, EXIT_PUBLISH = 0, 1, 2, 3
+LEVELS = ["debug", "info", "warning", "error"]
 
 
 class _ProblemFormatter(logging.Formatter):
@@ -40,49 +45,123 @@ class _ProblemFormatter(logging.Formatter):
             f"{record.levelname.lower()}: {message}"
 
 
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr, above any progress bar on screen."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if progress.write(self.format(record)):
+                return
+        except Exception:  # (as logging does: a message never stops the work)
+            self.handleError(record)
+            return
+        super().emit(record)
+
+
+def setup_logging(level: str, library_level: str = "warning") -> None:
+    """Our loggers (`aggregator.*`) at `level`; everything else (markdown-it, httpcore,
+    APScheduler, …) at `library_level`, so debug shows the program's own decisions."""
+    handler = _Handler(sys.stderr)
     handler.setFormatter(_ProblemFormatter("%(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    root.setLevel(getattr(logging, library_level.upper(), logging.WARNING))
+    logging.getLogger("aggregator").setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+# Each command's exit codes, shown in its --help (and in docs/cli.md).
+EXIT_CODES = {
+    "build": "0 published, warnings only; 1 published, some inputs skipped; 2 unusable "
+             "config or missing content dir, nothing written; 3 publishing failed (I/O), "
+             "previous feeds kept",
+    "check": "0 clean; 1 problems listed or a source failing; 2 unusable config",
+    "fetch": "0 all sources fine or not modified; 1 some source failed (its stored entries "
+             "stay published) or inputs skipped; 2 unusable config; 3 publishing failed",
+    "run": "0 after SIGTERM; 2 unusable config or missing content dir at start",
+    "opml": "0 written; 2 unusable config; 3 cannot write",
+}
+
+
+def _common(defaults: bool) -> argparse.ArgumentParser:
+    """-c, --log-level, --library-log-level and --quiet, accepted before and after the
+    command: the top level holds the defaults, a command's copy only what was given."""
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", type=Path, default=default(Path("config.yaml")),
+                        help="config file (default: ./config.yaml)")
+    common.add_argument("--log-level", choices=LEVELS, default=default("info"),
+                        help="what the program says about its own work (default: info; "
+                             "debug: its decisions)")
+    common.add_argument("--library-log-level", choices=LEVELS, default=default("warning"),
+                        help="the same for the libraries it uses (default: warning)")
+    common.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                        help="no progress bars (they show only on a terminal anyway)")
+    return common
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="aggregator", description=__doc__.splitlines()[0])
+    top = argparse.ArgumentParser(
+        prog="aggregator", description=__doc__.split("\n\n")[0],
+        epilog="Commands, --json output and exit codes: docs/cli.md. "
+               "`aggregator COMMAND --help` for one command.",
+        parents=[_common(True)])
     top.add_argument("--version", action="version", version=f"aggregator {__version__}")
-    top.add_argument("--log-level", default="info",
-                     choices=["debug", "info", "warning", "error"])
-    sub = top.add_subparsers(dest="command", required=True)
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (text, _run, add_arguments) in COMMANDS.items():
-        cmd = sub.add_parser(name, help=text, description=text)
-        cmd.add_argument("-c", "--config", type=Path, default=Path("config.yaml"),
-                         help="config file (default: ./config.yaml)")
+        cmd = sub.add_parser(name, help=text, description=text, parents=[_common(False)],
+                             epilog=f"exit codes: {EXIT_CODES[name]}")
         if add_arguments is not None:
             add_arguments(cmd)
     return top
 
 
+def _json_argument(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--json", action="store_true",
+                     help="print one JSON object on stdout (schema: docs/cli.md)")
+
+
+def _split_where(line: str) -> tuple[str, str]:
+    """`path:12: message` or `path: message` → (where, message)."""
+    match = re.match(r"(.+?:\d+): (.*)", line, re.DOTALL) or re.match(r"(.+?): (.*)", line,
+                                                                        re.DOTALL)
+    return (match.group(1), match.group(2)) if match else ("", line)
+
+
 def _load(path: Path, problems: ProblemLog) -> Config | None:
     try:
         config = load_config(path, problems)
+    except UnknownKeys as exc:
+        for where, message in exc.items:
+            problems.error(where, message)
+        return None
     except ConfigError as exc:
-        log.error("%s", exc)
+        for line in str(exc).splitlines():
+            problems.error(*_split_where(line))
         return None
     missing = [d for d in config.content_dirs if not d.is_dir()]
     if missing:
         for folder in missing:
-            log.error("%s: content dir does not exist", folder)
+            problems.error(str(folder), f"content dir does not exist (content.dir in "
+                                        f"{config_label(config)})")
         return None
     return config
 
 
 def cmd_build(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
-    return _build(config, problems)[0]
+    code, report = _build(config, problems)
+    if args.json:
+        _print_json({"command": "build", "exit_code": code,
+                     **(_build_json(report) if report is not None else {}),
+                     **_problems_json(report.problems if report is not None else problems)})
+    return code
 
 
-def _build(config: Config, problems: ProblemLog,
-           echo_problems: bool = True) -> tuple[int, BuildReport | None]:
+def _build(config: Config, problems: ProblemLog, echo_problems: bool = True,
+           advise: bool = True) -> tuple[int, BuildReport | None]:
+    """Build (under the build lock) and print the summary line. `advise`: also warn
+    about silent defaults (once per config load)."""
     from aggregator.pipeline import build
     from aggregator.service.lock import BuildLock
 
@@ -96,17 +175,21 @@ def _build(config: Config, problems: ProblemLog,
         log.error("%s; the previous feeds are kept", exc)
         return EXIT_PUBLISH, None
     report.problems.items[:0] = problems.items
+    if advise:
+        for where, message in default_warnings(config, report.linkless):
+            report.problems.warn(where, message)
+    code = EXIT_SKIPPED if report.problems.errors else EXIT_OK
     if report.up_to_date:
         log.info("nothing changed since the last build (%d feeds, %d entries); checked in "
                  "%.2fs; %d warnings", report.feeds, report.entries, report.seconds,
                  len(report.problems.warnings))
-        return (EXIT_SKIPPED if report.problems.errors else EXIT_OK), report
+        return code, report
     log.info("published %d feeds from %d entries in %.2fs: %d written, %d unchanged, "
              "%d removed; posts: %d read, %d skipped; %d warnings",
              report.feeds, report.entries, report.seconds, len(report.written),
              report.unchanged, len(report.removed), report.posts_read, report.skipped,
              len(report.problems.warnings))
-    return (EXIT_SKIPPED if report.problems.errors else EXIT_OK), report
+    return code, report
 
 
 def cmd_check(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
@@ -117,22 +200,31 @@ def cmd_check(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
     report = BuildReport(problems=problems)
     # A throwaway state: check writes nothing, not even first-seen times.
     state = StateStore(Path(":memory:"))
-    read_posts(config, state, report)
-    failing = _check_sources(config, problems)
+    entries = read_posts(config, state, report)
+    for where, message in default_warnings(config, sum(1 for e in entries if not e.link)):
+        problems.warn(where, message)
+    sources = _check_sources(config, problems)
+    failing = sum(1 for s in sources if s["state"] in ("failing", "disabled"))
     log.info("checked %d posts: %d usable, %d skipped; %d sources failing; %d errors, "
              "%d warnings", report.posts_found, report.posts_read, report.skipped, failing,
              len(problems.errors), len(problems.warnings))
-    return EXIT_SKIPPED if problems.items or failing else EXIT_OK
+    code = EXIT_SKIPPED if problems.items or failing else EXIT_OK
+    if args.json:
+        _print_json({"command": "check", "exit_code": code,
+                     "posts": _posts_json(report), "sources": sources,
+                     "failing_sources": failing, **_problems_json(problems)})
+    return code
 
 
-def _check_sources(config: Config, problems: ProblemLog) -> int:
+def _check_sources(config: Config, problems: ProblemLog) -> list[dict[str, Any]]:
     """Print each upstream source's state (read-only); report the failing ones as errors:
-    `fetch.failing_after` errors in a row, or disabled (410 Gone). Returns how many."""
+    `fetch.failing_after` errors in a row, or disabled (410 Gone). Returns each
+    source's state (as --json prints it)."""
     import sqlite3
 
     if not config.upstream:
-        return 0
-    rows: dict[str, dict[str, object]] = {}
+        return []
+    rows: dict[str, dict[str, Any]] = {}
     if config.state_path.exists():
         try:
             db = sqlite3.connect(f"file:{config.state_path}?mode=ro", uri=True, timeout=5)
@@ -143,16 +235,25 @@ def _check_sources(config: Config, problems: ProblemLog) -> int:
                 db.close()
         except sqlite3.Error as exc:
             problems.warn(str(config.state_path), f"cannot read source state: {exc}")
-    failing = 0
+    out: list[dict[str, Any]] = []
     for source in config.upstream:
         row = rows.get(source.url)
+        entry: dict[str, Any] = {"url": source.url, "state": "ok", "last_status": None,
+                                 "errors_in_a_row": 0, "last_error": None,
+                                 "next_poll": None, "moved_to": None}
+        out.append(entry)
         if not source.enabled:
+            entry["state"] = "disabled in config"
             log.info("source %s: disabled in the config", source.url)
             continue
         if row is None:
+            entry["state"] = "never polled"
             log.info("source %s: never polled", source.url)
             continue
-        errors = int(row.get("error_count") or 0)  # type: ignore[call-overload]
+        errors = int(row.get("error_count") or 0)
+        entry.update(last_status=row.get("last_status"), errors_in_a_row=errors,
+                     last_error=row.get("last_error"), next_poll=row.get("next_poll_at"),
+                     moved_to=row.get("moved_to"))
         line = (f"source {source.url}: last status {row.get('last_status') or '-'}, "
                 f"{errors} errors in a row, last error: {row.get('last_error') or '-'}, "
                 f"next poll {row.get('next_poll_at') or 'now'}")
@@ -160,13 +261,13 @@ def _check_sources(config: Config, problems: ProblemLog) -> int:
             line += f", moved to {row['moved_to']}"
         log.info("%s", line)
         if row.get("disabled"):
-            failing += 1
+            entry["state"] = "disabled"
             problems.error(source.url, f"disabled: {row['disabled']}")
         elif errors >= config.failing_after:
-            failing += 1
+            entry["state"] = "failing"
             problems.error(source.url, f"failing: {errors} errors in a row; last: "
                                        f"{row.get('last_error')}")
-    return failing
+    return out
 
 
 def cmd_opml(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
@@ -181,6 +282,7 @@ def cmd_opml(config: Config, problems: ProblemLog, args: argparse.Namespace) -> 
     else:
         try:
             atomic_write(args.output, data)
+            _follow_umask(args.output)
         except OSError as exc:
             log.error("%s: cannot write: %s", args.output, exc)
             return EXIT_PUBLISH
@@ -188,10 +290,23 @@ def cmd_opml(config: Config, problems: ProblemLog, args: argparse.Namespace) -> 
     return EXIT_OK
 
 
+def _follow_umask(path: Path) -> None:
+    """Give a file we wrote the mode a new file gets (0666 less the umask), as the
+    feeds have: a temp file is created 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def _opml_arguments(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("action", choices=["export"], help="export: write every source as OPML")
-    cmd.add_argument("-o", "--output", type=Path, default=None,
-                     help="output file (default: standard output)")
+    actions = cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = actions.add_parser(
+        "export", parents=[_common(False)],
+        help="write every upstream source (inline and from OPML files) as OPML 2.0",
+        description="Write every upstream source (inline and from OPML files) as OPML 2.0.",
+        epilog=f"exit codes: {EXIT_CODES['opml']}")
+    export.add_argument("-o", "--output", type=Path, default=None,
+                        help="output file (default: standard output)")
 
 
 def cmd_run(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
@@ -223,16 +338,38 @@ def cmd_fetch(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
         finally:
             state.close()
     log.info("polled %d sources in %.2fs: %d fetched, %d not modified, %d failed; "
-             "%d new entries", polled.due, polled.seconds, polled.fetched,
-             polled.not_modified, len(polled.failed), polled.new_entries)
+             "%d new entries%s", polled.due, polled.seconds, polled.fetched,
+             polled.not_modified, len(polled.failed), polled.new_entries, _waiting(polled))
     code, report = _build(config, problems)
     if report is not None and report.unknown_images and _probe_post_images(config, report):
         # now with the probed types; the same inputs, so the same problems, which the
         # first build printed already
-        code, report = _build(config, ProblemLog(), echo_problems=False)
-    if code == EXIT_PUBLISH:
-        return code
-    return EXIT_SKIPPED if polled.failed or code != EXIT_OK else EXIT_OK
+        code, report = _build(config, ProblemLog(), echo_problems=False, advise=False)
+    if code != EXIT_PUBLISH:
+        code = EXIT_SKIPPED if polled.failed or code != EXIT_OK else EXIT_OK
+    if args.json:
+        _print_json({"command": "fetch", "exit_code": code, "poll": _poll_json(polled),
+                     "build": _build_json(report) if report is not None else None,
+                     **_problems_json(problems)})
+    return code
+
+
+def _waiting(polled: PollReport) -> str:
+    """`; 3 sources wait after errors until …, 2 not due until …: --all polls them now`
+    (nothing when every enabled source was polled)."""
+    if not polled.waiting:
+        return ""
+    backoff = [when for _, when, errors in polled.waiting if errors]
+    scheduled = [when for _, when, errors in polled.waiting if not errors]
+    parts = []
+    if backoff:
+        parts.append(f"{len(backoff)} source{'s' if len(backoff) != 1 else ''} wait after "
+                     f"errors (until {min(backoff).isoformat()} to {max(backoff).isoformat()})"
+                     if len(backoff) > 1 else
+                     f"1 source waits after errors until {backoff[0].isoformat()}")
+    if scheduled:
+        parts.append(f"{len(scheduled)} not due until {min(scheduled).isoformat()}")
+    return f"; {', '.join(parts)}: `aggregator fetch --all` polls them now"
 
 
 def _probe_post_images(config: Config, report: BuildReport) -> int:
@@ -257,15 +394,64 @@ def _probe_post_images(config: Config, report: BuildReport) -> int:
 
 def _fetch_arguments(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--all", action="store_true",
-                     help="poll every enabled source, not only the due ones")
+                     help="poll every enabled source, not only the due ones (also those "
+                          "waiting after errors)")
+    _json_argument(cmd)
+
+
+# --json: one object on stdout; the schema is in docs/cli.md.
+
+def _print_json(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _problem_json(problem: Problem) -> dict[str, Any]:
+    """`path:12` → path and line; a URL (`https://host:8080`) has no line."""
+    path, line = problem.where, None
+    head, sep, tail = path.rpartition(":")
+    if sep and tail.isdigit() and "://" not in path:
+        path, line = head, int(tail)
+    return {"path": path, "line": line, "severity": problem.severity.value,
+            "message": problem.message}
+
+
+def _problems_json(problems: ProblemLog) -> dict[str, Any]:
+    return {"errors": len(problems.errors), "warnings": len(problems.warnings),
+            "problems": [_problem_json(p) for p in problems.items]}
+
+
+def _posts_json(report: BuildReport) -> dict[str, int]:
+    return {"found": report.posts_found, "read": report.posts_read,
+            "skipped": report.skipped}
+
+
+def _build_json(report: BuildReport) -> dict[str, Any]:
+    return {"up_to_date": report.up_to_date, "seconds": round(report.seconds, 3),
+            "feeds": report.feeds, "entries": report.entries,
+            "written": len(report.written), "unchanged": report.unchanged,
+            "removed": len(report.removed), "rendered": report.rendered,
+            "posts": _posts_json(report), "entries_without_link": report.linkless}
+
+
+def _poll_json(polled: PollReport) -> dict[str, Any]:
+    return {"due": polled.due, "fetched": polled.fetched,
+            "not_modified": polled.not_modified, "failed": polled.failed,
+            "new_entries": polled.new_entries, "seconds": round(polled.seconds, 3),
+            "waiting": [{"url": url, "next_poll": when.isoformat(), "errors_in_a_row": errors}
+                        for url, when, errors in polled.waiting]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.library_log_level)
+    progress.show(sys.stderr.isatty() and not args.quiet)
     problems = ProblemLog()
     config = _load(args.config, problems)
     if config is None:
+        if getattr(args, "json", False):
+            _print_json({"command": args.command, "exit_code": EXIT_CONFIG,
+                         **_problems_json(problems)})
         return EXIT_CONFIG
     _text, run, _add_arguments = COMMANDS[args.command]
     return run(config, problems, args)
@@ -276,13 +462,13 @@ AddArguments = Callable[[argparse.ArgumentParser], None] | None
 # name -> (help text, runner, extra arguments). Each command module adds its own line.
 COMMANDS: dict[str, tuple[str, Command, AddArguments]] = {
     "build": ("publish every feed from the content dir and stored upstream entries; "
-              "never uses the network", cmd_build, None),
+              "never uses the network", cmd_build, _json_argument),
     "check": ("validate the config, every post and the upstream sources' state; write "
-              "nothing", cmd_check, None),
+              "nothing", cmd_check, _json_argument),
     "fetch": ("poll the due upstream sources (--all: every enabled one), store their "
               "entries, then publish like build", cmd_fetch, _fetch_arguments),
     "run": ("the service: first build, then watch the content dir, poll upstream, "
-            "rebuild, optionally serve; 0 after SIGTERM", cmd_run, _run_arguments),
+            "rebuild, optionally serve", cmd_run, _run_arguments),
     "opml": ("opml export [-o FILE]: write every upstream source as OPML 2.0",
              cmd_opml, _opml_arguments),
 }

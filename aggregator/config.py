@@ -7,6 +7,7 @@ makes the whole run meaningless (no site URL, no content dir) is a ConfigError.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,18 +187,81 @@ class _Reader:
         return value
 
 
-KNOWN_KEYS = {
+# Every key config.yaml may hold, by section (`upstream`: the keys of one source; an
+# OPML item holds only `opml`). The one table the unknown-key check reads: a new key is
+# added here and read in load_config.
+KNOWN_KEYS: dict[str, set[str]] = {
     "site": {"url", "title", "timezone", "post_url", "id_date"},
     "content": {"dir", "body", "follow_symlinks", "max_post_bytes"},
     "output": {"dir", "max_items", "full_content", "slugs", "max_depth"},
     "sanitize": {"drop_selectors", "iframe_hosts"},
     "images": {"probe", "probe_max", "probe_seconds", "probe_refresh_days"},
-    "upstream": None,
+    "upstream": {"url", "category", "title", "every", "enabled", "drop_selectors",
+                 "retention", "write_posts"},
     "fetch": {"allow_private_addresses", "per_host_limit", "max_bytes", "timeout_seconds",
               "deadline_seconds", "concurrency", "parse_processes", "failing_after"},
     "state": {"path"},
     "serve": {"host", "port"},
 }
+OPML_ITEM_KEYS = {"opml"}
+
+
+class UnknownKeys(ConfigError):
+    """Keys the config may not hold (typos, mostly): each as (where, message)."""
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        super().__init__("\n".join(f"{where}: {message}" for where, message in items))
+        self.items = items
+
+
+def _did_you_mean(name: str, candidates: set[str], section: str | None) -> str:
+    """`; did you mean 'output'?` from difflib, else the section that holds the key."""
+    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    if section is not None:
+        for other, keys in KNOWN_KEYS.items():
+            if name in keys and other != section and other != "upstream":
+                return f"; did you mean '{other}.{name}'?"
+    return ""
+
+
+def _unknown_keys(r: _Reader) -> list[tuple[str, str]]:
+    """Every key not in KNOWN_KEYS, sections that are not mappings and upstream items
+    with unknown keys, each with its line and a suggestion."""
+    found: list[tuple[str, str]] = []
+    for section, value in r.data.items():
+        name = str(section)
+        if name not in KNOWN_KEYS:
+            found.append((r.where(name), f"unknown config section '{name}'"
+                                         f"{_did_you_mean(name, set(KNOWN_KEYS), None)}"))
+            continue
+        if value is None:
+            continue
+        if name == "upstream":
+            if isinstance(value, list):
+                for i, item in enumerate(value):
+                    if isinstance(item, dict):
+                        found += _unknown_in(r, item, ("upstream", str(i)),
+                                             OPML_ITEM_KEYS if "opml" in item
+                                             else KNOWN_KEYS["upstream"])
+            continue
+        if not isinstance(value, dict):
+            found.append((r.where(name), f"'{name}' must be a mapping of keys, "
+                                         f"not {value!r}"))
+            continue
+        found += _unknown_in(r, value, (name,), KNOWN_KEYS[name])
+    return found
+
+
+def _unknown_in(r: _Reader, mapping: dict[Any, Any], keys: tuple[str, ...],
+                allowed: set[str]) -> list[tuple[str, str]]:
+    section = keys[0]
+    label = "an upstream source" if section == "upstream" else f"'{section}'"
+    other = None if section == "upstream" else section  # (no hint of another section's key)
+    return [(r.where(*keys, str(key)),
+             f"unknown key '{key}' in {label}{_did_you_mean(str(key), allowed, other)}")
+            for key in mapping if str(key) not in allowed]
 
 
 def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
@@ -205,6 +269,10 @@ def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no config file (looked for {path.absolute()}); start "
+                          f"from the example config.yaml of the aggregator's source, or "
+                          f"give another file with -c FILE") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from exc
     try:
@@ -218,16 +286,9 @@ def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: config must be a mapping of sections")
     r = _Reader(path, data, lines, problems)
-    for section, value in data.items():
-        if section not in KNOWN_KEYS:
-            problems.warn(r.where(str(section)), f"unknown config section {section!r} ignored")
-            continue
-        allowed = KNOWN_KEYS[section]
-        if allowed is not None and isinstance(value, dict):
-            for key in value:
-                if key not in allowed:
-                    problems.warn(r.where(str(section), str(key)),
-                                  f"unknown key {section}.{key} ignored")
+    unknown = _unknown_keys(r)
+    if unknown:
+        raise UnknownKeys(unknown)
     base = path.parent
 
     site_url = r.typed(str, "site", "url", default="http://localhost:8080/")

@@ -235,6 +235,7 @@ class Builder:
             from aggregator.tree.categories import build_tree
 
             report.entries = len(entries)
+            report.linkless = sum(1 for entry in entries if not entry.link)
             root = build_tree(entries, config.slugs)
             clean = self._clean_nodes(entries, root) if self.persistent else frozenset()
             self._counts = publish(config, root, report, self._cache, workers, clean,
@@ -431,6 +432,7 @@ class Builder:
         report.entries, report.feeds = last.entries, last.feeds
         report.unchanged = len(last.outputs)
         report.unknown_images = list(last.unknown_images)
+        report.linkless = last.linkless
         report.up_to_date = True
         return True
 
@@ -450,7 +452,7 @@ class Builder:
         self._cache.store_last_build(LastBuild(
             inputs, outputs, report.posts_found, report.posts_read, report.entries,
             report.feeds, tuple(report.problems.items[found_after_walk:]),
-            tuple(report.unknown_images)))
+            tuple(report.unknown_images), report.linkless))
 
     def _discover(self, config: Config, changed: set[str] | None, problems: ProblemLog
                   ) -> tuple[Walk | None, dict[str, PostFile | None] | None]:

@@ -24,6 +24,7 @@ class BuildReport:
     # an input failed in a way that need not be its own (an unexpected exception): the
     # next build does the work again rather than replay this one's problems
     retry: bool = False
+    linkless: int | None = None  # entries published without a link (None: not counted)
     problems: ProblemLog = field(default_factory=ProblemLog)
 
     @property

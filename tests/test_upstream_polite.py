@@ -200,7 +200,7 @@ def test_per_host_limit_seen_by_the_server(tmp_path: Path, httpserver: HTTPServe
     assert len(httpserver.log) == 6 and peak[0] == 2
 
 
-PRIVATE = re.compile(r"refused: (127\.0\.0\.1|::1) is a private address "
+PRIVATE = re.compile(r"refused: (127\.0\.0\.1|::1) is a loopback address "
                      r"\(fetch\.allow_private_addresses is false\)")
 
 

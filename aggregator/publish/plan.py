@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from aggregator import progress
 from aggregator.config import Config
 from aggregator.fingerprints import fingerprint_of, render_fingerprint, render_key
 from aggregator.model import Entry
@@ -118,7 +119,8 @@ def _publish(publisher: Publisher, config: Config, root: Node, report: BuildRepo
         # entries that came from the cache without their html are made whole by the
         # renderer, a chunk at a time (never all 100k bodies in memory at once)
         pairs = render_entries(config, missing, workers, cache.file)
-        renders.store(_rendered(missing, pairs, key, renders, report))
+        with progress.bar("entries rendered", len(missing), "entry") as shown:
+            renders.store(_rendered(missing, pairs, key, renders, report), shown.advance)
     report.rendered += len(missing)  # (plus any rendered as they were read)
 
     prints: dict[str, str] = {}
@@ -131,19 +133,22 @@ def _publish(publisher: Publisher, config: Config, root: Node, report: BuildRepo
     publisher.keep_all(kept)
     report.feeds += len(kept)
     renderer = _feed_renderer(config) if todo else None
-    for node, kind, rel, members, member_keys, feed_print in plans:
-        report.feeds += 1
-        if renderer is not None and rel in todo:
-            title, url = feed_title(config, node), feed_url(config, node, kind)
-            parts = unpacked.parts(node.names, member_keys, 0 if kind == "atom" else 1)
-            data = (renderer.atom_feed if kind == "atom" else renderer.rss_feed)(
-                title, url, members, parts)
-            publisher.write(rel, data)
-        else:
-            publisher.keep(rel)
-        if renders.failed.isdisjoint(member_keys):
-            prints[rel] = feed_print
-        # (else no state is kept: the next build writes it again, trying that entry again)
+    with progress.bar("feeds written", len(todo), "feed") as shown:
+        for node, kind, rel, members, member_keys, feed_print in plans:
+            report.feeds += 1
+            if renderer is not None and rel in todo:
+                title, url = feed_title(config, node), feed_url(config, node, kind)
+                parts = unpacked.parts(node.names, member_keys, 0 if kind == "atom" else 1)
+                data = (renderer.atom_feed if kind == "atom" else renderer.rss_feed)(
+                    title, url, members, parts)
+                publisher.write(rel, data)
+                shown.advance()
+            else:
+                publisher.keep(rel)
+            if renders.failed.isdisjoint(member_keys):
+                prints[rel] = feed_print
+            # (else no state is kept: the next build writes it again, trying that entry
+            # again)
     index, opml = INDEX_FILES
     # counts holds every node in walk order, and within one config the names decide
     # the slugs: names and counts are the whole shape the two files show
@@ -218,14 +223,18 @@ class _Renders:
         self.failed.add(key)
         self.held[key] = (_NOTHING, _NOTHING)
 
-    def store(self, rows: Iterable[tuple[str, bytes, bytes]]) -> None:
+    def store(self, rows: Iterable[tuple[str, bytes, bytes]],
+              done: Callable[[int], None]) -> None:
+        """Keep `rows`, 500 at a time; `done(n)` after each batch (progress)."""
         batch: list[tuple[str, bytes, bytes]] = []
         for row in rows:
             batch.append(row)
             if len(batch) == 500:
                 self._store(batch)
+                done(len(batch))
                 batch = []
         self._store(batch)
+        done(len(batch))
 
     def _store(self, batch: list[tuple[str, bytes, bytes]]) -> None:
         self.cache.store_rendered(batch)

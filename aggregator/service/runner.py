@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from types import FrameType
 
+from aggregator.advice import default_warnings
 from aggregator.config import Config
 from aggregator.pipeline import Builder
 from aggregator.problems import ProblemLog
@@ -51,6 +52,7 @@ class BuildWorker:
         self._stopping = threading.Event()
         self.builds = 0
         self.first_done = threading.Event()
+        self._advised: Config | None = None  # the config whose silent defaults were told
         self._thread = threading.Thread(target=self._loop, name="build", daemon=True)
 
     def start(self) -> None:
@@ -122,6 +124,10 @@ class BuildWorker:
             self.stats.record_build(False, time.perf_counter() - started)
             self.notifier.status(f"build #{number} crashed")
         else:
+            if config is not self._advised:  # once per config load: at start, on reload
+                self._advised = config
+                for where, message in default_warnings(config, report.linkless):
+                    report.problems.warn(where, message)
             self.stats.record_build(True, report.seconds, report.entries, report.feeds)
             log.info("build #%d (%s) published %d feeds from %d entries in %.2fs: "
                      "%d written, %d unchanged, %d removed; %d errors, %d warnings",

@@ -256,6 +256,9 @@ class PostReader:
         A date that does not exist is read as its text, with a warning naming its key
         (not for `date` and `updated`: reading them as dates says why they are not)."""
         lines = fm.split("\n")
+        # The lines read as plain text are reported only if the post is then used: a
+        # post that is skipped after all gets one message, the error.
+        recovered: list[str] = []
         for _attempt in range(20):
             try:
                 data, not_dates = load_front_matter("\n".join(lines))
@@ -271,9 +274,10 @@ class PostReader:
                     self.problems.error(f"{where}:{line_no}", f"front matter is not valid YAML: "
                                         f"{getattr(exc, 'problem', exc)}; skipped")
                     return False, None
-                self.problems.warn(f"{where}:{line_no}",
-                                   "malformed YAML value read as plain text")
+                recovered.append(f"{where}:{line_no}")
                 continue
+            for line_where in dict.fromkeys(recovered):
+                self.problems.warn(line_where, "malformed YAML value read as plain text")
             for index, text in not_dates:
                 key = _key_above(lines, index)
                 if key not in _DATE_KEYS:
@@ -287,7 +291,7 @@ class PostReader:
         if isinstance(value, str):  # the usual case
             title = clean_line(value)
             if title:
-                return title[:MAX_TITLE_CHARS]
+                return title if len(title) <= MAX_TITLE_CHARS else self._cut(title, at)
         where = at("title")
         fallback = clean_line(PurePosixPath(post.rel).stem) or "(untitled)"
         if value is None:
@@ -303,6 +307,11 @@ class PostReader:
         if not title:
             self.problems.warn(where, f"blank title; the file name {fallback!r} is used")
             return fallback
+        return title if len(title) <= MAX_TITLE_CHARS else self._cut(title, at)
+
+    def _cut(self, title: str, at: Callable[[str], str]) -> str:
+        self.problems.warn(at("title"), f"title has {len(title):,} characters; cut to "
+                                        f"{MAX_TITLE_CHARS:,}")
         return title[:MAX_TITLE_CHARS]
 
     def _entry_id(self, value: object, post: PostFile, at: Callable[[str], str]) -> str:

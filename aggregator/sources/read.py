@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import fields, replace
 from datetime import UTC, datetime
 
+from aggregator import progress
 from aggregator.config import Config
 from aggregator.fingerprints import read_fingerprint, render_fingerprint, render_key
 from aggregator.forking import PARALLEL_THRESHOLD, can_fork, chunk_ranges, map_inherited
@@ -148,31 +149,41 @@ def _read_in_parallel(config: Config, posts: list[PostFile], sources: list[str],
     if config.max_items == 0:  # every entry is published: render as it is read
         render_print = render_fingerprint(config)
         cache.invalidate_if_changed("render", render_print, "rendered", "feed_state")
-    for (start, stop), (results, renders) in zip(ranges, map_inherited(
-            _read_range, (config, pending, pending_sources, digests, render_print), ranges,
-            workers),
-            strict=True):
-        cache.store_rendered(renders)
-        rendered += len(renders)
-        packed: list[PackedPost] = []
-        moved = []
-        for post, source, result in zip(pending[start:stop], pending_sources[start:stop],
-                                        results, strict=True):
-            if isinstance(result, str):  # _SAME_BYTES: touched or copied, not parsed
-                moved.append((source, post.identity))
-                continue
-            if isinstance(result, CachedPost):  # undated: its first-seen time is ours
-                entry = result.entry
-                assert entry is not None
-                entry = _stamped(replace(entry, updated=state.first_seen(entry.id)))
-                result = pack_post(source, replace(result, entry=entry))
-            if result is not None:  # None: unreadable, the sequential pass says why
-                packed.append(result)
-                parsed[source] = record = unpack_post(result)
-                shared.entry(record.entry, post.rel)
-        cache.store_packed(packed)
-        cache.move_posts(moved)
+    with progress.bar("posts read", len(pending), "post") as shown:
+        for (start, stop), (results, renders) in zip(ranges, map_inherited(
+                _read_range, (config, pending, pending_sources, digests, render_print),
+                ranges, workers),
+                strict=True):
+            rendered += _store_read(cache, state, shared, parsed, renders, results,
+                                    pending[start:stop], pending_sources[start:stop])
+            shown.advance(stop - start)
     return rendered, parsed
+
+
+def _store_read(cache: BuildCache, state: StateStore, shared: _Sharing,
+                parsed: dict[str, CachedPost], renders: list[RenderRow],
+                results: list[PackedPost | CachedPost | str | None], posts: list[PostFile],
+                sources: list[str]) -> int:
+    """Put one chunk a worker read into the cache (and `parsed`); the renders made."""
+    cache.store_rendered(renders)
+    packed: list[PackedPost] = []
+    moved = []
+    for post, source, result in zip(posts, sources, results, strict=True):
+        if isinstance(result, str):  # _SAME_BYTES: touched or copied, not parsed
+            moved.append((source, post.identity))
+            continue
+        if isinstance(result, CachedPost):  # undated: its first-seen time is ours
+            entry = result.entry
+            assert entry is not None
+            entry = _stamped(replace(entry, updated=state.first_seen(entry.id)))
+            result = pack_post(source, replace(result, entry=entry))
+        if result is not None:  # None: unreadable, the sequential pass says why
+            packed.append(result)
+            parsed[source] = record = unpack_post(result)
+            shared.entry(record.entry, post.rel)
+    cache.store_packed(packed)
+    cache.move_posts(moved)
+    return len(renders)
 
 
 RenderRow = tuple[str, bytes, bytes]  # render key, packed atom, packed rss

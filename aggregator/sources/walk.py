@@ -71,6 +71,12 @@ def display(rel: str) -> str:
     return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", rel)
 
 
+def _folder(prefix: str, dirpath: str) -> str:
+    """A folder as messages name it: relative to its content dir (`sub/dir/`), or the
+    content dir itself."""
+    return display(prefix) if prefix else dirpath
+
+
 def is_editor_artefact(name: str) -> bool:
     return name.startswith(".#") or name.endswith("~") or name.endswith(".swp")
 
@@ -215,7 +221,7 @@ class _Walker:
         try:
             fd = os.open(dirpath, _DIR_FLAGS)
         except OSError as exc:
-            problems.error(str(exc.filename or dirpath), f"cannot read folder: {exc.strerror}")
+            problems.error(_folder(prefix, dirpath), f"cannot read folder: {exc.strerror}")
             return [], False
         try:
             if self.follow:  # a symlinked folder may loop back on itself
@@ -229,7 +235,7 @@ class _Walker:
                 with os.scandir(fd) as scan:
                     entries = list(scan)
             except OSError as exc:
-                problems.error(dirpath, f"cannot read folder: {exc.strerror}")
+                problems.error(_folder(prefix, dirpath), f"cannot read folder: {exc.strerror}")
                 return [], False
             return self._listing(dirpath, prefix, entries, problems)
         finally:

@@ -29,6 +29,7 @@ class LastBuild:
     feeds: int
     problems: tuple[Problem, ...]
     unknown_images: tuple[str, ...]
+    linkless: int | None = None  # entries published without a link
 
     def outputs_untouched(self, out_dir: Path) -> bool:
         """Every file the build published is still there, as it left it."""

@@ -54,8 +54,25 @@ def is_refused(ip: IPAddress) -> bool:
 
 
 def _refusal(address: str) -> AddressRefused:
-    return AddressRefused(f"refused: {address} is a private address "
+    return AddressRefused(f"refused: {address} is {_kind(address)} address "
                           f"(fetch.allow_private_addresses is false)")
+
+
+def _kind(address: str) -> str:
+    """What kind of non-public address this is, in words (`a loopback`, `a private`)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "a non-public"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    # in this order: a loopback or link-local address is also "private" to ipaddress
+    for kind, test in (("a loopback", ip.is_loopback), ("a link-local", ip.is_link_local),
+                       ("a multicast", ip.is_multicast), ("an unspecified", ip.is_unspecified),
+                       ("a private", ip.is_private), ("a reserved", ip.is_reserved)):
+        if test:
+            return kind
+    return "a non-public"
 
 
 def resolve_checked(host: str, port: int) -> list[str]:

@@ -23,6 +23,7 @@ from datetime import datetime
 from queue import SimpleQueue
 from typing import Any
 
+from aggregator import progress
 from aggregator.config import Config, UpstreamSource
 from aggregator.problems import ProblemLog
 from aggregator.sources.upstream.http import Fetcher, FetchError, Limits, Response, StatusError
@@ -50,6 +51,9 @@ class PollReport:
     new_entries: int = 0
     seconds: float = 0.0
     outcomes: dict[str, str] = field(default_factory=dict)  # url -> fetched|not_modified|failed
+    # enabled sources not polled because they are not due: (url, next poll, errors in a
+    # row); those with errors wait out their backoff
+    waiting: list[tuple[str, datetime, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,7 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
         sources = list(only)
     else:
         sources = enabled if everything else state.due(enabled, clock())
+        report.waiting = _waiting(state, enabled, sources)
     sources = [s for s in sources if not _disabled(s, state, problems)]
     report.due = len(sources)
     if not sources:
@@ -153,7 +158,8 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
 
     with Fetcher(limits) as fetcher, store.bulk_writes(), \
             ThreadPoolExecutor(max_workers=max(1, limits.concurrency),
-                               thread_name_prefix="fetch") as pool:
+                               thread_name_prefix="fetch") as pool, \
+            progress.bar("sources polled", len(sources), "source") as shown:
         waiting: dict[Future[_Parsed], _Outcome] = {}
         flush_at = time.monotonic() + FLUSH_SECONDS
         try:
@@ -181,6 +187,7 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
                         start(job)
                         continue
                     _record(outcome, state, problems, clock, report)
+                    shown.advance()
                 if state.deferred >= FLUSH_ROWS or time.monotonic() >= flush_at:
                     state.flush()
                     flush_at = time.monotonic() + FLUSH_SECONDS
@@ -199,6 +206,20 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
     _after_poll(config, store, problems, clock, sources)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _waiting(state: UpstreamState, enabled: list[UpstreamSource],
+             due: list[UpstreamSource]) -> list[tuple[str, datetime, int]]:
+    due_urls = {s.url for s in due}
+    out = []
+    for source in enabled:
+        known = state.source(source.url)
+        if source.url not in due_urls and known.disabled is None \
+                and known.next_poll_at is not None:
+            out.append((source.url, known.next_poll_at, known.error_count))
+            log.debug("%s: not due until %s (%d errors in a row)", source.url,
+                      known.next_poll_at.isoformat(), known.error_count)
+    return out
 
 
 def _resolve(future: Future[Any], waiting: dict[Future[_Parsed], _Outcome]) -> _Outcome:
