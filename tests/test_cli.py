@@ -257,3 +257,107 @@ def test_the_warnings_fixture_prints_exactly_its_expected_lines(
     assert code == 1
     lines = [line for line in err.splitlines() if not line.startswith("published ")]
     assert lines == (fixture / "expected.txt").read_text(encoding="utf-8").splitlines()
+
+
+# 4. progress: on a terminal only, and never loaded for a build with nothing to do
+
+def _build_on(stream: Any, config: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    from aggregator import progress
+
+    monkeypatch.setattr(progress, "SHOW_AFTER_SECONDS", 0.0)
+    monkeypatch.setattr(sys, "stderr", stream)
+    try:
+        return main(["build", "-c", str(config), *args])
+    finally:
+        progress.show(False)
+
+
+def test_progress_shows_on_a_terminal_only_and_not_with_quiet(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    _posts(tmp_path)
+    config = write_config(tmp_path)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    terminal = open(slave, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+    try:
+        assert terminal.isatty()
+        assert _build_on(terminal, config, monkeypatch) == 0
+        shown = os.read(master, 1 << 16).decode()
+        assert "feeds written" in shown and "published 4 feeds" in shown
+        (tmp_path / "feeds" / "atom.xml").unlink()
+        assert _build_on(terminal, config, monkeypatch, "--quiet") == 0
+        assert "feeds written" not in os.read(master, 1 << 16).decode()
+    finally:
+        terminal.close()
+        os.close(master)
+    piped = tmp_path / "stderr.txt"
+    (tmp_path / "feeds" / "atom.xml").unlink()
+    with open(piped, "w", encoding="utf-8") as stream:
+        assert _build_on(stream, config, monkeypatch) == 0
+    assert "feeds written" not in piped.read_text() and "published 4 feeds" in \
+        piped.read_text()
+
+
+def test_an_up_to_date_build_never_imports_the_progress_library(tmp_path: Path) -> None:
+    _posts(tmp_path)
+    config = write_config(tmp_path)
+    script = ("import sys\nfrom aggregator import progress\n"
+              "from aggregator.config import load_config\nfrom aggregator.pipeline import build\n"
+              "progress.show(True); progress.SHOW_AFTER_SECONDS = 0\n"
+              f"report = build(load_config({str(config)!r}))\n"
+              "print(report.up_to_date, 'tqdm' in sys.modules)\n")
+
+    def run() -> str:
+        return subprocess.run([sys.executable, "-c", script], check=True, text=True,
+                              capture_output=True).stdout.strip()
+    assert run() == "False True"  # a first build shows its feeds being written
+    assert run() == "True False"
+
+
+# 8. the record of published files lives in the state file, not in the output dir
+
+def _two_categories(tmp_path: Path) -> Path:
+    write_post(tmp_path / "posts", "a.md", "title: A\ncategories: [Keep]")
+    write_post(tmp_path / "posts", "b.md", "title: B\ncategories: [Gone]")
+    return write_config(tmp_path)
+
+
+def test_no_manifest_is_published_and_vanished_feeds_still_go(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _two_categories(tmp_path)
+    out = tmp_path / "feeds"
+    assert _cli(capsys, "build", "-c", str(config))[0] == 0
+    (out / "mine.txt").write_text("not ours")
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    # the build cache is disposable: the record survives its deletion
+    (tmp_path / "state" / "test.sqlite.cache").unlink()
+    (tmp_path / "posts" / "b.md").unlink()
+    assert _cli(capsys, "build", "-c", str(config))[0] == 0
+    assert not (out / "gone").exists() and (out / "keep" / "atom.xml").is_file()
+    assert (out / "mine.txt").read_text() == "not ours"
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_an_old_manifest_is_read_once_then_deleted(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _two_categories(tmp_path)
+    out = tmp_path / "feeds"
+    (out / "old").mkdir(parents=True)
+    (out / "old" / "atom.xml").write_text("an earlier version wrote this")
+    (out / "yours").mkdir()
+    (out / "yours" / "atom.xml").write_text("a person put this here")
+    (out / ".aggregator-manifest").write_text("old/atom.xml\natom.xml\n")
+    assert _cli(capsys, "build", "-c", str(config))[0] == 0
+    assert not (out / ".aggregator-manifest").exists()
+    assert not (out / "old").exists()
+    assert (out / "yours" / "atom.xml").read_text() == "a person put this here"
+    (tmp_path / "posts" / "b.md").unlink()  # the record goes on from the manifest's
+    assert _cli(capsys, "build", "-c", str(config))[0] == 0
+    assert not (out / "gone").exists() and not (out / ".aggregator-manifest").exists()
+    assert (out / "yours" / "atom.xml").is_file()

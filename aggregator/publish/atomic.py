@@ -6,8 +6,9 @@ reader (or a kill, or a full disk) only ever sees the old or the new bytes of a 
 One sync for the whole batch instead of one fsync per file: publishing 1,600 feeds
 went from ~4 s of fsyncs to one flush. If staging fails (disk full, read-only), the
 staged temps are removed and nothing is replaced. Unchanged bytes are not rewritten (mtime and
-ETag stay stable for feed readers). A manifest of what we published lets the next run
-remove feeds of vanished categories without touching anything else in the folder.
+ETag stay stable for feed readers). A record of what we published (kept by the caller
+in the state file: state/published.py) lets the next run remove feeds of vanished
+categories without touching anything else in the folder.
 
 Nothing is written, read or removed through a symlink placed in the output dir
 (`feeds/tech -> /etc`, `atom.xml -> /etc/passwd`, a temp file's name as a link): each
@@ -31,13 +32,13 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from aggregator.sources.safe_open import is_link
 
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".aggregator-tmp"
-MANIFEST = ".aggregator-manifest"
 WRITE_BUFFER = 1 << 20
 STAGING_THREADS = 4  # feeds staged at once: they mostly wait on the filesystem
 
@@ -62,9 +63,20 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _OLD_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
+class Record(Protocol):
+    """What earlier runs published into the output dir (relative paths)."""
+
+    def previous(self) -> set[str]: ...
+
+    def save(self, published: set[str]) -> None: ...
+
+
 class Publisher:
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, record: Record | None = None) -> None:
+        """`record`: what was published before, so that what no longer is can be
+        removed (None: nothing is removed)."""
         self.out_dir = out_dir
+        self.record = record
         self.written: list[str] = []
         self.unchanged: list[str] = []
         self.removed: list[str] = []
@@ -187,7 +199,7 @@ class Publisher:
 
     def finish(self) -> None:
         """Publish what was staged, remove what the last run published and this one did
-        not, save the manifest."""
+        not, save the record."""
         try:
             self._settle_all()
         finally:
@@ -203,9 +215,9 @@ class Publisher:
                 raise PublishError(f"{self.out_dir}: cannot publish: {exc}") from exc
             self._staged.clear()
             _sync_filesystem(self.out_dir)  # the renames themselves
-        manifest = self.out_dir / MANIFEST
-        previous = set(_read_manifest(self.out_dir).split("\n")) - {""}
-        for rel in sorted(previous - self._published):
+        if self.record is None:
+            return
+        for rel in sorted(self.record.previous() - self._published):
             try:
                 target = self._target(rel)
             except PublishError:
@@ -220,11 +232,7 @@ class Publisher:
                 log.warning("%s: cannot remove stale feed: %s", target, exc)
                 continue
             _remove_empty_folders(self.out_dir, parts[:-1])
-        listing = "\n".join(sorted(self._published)) + "\n"
-        try:
-            _atomic_write(self.out_dir, MANIFEST, listing.encode("utf-8"))
-        except OSError as exc:
-            raise PublishError(f"{manifest}: cannot write manifest: {exc}") from exc
+        self.record.save(self._published)
 
 
 def _open_folder(out_dir: Path, names: list[str], create: bool = False,
@@ -299,21 +307,6 @@ def _remove_empty_folders(out_dir: Path, names: list[str]) -> None:
         names = names[:-1]
 
 
-def _read_manifest(out_dir: Path) -> str:
-    """The manifest's text; "" when it is missing, unreadable or not a regular file."""
-    try:
-        fd = os.open(out_dir / MANIFEST, _OLD_FILE)
-    except OSError:
-        return ""
-    with os.fdopen(fd, "rb") as handle:
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return ""
-            return handle.read().decode("utf-8", errors="replace")
-        except OSError:
-            return ""
-
-
 def _same_bytes(folder: int, name: str, parts: Parts) -> bool:
     """The regular file `name` in `folder` holds exactly these parts, in order
     (compared as they come, without joining them; a file of another size is not
@@ -355,27 +348,6 @@ def _sync_filesystem(folder: Path) -> None:
         finally:
             os.close(fd)
     os.sync()
-
-
-def _atomic_write(out_dir: Path, name: str, data: bytes) -> None:
-    """out_dir/name holds `data`, durably, written beside it and renamed over it."""
-    temp = f".{name}.{os.getpid()}{TEMP_SUFFIX}"
-    folder = os.open(out_dir, _DIR)
-    try:
-        try:
-            with os.fdopen(_create(folder, temp), "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=folder)
-            raise
-        with contextlib.suppress(OSError):
-            os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def _stage(out_dir: Path, top: int | None, names: list[str], parts: Parts) -> Path | None:

@@ -18,6 +18,7 @@ from aggregator.model import Entry
 from aggregator.publish.atomic import Parts, Publisher
 from aggregator.report import BuildReport
 from aggregator.state.cache import BuildCache, pack_render, unpack_render, unpacked_size
+from aggregator.state.published import PublishedRecord
 from aggregator.tree.categories import Node
 
 if TYPE_CHECKING:
@@ -45,7 +46,8 @@ def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
     to drop. `load(nodes, max_items)` is called with the nodes whose feeds are planned
     before their entries are asked for (a saved index loads their parts).
     Returns the number of entries in each node's feed."""
-    publisher = Publisher(config.output_dir)
+    publisher = Publisher(config.output_dir,
+                          PublishedRecord(config.state_path, config.output_dir))
     try:
         return _publish(publisher, config, root, report, cache, workers, clean_nodes,
                         last_counts, sweep_temps, memo, patched, load)

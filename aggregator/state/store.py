@@ -94,6 +94,15 @@ MIGRATIONS: list[str] = [
     # storing 50k entries (~1 CPU-s of the thread a first poll waits on)
     "".join(f"DROP TRIGGER upstream_entry_{event};\n"
             for event in ("insert", "update", "delete")),
+    # 6: the files the builds published, per output dir (state/published.py); no
+    # generation trigger: they follow from the inputs, they do not shape the output
+    """
+    CREATE TABLE published_file (
+        out_dir TEXT NOT NULL,
+        rel     TEXT NOT NULL,
+        PRIMARY KEY (out_dir, rel)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 Clock = Callable[[], datetime]

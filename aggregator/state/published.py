@@ -1,0 +1,92 @@
+"""The record of what the builds published into an output dir, in the state file.
+
+The publisher removes a file only when this record says an earlier build published
+it and the current one did not (the feeds of a vanished category): nothing else in
+the output dir is ever deleted. The record lives in the state file, not in the output
+dir (a file there was shipped by every deploy: rsync, object storage) and not in the
+disposable build cache (deleting that must not make us forget what we wrote).
+
+An output dir published by an older version holds `.aggregator-manifest`: it is read
+once, merged into the record and deleted once the record is saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+from aggregator.state.store import StateStore
+
+log = logging.getLogger(__name__)
+
+LEGACY_MANIFEST = ".aggregator-manifest"
+
+
+class PublishedRecord:
+    """`previous()`: what the builds published into `out_dir` so far; `save(rels)`:
+    what this build published. A state that cannot be read gives an empty record
+    (nothing is removed); one that cannot be written keeps the old record."""
+
+    def __init__(self, state_path: Path, out_dir: Path) -> None:
+        self.state_path, self.out_dir = state_path, out_dir
+        self.key = str(out_dir)
+        self._known: set[str] | None = None  # what the state holds, once read
+        self._legacy: Path | None = None  # a manifest merged in, deleted once saved
+
+    def previous(self) -> set[str]:
+        found: set[str] = set()
+        try:
+            store = StateStore(self.state_path)
+            try:
+                self._known = {row[0] for row in store.db.execute(
+                    "SELECT rel FROM published_file WHERE out_dir = ?", (self.key,))}
+            finally:
+                store.close()
+            found |= self._known
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("%s: cannot read the record of published files (%s); no stale "
+                        "feed is removed this time", self.state_path, exc)
+        manifest = self.out_dir / LEGACY_MANIFEST
+        try:
+            listed = manifest.read_text(encoding="utf-8").split("\n")
+        except FileNotFoundError:
+            return found
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("%s: cannot read (%s); ignored", manifest, exc)
+            return found
+        self._legacy = manifest
+        log.debug("%s: %d files, merged into the state's record", manifest, len(listed))
+        return found | (set(listed) - {""})
+
+    def save(self, published: set[str]) -> None:
+        if self._known is None:
+            return  # never read: the record may hold more than we know
+        added, gone = published - self._known, self._known - published
+        if added or gone:
+            try:
+                store = StateStore(self.state_path)
+                try:
+                    with store.db:  # one transaction
+                        store.db.execute("BEGIN")
+                        store.db.executemany(
+                            "DELETE FROM published_file WHERE out_dir = ? AND rel = ?",
+                            [(self.key, rel) for rel in gone])
+                        store.db.executemany(
+                            "INSERT OR IGNORE INTO published_file VALUES (?, ?)",
+                            [(self.key, rel) for rel in added])
+                finally:
+                    store.close()
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("%s: cannot record the published files (%s); feeds of "
+                            "categories removed later may be left behind",
+                            self.state_path, exc)
+                return
+            self._known = set(published)
+        if self._legacy is not None:
+            try:
+                self._legacy.unlink(missing_ok=True)
+                log.info("%s: moved into the state file and removed", self._legacy)
+            except OSError as exc:
+                log.warning("%s: cannot remove (%s)", self._legacy, exc)
+            self._legacy = None
