@@ -217,6 +217,8 @@ class Builder:
 
                 self._index = None
                 posts = found.posts if found is not None else self._sorted_posts()
+                log.debug("full build: %d posts (each read unless the build cache has it)",
+                          len(posts))
                 # Posts whose image type the URL does not tell get what `fetch` probed
                 # (state, no network). Render keys and the session's signatures include
                 # the image, so a newly probed type is rendered again.
@@ -277,7 +279,12 @@ class Builder:
 
         index, cache = self._index, self._cache
         if index is None or cache is None or state.generation() != index.generation:
+            log.debug("%d posts changed; a full build (%s)", len(changed),
+                      "no index of the last build" if index is None or cache is None
+                      else "the state changed since the last build")
             return None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%d posts changed: %s", len(changed), _listed(config, changed))
         now = self._post_map() or {}
         fresh, gone = [], []
         for location in changed:
@@ -331,7 +338,9 @@ class Builder:
         now = self._post_map() or {}
         changed = saved.posts.changed(now, walked)
         if len(changed) > max(100, len(now) // 50):
+            log.debug("%d posts changed since the saved build: a full build", len(changed))
             return False  # many changes: a full build is as quick and simpler
+        log.debug("%d posts changed since the saved build: patching them in", len(changed))
         cache = self._cache
         earlier = cache.patched_nodes()  # (None: unreadable, so nothing is known)
         if earlier is None:
@@ -425,6 +434,11 @@ class Builder:
         last = self._cache.last_build() if inputs is not None else None
         if last is None or last.inputs != inputs or not last.outputs_untouched(
                 config.output_dir):
+            log.debug("not up to date: %s", "the state is a temporary one" if inputs is None
+                      else "no complete build recorded in the build cache" if last is None
+                      else "posts, config, program or state changed since the last build"
+                      if last.inputs != inputs else
+                      "a published file was changed or deleted since the last build")
             return False
         Publisher(config.output_dir).remove_temp_files()  # a killed build's leftovers
         report.problems.replay(last.problems)
@@ -517,6 +531,14 @@ class Builder:
         self._cache, self._posts, self._walked, self._config = None, None, None, None
         self._memo.clear()
         self._walk_problems = []
+
+
+def _listed(config: Config, locations: set[str], most: int = 20) -> str:
+    """Up to `most` post paths, relative to their content dir, for a debug line."""
+    roots = [str(d) + "/" for d in config.content_dirs]
+    shown = [next((loc[len(r):] for r in roots if loc.startswith(r)), loc)
+             for loc in sorted(locations)[:most]]
+    return ", ".join(shown) + (" …" if len(locations) > most else "")
 
 
 def _settings(config: Config) -> tuple[str, ...]:

@@ -361,3 +361,25 @@ def test_an_old_manifest_is_read_once_then_deleted(
     assert _cli(capsys, "build", "-c", str(config))[0] == 0
     assert not (out / "gone").exists() and not (out / ".aggregator-manifest").exists()
     assert (out / "yours" / "atom.xml").is_file()
+
+
+# 6. --log-level debug: the program's decisions, not the libraries' chatter
+
+def test_debug_shows_our_decisions_and_no_library_debug(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_post(tmp_path / "posts", "md.md", "title: Markdown\ncategories: [A]",
+               body="# Heading\n\nSome *markdown* text.\n")
+    config = write_config(tmp_path)
+    code, _, err = _cli(capsys, "build", "-c", str(config), "--log-level", "debug")
+    assert code == 0
+    assert "not up to date: no complete build recorded" in err
+    assert "feed a/atom.xml: written (new feed; entries: 1)" in err
+    assert "StateBlock" not in err  # markdown-it's debug lines stay quiet
+    (tmp_path / "posts" / "md.md").write_text("---\ntitle: Edited\ncategories: [A]\n---\nx\n")
+    code, _, err = _cli(capsys, "build", "-c", str(config), "--log-level", "debug")
+    assert "1 posts changed: md.md" in err
+    assert "feed a/atom.xml: written (its entries or head changed; entries: 1)" in err
+    (tmp_path / "posts" / "md.md").write_text("---\ntitle: Again\n---\n# x\n")
+    code, _, err = _cli(capsys, "build", "-c", str(config), "--log-level", "debug",
+                        "--library-log-level", "debug")
+    assert code == 0 and "StateBlock" in err  # asked for

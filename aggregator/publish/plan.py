@@ -7,6 +7,7 @@ and only those not in the build cache, are sanitised and serialised.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ from aggregator.tree.categories import Node
 if TYPE_CHECKING:
     from aggregator.writers.feeds import FeedRenderer
 from aggregator.writers.index import feed_title, feed_url, feeds_opml, index_html
+
+log = logging.getLogger(__name__)
 
 # Written by every build beside the feeds.
 INDEX_FILES = ("index.html", "feeds.opml")
@@ -105,6 +108,8 @@ def _publish(publisher: Publisher, config: Config, root: Node, report: BuildRepo
                                         feed_url(config, node, kind), member_keys)
             plans.append((node, kind, rel, members, member_keys, feed_print))
     todo = {plan[2] for plan in plans if not _untouched(publisher, plan[2], plan[5], previous)}
+    if log.isEnabledFor(logging.DEBUG):
+        _explain_plans(plans, todo, previous, len(kept))
 
     needed = {e.id: e for plan in plans if plan[2] in todo for e in plan[3]}
     cached = cache.rendered_keys({key(e) for e in needed.values()})
@@ -199,6 +204,20 @@ def _rendered(entries: list[Entry], pairs: Iterable[tuple[bytes, bytes] | str],
             renders.leave_out(key(entry))
         else:
             yield key(entry), *pair
+
+
+def _explain_plans(plans: list[tuple[Node, str, str, list[Entry], list[str], str]],
+                   todo: set[str], previous: dict[str, tuple[str, int, int]],
+                   kept: int) -> None:
+    """Debug: each feed to write and why; how many were kept and how."""
+    for _node, _kind, rel, members, _keys, feed_print in plans:
+        if rel in todo:
+            known = previous.get(rel)
+            why = "new feed" if known is None else "its entries or head changed" \
+                if known[0] != feed_print else "the file differs from what was written"
+            log.debug("feed %s: written (%s; entries: %d)", rel, why, len(members))
+    log.debug("feeds: %d to write, %d planned and unchanged, %d kept unplanned (their "
+              "nodes' entries did not change)", len(todo), len(plans) - len(todo), kept)
 
 
 def _feed_renderer(config: Config) -> FeedRenderer:

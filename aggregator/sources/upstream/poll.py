@@ -140,6 +140,9 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
         sources = enabled if everything else state.due(enabled, clock())
         report.waiting = _waiting(state, enabled, sources)
     sources = [s for s in sources if not _disabled(s, state, problems)]
+    if log.isEnabledFor(logging.DEBUG):
+        _explain(config, state, sources, "asked for" if only is not None
+                 else "--all" if everything else None)
     report.due = len(sources)
     if not sources:
         return report
@@ -208,6 +211,19 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
     return report
 
 
+def _explain(config: Config, state: UpstreamState, sources: list[UpstreamSource],
+             why: str | None) -> None:
+    """Debug: why each source is polled (or, disabled in the config, not)."""
+    for source in sources:
+        known = state.source(source.url)
+        log.debug("%s: polled (%s)", source.url, why or ("never polled"
+                  if known.next_poll_at is None else
+                  f"due since {known.next_poll_at.isoformat()}"))
+    for source in config.upstream:
+        if not source.enabled:
+            log.debug("%s: not polled (enabled: false in the config)", source.url)
+
+
 def _waiting(state: UpstreamState, enabled: list[UpstreamSource],
              due: list[UpstreamSource]) -> list[tuple[str, datetime, int]]:
     due_urls = {s.url for s in due}
@@ -217,7 +233,7 @@ def _waiting(state: UpstreamState, enabled: list[UpstreamSource],
         if source.url not in due_urls and known.disabled is None \
                 and known.next_poll_at is not None:
             out.append((source.url, known.next_poll_at, known.error_count))
-            log.debug("%s: not due until %s (%d errors in a row)", source.url,
+            log.debug("%s: not polled: not due until %s (%d errors in a row)", source.url,
                       known.next_poll_at.isoformat(), known.error_count)
     return out
 
