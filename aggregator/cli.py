@@ -445,7 +445,8 @@ def _poll_json(polled: PollReport) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.log_level, args.library_log_level)
-    progress.show(sys.stderr.isatty() and not args.quiet)
+    # (not in the service: its builds and polls run on threads of their own)
+    progress.show(sys.stderr.isatty() and not args.quiet and args.command != "run")
     problems = ProblemLog()
     config = _load(args.config, problems)
     if config is None:

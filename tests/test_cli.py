@@ -383,3 +383,37 @@ def test_debug_shows_our_decisions_and_no_library_debug(
     code, _, err = _cli(capsys, "build", "-c", str(config), "--log-level", "debug",
                         "--library-log-level", "debug")
     assert code == 0 and "StateBlock" in err  # asked for
+
+
+def test_the_service_warns_about_defaults_at_start_and_on_reload_only(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import time
+
+    from aggregator.config import load_config
+    from aggregator.service.metrics import ServiceStats
+    from aggregator.service.notify import Notifier
+    from aggregator.service.runner import BuildWorker
+
+    _posts(tmp_path)
+    path = _bare_config(tmp_path)
+    current = [load_config(path)]
+    worker = BuildWorker(lambda: current[0], ServiceStats(), Notifier({}))
+    worker.start()
+
+    def build(reason: str) -> int:
+        before = worker.stats.last_build
+        worker.request(reason, None)
+        deadline = time.monotonic() + 60
+        while worker.stats.last_build == before:  # set once the build is told
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        return sum("3 entries have no link" in r.getMessage() for r in caplog.records)
+
+    try:
+        with caplog.at_level("WARNING", logger="aggregator"):
+            assert build("start") == 1
+            assert build("file events") == 1  # the same config: said already
+            current[0] = load_config(path)  # SIGHUP: a new load
+            assert build("config reloaded") == 2
+    finally:
+        worker.stop()
