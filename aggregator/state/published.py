@@ -16,11 +16,15 @@ import logging
 import sqlite3
 from pathlib import Path
 
-from aggregator.state.store import StateStore
+from aggregator.state import store
 
 log = logging.getLogger(__name__)
 
 LEGACY_MANIFEST = ".aggregator-manifest"
+# The longest wait for a state another process holds: the build has waited for it
+# already (and gone on without it); a record not read removes nothing, one not saved
+# keeps the last.
+BUSY_SECONDS = 5.0
 
 
 class PublishedRecord:
@@ -37,12 +41,12 @@ class PublishedRecord:
     def previous(self) -> set[str]:
         found: set[str] = set()
         try:
-            store = StateStore(self.state_path)
+            db = self._connect()
             try:
-                self._known = {row[0] for row in store.db.execute(
+                self._known = {row[0] for row in db.execute(
                     "SELECT rel FROM published_file WHERE out_dir = ?", (self.key,))}
             finally:
-                store.close()
+                db.close()
             found |= self._known
         except (OSError, sqlite3.Error) as exc:
             log.warning("%s: cannot read the record of published files (%s); no stale "
@@ -59,24 +63,31 @@ class PublishedRecord:
         log.debug("%s: %d files, merged into the state's record", manifest, len(listed))
         return found | (set(listed) - {""})
 
+    def _connect(self) -> sqlite3.Connection:
+        """The state file the build opened (and migrated) already: a plain connection,
+        which never creates a file (mode=rw) and reports nothing of its own; the
+        build's StateStore has said what there is to say about the state."""
+        return sqlite3.connect(f"{self.state_path.absolute().as_uri()}?mode=rw", uri=True,
+                               timeout=min(BUSY_SECONDS, store.BUSY_TIMEOUT_SECONDS),
+                               isolation_level=None)
+
     def save(self, published: set[str]) -> None:
         if self._known is None:
             return  # never read: the record may hold more than we know
         added, gone = published - self._known, self._known - published
         if added or gone:
             try:
-                store = StateStore(self.state_path)
+                db = self._connect()
                 try:
-                    with store.db:  # one transaction
-                        store.db.execute("BEGIN")
-                        store.db.executemany(
+                    with db:  # one transaction
+                        db.execute("BEGIN")
+                        db.executemany(
                             "DELETE FROM published_file WHERE out_dir = ? AND rel = ?",
                             [(self.key, rel) for rel in gone])
-                        store.db.executemany(
-                            "INSERT OR IGNORE INTO published_file VALUES (?, ?)",
-                            [(self.key, rel) for rel in added])
+                        db.executemany("INSERT OR IGNORE INTO published_file VALUES (?, ?)",
+                                       [(self.key, rel) for rel in added])
                 finally:
-                    store.close()
+                    db.close()
             except (OSError, sqlite3.Error) as exc:
                 log.warning("%s: cannot record the published files (%s); feeds of "
                             "categories removed later may be left behind",
