@@ -363,9 +363,8 @@ def _waiting(polled: PollReport) -> str:
     scheduled = [when for _, when, errors in polled.waiting if not errors]
     parts = []
     if backoff:
-        parts.append(f"{len(backoff)} source{'s' if len(backoff) != 1 else ''} wait after "
-                     f"errors (until {min(backoff).isoformat()} to {max(backoff).isoformat()})"
-                     if len(backoff) > 1 else
+        parts.append(f"{len(backoff)} sources wait after errors (the first until "
+                     f"{min(backoff).isoformat()})" if len(backoff) > 1 else
                      f"1 source waits after errors until {backoff[0].isoformat()}")
     if scheduled:
         parts.append(f"{len(scheduled)} not due until {min(scheduled).isoformat()}")
