@@ -428,3 +428,17 @@ def test_the_service_warns_about_defaults_at_start_and_on_reload_only(
             assert build("config reloaded") == 2
     finally:
         worker.stop()
+
+
+def test_an_old_manifest_that_is_a_link_is_not_followed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _two_categories(tmp_path)
+    out = tmp_path / "feeds"
+    (out / "yours").mkdir(parents=True)
+    (out / "yours" / "atom.xml").write_text("a person put this here")
+    elsewhere = tmp_path / "list.txt"
+    elsewhere.write_text("yours/atom.xml\n")
+    (out / ".aggregator-manifest").symlink_to(elsewhere)
+    assert _cli(capsys, "build", "-c", str(config))[0] == 0
+    assert (out / "yours" / "atom.xml").read_text() == "a person put this here"
+    assert elsewhere.read_text() == "yours/atom.xml\n"

@@ -8,7 +8,9 @@ went from ~4 s of fsyncs to one flush. If staging fails (disk full, read-only), 
 staged temps are removed and nothing is replaced. Unchanged bytes are not rewritten (mtime and
 ETag stay stable for feed readers). A record of what we published (kept by the caller
 in the state file: state/published.py) lets the next run remove feeds of vanished
-categories without touching anything else in the folder.
+categories without touching anything else in the folder; the manifest an older
+version kept in the output dir is read once (not through a link), merged into it and
+removed.
 
 Nothing is written, read or removed through a symlink placed in the output dir
 (`feeds/tech -> /etc`, `atom.xml -> /etc/passwd`, a temp file's name as a link): each
@@ -39,6 +41,7 @@ from aggregator.sources.safe_open import is_link
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".aggregator-tmp"
+MANIFEST = ".aggregator-manifest"  # an older version's record, in the output dir
 WRITE_BUFFER = 1 << 20
 STAGING_THREADS = 4  # feeds staged at once: they mostly wait on the filesystem
 
@@ -68,7 +71,8 @@ class Record(Protocol):
 
     def previous(self) -> set[str]: ...
 
-    def save(self, published: set[str]) -> None: ...
+    def save(self, published: set[str]) -> bool:
+        """Record this run's files; False when they could not be recorded."""
 
 
 class Publisher:
@@ -217,7 +221,8 @@ class Publisher:
             _sync_filesystem(self.out_dir)  # the renames themselves
         if self.record is None:
             return
-        for rel in sorted(self.record.previous() - self._published):
+        previous = self.record.previous() | set(_read_manifest(self.out_dir).split("\n"))
+        for rel in sorted(previous - self._published - {""}):
             try:
                 target = self._target(rel)
             except PublishError:
@@ -232,7 +237,14 @@ class Publisher:
                 log.warning("%s: cannot remove stale feed: %s", target, exc)
                 continue
             _remove_empty_folders(self.out_dir, parts[:-1])
-        self.record.save(self._published)
+        if self.record.save(self._published):
+            try:  # merged into the record: no longer shipped with the feeds
+                os.unlink(self.out_dir / MANIFEST)
+                log.info("%s: moved into the state file", self.out_dir / MANIFEST)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("%s: cannot remove: %s", self.out_dir / MANIFEST, exc)
 
 
 def _open_folder(out_dir: Path, names: list[str], create: bool = False,
@@ -305,6 +317,22 @@ def _remove_empty_folders(out_dir: Path, names: list[str]) -> None:
         finally:
             os.close(parent)
         names = names[:-1]
+
+
+def _read_manifest(out_dir: Path) -> str:
+    """The old manifest's text; "" when it is missing, unreadable or not a regular file
+    (a link is not followed)."""
+    try:
+        fd = os.open(out_dir / MANIFEST, _OLD_FILE)
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return ""
+            return handle.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
 
 
 def _same_bytes(folder: int, name: str, parts: Parts) -> bool:

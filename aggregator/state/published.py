@@ -6,8 +6,9 @@ the output dir is ever deleted. The record lives in the state file, not in the o
 dir (a file there was shipped by every deploy: rsync, object storage) and not in the
 disposable build cache (deleting that must not make us forget what we wrote).
 
-An output dir published by an older version holds `.aggregator-manifest`: it is read
-once, merged into the record and deleted once the record is saved.
+An output dir published by an older version holds `.aggregator-manifest`: the
+publisher reads it (never through a link), merges it and deletes it once this record
+is saved (publish/atomic.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from aggregator.state import store
 
 log = logging.getLogger(__name__)
 
-LEGACY_MANIFEST = ".aggregator-manifest"
 # The longest wait for a state another process holds: the build has waited for it
 # already (and gone on without it); a record not read removes nothing, one not saved
 # keeps the last.
@@ -36,7 +36,6 @@ class PublishedRecord:
         self.state_path, self.out_dir = state_path, out_dir
         self.key = str(out_dir)
         self._known: set[str] | None = None  # what the state holds, once read
-        self._legacy: Path | None = None  # a manifest merged in, deleted once saved
 
     def previous(self) -> set[str]:
         found: set[str] = set()
@@ -51,17 +50,7 @@ class PublishedRecord:
         except (OSError, sqlite3.Error) as exc:
             log.warning("%s: cannot read the record of published files (%s); no stale "
                         "feed is removed this time", self.state_path, exc)
-        manifest = self.out_dir / LEGACY_MANIFEST
-        try:
-            listed = manifest.read_text(encoding="utf-8").split("\n")
-        except FileNotFoundError:
-            return found
-        except (OSError, UnicodeDecodeError) as exc:
-            log.warning("%s: cannot read (%s); ignored", manifest, exc)
-            return found
-        self._legacy = manifest
-        log.debug("%s: %d files, merged into the state's record", manifest, len(listed))
-        return found | (set(listed) - {""})
+        return found
 
     def _connect(self) -> sqlite3.Connection:
         """The state file the build opened (and migrated) already: a plain connection,
@@ -71,9 +60,10 @@ class PublishedRecord:
                                timeout=min(BUSY_SECONDS, store.BUSY_TIMEOUT_SECONDS),
                                isolation_level=None)
 
-    def save(self, published: set[str]) -> None:
+    def save(self, published: set[str]) -> bool:
+        """Record `published`; False when the record could not be read or written."""
         if self._known is None:
-            return  # never read: the record may hold more than we know
+            return False  # never read: the record may hold more than we know
         added, gone = published - self._known, self._known - published
         if added or gone:
             try:
@@ -92,12 +82,6 @@ class PublishedRecord:
                 log.warning("%s: cannot record the published files (%s); feeds of "
                             "categories removed later may be left behind",
                             self.state_path, exc)
-                return
+                return False
             self._known = set(published)
-        if self._legacy is not None:
-            try:
-                self._legacy.unlink(missing_ok=True)
-                log.info("%s: moved into the state file and removed", self._legacy)
-            except OSError as exc:
-                log.warning("%s: cannot remove (%s)", self._legacy, exc)
-            self._legacy = None
+        return True
