@@ -339,6 +339,14 @@ def _two_categories(tmp_path: Path) -> Path:
     return write_config(tmp_path)
 
 
+def _with_a_persons_feed(tmp_path: Path) -> Path:
+    """The output dir, holding `yours/atom.xml`, which a person put there."""
+    out = tmp_path / "feeds"
+    (out / "yours").mkdir(parents=True)
+    (out / "yours" / "atom.xml").write_text("a person put this here")
+    return out
+
+
 def test_no_manifest_is_published_and_vanished_feeds_still_go(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = _two_categories(tmp_path)
@@ -357,12 +365,9 @@ def test_no_manifest_is_published_and_vanished_feeds_still_go(
 
 def test_an_old_manifest_is_read_once_then_deleted(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = _two_categories(tmp_path)
-    out = tmp_path / "feeds"
+    config, out = _two_categories(tmp_path), _with_a_persons_feed(tmp_path)
     (out / "old").mkdir(parents=True)
     (out / "old" / "atom.xml").write_text("an earlier version wrote this")
-    (out / "yours").mkdir()
-    (out / "yours" / "atom.xml").write_text("a person put this here")
     (out / ".aggregator-manifest").write_text("old/atom.xml\natom.xml\n")
     assert _cli(capsys, "build", "-c", str(config))[0] == 0
     assert not (out / ".aggregator-manifest").exists()
@@ -432,10 +437,7 @@ def test_the_service_warns_about_defaults_at_start_and_on_reload_only(
 
 def test_an_old_manifest_that_is_a_link_is_not_followed(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = _two_categories(tmp_path)
-    out = tmp_path / "feeds"
-    (out / "yours").mkdir(parents=True)
-    (out / "yours" / "atom.xml").write_text("a person put this here")
+    config, out = _two_categories(tmp_path), _with_a_persons_feed(tmp_path)
     elsewhere = tmp_path / "list.txt"
     elsewhere.write_text("yours/atom.xml\n")
     (out / ".aggregator-manifest").symlink_to(elsewhere)
