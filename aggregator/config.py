@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from aggregator.problems import ConfigError, ProblemLog
+from aggregator.sources.hexo_site import HexoSite, load_hexo_site
 
 try:  # libyaml is ~10x faster; fall back silently where it is not compiled in
     from yaml import CSafeLoader as SafeLoader
@@ -91,6 +92,7 @@ class Config:
     probe_max: int = 50  # image probes per fetch run
     probe_seconds: float = 20.0  # time budget for the image probes of one fetch run
     probe_refresh_days: int = 30  # a cached probe result is trusted this long
+    hexo: HexoSite | None = None  # content.hexo_config: links and dates as Hexo makes them
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -192,7 +194,7 @@ class _Reader:
 # added here and read in load_config.
 KNOWN_KEYS: dict[str, set[str]] = {
     "site": {"url", "title", "timezone", "post_url", "id_date"},
-    "content": {"dir", "body", "follow_symlinks", "max_post_bytes"},
+    "content": {"dir", "body", "follow_symlinks", "max_post_bytes", "hexo_config"},
     "output": {"dir", "max_items", "full_content", "slugs", "max_depth"},
     "sanitize": {"drop_selectors", "iframe_hosts"},
     "images": {"probe", "probe_max", "probe_seconds", "probe_refresh_days"},
@@ -298,7 +300,14 @@ def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
                           f"not {site_url!r}")
     if not site_url.endswith("/"):
         site_url += "/"
-    tz_name = r.typed(str, "site", "timezone", default="UTC")
+    hexo_path = r.get("content", "hexo_config")
+    if hexo_path is not None and not (isinstance(hexo_path, str) and hexo_path):
+        raise ConfigError(f"{r.where('content', 'hexo_config')}: content.hexo_config must be "
+                          f"the path of a Hexo site's _config.yml")
+    hexo = load_hexo_site((base / hexo_path).resolve()) if hexo_path else None
+    # naive dates are in site.timezone, else in the Hexo site's, else in UTC
+    tz_name = r.typed(str, "site", "timezone",
+                      default=hexo.timezone if hexo is not None and hexo.timezone else "UTC")
     try:
         timezone = ZoneInfo(tz_name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -380,6 +389,7 @@ def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
         probe_max=max(0, r.typed(int, "images", "probe_max", default=50)),
         probe_seconds=float(r.typed((int, float), "images", "probe_seconds", default=20.0)),
         probe_refresh_days=max(1, r.typed(int, "images", "probe_refresh_days", default=30)),
+        hexo=hexo,
         raw=data,
     )
 

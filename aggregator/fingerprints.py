@@ -69,7 +69,7 @@ def read_fingerprint(config: Config) -> str:
                  str(config.timezone), config.post_url, config.id_date,
                  config.site_host, config.site_url, config.body, config.max_depth,
                  config.max_post_bytes, config.follow_symlinks,
-                 tuple(map(str, config.content_dirs)))
+                 tuple(map(str, config.content_dirs)), config.hexo)
 
 
 # Bumped when the writers (writers/feeds.py, writers/entry_xml.py) write other bytes

@@ -55,7 +55,7 @@ class SessionIndex:
         nodes = {node.names: node for node in root.walk()}
         totals = dict.fromkeys(nodes, 0)
         for entry in merged:
-            _count(totals, entry.category, +1)
+            _count(totals, entry, +1)
         unknown = {source: url for source, entry in posts.items()
                    if (url := unknown_image(entry))}
         return cls(generation, posts, problems, {e.id: e for e in merged},
@@ -75,7 +75,7 @@ class SessionIndex:
             if before is not None:
                 if self.merged.get(before.id) is not before:
                     return None  # it lost a merge last time: the winner may change
-                _count(delta, before.category, -1)
+                _count(delta, before, -1)
             if entry is None:
                 continue
             clash = self.merged.get(entry.id)
@@ -87,7 +87,7 @@ class SessionIndex:
                     return None  # a duplicate link
                 links[entry.link] = entry.id
             arriving[entry.id] = entry
-            _count(delta, entry.category, +1)
+            _count(delta, entry, +1)
         for names, change in delta.items():
             if names not in self.nodes or self.totals[names] + change <= 0:
                 return None  # a category appears or empties: the tree's shape changes
@@ -95,20 +95,25 @@ class SessionIndex:
         for source in changes:
             before = old[source]
             if before is not None:
-                self.nodes[before.category].discard(before)
+                for path in before.categories:
+                    self.nodes[path].discard(before)
                 del self.merged[before.id]
                 if before.link and self.link_owner.get(before.link) == before.id:
                     del self.link_owner[before.link]
-                dirty.update(_path(before.category))
+                dirty.update(_nodes_of(before))
                 del self.posts[source]
                 self.unknown.pop(source, None)
         for source, entry in changes.items():
             if entry is not None:
-                self.nodes[entry.category].add(entry)
+                for path in entry.categories:
+                    self.nodes[path].add(entry)
+                if entry.more_categories:
+                    for names in _nodes_of(entry):
+                        self.nodes[names].shared = True
                 self.merged[entry.id] = entry
                 if entry.link:
                     self.link_owner[entry.link] = entry.id
-                dirty.update(_path(entry.category))
+                dirty.update(_nodes_of(entry))
                 self.posts[source] = entry
                 if url := unknown_image(entry):
                     self.unknown[source] = url
@@ -161,12 +166,16 @@ def _post_order(source: str) -> tuple[str, str]:
     return rel, root
 
 
-def _path(category: Names) -> list[Names]:
-    return [category[:depth] for depth in range(len(category) + 1)]
+def _nodes_of(entry: Entry) -> set[Names] | list[Names]:
+    """The nodes whose feeds hold the entry: those on its paths from the root."""
+    category = entry.category
+    if not entry.more_categories:
+        return [category[:depth] for depth in range(len(category) + 1)]
+    return {path[:depth] for path in entry.categories for depth in range(len(path) + 1)}
 
 
-def _count(delta: dict[Names, int], category: Names, change: int) -> None:
-    for names in _path(category):
+def _count(delta: dict[Names, int], entry: Entry, change: int) -> None:
+    for names in _nodes_of(entry):
         delta[names] = delta.get(names, 0) + change
 
 
@@ -183,7 +192,7 @@ class SavedSession:
     # build that leaves the shape alone does not make them again (~50 ms at 10k posts)
     publish_memo: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    FORMAT = 8
+    FORMAT = 9
 
     def dump(self, out: BinaryIO) -> None:
         """This record, pickled into `out`; the index it goes with is saved apart
@@ -218,6 +227,14 @@ def dump_index(index: SessionIndex, out: BinaryIO) -> list[int]:
     source_parts = [part(entry) for entry in index.posts.values()]
     for (source, entry), number in zip(index.posts.items(), source_parts, strict=True):
         parts[number].posts[source] = entry
+    # An entry in several top-level categories is owned by nodes of each one's part:
+    # its source is found in all of them (a patch takes it out of every node).
+    located, located_parts = list(index.posts), list(source_parts)
+    for source, entry in index.posts.items():
+        if entry.more_categories:
+            for number in {part_of[path[0]] for path in entry.more_categories} - {part(entry)}:
+                located.append(source)
+                located_parts.append(number)
     id_parts = [part(entry) for entry in index.merged.values()]
     for (entry_id, entry), number in zip(index.merged.items(), id_parts, strict=True):
         parts[number].merged[entry_id] = entry
@@ -237,7 +254,7 @@ def dump_index(index: SessionIndex, out: BinaryIO) -> list[int]:
                    else None for top, node in index.root.children.items()}
     spine = _Spine(index.generation, index.problems, index.totals, index.unknown,
                    index.root, tops, [(len(p.posts), len(p.merged)) for p in parts],
-                   merged_tops, _Locator.of(index.posts, source_parts),
+                   merged_tops, _Locator.of(located, located_parts),
                    _Locator.of(index.merged, id_parts),
                    _Locator.of(index.link_owner, link_parts))
     starts = [out.tell()]
@@ -379,8 +396,8 @@ class PartialIndex(SessionIndex):
             wanted |= spine.sources.parts_of(source)
             if entry is None:
                 continue
-            if entry.category and entry.category[0] in numbers:
-                wanted.add(numbers[entry.category[0]])
+            wanted.update(numbers[path[0]] for path in entry.categories
+                          if path and path[0] in numbers)
             wanted |= spine.ids.parts_of(entry.id)
             if entry.link:
                 wanted |= spine.links.parts_of(entry.link)
@@ -452,12 +469,13 @@ class _SpinePickler(_LightPickler):
 
     def reducer_override(self, obj: object) -> Any:
         if type(obj) is Node:
-            return _bare_node, (obj.names, obj.slugs, obj.children, obj.rel_dir)
+            return _bare_node, (obj.names, obj.slugs, obj.children, obj.rel_dir, obj.shared)
         return super().reducer_override(obj)
 
 
-def _bare_node(names: Names, slugs: Names, children: dict[str, Node], rel_dir: str) -> Node:
-    return Node(names, slugs, children, rel_dir=rel_dir)
+def _bare_node(names: Names, slugs: Names, children: dict[str, Node], rel_dir: str,
+               shared: bool) -> Node:
+    return Node(names, slugs, children, rel_dir=rel_dir, shared=shared)
 
 
 # every field but those _LightPickler spreads out, the html and the flag that says it

@@ -30,7 +30,7 @@ class Entry:
     author: str | None
     published: datetime | None  # None: the source had no usable date
     updated: datetime  # always set, and stable between builds of unchanged input
-    category: tuple[str, ...]  # category path, root first
+    category: tuple[str, ...]  # category path, root first (the first of its paths)
     tags: tuple[str, ...]
     html: str  # sanitised before it reaches a writer
     summary: str  # plain text
@@ -39,6 +39,9 @@ class Entry:
     source: str = ""  # relative post path or upstream URL, for messages
     base_url: str | None = None  # for resolving relative URLs in html
     drop_selectors: tuple[str, ...] = ()  # per-source junk selectors (upstream)
+    # its other category paths (Hexo's several hierarchies): none is `category`, none
+    # the start of another, so no node owns the entry twice on one path from the root
+    more_categories: tuple[tuple[str, ...], ...] = ()
     # Build-cache bookkeeping, not content: a digest of every field above (set when the
     # entry is read), and whether `html` was left out (the full entry is in the cache).
     digest: str = field(default="", compare=False, repr=False)
@@ -47,6 +50,13 @@ class Entry:
     @property
     def dated(self) -> bool:
         return self.published is not None
+
+    @property
+    def categories(self) -> tuple[tuple[str, ...], ...]:
+        """Every category path of the entry, `category` first."""
+        if self.more_categories:
+            return (self.category, *self.more_categories)
+        return (self.category,)
 
 
 def changed(entry: Entry, **values: object) -> Entry:

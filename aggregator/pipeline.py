@@ -150,7 +150,8 @@ class Builder:
         self._walked: Walk | None = None  # the last walk, until _post_map()
         self._walk_problems: list[Problem] = []
         self._memo: dict[str, ReadResult] = {}
-        self._signature: dict[str, tuple[tuple[str, ...], str, Image | None]] | None = None
+        self._signature: dict[str, tuple[tuple[tuple[str, ...], ...], str, Image | None]] \
+            | None = None
         self._layout: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._counts: dict[tuple[str, ...], int] | None = None
         self._index: SessionIndex | None = None  # the last build, to patch edits into
@@ -507,7 +508,7 @@ class Builder:
     def _clean_nodes(self, entries: list[Entry], root: Node) -> frozenset[tuple[str, ...]]:
         """Nodes whose entries are the same as in the last build: no entry of theirs (or
         their descendants') was added, removed or changed, and no slug moved."""
-        signature = {e.id: (e.category, e.digest or fingerprint_of(e), e.image)
+        signature = {e.id: (e.categories, e.digest or fingerprint_of(e), e.image)
                      for e in entries}
         layout = {node.names: node.slugs for node in root.walk()}
         last, last_layout = self._signature, self._layout
@@ -518,7 +519,7 @@ class Builder:
         for entry_id in signature.keys() | last.keys():
             now, before = signature.get(entry_id), last.get(entry_id)
             if now != before:
-                for category in (now[0] if now else (), before[0] if before else ()):
+                for category in (*(now[0] if now else ((),)), *(before[0] if before else ((),))):
                     dirty.update(category[:depth] for depth in range(len(category) + 1))
         return frozenset(layout.keys() - dirty)
 

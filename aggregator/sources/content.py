@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -16,10 +17,9 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-import frontmatter
 import yaml
 
-from aggregator.config import Config, category_path
+from aggregator.config import Config
 from aggregator.media import image_type_from_url
 from aggregator.model import Entry, Image
 from aggregator.problems import ProblemLog
@@ -32,6 +32,8 @@ from aggregator.sources.hexo.assets import PostAssets, asset_folder
 from aggregator.sources.hexo.body import BodySettings, Rendered, render_body, site_of
 from aggregator.sources.hexo.excerpt import excerpt_of
 from aggregator.sources.safe_open import Refused, SafeOpener
+from aggregator.sources.front_matter import Split, split_front_matter
+from aggregator.sources.permalinks import PostFacts, permalink, read_file_name
 from aggregator.sources.simple_yaml import parse_simple
 from aggregator.sources.walk import PostFile, display
 
@@ -47,6 +49,8 @@ _NOT_TEXT = re.compile("[\ufffd\x01-\x08\x0e-\x1f\x7f-\x9f]")
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _HTML_START = re.compile(r"<[A-Za-z!/?]")
 _KEY_LINE = re.compile(r"^([A-Za-z_][\w-]*)\s*:(.*)$")
+_LEADING_TABS = re.compile(r"\n\t+")
+log = logging.getLogger(__name__)
 
 
 class PostReader:
@@ -121,9 +125,12 @@ class PostReader:
             return entry.html if entry is not None else ""
         text = self._text(data, "")
         try:
-            _, body = _split_front_matter(text)
+            split = split_front_matter(text)
         except ValueError:
-            body = ""  # (parse skips such a post: it has no entry to render)
+            split = Split(None, "", "yaml", True, 0)  # (parse skips such a post)
+        body = split.body
+        if split.front is not None and not split.opened:  # front matter only if it reads
+            body = self._front_matter(text, "")[1]  # as one, as parse decided
         return self._body(body, "", text).html
 
     def _text(self, data: bytes, where: str) -> str:
@@ -157,20 +164,20 @@ class PostReader:
             it cost 8 % of reading a post)."""
             if not lines:
                 lines.update(_key_lines(text, fm_line) or {"": 0})
-            return f"{where}:{lines.get(key, fm_line)}"
+            return f"{where}:{lines.get(key, max(fm_line, 1))}"
 
+        if meta.get("published") is False:
+            log.debug("%s: published: false; not published", where)
+            return None
         title = self._title(meta.get("title"), post, at)
-        category = category_path(meta.get("categories", meta.get("category")))
-        if not category:
-            category = tuple(PurePosixPath(post.rel).parent.parts)
-        category = tuple(c for c in map(clean_line, category) if c)
-        if len(category) > self.config.max_depth:
-            self.problems.warn(at("categories"), f"category path has {len(category)} levels; "
-                               f"cut to output.max_depth ({self.config.max_depth})")
-            category = category[: self.config.max_depth]
+        categories = self._categories(meta, post, at)
 
         entry_id = self._entry_id(meta.get("id"), post, at)
+        hexo = self.config.hexo
+        file_name = read_file_name(hexo, _hexo_path(post.rel)) if hexo is not None else None
         published = self._date(meta.get("date"), at, "date")
+        if published is None and file_name is not None and not meta.get("date"):
+            published = file_name.date(self.config.timezone)  # new_post_name's date
         updated = self._date(meta.get("updated"), at, "updated")
         if published is None and updated is not None:
             published = updated
@@ -178,6 +185,10 @@ class PostReader:
             updated = published if published is not None else self.first_seen(entry_id)
 
         link = self._url(meta.get("link"), at, "link") or self._post_url(post)
+        if link is None and hexo is not None and file_name is not None:
+            link = permalink(hexo, PostFacts(file_name, published, _js_title(meta.get("title")),
+                                             categories, meta, self.config.timezone))
+        category, *more = categories or ((),)
         image = None
         for key in ("headimg", "thumbnail"):
             url = self._url(meta.get(key), at, key)
@@ -203,6 +214,7 @@ class PostReader:
             published=published,
             updated=updated,
             category=category,
+            more_categories=tuple(more),
             tags=tuple(t for t in (clean_line(str(x)) for x in _as_list(meta.get("tags"))) if t),
             html=html,
             summary=self._summary(rendered.excerpt, meta, link),
@@ -212,14 +224,31 @@ class PostReader:
         )
 
     def _front_matter(self, text: str, where: str) -> tuple[dict[str, Any] | None, str, int]:
-        """(metadata, body, 1-based line of the opening ---); recovers bad value lines."""
+        """(metadata, body, 1-based line of the opening separator, or the line before
+        the front matter that has none); recovers bad value lines."""
         try:
-            fm, body = _split_front_matter(text)
+            split = split_front_matter(text)
         except ValueError:
+            opening = text.lstrip(_LEADING)[:3]
             self.problems.error(f"{where}:1",
-                                "front matter opened with --- is never closed; skipped")
+                                f"front matter opened with {opening} is never closed; skipped")
             return None, "", 1
-        if fm is None:
+        lead = text.count("\n", 0, len(text) - len(text.lstrip(_LEADING)))
+        fm_line = lead + split.opened
+        first_line = text.count("\n", 0, split.offset) + 1
+        if split.front is not None and not split.opened:
+            # Hexo's front matter without its opening line: only if it reads as one
+            found = ProblemLog(echo=False)
+            problems, self.problems = self.problems, found
+            try:
+                meta, body, _ = self._front_matter_of(split, where, fm_line, first_line)
+            finally:
+                self.problems = problems
+            if meta is not None:
+                problems.replay(found.items)
+                return meta, body, fm_line
+            split = Split(None, text, split.kind, False, 0)
+        if split.front is None:
             if not text.strip():
                 self.problems.error(f"{where}:1", "empty post; skipped")
                 return None, "", 1
@@ -231,13 +260,29 @@ class PostReader:
                 return None, "", 1
             self.problems.warn(f"{where}:1", "no front matter; title and category from the path")
             return {}, text, 1
-        fm_line = text[: len(text) - len(text.lstrip(_LEADING))].count("\n") + 1
+        return self._front_matter_of(split, where, fm_line, first_line)
+
+    def _front_matter_of(self, split: Split, where: str, fm_line: int, first_line: int
+                         ) -> tuple[dict[str, Any] | None, str, int]:
+        """_front_matter of a split that has one; `first_line`: its first line's number."""
+        fm, body = split.front or "", split.body
+        if split.kind == "json":
+            try:
+                loaded = json.loads("{" + fm + "}")
+            except ValueError as exc:
+                if split.opened:
+                    self.problems.error(f"{where}:{fm_line}", f"front matter closed by ;;; is "
+                                        f"not valid JSON ({exc}); skipped")
+                return None, "", fm_line
+            return {str(k): v for k, v in loaded.items()}, body, fm_line
+        if "\n\t" in fm:  # hexo-front-matter indents with tabs: two spaces each
+            fm = _LEADING_TABS.sub(lambda m: "\n" + "  " * (len(m.group()) - 1), fm)
         meta = parse_simple(fm)  # the usual flat shape, without a YAML parser
         # its values are scalars and lists of them, one line each: a key and its value
         # are at most two nodes a line
         simple = meta is not None and 2 * fm.count("\n") + 3 <= MAX_FRONT_MATTER_NODES
         if meta is None:
-            loaded, meta = self._load_yaml(fm, where, fm_line)
+            loaded, meta = self._load_yaml(fm, where, first_line)
             if not loaded:
                 return None, "", fm_line
         if meta is None:
@@ -251,10 +296,11 @@ class PostReader:
             return None, "", fm_line
         return {str(k): v for k, v in meta.items()}, body, fm_line
 
-    def _load_yaml(self, fm: str, where: str, fm_line: int) -> tuple[bool, Any]:
+    def _load_yaml(self, fm: str, where: str, first_line: int) -> tuple[bool, Any]:
         """(loaded, data) from PyYAML; a bad `key: value` line is quoted and tried again.
         A date that does not exist is read as its text, with a warning naming its key
-        (not for `date` and `updated`: reading them as dates says why they are not)."""
+        (not for `date` and `updated`: reading them as dates says why they are not).
+        `first_line`: the line of the file that is the front matter's first."""
         lines = fm.split("\n")
         # The lines read as plain text are reported only if the post is then used: a
         # post that is skipped after all gets one message, the error.
@@ -263,13 +309,14 @@ class PostReader:
             try:
                 data, not_dates = load_front_matter("\n".join(lines))
             except (ValueError, TypeError, KeyError) as exc:  # `!!int x`, `!!bool x`
-                self.problems.error(f"{where}:{fm_line + 1}", f"front matter is not valid "
-                                    f"YAML: a tagged value cannot be built ({exc}); skipped")
+                self.problems.error(f"{where}:{first_line + 1}", f"front matter is not "
+                                    f"valid YAML: a tagged value cannot be built ({exc}); "
+                                    f"skipped")
                 return False, None
             except yaml.YAMLError as exc:
                 mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
                 bad = _recover_line(lines, mark.line if mark is not None else -1)
-                line_no = fm_line + 1 + (bad if bad is not None else 0)
+                line_no = first_line + (bad if bad is not None else 0)
                 if bad is None:
                     self.problems.error(f"{where}:{line_no}", f"front matter is not valid YAML: "
                                         f"{getattr(exc, 'problem', exc)}; skipped")
@@ -281,10 +328,10 @@ class PostReader:
             for index, text in not_dates:
                 key = _key_above(lines, index)
                 if key not in _DATE_KEYS:
-                    self.problems.warn(f"{where}:{fm_line + index}",
+                    self.problems.warn(f"{where}:{first_line + index}",
                                        f"{key} {text!r} is not a real date; read as text")
             return True, data
-        self.problems.error(f"{where}:{fm_line}", "front matter is not valid YAML; skipped")
+        self.problems.error(f"{where}:{first_line}", "front matter is not valid YAML; skipped")
         return False, None
 
     def _title(self, value: object, post: PostFile, at: Callable[[str], str]) -> str:
@@ -313,6 +360,23 @@ class PostReader:
         self.problems.warn(at("title"), f"title has {len(title):,} characters; cut to "
                                         f"{MAX_TITLE_CHARS:,}")
         return title[:MAX_TITLE_CHARS]
+
+    def _categories(self, meta: dict[str, Any], post: PostFile,
+                    at: Callable[[str], str]) -> tuple[tuple[str, ...], ...]:
+        """The post's category paths by Hexo's rule (category_paths); without any, its
+        folder (unless the content is a Hexo site's: there it is in none)."""
+        value = meta.get("categories") or meta.get("category")
+        paths = [tuple(c for c in map(clean_line, path) if c) for path in category_paths(value)]
+        if not any(paths) and self.config.hexo is None:
+            paths = [tuple(c for c in map(clean_line, PurePosixPath(post.rel).parent.parts)
+                           if c)]
+        depth = self.config.max_depth
+        for i, path in enumerate(paths):
+            if len(path) > depth:
+                self.problems.warn(at("categories"), f"category path has {len(path)} levels; "
+                                   f"cut to output.max_depth ({depth})")
+                paths[i] = path[:depth]
+        return _distinct_paths(paths)
 
     def _entry_id(self, value: object, post: PostFile, at: Callable[[str], str]) -> str:
         if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
@@ -422,14 +486,50 @@ def _not_text_share(text: str) -> float:
     return len(_NOT_TEXT.findall(head)) / len(head)
 
 
-def _split_front_matter(text: str) -> tuple[str | None, str]:
-    """(front matter, body); (None, text) without front matter. ValueError: it is
-    opened with --- and never closed."""
-    stripped = text.lstrip(_LEADING)
-    if not stripped.startswith("---"):
-        return None, text
-    fm, body = frontmatter.default_handlers.YAMLHandler().split(stripped)
-    return str(fm), str(body)
+
+def category_paths(value: object) -> list[tuple[str, ...]]:
+    """Hexo's rule for `categories`: a string is one level; a list is one hierarchy,
+    unless one of its items is a list: then each item is a hierarchy of its own (a
+    string being one level). Empty items are dropped; deeper lists are flattened."""
+    items = value if isinstance(value, list) else [value]
+    if any(isinstance(item, list) for item in items):
+        return [_levels(item) for item in items]
+    return [_levels(items)]
+
+
+def _levels(value: object) -> tuple[str, ...]:
+    out: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list | tuple):
+            stack.extend(reversed(item))
+        elif item is not None and not isinstance(item, dict):
+            text = str(item).strip()
+            if text:
+                out.append(text)
+    return tuple(out)
+
+
+def _distinct_paths(paths: list[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
+    """The non-empty paths in their order, each once, without one that another path
+    starts with (the entry is in that node's feed through the longer one)."""
+    kept = [path for path in dict.fromkeys(paths) if path]
+    if len(kept) < 2:
+        return tuple(kept)
+    return tuple(path for path in kept
+                 if not any(len(other) > len(path) and other[:len(path)] == path
+                            for other in kept))
+
+
+def _hexo_path(rel: str) -> str:
+    """A post's path under Hexo's `_posts/` (the content dir may be the source dir)."""
+    return rel[len("_posts/"):] if rel.startswith("_posts/") else rel
+
+
+def _js_title(value: object) -> str:
+    """The title Hexo's permalink sees (`:post_title`): text, else nothing."""
+    return value if isinstance(value, str) else "" if value is None else str(value)
 
 
 def _recover_line(lines: list[str], index: int) -> int | None:

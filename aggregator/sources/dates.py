@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, tzinfo
 from email.utils import parsedate_to_datetime
 
@@ -49,6 +50,9 @@ def _parse_text(text: str) -> datetime:
         return datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
     except ValueError:
         pass
+    loose = _LOOSE.fullmatch(text)
+    if loose is not None:
+        return _loose_date(loose, text)
     try:
         parsed = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -56,3 +60,18 @@ def _parse_text(text: str) -> datetime:
     if parsed is None:
         raise DateError(f"date {text!r} is not a real RFC 822 or ISO 8601 date")
     return parsed
+
+
+# The dates Hexo's posts are written with that ISO 8601 does not allow: one-digit
+# months, days and hours, "/" between the parts (`2013/7/13 20:46:25`, `2018-7-24 9:05`).
+_LOOSE = re.compile(r"(\d{4})([-/])(\d{1,2})\2(\d{1,2})"
+                    r"(?:[ T](\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?)?")
+
+
+def _loose_date(match: re.Match[str], text: str) -> datetime:
+    year, _, month, day, hour, minute, second, fraction = match.groups()
+    try:
+        return datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0),
+                        int(second or 0), int((fraction or "0").ljust(6, "0")))
+    except ValueError as exc:
+        raise DateError(f"date {text!r} is not a date ({exc})") from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import gc
 import hashlib
+import logging
 import operator
 import os
 import re
@@ -21,11 +22,13 @@ from typing import NamedTuple
 from aggregator.config import Config
 from aggregator.problems import ProblemLog
 
-SKIPPED_DIRS = {".git", ".hg", ".svn"}
+# (Hexo's drafts folder too: its posts are not published)
+SKIPPED_DIRS = {".git", ".hg", ".svn", "_drafts"}
 # Lone surrogates too: os.fsdecode's stand-ins for file-name bytes that are not UTF-8.
 _CONTROL = re.compile("[\x00-\x1f\x7f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+log = logging.getLogger(__name__)
 
 
 class PostFile(NamedTuple):
@@ -262,6 +265,8 @@ class _Walker:
                     _symlink_ok(Path(base + name), self.root, self.roots, self.follow,
                                 problems)
             if is_folder:
+                if name == "_drafts":
+                    log.debug("%s%s/: Hexo's drafts; not published", prefix, name)
                 if name not in SKIPPED_DIRS and not (
                         entry.is_symlink() and not _symlink_ok(
                             Path(base + name), self.root, self.roots, self.follow, problems)):

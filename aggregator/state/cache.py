@@ -99,7 +99,7 @@ CREATE TABLE IF NOT EXISTS session_patched (
     record BLOB NOT NULL
 );
 """
-SCHEMA_VERSION = "8"
+SCHEMA_VERSION = "9"
 
 
 @dataclass(frozen=True)

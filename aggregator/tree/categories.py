@@ -31,6 +31,9 @@ class Node:
     # Folder of this node's feeds relative to the output dir ('' for the root); set with
     # the slugs (a service plans 1,644 nodes' file names on every rebuild).
     rel_dir: str = ""
+    # some entry at or below this node sits in several category paths: merging the
+    # runs below it meets that entry once for each path it has here
+    shared: bool = False
     # entries(limit) as last merged, for that limit; None once this node or one below
     # it changed (add() and discard() clear it up the path through their callers).
     _merged: tuple[int, list[Entry]] | None = field(default=None, repr=False, compare=False)
@@ -85,10 +88,22 @@ class Node:
         if len(runs) == 1:
             result = list(runs[0])
         else:
-            stream = heapq.merge(*runs, key=sort_key)
+            stream: Iterator[Entry] = heapq.merge(*runs, key=sort_key)
+            if self.shared:
+                stream = _once(stream)
             result = list(itertools.islice(stream, limit) if limit else stream)
         self._merged = (limit, result)
         return result
+
+
+def _once(stream: Iterator[Entry]) -> Iterator[Entry]:
+    """A merged stream with each entry once: its copies are next to each other, as
+    sort_key ends with the id (copies: a saved index loads each part apart)."""
+    last_id = None
+    for entry in stream:
+        if entry.id != last_id:
+            yield entry
+            last_id = entry.id
 
 
 def base_slug(name: str, overrides: dict[str, str]) -> str:
@@ -109,17 +124,31 @@ def _auto_slug(name: str) -> str:
 def build_tree(entries: Iterable[Entry], overrides: dict[str, str]) -> Node:
     root = Node(names=(), slugs=())
     for entry in entries:
-        node = root
-        for name in entry.category:
-            child = node.children.get(name)
-            if child is None:
-                child = node.children[name] = Node(names=node.names + (name,), slugs=())
-            node = child
-        node.own.append(entry)
+        if entry.more_categories:
+            for path in entry.categories:
+                add_path(root, path, shared=True).own.append(entry)
+        else:
+            add_path(root, entry.category, shared=False).own.append(entry)
     for node in root.walk():
         node.own.sort(key=sort_key)
     _assign_slugs(root, overrides)
     return root
+
+
+def add_path(root: Node, path: tuple[str, ...], *, shared: bool) -> Node:
+    """The node at `path`, made with the nodes above it where missing; with `shared`,
+    it and every node above it are marked `shared`."""
+    node = root
+    if shared:
+        node.shared = True
+    for name in path:
+        child = node.children.get(name)
+        if child is None:
+            child = node.children[name] = Node(names=node.names + (name,), slugs=())
+        node = child
+        if shared:
+            node.shared = True
+    return node
 
 
 def _assign_slugs(node: Node, overrides: dict[str, str]) -> None:

@@ -45,7 +45,7 @@ def _writable(entry: Entry) -> bool:
         return False  # feedgen raises for these; let it
     strings: list[str | None] = [
         entry.id, entry.title, entry.link, entry.author, entry.html, entry.summary,
-        *entry.category, *entry.tags,
+        *(name for path in entry.categories for name in path), *entry.tags,
         entry.image.url if entry.image else None,
         entry.image.mime_type if entry.image else None,
         *(part for e in entry.enclosures for part in (e.url, e.mime_type))]
@@ -66,7 +66,10 @@ def rfc2822(when: datetime) -> str:
 
 
 def categories(entry: Entry) -> list[str]:
-    """Categories then tags, each once, in order."""
+    """The names of its category paths, then its tags, each once, in order."""
+    if entry.more_categories:
+        return list(dict.fromkeys((*(name for path in entry.categories for name in path),
+                                   *entry.tags)))
     return list(dict.fromkeys((*entry.category, *entry.tags)))
 
 

@@ -1,0 +1,61 @@
+"""Where a post's front matter ends and its body begins, as hexo-front-matter splits
+a post: YAML between `---` lines, or JSON (without its braces) closed by `;;;`, each
+with or without the opening separator line.
+
+Without an opening separator, everything before the first line that starts with
+`---` or `;;;` is the front matter, if it reads as one (Hexo: if it loads as an
+object). The blank lines our sample posts have before the opening `---` are allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+import frontmatter
+
+_LEADING = "\n\r\t "
+# the first line that starts with a separator (hexo-front-matter: `\n(-{3,}|;{3,})\n?`)
+_SEPARATOR_LINE = re.compile(r"\n(-{3,}|;{3,})[ \t]*(?:\r?\n)?")
+_OPENING_JSON = re.compile(r";{3,}[ \t]*\r?\n")
+# a YAML front matter without its opening line starts with a `key:` line
+_FIRST_KEY = re.compile(r"[A-Za-z_][\w-]*[ \t]*:(?:[ \t]|\r?$)")
+
+
+class Split(NamedTuple):
+    front: str | None  # None: no front matter, the whole text is the body
+    body: str
+    kind: str  # "yaml" or "json"
+    opened: bool  # the front matter has its opening separator line
+    offset: int  # where in the text the front matter begins
+
+
+def split_front_matter(text: str) -> Split:
+    """The post's front matter and body. ValueError: it is opened with `---` or `;;;`
+    and never closed."""
+    stripped = text.lstrip(_LEADING)
+    offset = len(text) - len(stripped)
+    if stripped.startswith("---"):
+        handler = frontmatter.default_handlers.YAMLHandler()
+        fm, body = handler.split(stripped)
+        opening = handler.FM_BOUNDARY.match(stripped)  # (what the split cut off first)
+        return Split(str(fm), str(body), "yaml", True,
+                     offset + (opening.end() if opening is not None else 0))
+    if stripped.startswith(";;;"):
+        opening = _OPENING_JSON.match(stripped)
+        if opening is None:
+            raise ValueError("not a separator line")
+        rest = stripped[opening.end():]
+        closing = re.search(r"^" + re.escape(opening.group().strip()) + r"[ \t]*(?:\r?\n|$)",
+                            rest, re.MULTILINE)
+        if closing is None:
+            raise ValueError("never closed")
+        return Split(rest[:closing.start()], rest[closing.end():], "json", True,
+                     offset + opening.end())
+    closing = _SEPARATOR_LINE.search(stripped)
+    if closing is None:
+        return Split(None, text, "yaml", False, 0)
+    kind = "json" if closing.group(1)[0] == ";" else "yaml"
+    if kind == "yaml" and not _FIRST_KEY.match(stripped):
+        return Split(None, text, "yaml", False, 0)
+    return Split(stripped[:closing.start()], stripped[closing.end():], kind, False, offset)
