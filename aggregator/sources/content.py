@@ -233,15 +233,13 @@ class PostReader:
             self.problems.error(f"{where}:1",
                                 f"front matter opened with {opening} is never closed; skipped")
             return None, "", 1
-        lead = text.count("\n", 0, len(text) - len(text.lstrip(_LEADING)))
-        fm_line = lead + split.opened
-        first_line = text.count("\n", 0, split.offset) + 1
+        fm_line = text.count("\n", 0, split.lead) + split.opened
         if split.front is not None and not split.opened:
             # Hexo's front matter without its opening line: only if it reads as one
             found = ProblemLog(echo=False)
             problems, self.problems = self.problems, found
             try:
-                meta, body, _ = self._front_matter_of(split, where, fm_line, first_line)
+                meta, body, _ = self._front_matter_of(split, text, where, fm_line)
             finally:
                 self.problems = problems
             if meta is not None:
@@ -260,11 +258,11 @@ class PostReader:
                 return None, "", 1
             self.problems.warn(f"{where}:1", "no front matter; title and category from the path")
             return {}, text, 1
-        return self._front_matter_of(split, where, fm_line, first_line)
+        return self._front_matter_of(split, text, where, fm_line)
 
-    def _front_matter_of(self, split: Split, where: str, fm_line: int, first_line: int
+    def _front_matter_of(self, split: Split, text: str, where: str, fm_line: int
                          ) -> tuple[dict[str, Any] | None, str, int]:
-        """_front_matter of a split that has one; `first_line`: its first line's number."""
+        """_front_matter of a split of `text` that has one."""
         fm, body = split.front or "", split.body
         if split.kind == "json":
             try:
@@ -282,7 +280,7 @@ class PostReader:
         # are at most two nodes a line
         simple = meta is not None and 2 * fm.count("\n") + 3 <= MAX_FRONT_MATTER_NODES
         if meta is None:
-            loaded, meta = self._load_yaml(fm, where, first_line)
+            loaded, meta = self._load_yaml(fm, where, split.first_line(text))
             if not loaded:
                 return None, "", fm_line
         if meta is None:
@@ -366,7 +364,11 @@ class PostReader:
         """The post's category paths by Hexo's rule (category_paths); without any, its
         folder (unless the content is a Hexo site's: there it is in none)."""
         value = meta.get("categories") or meta.get("category")
-        paths = [tuple(c for c in map(clean_line, path) if c) for path in category_paths(value)]
+        if type(value) is list and all(type(item) is str for item in value):
+            paths = [tuple(c for c in map(clean_line, value) if c)]  # the usual: one path
+        else:
+            paths = [tuple(c for c in map(clean_line, path) if c)
+                     for path in category_paths(value)]
         if not any(paths) and self.config.hexo is None:
             paths = [tuple(c for c in map(clean_line, PurePosixPath(post.rel).parent.parts)
                            if c)]
@@ -514,6 +516,8 @@ def _levels(value: object) -> tuple[str, ...]:
 def _distinct_paths(paths: list[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
     """The non-empty paths in their order, each once, without one that another path
     starts with (the entry is in that node's feed through the longer one)."""
+    if len(paths) == 1:
+        return (paths[0],) if paths[0] else ()
     kept = [path for path in dict.fromkeys(paths) if path]
     if len(kept) < 2:
         return tuple(kept)
