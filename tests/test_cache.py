@@ -77,6 +77,11 @@ CHANGES: dict[str, tuple[Callable[[Path, Path], None], set[str] | None]] = {
                      {"atom.xml", "rss.xml", "alpha/atom.xml", "alpha/rss.xml",
                       "alpha/sub1/atom.xml", "alpha/sub1/rss.xml", "beta/atom.xml",
                       "beta/rss.xml", "beta/sub1/atom.xml", "beta/sub1/rss.xml"}),
+    "several-categories": (lambda t, c: _rewrite(t / "posts/a/p1.md", "[Alpha, Sub1]",
+                                                 "[[Alpha, Sub1], [Beta, Sub0]]"),
+                           {"atom.xml", "rss.xml", "alpha/atom.xml", "alpha/rss.xml",
+                            "alpha/sub1/atom.xml", "alpha/sub1/rss.xml", "beta/atom.xml",
+                            "beta/rss.xml", "beta/sub0/atom.xml", "beta/sub0/rss.xml"}),
     "touch-only": (lambda t, c: (t / "posts/a/p1.md").write_bytes(
         (t / "posts/a/p1.md").read_bytes()), set()),
     "sanitiser-setting": (lambda t, c: _edit_config(c, "sanitize", "drop_selectors",
@@ -267,6 +272,13 @@ SESSION_CHANGES: dict[str, Callable[[Path], set[Path]]] = {
                          {t / "posts/a/p1.md"})[1],
     "move-to-existing-category": lambda t: (_rewrite(t / "posts/a/p1.md", "[Alpha, Sub1]",
                                                      "[Beta, Sub0]"), {t / "posts/a/p1.md"})[1],
+    "several-categories": lambda t: (_rewrite(t / "posts/a/p1.md", "[Alpha, Sub1]",
+                                              "[[Alpha, Sub1], [Beta, Sub0], [Alpha, Sub2]]"),
+                                     {t / "posts/a/p1.md"})[1],
+    "back-to-one-category": lambda t: (
+        _rewrite(t / "posts/a/p1.md", "[Alpha, Sub1]", "[[Alpha, Sub1], [Beta, Sub1]]"),
+        _rewrite(t / "posts/a/p3.md", "[Alpha, Sub0]", "[Alpha, [Beta, Sub0]]"),
+        {t / "posts/a/p1.md", t / "posts/a/p3.md"})[2],
     "empty-a-category": lambda t: ((t / "posts/a/p1.md").unlink(),
                                    (t / "posts/a/p7.md").unlink(),
                                    {t / "posts/a/p1.md", t / "posts/a/p7.md"})[2],
@@ -292,7 +304,7 @@ def test_service_session_with_changed_paths_equals_clean_build(tmp_path: Path,
     if change == "editor-artefact":
         assert report.written == []
     if change in ("edit", "create", "delete", "rename", "move-to-existing-category",
-                  "undated-new", "broken"):
+                  "undated-new", "broken", "several-categories"):
         assert report.patched  # patched into the last build, not rebuilt
     # and a later build that is told nothing changed publishes nothing new
     assert session.build(config, clock=fixed_clock(), changed=set()).written == []
@@ -669,6 +681,7 @@ def test_a_long_session_of_random_edits_always_equals_a_clean_build(
     session = Builder(persistent=not one_off)
     session.build(config, clock=fixed_clock())
     rng = random.Random(seed)
+    several = random.Random(seed + 1)  # several hierarchies (Hexo's rule), or one again
     patched = 0
     for step in range(40):
         files = sorted(posts.rglob("*.md"))
@@ -699,6 +712,13 @@ def test_a_long_session_of_random_edits_always_equals_a_clean_build(
             _rewrite(victim, "title: ", f"id: '{_post_id(posts, other)}'\ntitle: ")
         else:
             _rewrite(victim, "title: ", "date: Invalid Date\ntitle: ")
+        if several.random() < 0.3:  # (its own generator: the edits above stay the seed's)
+            other = several.choice(sorted(posts.rglob("*.md")))
+            text = other.read_text()
+            start = text.index("categories: ") + len("categories: ")
+            end = text.index("\n", start)
+            other.write_text(text[:start] + several.choice(SEVERAL) + text[end:])
+            touched.add(other)
         report = session.build(config, clock=fixed_clock(),
                                changed=None if one_off else {str(p) for p in touched})
         patched += report.patched
@@ -713,6 +733,13 @@ def test_a_long_session_of_random_edits_always_equals_a_clean_build(
         report = build(config, clock=fixed_clock())
         assert report.patched and "beta/rss.xml" in report.written
         assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
+
+
+# category lists a random edit puts a post in: several paths in one or two top-level
+# categories, a path inside another, one path again
+SEVERAL = ["[[Alpha, Sub1], [Beta, Sub0]]", "[[Alpha, Sub1], [Alpha, Sub0]]",
+           "[Alpha, [Beta, Sub1]]", "[[Beta, Sub0], [Beta]]", "[[Alpha], [Alpha, Sub2]]",
+           "[Beta, Sub1]", "[[Alpha, Sub0], [Beta, Sub2], [Alpha, Sub1]]"]
 
 
 def _post_id(posts: Path, post: Path) -> str:
