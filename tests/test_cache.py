@@ -742,6 +742,31 @@ SEVERAL = ["[[Alpha, Sub1], [Beta, Sub0]]", "[[Alpha, Sub1], [Alpha, Sub0]]",
            "[Beta, Sub1]", "[[Alpha, Sub0], [Beta, Sub2], [Alpha, Sub1]]"]
 
 
+@pytest.mark.parametrize("change", ["[Alpha, Sub1]", "[Beta, Sub2]", "delete"])
+@pytest.mark.parametrize("session", [False, True])
+def test_a_post_in_two_top_level_categories_is_patched_out_of_both(
+        tmp_path: Path, change: str, session: bool) -> None:
+    """Its node entries sit in both top-level categories' parts of the saved index: a
+    patch that moves it to one of them, or deletes it, loads and patches both."""
+    from aggregator.pipeline import Builder
+
+    config_path = _site(tmp_path)
+    post = tmp_path / "posts/a/p1.md"
+    _rewrite(post, "[Alpha, Sub1]", "[[Alpha, Sub1], [Beta, Sub0]]")
+    config = load_config(config_path)
+    builder = Builder(persistent=session)
+    builder.build(config, clock=fixed_clock())
+    if change == "delete":
+        post.unlink()
+    else:
+        _rewrite(post, "[[Alpha, Sub1], [Beta, Sub0]]", change)
+    report = builder.build(config, clock=fixed_clock(),
+                           changed={str(post)} if session else None)
+    builder.close()
+    assert report.patched
+    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
+
+
 def _post_id(posts: Path, post: Path) -> str:
     """The id a build gives this post (the root's feed may not show it): its front
     matter's, or the one made from its path."""
