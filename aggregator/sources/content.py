@@ -300,6 +300,7 @@ class PostReader:
         (not for `date` and `updated`: reading them as dates says why they are not).
         `first_line`: the line of the file that is the front matter's first."""
         lines = fm.split("\n")
+        top = first_line + len(fm) - len(fm.lstrip("\n"))  # its first line with text
         # The lines read as plain text are reported only if the post is then used: a
         # post that is skipped after all gets one message, the error.
         recovered: list[str] = []
@@ -307,14 +308,13 @@ class PostReader:
             try:
                 data, not_dates = load_front_matter("\n".join(lines))
             except (ValueError, TypeError, KeyError) as exc:  # `!!int x`, `!!bool x`
-                self.problems.error(f"{where}:{first_line + 1}", f"front matter is not "
-                                    f"valid YAML: a tagged value cannot be built ({exc}); "
-                                    f"skipped")
+                self.problems.error(f"{where}:{top}", f"front matter is not valid YAML: "
+                                    f"a tagged value cannot be built ({exc}); skipped")
                 return False, None
             except yaml.YAMLError as exc:
                 mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
                 bad = _recover_line(lines, mark.line if mark is not None else -1)
-                line_no = first_line + (bad if bad is not None else 0)
+                line_no = first_line + bad if bad is not None else top
                 if bad is None:
                     self.problems.error(f"{where}:{line_no}", f"front matter is not valid YAML: "
                                         f"{getattr(exc, 'problem', exc)}; skipped")
@@ -329,7 +329,7 @@ class PostReader:
                     self.problems.warn(f"{where}:{first_line + index}",
                                        f"{key} {text!r} is not a real date; read as text")
             return True, data
-        self.problems.error(f"{where}:{first_line}", "front matter is not valid YAML; skipped")
+        self.problems.error(f"{where}:{top}", "front matter is not valid YAML; skipped")
         return False, None
 
     def _title(self, value: object, post: PostFile, at: Callable[[str], str]) -> str:
