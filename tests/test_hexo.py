@@ -242,3 +242,32 @@ def test_slugize_as_hexo_util(text: str, slug: str) -> None:
     ("http://x.example/(a)!*';:@&=+$,", "http://x.example/(a)!*';:@&=+$,")])
 def test_urls_are_encoded_as_encode_uri_after_decode_uri(url: str, encoded: str) -> None:
     assert encode_url(url) == encoded
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (None, "cannot read the Hexo config"), ("url: [\n", "_config.yml:2: the Hexo config is "
+                                            "not valid YAML"),
+    ("url: ftp://x.example\n", r"url must be an absolute http\(s\) URL")])
+def test_an_unusable_hexo_config_is_a_config_error(tmp_path: Path, text: str | None,
+                                                   message: str) -> None:
+    from aggregator.problems import ConfigError
+
+    config = _site(tmp_path, {"a.md": "title: A\n---\n"}, hexo={})
+    if text is None:
+        (tmp_path / "_config.yml").unlink()
+    else:
+        (tmp_path / "_config.yml").write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        load_config(config)
+
+
+def test_hexo_defaults_and_url_forms(tmp_path: Path) -> None:
+    """Hexo's defaults for what its config leaves out; its url without the trailing
+    slash, its root from the url's path."""
+    config = _site(tmp_path, {"a.md": "title: A\n---\n"}, hexo={"url": "https://x.example/blog//"})
+    hexo = load_config(config).hexo
+    assert hexo is not None
+    assert (hexo.url, hexo.root, hexo.permalink, hexo.new_post_name, hexo.post_asset_folder,
+            hexo.timezone, hexo.default_category) == (
+        "https://x.example/blog", "/blog/", ":year/:month/:day/:title/", ":title.md", False,
+        None, "uncategorized")
