@@ -27,13 +27,13 @@ from aggregator.sanitize.html import MAX_DEPTH as MAX_HTML_DEPTH
 from aggregator.sanitize.html import Sanitizer, absolute_url, html_depth, may_nest_deeper
 from aggregator.sanitize.text import clean_line, html_to_text
 from aggregator.sources.dates import DateError, parse_date
+from aggregator.sources.front_matter import Split, split_front_matter
 from aggregator.sources.front_matter_yaml import load_front_matter
 from aggregator.sources.hexo.assets import PostAssets, asset_folder
 from aggregator.sources.hexo.body import BodySettings, Rendered, render_body, site_of
 from aggregator.sources.hexo.excerpt import excerpt_of
-from aggregator.sources.safe_open import Refused, SafeOpener
-from aggregator.sources.front_matter import Split, split_front_matter
 from aggregator.sources.permalinks import PostFacts, permalink, read_file_name
+from aggregator.sources.safe_open import Refused, SafeOpener
 from aggregator.sources.simple_yaml import parse_simple
 from aggregator.sources.walk import PostFile, display
 

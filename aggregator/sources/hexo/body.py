@@ -41,11 +41,11 @@ class BodySettings:
     find_post: Callable[[str], LinkedPost | None] | None = None
 
 
-def site_of(_config: Config) -> BodySettings:
-    """What a config says about its posts' bodies. Hexo's `post_asset_folder` comes
-    from its _config.yml (`content.hexo_config`), which this config does not read
-    yet: no asset folders and no index of posts."""
-    return BodySettings()
+def site_of(config: Config) -> BodySettings:
+    """What a config says about its posts' bodies: Hexo's `post_asset_folder` from its
+    _config.yml (`content.hexo_config`); no index of posts."""
+    return BodySettings(post_asset_folder=config.hexo is not None
+                        and config.hexo.post_asset_folder)
 
 
 @dataclass(frozen=True)
