@@ -104,6 +104,20 @@ class _LineLoader(SafeLoader):
     """Records the line of every mapping key, so messages can say where."""
 
 
+def _checked_timestamp(loader: _LineLoader, node: yaml.Node) -> object:
+    """PyYAML's timestamp, or a YAML error at its line for one that names no date
+    (`id_date: 2026-13-45`): PyYAML's own constructor raises a bare ValueError there."""
+    try:
+        return loader.construct_yaml_timestamp(node)  # type: ignore[arg-type]
+    except (ValueError, OverflowError, TypeError) as exc:
+        raise yaml.constructor.ConstructorError(
+            problem=f"{node.value!r} is not a real date ({exc})",
+            problem_mark=node.start_mark) from None
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:timestamp", _checked_timestamp)
+
+
 def _load_with_lines(text: str) -> tuple[Any, dict[tuple[str, ...], int]]:
     lines: dict[tuple[str, ...], int] = {}
     # One parse: the node tree gives the lines and is then constructed into data
@@ -283,6 +297,8 @@ def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    except (ValueError, TypeError) as exc:  # an explicit tag that refuses its value: `!!int x`
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -120,6 +120,21 @@ def test_every_key_the_readme_documents_is_accepted(tmp_path: Path) -> None:
     load_config(tmp_path / "config.yaml")  # raises on an unknown key
 
 
+@pytest.mark.parametrize("value", ["2026-13-45", "2025-02-30", "0000-01-01", "!!int x"])
+def test_a_config_value_yaml_cannot_build_is_a_config_error_not_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    _posts(tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"site:\n  url: http://x.example/\n  id_date: {value}\n"
+                      "content:\n  dir: posts\n", encoding="utf-8")
+    code, _, err = _cli(capsys, "build", "-c", str(config))
+    assert code == 2
+    assert "not valid YAML" in err
+    if value != "!!int x":  # a timestamp says its line and value
+        assert f"config.yaml:3: error: not valid YAML: '{value}' is not a real date" in err
+    assert not (tmp_path / "feeds").exists()
+
+
 def test_a_missing_config_says_where_it_looked_and_how_to_start(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _cli(capsys, "build", "-c", str(tmp_path / "nowhere.yaml"))
