@@ -208,7 +208,7 @@ def cmd_check(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
     log.info("checked %d posts: %d usable, %d skipped; %d sources failing; %d errors, "
              "%d warnings", report.posts_found, report.posts_read, report.skipped, failing,
              len(problems.errors), len(problems.warnings))
-    code = EXIT_SKIPPED if problems.items or failing else EXIT_OK
+    code = EXIT_SKIPPED if problems.errors or problems.warnings or failing else EXIT_OK
     if args.json:
         _print_json({"command": "check", "exit_code": code,
                      "posts": _posts_json(report), "sources": sources,
@@ -417,6 +417,7 @@ def _problem_json(problem: Problem) -> dict[str, Any]:
 
 def _problems_json(problems: ProblemLog) -> dict[str, Any]:
     return {"errors": len(problems.errors), "warnings": len(problems.warnings),
+            "notes": len(problems.notes),
             "problems": [_problem_json(p) for p in problems.items]}
 
 

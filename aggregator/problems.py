@@ -12,6 +12,9 @@ log = logging.getLogger("aggregator")
 class Severity(Enum):
     WARNING = "warning"  # recovered: the input is used
     ERROR = "error"  # the input is skipped
+    # left out on purpose (a Hexo draft, `published: false`): not a problem, so it is
+    # logged at debug level and counted by neither; --json still lists it
+    NOTE = "note"
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,9 @@ class ProblemLog:
     def error(self, where: str, message: str) -> None:
         self._add(Problem(where, message, Severity.ERROR))
 
+    def note(self, where: str, message: str) -> None:
+        self._add(Problem(where, message, Severity.NOTE))
+
     def replay(self, problems: list[Problem] | tuple[Problem, ...]) -> None:
         """Report again what an earlier run found in an input that has not changed."""
         for problem in problems:
@@ -46,7 +52,7 @@ class ProblemLog:
         self.items.append(problem)
         if not self.echo:
             return
-        level = logging.WARNING if problem.severity is Severity.WARNING else logging.ERROR
+        level = _LEVELS[problem.severity]
         log.log(level, "%s", problem, extra={"problem": problem})
 
     @property
@@ -56,6 +62,14 @@ class ProblemLog:
     @property
     def warnings(self) -> list[Problem]:
         return [p for p in self.items if p.severity is Severity.WARNING]
+
+    @property
+    def notes(self) -> list[Problem]:
+        return [p for p in self.items if p.severity is Severity.NOTE]
+
+
+_LEVELS = {Severity.WARNING: logging.WARNING, Severity.ERROR: logging.ERROR,
+           Severity.NOTE: logging.DEBUG}
 
 
 class ConfigError(Exception):

@@ -221,10 +221,16 @@ def test_drafts_and_unpublished_posts_are_left_out_quietly(
     with caplog.at_level(logging.DEBUG, logger="aggregator"):
         report = _build(config)
     assert list(_entries(tmp_path / "feeds" / "atom.xml")) == ["Kept"]
-    assert report.problems.items == []
+    # not warnings, not errors: notes, said at debug level (and listed by --json)
+    assert not report.problems.errors and not report.problems.warnings
+    assert sorted((p.where, p.message) for p in report.problems.notes) == [
+        ("_drafts/", "Hexo's drafts folder; its posts are not published"),
+        ("hidden.md:2", "published: false; not published")]
+    assert report.exit_code == 0
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert any("hidden.md" in m and "published: false" in m for m in debug)
     assert any("_drafts/" in m for m in debug)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 @pytest.mark.parametrize(("text", "slug"), [

@@ -167,7 +167,7 @@ class PostReader:
             return f"{where}:{lines.get(key, max(fm_line, 1))}"
 
         if meta.get("published") is False:
-            log.debug("%s: published: false; not published", where)
+            self.problems.note(at("published"), "published: false; not published")
             return None
         title = self._title(meta.get("title"), post, at)
         categories = self._categories(meta, post, at)

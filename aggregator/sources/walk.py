@@ -266,7 +266,8 @@ class _Walker:
                                 problems)
             if is_folder:
                 if name == "_drafts":
-                    log.debug("%s%s/: Hexo's drafts; not published", prefix, name)
+                    problems.note(display(f"{prefix}{name}/"),
+                                  "Hexo's drafts folder; its posts are not published")
                 if name not in SKIPPED_DIRS and not (
                         entry.is_symlink() and not _symlink_ok(
                             Path(base + name), self.root, self.roots, self.follow, problems)):
