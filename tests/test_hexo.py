@@ -15,7 +15,10 @@ from lxml import etree
 
 from aggregator.config import load_config
 from aggregator.pipeline import BuildReport, build
+from aggregator.problems import ProblemLog
+from aggregator.sources.content import PostReader
 from aggregator.sources.permalinks import encode_url, slugize
+from aggregator.sources.walk import discover
 
 
 def _site(tmp_path: Path, posts: dict[str, str], hexo: dict[str, Any] | None = None,
@@ -292,3 +295,63 @@ def test_the_hexo_configs_asset_folders_are_under_the_posts_permalink(tmp_path: 
     assert f'src="{link}view.jpg"' in entry.findtext(f"{ATOM}content")
     enclosure = entry.find(f"{ATOM}link[@rel='enclosure']")
     assert (enclosure.get("href"), enclosure.get("length")) == (link + "view.jpg", "1000")
+
+
+_LINKER = ("title: Linker\ndate: 2014-03-02 10:00:00\n---\nFirst line.\n\n"
+           "See {% post_link hello %} at {% post_path hello %}, and "
+           "{% post_link gone 'gone words' %}.\n")
+_TARGET = "title: Hello <there>\ndate: 2014-03-01 10:00:00\n---\nThe target.\n"
+
+
+def _content(feed: Path, title: str) -> str:
+    for entry in etree.parse(str(feed)).iter(f"{ATOM}entry"):
+        if entry.findtext(f"{ATOM}title") == title:
+            return entry.findtext(f"{ATOM}content") or ""
+    raise AssertionError(f"no entry {title!r}")
+
+
+def test_post_link_finds_the_other_post_by_its_file_names_slug(tmp_path: Path) -> None:
+    """The target is found by the slug new_post_name gives its file name, its link is
+    its own entry's; a missing target is a warning at the tag's line, its text kept."""
+    hexo = {"url": "https://blog.example", "permalink": ":year/:title/",
+            "new_post_name": ":year-:month-:day-:title.md"}
+    config = _site(tmp_path, {"2014-03-02-linker.md": _LINKER,
+                              "2014-03-01-hello.md": _TARGET}, hexo)
+    report = _build(config)
+    feed = tmp_path / "feeds" / "atom.xml"
+    link = _entries(feed)["Hello <there>"]["link"]
+    assert link == "https://blog.example/2014/hello/"
+    html = _content(feed, "Linker")
+    assert f'<a href="{link}" title="Hello &lt;there&gt;"' in html
+    assert ">Hello &lt;there&gt;</a> at /2014/hello/, and gone words." in html
+    assert [str(p) for p in report.problems.items] == [
+        "2014-03-02-linker.md:6: {% post_link gone %}: no post has that slug"]
+
+
+def test_post_link_does_not_read_a_symlinked_target_when_links_are_not_followed(
+        tmp_path: Path) -> None:
+    """follow_symlinks false: a target that is a symlink (to a post it could follow to)
+    is not read, whether the walk sees the link or it replaces the file later."""
+    hexo = {"url": "https://blog.example", "permalink": ":title/"}
+    config = _site(tmp_path, {"linker.md": _LINKER.replace("gone", "other"),
+                              "other.md": _TARGET, "real/secret.md": "title: SECRET title\n"
+                              "date: 2014-03-01 10:00:00\n---\nx\n"}, hexo)
+    outside = tmp_path / "source" / "_posts" / "real" / "secret.md"
+    (tmp_path / "source" / "_posts" / "hello.md").symlink_to(outside)
+    _build(config)
+    html = _content(tmp_path / "feeds" / "atom.xml", "Linker")
+    assert "SECRET" not in html and "/hello/" not in html
+    # the link put in place after the posts were indexed: the opener refuses it
+    loaded = load_config(config)
+    posts = discover(loaded, ProblemLog(echo=False))
+    (tmp_path / "source" / "_posts" / "hello.md").unlink()
+    (tmp_path / "source" / "_posts" / "hello.md").write_text(_TARGET, encoding="utf-8")
+    reader = PostReader(loaded, ProblemLog(echo=False), lambda _id: fixed_clock()())
+    linker = next(post for post in posts if post.rel == "linker.md")
+    assert reader.bodies.find_post is not None
+    assert reader.bodies.find_post("other") is not None  # the slugs are indexed now
+    (tmp_path / "source" / "_posts" / "hello.md").unlink()
+    (tmp_path / "source" / "_posts" / "hello.md").symlink_to(outside)
+    entry = reader.read(linker)
+    reader.close()
+    assert entry is not None and "SECRET" not in entry.html and "/hello/" not in entry.html

@@ -201,12 +201,12 @@ def test_post_link_resolves_through_the_sites_index_and_is_reported_without_one(
     warnings: list[str] = []
     html = render_body(body, True, BodySettings(find_post=posts.get), None,
                        lambda _t, m: warnings.append(m)).html
-    assert ('<a href="http://example.com/2013/hello/" title="Hello &lt;World&gt;">'
+    # (Hexo writes the link's path; the sanitiser makes it absolute on the same site)
+    assert ('<a href="/2013/hello/" title="Hello &lt;World&gt;">'
             "Hello &lt;World&gt;</a>") in html
-    assert '<a href="http://example.com/2013/hello/" title="Hello &lt;World&gt;">its text</a>' \
-        in html
-    assert " at http://example.com/2013/hello/;" in html
-    assert warnings == ["{% post_link nowhere %}: no post has that slug or title"]
+    assert '<a href="/2013/hello/" title="Hello &lt;World&gt;">its text</a>' in html
+    assert " at /2013/hello/;" in html
+    assert warnings == ["{% post_link nowhere %}: no post has that slug"]
     warnings.clear()
     html = render_body(body, True, BodySettings(), None, lambda _t, m: warnings.append(m)).html
     assert "See hello-world, its text at" in html

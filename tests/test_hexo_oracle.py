@@ -22,11 +22,13 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 import yaml
 from helpers import ATOM, REPO, SHARED, fixed_clock, write_config
 from lxml import etree
+from lxml import html as lxml_html
 
 from aggregator.config import load_config
 from aggregator.pipeline import build
@@ -222,3 +224,40 @@ def test_the_unit_test_sites_feeds_are_valid(tmp_path: Path) -> None:
     results = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert len(results) == len(list(out.rglob("*.xml"))) > 2
     assert [(r["file"], e) for r in results for e in r["errors"]] == []
+
+
+LINKING_POSTS = {
+    "_posts/2014-03-01-target.md": "title: The <target> & Co.\ndate: 2014-03-01 10:00:00\n"
+                                   "categories: [Diary, Games]\n---\nThe target.\n",
+    "_posts/2014-03-02-linker.md": "title: Linker\ndate: 2014-03-02 10:00:00\n---\n"
+                                   "See {% post_link target %}, {% post_link target "
+                                   "'its <b>own</b> words' false %} and {% post_link target "
+                                   "'a & b' %}; its path is {% post_path target %}.\n",
+}
+
+
+def _links_and_text(content: str, base: str) -> tuple[list[tuple[str, str, str]], str]:
+    """The body's links (absolute href, title, text) and its whitespace-normalised text."""
+    root = lxml_html.fromstring(f"<div>{content}</div>")
+    links = [(urljoin(base, a.get("href", "")), a.get("title", ""), a.text_content())
+             for a in root.iter("a")]
+    return links, " ".join(root.text_content().split())
+
+
+def test_post_link_and_post_path_as_hexo_writes_them(hexo_modules: Path,
+                                                      tmp_path: Path) -> None:
+    """A post linking another by post_link (its title, given words, escaped or not) and
+    post_path: the same links, titles and text as Hexo's; the link is the target's."""
+    site = _hexo_site(tmp_path, FIXTURE_CONFIG, LINKING_POSTS)
+    hexo_feed = _hexo_generate(hexo_modules, site)
+    base = str(FIXTURE_CONFIG["url"])
+    bodies: list[tuple[tuple[list[tuple[str, str, str]], str], ...]] = []
+
+    def compare(theirs: str, mine: str) -> None:
+        bodies.append((_links_and_text(theirs, base), _links_and_text(mine, base)))
+    assert _compare(hexo_feed, _ours(tmp_path, site), compare) == 2
+    linker = next(pair for pair in bodies if pair[0][0])
+    assert linker[1] == linker[0]
+    target = next(link for link in _entries(hexo_feed) if "target" in link)
+    assert {href for href, _t, _x in linker[1][0]} == {target}
+    assert linker[1][1].endswith(f"its path is {urlsplit(target).path}.")

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any
@@ -32,7 +33,15 @@ from aggregator.sources.front_matter_yaml import load_front_matter
 from aggregator.sources.hexo.assets import PostAssets, asset_folder
 from aggregator.sources.hexo.body import BodySettings, Rendered, render_body, site_of
 from aggregator.sources.hexo.excerpt import excerpt_of
-from aggregator.sources.permalinks import PostFacts, permalink, read_file_name
+from aggregator.sources.hexo.tags import LinkedPost
+from aggregator.sources.linked_posts import PostsBySlug
+from aggregator.sources.permalinks import (
+    FileName,
+    PostFacts,
+    permalink,
+    read_file_name,
+    under_posts,
+)
 from aggregator.sources.safe_open import Refused, SafeOpener
 from aggregator.sources.simple_yaml import parse_simple
 from aggregator.sources.walk import PostFile, display
@@ -63,6 +72,12 @@ class PostReader:
         self.problems = problems
         self.first_seen = first_seen
         self.bodies = bodies if bodies is not None else site_of(config)
+        self._linked_opener = SafeOpener([str(d) for d in config.content_dirs],
+                                         config.follow_symlinks)
+        if config.hexo is not None and self.bodies.find_post is None:
+            # post_link and post_path find the other post by its slug, as Hexo does
+            self._slugs = PostsBySlug(config, self.linked_post)
+            self.bodies = replace(self.bodies, find_post=self._slugs.find)
         self._sanitizer: Sanitizer | None = None
         self._id_prefix = f"tag:{config.site_host},{config.id_date}:"
         # folder → its quoted path: every post of a category shares it (quoting a whole
@@ -110,6 +125,7 @@ class PostReader:
     def close(self) -> None:
         """Release the folders the reader holds open (see SafeOpener)."""
         self._opener.close()
+        self._linked_opener.close()
 
     def parse(self, post: PostFile, data: bytes) -> Entry | None:
         where = display(post.rel)
@@ -174,20 +190,11 @@ class PostReader:
 
         entry_id = self._entry_id(meta.get("id"), post, at)
         hexo = self.config.hexo
-        file_name = read_file_name(hexo, _hexo_path(post.rel)) if hexo is not None else None
-        published = self._date(meta.get("date"), at, "date")
-        if published is None and file_name is not None and not meta.get("date"):
-            published = file_name.date(self.config.timezone)  # new_post_name's date
-        updated = self._date(meta.get("updated"), at, "updated")
-        if published is None and updated is not None:
-            published = updated
+        file_name = read_file_name(hexo, under_posts(post.rel)) if hexo is not None else None
+        published, updated = self._dates(meta, at, file_name)
         if updated is None or (published is not None and updated < published):
             updated = published if published is not None else self.first_seen(entry_id)
-
-        link = self._url(meta.get("link"), at, "link") or self._post_url(post)
-        if link is None and hexo is not None and file_name is not None:
-            link = permalink(hexo, PostFacts(file_name, published, _js_title(meta.get("title")),
-                                             categories, meta, self.config.timezone))
+        link = self._link(meta, post, at, file_name, published, categories)
         category, *more = categories or ((),)
         image = None
         for key in ("headimg", "thumbnail"):
@@ -331,6 +338,61 @@ class PostReader:
             return True, data
         self.problems.error(f"{where}:{top}", "front matter is not valid YAML; skipped")
         return False, None
+
+    def _dates(self, meta: dict[str, Any], at: Callable[[str], str], file_name: FileName | None
+               ) -> tuple[datetime | None, datetime | None]:
+        """(published, updated as given): `date`, else the file name's (new_post_name),
+        else `updated`."""
+        published = self._date(meta.get("date"), at, "date")
+        if published is None and file_name is not None and not meta.get("date"):
+            published = file_name.date(self.config.timezone)  # new_post_name's date
+        updated = self._date(meta.get("updated"), at, "updated")
+        if published is None and updated is not None:
+            published = updated
+        return published, updated
+
+    def _link(self, meta: dict[str, Any], post: PostFile, at: Callable[[str], str],
+              file_name: FileName | None, published: datetime | None,
+              categories: tuple[tuple[str, ...], ...]) -> str | None:
+        """The entry's link: its `link`, else site.post_url's, else Hexo's permalink."""
+        link = self._url(meta.get("link"), at, "link") or self._post_url(post)
+        hexo = self.config.hexo
+        if link is None and hexo is not None and file_name is not None:
+            link = permalink(hexo, PostFacts(file_name, published, _js_title(meta.get("title")),
+                                             categories, meta, self.config.timezone))
+        return link
+
+    def linked_post(self, post: PostFile) -> LinkedPost | None:
+        """Another post as `post_link` and `post_path` see it: its title (Hexo's: the
+        front matter's, else the slug) and the link its own entry gets, from its front
+        matter alone (its body is not rendered). None when it is not published or
+        cannot be read; its problems are not reported here (its own read reports them)."""
+        hexo = self.config.hexo
+        if hexo is None:
+            return None
+        problems, self.problems = self.problems, ProblemLog(echo=False)
+        opener, self._opener = self._opener, self._linked_opener
+        try:
+            data = self.read_bytes(post)
+            if data is None:
+                return None
+            meta, _body, _line = self._front_matter(self._text(data, ""), "")
+            if meta is None or meta.get("published") is False:
+                return None
+
+            def at(_key: str) -> str:
+                return ""
+            file_name = read_file_name(hexo, under_posts(post.rel))
+            published, _updated = self._dates(meta, at, file_name)
+            link = self._link(meta, post, at, file_name, published,
+                              self._categories(meta, post, at))
+        finally:
+            self.problems, self._opener = problems, opener
+        if link is None:
+            return None
+        title = meta.get("title")
+        text = clean_line(title) if isinstance(title, str) else ""
+        return LinkedPost(title=text or file_name.slug, url=link)
 
     def _title(self, value: object, post: PostFile, at: Callable[[str], str]) -> str:
         if isinstance(value, str):  # the usual case
@@ -524,11 +586,6 @@ def _distinct_paths(paths: list[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]
     return tuple(path for path in kept
                  if not any(len(other) > len(path) and other[:len(path)] == path
                             for other in kept))
-
-
-def _hexo_path(rel: str) -> str:
-    """A post's path under Hexo's `_posts/` (the content dir may be the source dir)."""
-    return rel[len("_posts/"):] if rel.startswith("_posts/") else rel
 
 
 def _js_title(value: object) -> str:

@@ -96,6 +96,11 @@ class FileName:
             return None
 
 
+def under_posts(rel: str) -> str:
+    """A post's path under Hexo's `_posts/` (the content dir may be the source dir)."""
+    return rel[len("_posts/"):] if rel.startswith("_posts/") else rel
+
+
 def read_file_name(site: HexoSite, path: str) -> FileName:
     """`path`: the post's path under `_posts/` (posix)."""
     pattern, names = _rule_pattern(_without_extension(site.new_post_name))

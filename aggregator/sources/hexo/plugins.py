@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from html import escape
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from aggregator.sources.hexo.tags import BlockTag, InlineTag, LinkedPost, TagContext
 
@@ -163,19 +163,26 @@ def link(args: list[str], _ctx: TagContext) -> str:
 
 
 def post_path(args: list[str], ctx: TagContext) -> str:
+    """`{% post_path slug %}`: the other post's URL path, as Hexo writes it."""
     found = _linked(args[:1], ctx, "post_path")
-    return escape(found.url) if found else ""
+    return escape(_path_of(found.url)) if found else ""
 
 
 def post_link(args: list[str], ctx: TagContext) -> str:
-    """`{% post_link slug [title] [escape] %}`"""
+    """`{% post_link slug [title] [escape] %}`: a link to the other post by its URL
+    path (the sanitiser makes it absolute against the entry's link, on the same site)."""
     found = _linked(args[:1], ctx, "post_link")
     words, escaped = _escape_flag(args[1:])
     if found is None:
         return escape(" ".join(words) or (args[0] if args else ""), quote=False)
     title = " ".join(words) or found.title
-    return (f'<a href="{escape(found.url)}" title="{escape(found.title)}">'
+    return (f'<a href="{escape(_path_of(found.url))}" title="{escape(found.title)}">'
             f"{escape(title, quote=False) if escaped else title}</a>")
+
+
+def _path_of(url: str) -> str:
+    """The path of a post's link (Hexo: `new URL(post.path, config.url).pathname`)."""
+    return urlsplit(url).path or "/"
 
 
 def _linked(slug: list[str], ctx: TagContext, tag: str) -> LinkedPost | None:
@@ -186,7 +193,7 @@ def _linked(slug: list[str], ctx: TagContext, tag: str) -> LinkedPost | None:
         return None
     found = ctx.find_post(slug[0])
     if found is None:
-        ctx.report(tag, f"{{% {tag} {slug[0]} %}}: no post has that slug or title")
+        ctx.report(tag, f"{{% {tag} {slug[0]} %}}: no post has that slug")
     return found
 
 

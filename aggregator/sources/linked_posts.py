@@ -1,0 +1,51 @@
+"""Finding another post by its slug, for Hexo's `post_link` and `post_path` tags.
+
+Hexo looks a post up by its slug: its path under `_posts/` without the extension, or
+the `:title` part of it that `new_post_name` matches (`2014-02-03-hello.md` is
+`hello` under `:year-:month-:day-:title.md`). Here the slugs come from the file
+names alone: the content dirs are walked (names and identities, no post read) the
+first time a post links to another, and only the posts linked to are read, their
+front matter only, by the reader's `linked_post`. Each slug is looked up once per
+reader: once per build, once per worker process of a parallel build.
+
+Hexo falls back to a post whose title is the text given; that needs every post's
+front matter, so it is not done here: such a link is reported as not found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aggregator.config import Config
+from aggregator.problems import ProblemLog
+from aggregator.sources.hexo.tags import LinkedPost
+from aggregator.sources.permalinks import read_file_name, under_posts
+from aggregator.sources.walk import PostFile, discover
+
+
+class PostsBySlug:
+    """slug → the post published under it, as `read(post)` makes it (see module)."""
+
+    def __init__(self, config: Config, read: Callable[[PostFile], LinkedPost | None]) -> None:
+        self._config = config
+        self._read = read
+        self._files: dict[str, PostFile] | None = None
+        self._found: dict[str, LinkedPost | None] = {}
+
+    def find(self, slug: str) -> LinkedPost | None:
+        if slug not in self._found:
+            post = self._index().get(slug)
+            self._found[slug] = self._read(post) if post is not None else None
+        return self._found[slug]
+
+    def _index(self) -> dict[str, PostFile]:
+        """slug → its post file (the first in path order when names share a slug).
+        The walk's problems are not reported: the build's own walk reports them."""
+        if self._files is None:
+            site = self._config.hexo
+            files: dict[str, PostFile] = {}
+            if site is not None:
+                for post in discover(self._config, ProblemLog(echo=False)):
+                    files.setdefault(read_file_name(site, under_posts(post.rel)).slug, post)
+            self._files = files
+        return self._files
