@@ -295,7 +295,7 @@ class Builder:
             elif old is not None:
                 gone.append(old.source)
         results = read_changed(config, state, cache, fresh, gone, self._memo)
-        read = [(source, entry) for source, (_, entry, _) in results.items() if entry]
+        read = [(source, result[1]) for source, result in results.items() if result[1]]
         probed = dict(zip([s for s, _ in read], apply_probes(state, [e for _, e in read]),
                           strict=True))
         changes: dict[str, Entry | None] = dict.fromkeys(gone)
@@ -310,11 +310,10 @@ class Builder:
         index.generation = generation  # the changed posts' own first-seen times
         for source in gone:
             index.problems.pop(source, None)
-        for post in fresh:
-            source = post.source
+        for source, result in results.items():  # (also the posts linking to changed ones)
             index.problems.pop(source, None)
-            if results[source][2]:
-                index.problems[source] = results[source][2]
+            if result[2]:
+                index.problems[source] = result[2]
         report.problems.replay(index.ordered_problems())
         report.posts_found, report.posts_read = len(now), index.post_count()
         report.entries = index.entry_count()

@@ -12,9 +12,10 @@ import pytest
 import yaml
 from helpers import ATOM, fixed_clock, write_config
 from lxml import etree
+from lxml import html as lxml_html
 
 from aggregator.config import load_config
-from aggregator.pipeline import BuildReport, build
+from aggregator.pipeline import Builder, BuildReport, build
 from aggregator.problems import ProblemLog
 from aggregator.sources.content import PostReader
 from aggregator.sources.permalinks import encode_url, slugize
@@ -355,3 +356,54 @@ def test_post_link_does_not_read_a_symlinked_target_when_links_are_not_followed(
     entry = reader.read(linker)
     reader.close()
     assert entry is not None and "SECRET" not in entry.html and "/hello/" not in entry.html
+
+
+def _linked(feed: Path) -> tuple[str | None, str | None, str]:
+    """The linker's first link (href, title) and its second paragraph's text."""
+    body = lxml_html.fromstring(_content(feed, "Linker"))
+    link = next(body.iter("a"), None)
+    return (link.get("href") if link is not None else None,
+            link.get("title") if link is not None else None,
+            " ".join(body.xpath("//p")[1].text_content().split()))
+
+
+@pytest.mark.parametrize("how", ["one-off", "fresh session", "session walk",
+                                 "session told the change"])
+def test_a_post_linking_another_is_read_again_when_the_other_changes(
+        tmp_path: Path, how: str) -> None:
+    """The build cache keys a post by its own bytes: one whose post_link found another
+    post is read again when that post's title or link changes, or it goes, on every
+    way a build reuses what it read (one-off builds patching their saved session; a
+    session's first build, from the cache; its walks, from its memory; its rebuilds
+    of the files it is told changed)."""
+    hexo = {"url": "https://blog.example", "permalink": ":title/"}
+    config_path = _site(tmp_path, {"linker.md": _LINKER, "hello.md": _TARGET,
+                                   "other.md": "title: Other\ndate: 2014-01-01\n---\nx\n"}, hexo)
+    config = load_config(config_path)
+    target = tmp_path / "source" / "_posts" / "hello.md"
+    feed = tmp_path / "feeds" / "atom.xml"
+    builder = Builder(persistent=True)
+
+    def rebuild(changed: set[str]) -> BuildReport:
+        if how == "one-off":
+            return build(config, clock=fixed_clock())
+        if how == "fresh session":
+            return Builder(persistent=True).build(config, clock=fixed_clock())
+        return builder.build(config, clock=fixed_clock(),
+                             changed=changed if how == "session told the change" else None)
+
+    (build if how == "one-off" or how == "fresh session" else builder.build)(
+        config, clock=fixed_clock())
+    assert _linked(feed) == ("https://blog.example/hello/", "Hello <there>",
+                             "See Hello <there> at /hello/, and gone words.")
+    target.write_text("title: Renamed\ndate: 2014-03-01 10:00:00\npermalink: moved/\n"
+                      "---\nThe target.\n", encoding="utf-8")
+    rebuild({str(target)})
+    assert _linked(feed) == ("https://blog.example/moved/", "Renamed",
+                             "See Renamed at /moved/, and gone words.")
+    gone = tmp_path / "source" / "_posts" / "goodbye.md"
+    target.rename(gone)
+    report = rebuild({str(target), str(gone)})
+    assert _linked(feed) == (None, None, "See hello at , and gone words.")
+    assert "linker.md:6: {% post_link hello %}: no post has that slug" in \
+        [str(p) for p in report.problems.items]

@@ -67,17 +67,22 @@ class PostReader:
 
     def __init__(self, config: Config, problems: ProblemLog,
                  first_seen: Callable[[str], datetime],
-                 bodies: BodySettings | None = None) -> None:
+                 bodies: BodySettings | None = None,
+                 posts: list[PostFile] | None = None) -> None:
         self.config = config
         self.problems = problems
         self.first_seen = first_seen
         self.bodies = bodies if bodies is not None else site_of(config)
         self._linked_opener = SafeOpener([str(d) for d in config.content_dirs],
                                          config.follow_symlinks)
+        # what the post_link and post_path tags of the post parsed last found
+        self.links: list[tuple[str, LinkedPost | None]] = []
+        self._slugs: PostsBySlug | None = None
         if config.hexo is not None and self.bodies.find_post is None:
             # post_link and post_path find the other post by its slug, as Hexo does
-            self._slugs = PostsBySlug(config, self.linked_post)
-            self.bodies = replace(self.bodies, find_post=self._slugs.find)
+            # (`posts`: the build's walk, so the slugs need no walk of their own)
+            self._slugs = PostsBySlug(config, self.linked_post, posts)
+            self.bodies = replace(self.bodies, find_post=self._find_post)
         self._sanitizer: Sanitizer | None = None
         self._id_prefix = f"tag:{config.site_host},{config.id_date}:"
         # folder → its quoted path: every post of a category shares it (quoting a whole
@@ -85,6 +90,18 @@ class PostReader:
         self._quoted_folders: dict[str, str] = {}
         self._opener = SafeOpener([str(d) for d in config.content_dirs],
                                   config.follow_symlinks)
+
+    def _find_post(self, slug: str) -> LinkedPost | None:
+        assert self._slugs is not None
+        found = self._slugs.find(slug)
+        self.links.append((slug, found))
+        return found
+
+    def links_hold(self, links: tuple[tuple[str, object], ...]) -> bool:
+        """Each slug still finds what it found when a post was parsed (its cached
+        entry, whose body links to those posts, is still right)."""
+        slugs = self._slugs
+        return slugs is None or all(slugs.find(slug) == found for slug, found in links)
 
     def read(self, post: PostFile) -> Entry | None:
         data = self.read_bytes(post)
@@ -128,6 +145,8 @@ class PostReader:
         self._linked_opener.close()
 
     def parse(self, post: PostFile, data: bytes) -> Entry | None:
+        """The post's entry; `links` says what its post_link and post_path found."""
+        self.links = []
         where = display(post.rel)
         return self._parse(post, self._text(data, where), where)
 

@@ -6,7 +6,8 @@ the `:title` part of it that `new_post_name` matches (`2014-02-03-hello.md` is
 names alone: the content dirs are walked (names and identities, no post read) the
 first time a post links to another, and only the posts linked to are read, their
 front matter only, by the reader's `linked_post`. Each slug is looked up once per
-reader: once per build, once per worker process of a parallel build.
+reader: once per build (the walk is the build's own when it is given), once per worker
+process of a parallel build.
 
 Hexo falls back to a post whose title is the text given; that needs every post's
 front matter, so it is not done here: such a link is reported as not found.
@@ -26,9 +27,12 @@ from aggregator.sources.walk import PostFile, discover
 class PostsBySlug:
     """slug → the post published under it, as `read(post)` makes it (see module)."""
 
-    def __init__(self, config: Config, read: Callable[[PostFile], LinkedPost | None]) -> None:
+    def __init__(self, config: Config, read: Callable[[PostFile], LinkedPost | None],
+                 posts: list[PostFile] | None = None) -> None:
+        """`posts`: every post file, when the caller has walked already."""
         self._config = config
         self._read = read
+        self._posts = posts
         self._files: dict[str, PostFile] | None = None
         self._found: dict[str, LinkedPost | None] = {}
 
@@ -45,7 +49,15 @@ class PostsBySlug:
             site = self._config.hexo
             files: dict[str, PostFile] = {}
             if site is not None:
-                for post in discover(self._config, ProblemLog(echo=False)):
+                posts = self._posts
+                if posts is None:
+                    posts = discover(self._config, ProblemLog(echo=False))
+                for post in posts:
                     files.setdefault(read_file_name(site, under_posts(post.rel)).slug, post)
-            self._files = files
+            self._files, self._posts = files, None
         return self._files
+
+
+def slug_of(config: Config, rel: str) -> str | None:
+    """The slug a post file is found by (None: not a Hexo site's)."""
+    return read_file_name(config.hexo, under_posts(rel)).slug if config.hexo else None

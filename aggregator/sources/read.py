@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import fields, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aggregator import progress
 from aggregator.config import Config
@@ -18,10 +20,12 @@ from aggregator.model import Entry, changed
 from aggregator.problems import Problem, ProblemLog
 from aggregator.report import BuildReport
 from aggregator.sources.content import PostReader
-from aggregator.sources.walk import PostFile, discover, display
+from aggregator.sources.linked_posts import slug_of
+from aggregator.sources.walk import PostFile, discover, display, split_source
 from aggregator.state.cache import (
     BuildCache,
     CachedPost,
+    Links,
     PackedPost,
     digest,
     pack_post,
@@ -29,7 +33,8 @@ from aggregator.state.cache import (
 )
 from aggregator.state.store import StateStore
 
-ReadResult = tuple[tuple[int, int, int], Entry | None, tuple[Problem, ...]]
+# identity, entry, problems, what its post_link/post_path tags found
+ReadResult = tuple[tuple[int, int, int], Entry | None, tuple[Problem, ...], Links]
 
 # Above this many posts that the memo cannot answer, the cache's rows are loaded in one
 # query; below it, each is looked up (a service's rebuild after a few edits).
@@ -53,7 +58,7 @@ def read_posts(config: Config, state: StateStore, report: BuildReport,
     if unknown > _LOAD_ALL_AT:
         cache.load_posts()  # most posts will be asked for: one query, not one each
     report.posts_found = len(posts)
-    reader = PostReader(config, report.problems, state.first_seen)
+    reader = PostReader(config, report.problems, state.first_seen, posts=posts)
     entries: list[Entry] = []
     fresh: list[tuple[str, CachedPost]] = []
     seen: dict[str, ReadResult] = {}
@@ -66,20 +71,25 @@ def read_posts(config: Config, state: StateStore, report: BuildReport,
         report.rendered += rendered
     for post, source in zip(posts, sources, strict=True):
         known = memo.get(source) if memo is not None else None
-        if known is not None and known[0] == post.identity:
-            entry, found = known[1], known[2]
+        if known is not None and known[0] == post.identity and (
+                not known[3] or reader.links_hold(known[3])):
+            entry, found, links = known[1], known[2], known[3]
             report.problems.replay(found)
         else:
             cached = parsed.pop(source, None)
             if cached is None and (cached := cache.post(source)) is not None:
                 shared.entry(cached.entry, post.rel)
-            entry, record, found = _read_post(post, cached, reader, report.problems, failed)
+            entry, record, found, links = _read_post(post, cached, reader, report.problems,
+                                                     failed)
             if record is not None:
                 fresh.append((source, record))
-        seen[source] = (post.identity, entry, found)
+        seen[source] = (post.identity, entry, found, links)
         if entry is not None:
             entries.append(entry)
     cache.store_posts(fresh)
+    if config.hexo is not None:
+        cache.store_linking_posts({source: _slugs(known[3]) for source, known in seen.items()
+                                   if known[3]})
     report.retry = report.retry or bool(failed)
     cache.release_posts()  # the memo (or nothing) answers from here on
     if fresh or memo is None or len(memo) != len(seen):
@@ -102,17 +112,55 @@ def read_changed(config: Config, state: StateStore, cache: BuildCache,
     fresh: list[tuple[str, CachedPost]] = []
     for post in posts:
         source = post.source
-        entry, record, found = _read_post(post, cache.post(source), reader,
-                                          ProblemLog(echo=False))
+        entry, record, found, links = _read_post(post, cache.post(source), reader,
+                                                 ProblemLog(echo=False))
         if record is not None:
             fresh.append((source, record))
-        out[source] = memo[source] = (post.identity, entry, found)
+        out[source] = memo[source] = (post.identity, entry, found, links)
+    if config.hexo is not None:
+        _read_linking(config, cache, reader, posts, gone, out, fresh, memo)
     cache.store_posts(fresh)
     if gone:
         cache.forget_posts(gone)
         for source in gone:
             memo.pop(source, None)
     return out
+
+
+def _read_linking(config: Config, cache: BuildCache, reader: PostReader,
+                  posts: list[PostFile], gone: list[str], out: dict[str, ReadResult],
+                  fresh: list[tuple[str, CachedPost]], memo: dict[str, ReadResult]) -> None:
+    """The posts whose post_link/post_path name the slug of a changed or gone post
+    are read again too (into `out`, `fresh` and `memo`): the link or title they show
+    may have changed. Which posts link where is kept in the cache."""
+    linking = cache.linking_posts()
+    touched = {slug_of(config, post.rel) for post in posts}
+    touched.update(slug_of(config, split_source(source)[1]) for source in gone)
+    for source, slugs in list(linking.items()):
+        if source in out or source in gone or touched.isdisjoint(slugs):
+            continue
+        cached = cache.post(source)
+        known = memo.get(source)
+        identity = known[0] if known is not None else \
+            (cached.size, cached.mtime_ns, cached.inode) if cached is not None else (0, 0, 0)
+        root, rel = split_source(source)
+        post = PostFile(os.path.join(root, *rel.split("/")), rel, Path(root), identity)
+        entry, record, found, links = _read_post(post, cached, reader, ProblemLog(echo=False))
+        if record is not None:
+            fresh.append((source, record))
+        out[source] = memo[source] = (identity, entry, found, links)
+    for source, result in out.items():
+        if result[3]:
+            linking[source] = _slugs(result[3])
+        else:
+            linking.pop(source, None)
+    for source in gone:
+        linking.pop(source, None)
+    cache.store_linking_posts(linking)
+
+
+def _slugs(links: Links) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(slug for slug, _found in links))
 
 
 # Read in a worker, an undated post cannot ask the state for its first-seen time: it
@@ -130,7 +178,7 @@ def _read_in_parallel(config: Config, posts: list[PostFile], sources: list[str],
     Returns how many entries were rendered as they were read (max_items 0), and what
     was read (source → record), for the sequential pass: it used to find them in the
     cache's rows loaded in memory, ~1 KB a post held beside the entries they become."""
-    pending, pending_sources, digests = [], [], []
+    pending, pending_sources, digests = [], [], []  # (posts: all, for post_link's slugs)
     for post, source in zip(posts, sources, strict=True):
         known = memo.get(source) if memo is not None else None
         if known is not None and known[0] == post.identity:
@@ -151,7 +199,7 @@ def _read_in_parallel(config: Config, posts: list[PostFile], sources: list[str],
         cache.invalidate_if_changed("render", render_print, "rendered", "feed_state")
     with progress.bar("posts read", len(pending), "post") as shown:
         for (start, stop), (results, renders) in zip(ranges, map_inherited(
-                _read_range, (config, pending, pending_sources, digests, render_print),
+                _read_range, (config, pending, pending_sources, digests, render_print, posts),
                 ranges, workers),
                 strict=True):
             rendered += _store_read(cache, state, shared, parsed, renders, results,
@@ -191,19 +239,20 @@ _SAME_BYTES = "same bytes"  # the post's bytes are the ones the cache read
 
 
 def _read_range(shared: tuple[Config, list[PostFile], list[str], list[str | None],
-                              str | None],
+                              str | None, list[PostFile]],
                 bounds: tuple[int, int]
                 ) -> tuple[list[PackedPost | CachedPost | str | None], list[RenderRow]]:
     """_read_chunk of the posts pending[start:stop], in a worker that inherited them
     (and their source keys: the parent made them, the worker need not again)."""
-    config, pending, sources, digests, render_print = shared
+    config, pending, sources, digests, render_print, posts = shared
     start, stop = bounds
     return _read_chunk(config, pending[start:stop], sources[start:stop], digests[start:stop],
-                       render_print)
+                       render_print, posts)
 
 
 def _read_chunk(config: Config, posts: list[PostFile], sources: list[str],
-                known_digests: list[str | None], render_print: str | None
+                known_digests: list[str | None], render_print: str | None,
+                every_post: list[PostFile] | None = None
                 ) -> tuple[list[PackedPost | CachedPost | str | None], list[RenderRow]]:
     """In a worker: read, parse and pack each post for the cache (pickling and packing
     here, not in the parent); problems are returned, not logged (the parent reports
@@ -221,7 +270,7 @@ def _read_chunk(config: Config, posts: list[PostFile], sources: list[str],
         else None
     logging.getLogger("aggregator").disabled = True
     # one reader for the chunk (it remembers each folder's quoted path), a log a post
-    reader = PostReader(config, ProblemLog(), lambda _id: _NOT_SEEN_YET)
+    reader = PostReader(config, ProblemLog(), lambda _id: _NOT_SEEN_YET, posts=every_post)
     for post, source, known in zip(posts, sources, known_digests, strict=True):
         reader.problems = ProblemLog()
         try:
@@ -247,7 +296,8 @@ def _read_one(reader: PostReader, post: PostFile, source: str, known: str | None
     if content == known:
         return _SAME_BYTES, None
     entry = _parse(reader, post, data)
-    record = CachedPost(*post.identity, content, entry, tuple(reader.problems.items))
+    record = CachedPost(*post.identity, content, entry, tuple(reader.problems.items),
+                        tuple(reader.links))
     if entry is not None and entry.updated == _NOT_SEEN_YET:
         return record, None
     return pack_post(source, record), entry
@@ -316,28 +366,32 @@ def _stamped(entry: Entry) -> Entry:
 
 def _read_post(post: PostFile, cached: CachedPost | None, reader: PostReader,
                problems: ProblemLog, failed: list[str] | None = None
-               ) -> tuple[Entry | None, CachedPost | None, tuple[Problem, ...]]:
-    """(entry, what to cache if it changed, its problems). Unchanged identity: no read
-    at all; unchanged bytes: no parse. A read or parse that raises costs this post
+               ) -> tuple[Entry | None, CachedPost | None, tuple[Problem, ...], Links]:
+    """(entry, what to cache if it changed, its problems, what its post_link tags
+    found). Unchanged identity: no read at all; unchanged bytes: no parse; unless a
+    post it links to is not what it was. A read or parse that raises costs this post
     only: reported as an error, not cached, and its path added to `failed`."""
     identity = post.identity
+    if cached is not None and cached.links and not reader.links_hold(cached.links):
+        cached = None  # its body shows another post's old link or title
     if cached is not None and cached.same_file(identity):
         problems.replay(cached.problems)
-        return cached.entry, None, cached.problems
+        return cached.entry, None, cached.problems, cached.links
     # a log of this post's own problems, to cache with it
     reader.problems = ProblemLog(echo=problems.echo)
     try:
         data = reader.read_bytes(post)
         if data is None:
             problems.items.extend(reader.problems.items)
-            return None, None, tuple(reader.problems.items)
+            return None, None, tuple(reader.problems.items), ()
         content_digest = digest(data)
         if cached is not None and cached.digest == content_digest:
             problems.replay(cached.problems)
-            entry, found = cached.entry, cached.problems
+            entry, found, links = cached.entry, cached.problems, cached.links
         else:
             entry = _parse(reader, post, data)
             found = tuple(reader.problems.items)
+            links = tuple(reader.links)
             problems.items.extend(found)
     except Exception as exc:  # noqa: BLE001 (one post's failure costs that post only)
         # not cached: the failure need not be the file's (the next build tries again)
@@ -346,5 +400,5 @@ def _read_post(post: PostFile, cached: CachedPost | None, reader: PostReader,
         problems.items.extend(reader.problems.items)
         if failed is not None:
             failed.append(post.rel)
-        return None, None, tuple(reader.problems.items)
-    return entry, CachedPost(*identity, content_digest, entry, found), found
+        return None, None, tuple(reader.problems.items), ()
+    return entry, CachedPost(*identity, content_digest, entry, found, links), found, links

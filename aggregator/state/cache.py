@@ -29,6 +29,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import json
 import logging
 import pickle
 import sqlite3
@@ -102,6 +103,9 @@ CREATE TABLE IF NOT EXISTS session_patched (
 SCHEMA_VERSION = "9"
 
 
+Links = tuple[tuple[str, Any], ...]
+
+
 @dataclass(frozen=True)
 class CachedPost:
     size: int
@@ -110,6 +114,9 @@ class CachedPost:
     digest: str
     entry: Entry | None  # None: the post was skipped (its problems say why)
     problems: tuple[Problem, ...]
+    # what its post_link/post_path tags found: (slug, the post's title and url, or None);
+    # the record holds only while each slug still finds the same
+    links: Links = ()
 
     def same_file(self, identity: tuple[int, int, int]) -> bool:
         """The file (size, mtime_ns, inode) is the one this record was read from."""
@@ -187,15 +194,24 @@ def pack_post(source: str, post: CachedPost) -> PackedPost:
     """The row that caches a post: its entry without the html."""
     entry = post.entry
     light = changed(entry, html="", partial=True) if entry is not None else None
+    # (links only when there are some: most posts link to no other, and their rows
+    # keep the layout they had before links were recorded)
+    record = (light, post.problems, post.links) if post.links else (light, post.problems)
     return (source, post.size, post.mtime_ns, post.inode, post.digest,
             entry.digest if entry is not None else "",
-            pickle.dumps((light, post.problems), protocol=pickle.HIGHEST_PROTOCOL))
+            pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def unpack_post(row: PackedPost) -> CachedPost:
     """The record pack_post made `row` from (its entry without html)."""
-    entry, problems = pickle.loads(row[6])
-    return CachedPost(row[1], row[2], row[3], row[4], entry, problems)
+    return _post_record(row[1], row[2], row[3], row[4], pickle.loads(row[6]))
+
+
+def _post_record(size: int, mtime_ns: int, inode: int, content_digest: str,
+                 record: tuple[Any, ...]) -> CachedPost:
+    entry, problems, *links = record
+    return CachedPost(size, mtime_ns, inode, content_digest, entry, problems,
+                      links[0] if links else ())
 
 
 def pack_render(data: bytes) -> bytes:
@@ -350,10 +366,28 @@ class BuildCache:
             return None
         size, mtime_ns, inode, content_digest, payload = row
         try:
-            entry, problems = pickle.loads(payload)
+            return _post_record(size, mtime_ns, inode, content_digest, pickle.loads(payload))
         except Exception:  # a cache from another version: just read the post again
             return None
-        return CachedPost(size, mtime_ns, inode, content_digest, entry, problems)
+
+    def linking_posts(self) -> dict[str, tuple[str, ...]]:
+        """source → the slugs its post_link/post_path tags name, for every post that has
+        such tags, as the last read of the posts left it (see store_linking_posts)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='linking'").fetchone()
+        if row is None or "post_cache" in self._stale:
+            return {}
+        try:
+            return {str(k): tuple(v) for k, v in json.loads(row[0]).items()}
+        except (ValueError, AttributeError, TypeError):
+            return {}
+
+    @_disposable
+    def store_linking_posts(self, linking: dict[str, tuple[str, ...]]) -> None:
+        """Kept so that a build patching a few changed posts can read again the posts
+        that link to one of them (without looking at every other post)."""
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('linking', ?)",
+                            (json.dumps(linking, ensure_ascii=False),))
 
     def store_posts(self, rows: Iterable[tuple[str, CachedPost]]) -> None:
         """Cache each post: its entry without the html."""
