@@ -272,8 +272,8 @@ def _check_sources(config: Config, problems: ProblemLog) -> list[dict[str, Any]]
 
 def cmd_opml(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
     """Write every upstream source (inline and from OPML files) as OPML 2.0."""
+    from aggregator.nofollow import replace_path
     from aggregator.sources.upstream.opml import export_opml
-    from aggregator.sources.upstream.posts import atomic_write
 
     data = export_opml(config.upstream, f"{config.site_title} subscriptions")
     if args.output is None or str(args.output) == "-":
@@ -281,21 +281,12 @@ def cmd_opml(config: Config, problems: ProblemLog, args: argparse.Namespace) -> 
         sys.stdout.flush()
     else:
         try:
-            atomic_write(args.output, data)
-            _follow_umask(args.output)
+            replace_path(args.output, data)
         except OSError as exc:
             log.error("%s: cannot write: %s", args.output, exc)
             return EXIT_PUBLISH
         log.info("wrote %d sources to %s", len(config.upstream), args.output)
     return EXIT_OK
-
-
-def _follow_umask(path: Path) -> None:
-    """Give a file we wrote the mode a new file gets (0666 less the umask), as the
-    feeds have: a temp file is created 0600."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def _opml_arguments(cmd: argparse.ArgumentParser) -> None:

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import logging
 import os
-import stat
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from aggregator.sources.safe_open import is_link
+from aggregator import nofollow
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +56,6 @@ class Parts:
 
 class PublishError(Exception):
     """Writing the output failed; what was there before is still there."""
-
-
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_SUB_DIR = _DIR | os.O_NOFOLLOW
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_OLD_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class Record(Protocol):
@@ -129,7 +121,7 @@ class Publisher:
         parts = data if isinstance(data, Parts) else Parts(lambda: (data,), len(data))
         if self._pool is None:
             try:
-                self._top = os.open(self.out_dir, _DIR)
+                self._top = nofollow.open_root(self.out_dir)
             except OSError as exc:
                 raise PublishError(f"{self.out_dir}: cannot publish: {exc.strerror}") from exc
             self._pool = ThreadPoolExecutor(STAGING_THREADS,
@@ -249,50 +241,22 @@ class Publisher:
 
 def _open_folder(out_dir: Path, names: list[str], create: bool = False,
                  top: int | None = None) -> int:
-    """A descriptor of the folder out_dir/names..., each opened from its parent's
-    descriptor with O_NOFOLLOW (and made first when missing, with `create`), from
-    `top` (out_dir's, left open) if given. PublishError: one is a symlink; OSError:
-    it cannot be opened."""
-    if top is not None and not names:
-        return os.dup(top)
-    fd = os.open(out_dir, _DIR) if top is None else top  # (out_dir is the config's)
+    """A descriptor of the folder out_dir/names... (`nofollow.open_folder`: made when
+    missing, with `create`), from `top` (out_dir's, left open) if given.
+    PublishError: one is a symlink; OSError: it cannot be opened."""
+    start = nofollow.open_root(out_dir) if top is None else top  # (out_dir: the config's)
     try:
-        for index, name in enumerate(names):
-            try:
-                below = os.open(name, _SUB_DIR, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, dir_fd=fd)
-                below = os.open(name, _SUB_DIR, dir_fd=fd)
-            except OSError as exc:  # O_NOFOLLOW|O_DIRECTORY on a link: ENOTDIR
-                if exc.errno in (errno.ENOTDIR, errno.ELOOP) and is_link(fd, name):
-                    raise _link_refused(out_dir, names[:index + 1]) from None
-                raise
-            if fd != top:
-                os.close(fd)
-            fd = below
-        return fd
-    except BaseException:
-        if fd != top:
-            os.close(fd)
-        raise
+        return nofollow.open_folder(start, names, create)
+    except nofollow.LinkMet as met:
+        raise _link_refused(out_dir, names[:met.index + 1]) from None
+    finally:
+        if start != top:
+            os.close(start)
 
 
 def _link_refused(out_dir: Path, names: list[str]) -> PublishError:
     return PublishError(f"{out_dir.joinpath(*names)}: a symlink in the output dir; "
                         "nothing is written through it (remove it)")
-
-
-def _create(folder: int, name: str) -> int:
-    """A new file `name` in `folder`, for writing: a file or a symlink left there under
-    that name is removed first (the link itself, never what it points to)."""
-    try:
-        return os.open(name, _NEW_FILE, 0o666, dir_fd=folder)
-    except FileExistsError:
-        os.unlink(name, dir_fd=folder)
-        return os.open(name, _NEW_FILE, 0o666, dir_fd=folder)
 
 
 def _remove(out_dir: Path, parts: list[str]) -> None:
@@ -323,13 +287,11 @@ def _read_manifest(out_dir: Path) -> str:
     """The old manifest's text; "" when it is missing, unreadable or not a regular file
     (a link is not followed)."""
     try:
-        fd = os.open(out_dir / MANIFEST, _OLD_FILE)
-    except OSError:
+        fd, _ = nofollow.open_file(None, str(out_dir / MANIFEST))
+    except (OSError, nofollow.LinkMet, nofollow.NotRegular):
         return ""
     with os.fdopen(fd, "rb") as handle:
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return ""
             return handle.read().decode("utf-8", errors="replace")
         except OSError:
             return ""
@@ -340,15 +302,13 @@ def _same_bytes(folder: int, name: str, parts: Parts) -> bool:
     (compared as they come, without joining them; a file of another size is not
     read; a symlink is not followed)."""
     try:
-        fd = os.open(name, _OLD_FILE, dir_fd=folder)
-    except OSError:
+        fd, st = nofollow.open_file(folder, name)
+    except (OSError, nofollow.LinkMet, nofollow.NotRegular):
         return False
     with os.fdopen(fd, "rb") as handle:
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size != parts.size:
-                return False
-            return all(handle.read(len(part)) == part for part in parts.source())
+            return st.st_size == parts.size and \
+                all(handle.read(len(part)) == part for part in parts.source())
         except OSError:
             return False
 
@@ -388,17 +348,9 @@ def _stage(out_dir: Path, top: int | None, names: list[str], parts: Parts) -> Pa
         if _same_bytes(folder, name, parts):
             return None
         temp = f".{name}.{os.getpid()}{TEMP_SUFFIX}"
-        try:
-            # A big buffer: a feed is thousands of entry-sized parts, and one write
-            # call each (500k of them for 2.6 GB) cost more than writing the bytes.
-            with os.fdopen(_create(folder, temp), "wb", buffering=WRITE_BUFFER) as handle:
-                handle.writelines(parts.source())
-        except BaseException:
-            # On a read-only fs unlink fails too (EROFS, even for a missing file): that
-            # OSError must not replace the one that says why the write failed.
-            with contextlib.suppress(OSError):
-                os.unlink(temp, dir_fd=folder)
-            raise
+        # A big buffer: a feed is thousands of entry-sized parts, and one write call
+        # each (500k of them for 2.6 GB) cost more than writing the bytes.
+        nofollow.write_new(folder, temp, parts.source(), buffering=WRITE_BUFFER)
         return out_dir.joinpath(*names[:-1], temp)
     finally:
         os.close(folder)

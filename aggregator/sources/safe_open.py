@@ -3,9 +3,9 @@
 A post is found by the walk and opened later: in between, any name on its path may
 become a symlink (`mv -Tf link posts/zz.md`). Opening the path in one call would follow
 it wherever it points. Here the relative path is opened one component at a time from
-the content dir's descriptor (`openat`), each with O_NOFOLLOW, so what is opened is
-reached through real directory entries under the content dir at the moment of opening;
-only a regular file is accepted (fstat of what was opened, not of the name).
+the content dir's descriptor (`aggregator.nofollow`), so what is opened is reached
+through real directory entries under the content dir at the moment of opening; only a
+regular file is accepted (fstat of what was opened, not of the name).
 
 A symlink met on the way is refused when `content.follow_symlinks` is false. When it is
 true, the path is resolved and the resolved path is opened again the same way, from the
@@ -22,14 +22,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import stat
 from collections.abc import Iterable
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK: a FIFO put in place of a file must not hang the open; O_NOCTTY: a
-# terminal device must not become ours.
-_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_ROOT = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # the content dir itself: configured
+from aggregator import nofollow
+from aggregator.nofollow import LinkMet, NotRegular
 
 
 class Refused(Exception):
@@ -40,14 +36,6 @@ class Refused(Exception):
         super().__init__(message)
         self.message = message
         self.warning = warning
-
-
-class _SymlinkMet(Exception):
-    """A component of the path is a symlink (`index`: which one)."""
-
-    def __init__(self, index: int) -> None:
-        super().__init__(index)
-        self.index = index
 
 
 class SafeOpener:
@@ -71,8 +59,8 @@ class SafeOpener:
         try:
             if root != self._root or folder != self._folder:
                 self._hold(root, folder)
-            return _regular(_open_file(self._fds[-1], name, len(self._names)))
-        except _SymlinkMet as met:
+            return _open_file(self._fds[-1], name, len(self._names))
+        except LinkMet as met:
             if not self.follow:
                 what = "symlink" if met.index == rel.count("/") else \
                     "a folder on its path is a symlink:"
@@ -110,10 +98,10 @@ class SafeOpener:
         del self._names[max(keep - 1, 0):]
         self._folder = None  # until every folder below is open
         if not self._fds:
-            self._fds.append(os.open(root, _ROOT))
+            self._fds.append(nofollow.open_root(root))
             self._root = root
         for index in range(len(self._names), len(names)):
-            self._fds.append(_open_dir(self._fds[-1], names[index], index))
+            self._fds.append(nofollow.open_dir(self._fds[-1], names[index], index))
             self._names.append(names[index])
         self._folder = folder
 
@@ -133,17 +121,17 @@ class SafeOpener:
         if inside is None:
             raise Refused(f"symlink points outside the content dirs ({target})")
         names = target[len(inside.rstrip("/")) + 1:].split("/")
-        fds = [os.open(inside, _ROOT)]
+        top = nofollow.open_root(inside)
         try:
-            for index, name in enumerate(names[:-1]):
-                fds.append(_open_dir(fds[-1], name, index))
-            return _regular(_open_file(fds[-1], names[-1], len(names) - 1))
-        except _SymlinkMet:
-            raise Refused("symlink changed while it was read",
-                          warning=True) from None
+            folder = nofollow.open_folder(top, names[:-1])
+            try:
+                return _open_file(folder, names[-1], len(names) - 1)
+            finally:
+                os.close(folder)
+        except LinkMet:
+            raise Refused("symlink changed while it was read", warning=True) from None
         finally:
-            for fd in fds:
-                os.close(fd)
+            os.close(top)
 
 
 def open_regular(path: str) -> tuple[int, os.stat_result]:
@@ -151,12 +139,11 @@ def open_regular(path: str) -> tuple[int, os.stat_result]:
     config (its folders are the config's to choose): its own name is not followed if
     something put a symlink there, and only a regular file is accepted."""
     try:
-        fd = os.open(path, _FILE)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # (O_NOFOLLOW: its own name is a symlink)
-            raise Refused("it is a symlink, not followed (name the file itself)") from None
-        raise
-    return _regular(fd)
+        return nofollow.open_file(None, path)
+    except LinkMet:
+        raise Refused("it is a symlink, not followed (name the file itself)") from None
+    except NotRegular:
+        raise Refused("not a regular file") from None
 
 
 def _check_names(names: list[str]) -> None:
@@ -164,44 +151,11 @@ def _check_names(names: list[str]) -> None:
         raise Refused("not a path inside the content dir")
 
 
-def _open_dir(parent: int, name: str, index: int) -> int:
-    try:
-        return os.open(name, _DIR, dir_fd=parent)
-    except OSError as exc:
-        # O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR, as on a file
-        if exc.errno in (errno.ENOTDIR, errno.ELOOP) and is_link(parent, name):
-            raise _SymlinkMet(index) from None
-        raise
-
-
-def _open_file(parent: int, name: str, index: int) -> int:
+def _open_file(parent: int, name: str, index: int) -> tuple[int, os.stat_result]:
+    """`nofollow.open_file` of a name under a content dir; LinkMet is the caller's."""
     if name in ("", ".", ".."):
         raise Refused("not a path inside the content dir")
     try:
-        return os.open(name, _FILE, dir_fd=parent)
-    except OSError as exc:
-        # one name, O_NOFOLLOW: ELOOP means that name is a symlink
-        if exc.errno == errno.ELOOP:
-            raise _SymlinkMet(index) from None
-        raise
-
-
-def is_link(parent: int, name: str) -> bool:
-    """`name` in the folder `parent` is a symlink (False when it cannot be told)."""
-    try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
-    except OSError:
-        return False
-
-
-def _regular(fd: int) -> tuple[int, os.stat_result]:
-    """(fd, fstat) when fd is a regular file; otherwise it is closed and refused."""
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        os.close(fd)
-        raise
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise Refused("not a regular file")
-    return fd, st
+        return nofollow.open_file(parent, name, index)
+    except NotRegular:
+        raise Refused("not a regular file") from None

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -77,20 +76,6 @@ def post_bytes(entry: Entry, sanitizer: Sanitizer) -> bytes:
 
 def _stamp(value: datetime) -> str:
     return value.isoformat()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def write_posts(config: Config, store: StateStore, sources: list[UpstreamSource],
