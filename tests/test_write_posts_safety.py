@@ -5,9 +5,11 @@ through a symbolic link. Real servers on 127.0.0.1, real files, feeds parsed bac
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers import write_post
 from pytest_httpserver import HTTPServer
 from upstream_support import published, run, upstream_config
@@ -155,3 +157,15 @@ def test_a_linked_post_file_is_never_replaced_or_read(tmp_path: Path, httpserver
     _fetch_a_change(config, url, written, httpserver, capsys)
     assert written.is_symlink() and os.readlink(written) == str(victim)
     assert b"New body" not in victim.read_bytes()
+
+
+@pytest.mark.timeout(30)
+def test_a_written_post_replaced_by_a_fifo_is_refused_without_waiting(
+        tmp_path: Path, httpserver: HTTPServer, capsys: Any) -> None:
+    """A FIFO where a post we wrote was: reading it back to see whether it was edited
+    must not wait for a writer forever; it is not a regular file, so it is refused."""
+    config, url, written = _one_written_post(tmp_path, httpserver, capsys)
+    written.unlink()
+    os.mkfifo(written)
+    _fetch_a_change(config, url, written, httpserver, capsys)
+    assert stat.S_ISFIFO(written.lstat().st_mode)
