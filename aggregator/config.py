@@ -156,19 +156,18 @@ def parse_every(value: object) -> int:
 
 
 def category_path(value: object) -> tuple[str, ...]:
-    """A list is a path (nested lists flattened); a string is one level."""
+    """A list is a path (nested lists flattened, however deep: a loop, not a
+    recursion); a string is one level; empty items, None and mappings are dropped."""
     out: list[str] = []
-
-    def add(item: object) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
         if isinstance(item, list | tuple):
-            for sub in item:
-                add(sub)
+            stack.extend(reversed(item))
         elif item is not None and not isinstance(item, dict):
             text = str(item).strip()
             if text:
                 out.append(text)
-
-    add(value)
     return tuple(out)
 
 

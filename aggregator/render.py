@@ -19,7 +19,7 @@ from aggregator.problems import ProblemLog
 from aggregator.sanitize.html import Sanitizer
 from aggregator.sanitize.text import summarize
 from aggregator.sources.content import PostReader
-from aggregator.sources.walk import PostFile, split_source
+from aggregator.sources.walk import post_of_source
 from aggregator.state.cache import (
     BodyReader,
     CacheIncomplete,
@@ -62,9 +62,8 @@ def body_reader(config: Config) -> BodyReader:
     reader = PostReader(config, ProblemLog(echo=False), lambda _id: _ANY_TIME)
 
     def body_of(source: str, content_digest: str) -> str | None:
-        root, rel = split_source(source)
         reader.problems = ProblemLog(echo=False)
-        post = PostFile(os.path.join(root, *rel.split("/")), rel, Path(root))
+        post = post_of_source(source)
         data = reader.read_bytes(post)
         if data is None or digest(data) != content_digest:
             return None  # gone, unreadable, over the size limit or other bytes

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import yaml
 
-from aggregator.config import Config
+from aggregator.config import Config, category_path
 from aggregator.media import image_type_from_url
 from aggregator.model import Entry, Image
 from aggregator.problems import ProblemLog
@@ -28,7 +28,7 @@ from aggregator.sanitize.html import MAX_DEPTH as MAX_HTML_DEPTH
 from aggregator.sanitize.html import Sanitizer, absolute_url, html_depth, may_nest_deeper
 from aggregator.sanitize.text import clean_line, html_to_text
 from aggregator.sources.dates import DateError, parse_date
-from aggregator.sources.front_matter import Split, split_front_matter
+from aggregator.sources.front_matter import LEADING, Split, split_front_matter
 from aggregator.sources.front_matter_yaml import load_front_matter
 from aggregator.sources.hexo.assets import PostAssets, asset_folder
 from aggregator.sources.hexo.body import BodySettings, Rendered, render_body, site_of
@@ -255,7 +255,7 @@ class PostReader:
         try:
             split = split_front_matter(text)
         except ValueError:
-            opening = text.lstrip(_LEADING)[:3]
+            opening = text.lstrip(LEADING)[:3]
             self.problems.error(f"{where}:1",
                                 f"front matter opened with {opening} is never closed; skipped")
             return None, "", 1
@@ -547,9 +547,6 @@ class PostReader:
         return ""
 
 
-_LEADING = "\n\r\t "
-
-
 def _read_to_end(fd: int, limit: int) -> bytes:
     """The rest of the file, up to `limit` bytes (it was no bigger when it was sized:
     one that grows meanwhile is cut at the limit, and its digest tells the next
@@ -569,29 +566,14 @@ def _not_text_share(text: str) -> float:
     return len(_NOT_TEXT.findall(head)) / len(head)
 
 
-
 def category_paths(value: object) -> list[tuple[str, ...]]:
     """Hexo's rule for `categories`: a string is one level; a list is one hierarchy,
     unless one of its items is a list: then each item is a hierarchy of its own (a
     string being one level). Empty items are dropped; deeper lists are flattened."""
     items = value if isinstance(value, list) else [value]
     if any(isinstance(item, list) for item in items):
-        return [_levels(item) for item in items]
-    return [_levels(items)]
-
-
-def _levels(value: object) -> tuple[str, ...]:
-    out: list[str] = []
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list | tuple):
-            stack.extend(reversed(item))
-        elif item is not None and not isinstance(item, dict):
-            text = str(item).strip()
-            if text:
-                out.append(text)
-    return tuple(out)
+        return [category_path(item) for item in items]
+    return [category_path(items)]
 
 
 def _distinct_paths(paths: list[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:

@@ -14,7 +14,8 @@ from typing import NamedTuple
 
 import frontmatter
 
-_LEADING = "\n\r\t "
+# what may come before front matter
+LEADING = "\n\r\t "
 # the first line that starts with a separator (hexo-front-matter: `\n(-{3,}|;{3,})\n?`)
 _SEPARATOR_LINE = re.compile(r"\n(-{3,}|;{3,})[ \t]*(?:\r?\n)?")
 _OPENING_JSON = re.compile(r";{3,}[ \t]*\r?\n")
@@ -44,7 +45,7 @@ class Split(NamedTuple):
 def split_front_matter(text: str) -> Split:
     """The post's front matter and body. ValueError: it is opened with `---` or `;;;`
     and never closed."""
-    stripped = text.lstrip(_LEADING)
+    stripped = text.lstrip(LEADING)
     lead = len(text) - len(stripped)
     if stripped.startswith("---"):
         fm, body = frontmatter.default_handlers.YAMLHandler().split(stripped)

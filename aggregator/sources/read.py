@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import fields, replace
 from datetime import UTC, datetime
-from pathlib import Path
 
 from aggregator import progress
 from aggregator.config import Config
@@ -21,7 +19,7 @@ from aggregator.problems import Problem, ProblemLog
 from aggregator.report import BuildReport
 from aggregator.sources.content import PostReader
 from aggregator.sources.linked_posts import slug_of
-from aggregator.sources.walk import PostFile, discover, display, split_source
+from aggregator.sources.walk import PostFile, discover, display, post_of_source, split_source
 from aggregator.state.cache import (
     BuildCache,
     CachedPost,
@@ -143,8 +141,7 @@ def _read_linking(config: Config, cache: BuildCache, reader: PostReader,
         known = memo.get(source)
         identity = known[0] if known is not None else \
             (cached.size, cached.mtime_ns, cached.inode) if cached is not None else (0, 0, 0)
-        root, rel = split_source(source)
-        post = PostFile(os.path.join(root, *rel.split("/")), rel, Path(root), identity)
+        post = post_of_source(source, identity)
         entry, record, found, links = _read_post(post, cached, reader, ProblemLog(echo=False))
         if record is not None:
             fresh.append((source, record))

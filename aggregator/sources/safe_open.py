@@ -153,8 +153,7 @@ def _check_names(names: list[str]) -> None:
 
 def _open_file(parent: int, name: str, index: int) -> tuple[int, os.stat_result]:
     """`nofollow.open_file` of a name under a content dir; LinkMet is the caller's."""
-    if name in ("", ".", ".."):
-        raise Refused("not a path inside the content dir")
+    _check_names([name])
     try:
         return nofollow.open_file(parent, name, index)
     except NotRegular:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
+from aggregator import nofollow
 from aggregator.config import Config
 from aggregator.problems import ProblemLog
 
@@ -27,7 +28,6 @@ SKIPPED_DIRS = {".git", ".hg", ".svn", "_drafts"}
 # Lone surrogates too: os.fsdecode's stand-ins for file-name bytes that are not UTF-8.
 _CONTROL = re.compile("[\x00-\x1f\x7f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +63,13 @@ def split_source(source: str) -> tuple[str, str]:
     """(content dir, relative path) of a PostFile.source key."""
     root, _, rel = source.partition("\0")
     return root, rel
+
+
+def post_of_source(source: str,
+                   identity: tuple[int, int, int] = (0, 0, 0)) -> PostFile:
+    """The PostFile a PostFile.source key names (`identity`: as last seen, if known)."""
+    root, rel = split_source(source)
+    return PostFile(os.path.join(root, *rel.split("/")), rel, Path(root), identity)
 
 
 # PostFile(...) goes through a generated Python __new__: ~0.1 s for 100k posts
@@ -222,7 +229,7 @@ class _Walker:
         whether there is anything to look at later. Its descriptor is closed before the
         walk goes deeper (one open folder at a time)."""
         try:
-            fd = os.open(dirpath, _DIR_FLAGS)
+            fd = nofollow.open_root(dirpath)
         except OSError as exc:
             problems.error(_folder(prefix, dirpath), f"cannot read folder: {exc.strerror}")
             return [], False
