@@ -107,13 +107,14 @@ class SessionIndex:
             if entry is not None:
                 for path in entry.categories:
                     self.nodes[path].add(entry)
+                nodes = _nodes_of(entry)
                 if entry.more_categories:
-                    for names in _nodes_of(entry):
+                    for names in nodes:
                         self.nodes[names].shared = True
                 self.merged[entry.id] = entry
                 if entry.link:
                     self.link_owner[entry.link] = entry.id
-                dirty.update(_nodes_of(entry))
+                dirty.update(nodes)
                 self.posts[source] = entry
                 if url := unknown_image(entry):
                     self.unknown[source] = url

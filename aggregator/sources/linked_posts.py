@@ -46,14 +46,15 @@ class PostsBySlug:
         """slug → its post file (the first in path order when names share a slug).
         The walk's problems are not reported: the build's own walk reports them."""
         if self._files is None:
-            site = self._config.hexo
             files: dict[str, PostFile] = {}
-            if site is not None:
+            if self._config.hexo is not None:
                 posts = self._posts
                 if posts is None:
                     posts = discover(self._config, ProblemLog(echo=False))
                 for post in posts:
-                    files.setdefault(read_file_name(site, under_posts(post.rel)).slug, post)
+                    slug = slug_of(self._config, post.rel)
+                    if slug is not None:
+                        files.setdefault(slug, post)
             self._files, self._posts = files, None
         return self._files
 

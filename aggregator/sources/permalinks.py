@@ -129,38 +129,47 @@ def permalink(site: HexoSite, post: PostFacts) -> str | None:
     the post has none (Hexo would take the file's creation time)."""
     override = post.front_matter.get("permalink")
     if isinstance(override, str) and override:
-        path = override
-        if site.post_asset_folder and not path.endswith(("/", ".html")):
-            path += "/"
-        return full_url(site, path if path.startswith("/") else "/" + path)
-    values = _values(site, post)
-    if values is None:
-        return None
-    path = _PARAM.sub(lambda m: values.get(m.group(1), "undefined"), site.permalink)
+        path = override if override.startswith("/") else "/" + override
+    else:
+        values = _values(site, post)
+        if values is None:
+            return None
+        path = _PARAM.sub(lambda m: values.get(m.group(1), "undefined"), site.permalink)
     if site.post_asset_folder and not path.endswith(("/", ".html")):
         path += "/"
     return full_url(site, path)
 
 
+@functools.lru_cache(maxsize=64)
+def _rule_params(rule: str) -> frozenset[str]:
+    """The parameters a permalink rule names (the rule is the same all build)."""
+    return frozenset(m.group(1) for m in _PARAM.finditer(rule))
+
+
 def _values(site: HexoSite, post: PostFacts) -> dict[str, str] | None:
-    rule_params = {m.group(1) for m in _PARAM.finditer(site.permalink)}
+    """The values of the rule's parameters (those that cost a slug or a hash are
+    made only when the rule names them: `permalink` fills in nothing else)."""
+    rule_params = _rule_params(site.permalink)
     when = post.published
     if when is None and rule_params & DATE_PARAMS:
         return None
     slug = post.file.slug
     values = {"id": _js_text(post.front_matter.get("id", "")), "title": slug,
-              "name": posixpath.basename(slug),
-              "post_title": slugize(post.title, transform=1),
-              "category": _category_slug(site, post.categories)}
+              "name": posixpath.basename(slug)}
+    if "post_title" in rule_params:
+        values["post_title"] = slugize(post.title, transform=1)
+    if "category" in rule_params:
+        values["category"] = _category_slug(site, post.categories)
     if when is not None:
         local = when.astimezone(post.zone)
         values.update(year=f"{local.year:04d}", month=f"{local.month:02d}",
                       day=f"{local.day:02d}", hour=f"{local.hour:02d}",
                       minute=f"{local.minute:02d}", second=f"{local.second:02d}",
                       i_month=str(local.month), i_day=str(local.day),
-                      timestamp=str(int(when.timestamp())),
-                      hash=hashlib.sha1(f"{slug}{int(when.timestamp())}".encode(),
-                                        usedforsecurity=False).hexdigest()[:12])
+                      timestamp=str(int(when.timestamp())))
+        if "hash" in rule_params:
+            values["hash"] = hashlib.sha1(f"{slug}{int(when.timestamp())}".encode(),
+                                          usedforsecurity=False).hexdigest()[:12]
     for key, text in post.file.values.items():
         if key not in _PRESERVED:
             values.setdefault(key, text)
