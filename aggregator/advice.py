@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from aggregator.config import Config
+from aggregator.problems import ProblemLog
 
 
 def config_label(config: Config) -> str:
@@ -22,20 +23,18 @@ def config_label(config: Config) -> str:
     return str(config.path) if rel.startswith("..") else rel
 
 
-def default_warnings(config: Config, linkless: int | None) -> list[tuple[str, str]]:
-    """(where, message) for each silent default the config leaves in place.
+def warn_defaults(config: Config, linkless: int | None, problems: ProblemLog) -> None:
+    """A warning for each silent default the config leaves in place.
     `linkless`: entries the build published without a link (None: not counted)."""
     site = config.raw.get("site")
     given = site if isinstance(site, dict) else {}
     where = config_label(config)
-    found: list[tuple[str, str]] = []
     if given.get("url") is None:
-        found.append((where, f"site.url is not set: every feed's self link, the index and "
+        problems.warn(where, f"site.url is not set: every feed's self link, the index and "
                              f"the OPML point to {config.site_url}; set site.url to where "
-                             f"output.dir is published"))
+                             f"output.dir is published")
     if config.post_url is None and linkless != 0:
         count = "entries without a `link` in their front matter have" if linkless is None \
             else f"{linkless} entr{'y has' if linkless == 1 else 'ies have'}"
-        found.append((where, f"{count} no link: set site.post_url (e.g. "
-                             f"\"https://example.org/{{path}}/\") so every post gets one"))
-    return found
+        problems.warn(where, f"{count} no link: set site.post_url (e.g. "
+                             f"\"https://example.org/{{path}}/\") so every post gets one")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aggregator import __version__, progress
-from aggregator.advice import config_label, default_warnings
+from aggregator.advice import config_label, warn_defaults
 from aggregator.config import Config, UnknownKeys, load_config
 from aggregator.problems import ConfigError, Problem, ProblemLog
 from aggregator.publish.atomic import PublishError
@@ -176,8 +176,7 @@ def _build(config: Config, problems: ProblemLog, echo_problems: bool = True,
         return EXIT_PUBLISH, None
     report.problems.items[:0] = problems.items
     if advise:
-        for where, message in default_warnings(config, report.linkless):
-            report.problems.warn(where, message)
+        warn_defaults(config, report.linkless, report.problems)
     code = EXIT_SKIPPED if report.problems.errors else EXIT_OK
     if report.up_to_date:
         log.info("nothing changed since the last build (%d feeds, %d entries); checked in "
@@ -201,8 +200,7 @@ def cmd_check(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
     # A throwaway state: check writes nothing, not even first-seen times.
     state = StateStore(Path(":memory:"))
     entries = read_posts(config, state, report)
-    for where, message in default_warnings(config, sum(1 for e in entries if not e.link)):
-        problems.warn(where, message)
+    warn_defaults(config, sum(1 for e in entries if not e.link), problems)
     sources = _check_sources(config, problems)
     failing = sum(1 for s in sources if s["state"] in ("failing", "disabled"))
     log.info("checked %d posts: %d usable, %d skipped; %d sources failing; %d errors, "
@@ -254,11 +252,11 @@ def _check_sources(config: Config, problems: ProblemLog) -> list[dict[str, Any]]
         entry.update(last_status=row.get("last_status"), errors_in_a_row=errors,
                      last_error=row.get("last_error"), next_poll=row.get("next_poll_at"),
                      moved_to=row.get("moved_to"))
-        line = (f"source {source.url}: last status {row.get('last_status') or '-'}, "
-                f"{errors} errors in a row, last error: {row.get('last_error') or '-'}, "
-                f"next poll {row.get('next_poll_at') or 'now'}")
-        if row.get("moved_to"):
-            line += f", moved to {row['moved_to']}"
+        line = (f"source {source.url}: last status {entry['last_status'] or '-'}, "
+                f"{errors} errors in a row, last error: {entry['last_error'] or '-'}, "
+                f"next poll {entry['next_poll'] or 'now'}")
+        if entry["moved_to"]:
+            line += f", moved to {entry['moved_to']}"
         log.info("%s", line)
         if row.get("disabled"):
             entry["state"] = "disabled"

@@ -152,7 +152,8 @@ def _publish(publisher: Publisher, config: Config, root: Node, report: BuildRepo
                 shown.advance()
             else:
                 publisher.keep(rel)
-            if renders.failed.isdisjoint(member_keys):
+            # (isdisjoint walks the whole list even when nothing failed)
+            if not renders.failed or renders.failed.isdisjoint(member_keys):
                 prints[rel] = feed_print
             # (else no state is kept: the next build writes it again, trying that entry
             # again)

@@ -274,7 +274,6 @@ class HTTPService:
     def __init__(self, host: str, port: int, root: Callable[[], Path],
                  stats: ServiceStats, *, idle_timeout: float = IDLE_TIMEOUT,
                  max_connections: int | None = None) -> None:
-        self.root = root
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections or connection_limit()
         self.app = FeedApp(root, stats)
@@ -305,7 +304,7 @@ class HTTPService:
             self._thread.join()
             raise self._error
         host, port = self.address
-        log.info("serving %s on http://%s:%d/", self.root(), host, port)
+        log.info("serving %s on http://%s:%d/", self.app.root(), host, port)
 
     def stop(self) -> None:
         loop, stopping = self._loop, self._stopping

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from types import FrameType
 
-from aggregator.advice import default_warnings
+from aggregator.advice import warn_defaults
 from aggregator.config import Config
 from aggregator.pipeline import Builder
 from aggregator.problems import ProblemLog
@@ -126,8 +126,7 @@ class BuildWorker:
         else:
             if config is not self._advised:  # once per config load: at start, on reload
                 self._advised = config
-                for where, message in default_warnings(config, report.linkless):
-                    report.problems.warn(where, message)
+                warn_defaults(config, report.linkless, report.problems)
             self.stats.record_build(True, report.seconds, report.entries, report.feeds)
             log.info("build #%d (%s) published %d feeds from %d entries in %.2fs: "
                      "%d written, %d unchanged, %d removed; %d errors, %d warnings",

@@ -33,12 +33,11 @@ class PublishedRecord:
     (nothing is removed); one that cannot be written keeps the old record."""
 
     def __init__(self, state_path: Path, out_dir: Path) -> None:
-        self.state_path, self.out_dir = state_path, out_dir
+        self.state_path = state_path
         self.key = str(out_dir)
         self._known: set[str] | None = None  # what the state holds, once read
 
     def previous(self) -> set[str]:
-        found: set[str] = set()
         try:
             db = self._connect()
             try:
@@ -46,11 +45,11 @@ class PublishedRecord:
                     "SELECT rel FROM published_file WHERE out_dir = ?", (self.key,))}
             finally:
                 db.close()
-            found |= self._known
+            return set(self._known)
         except (OSError, sqlite3.Error) as exc:
             log.warning("%s: cannot read the record of published files (%s); no stale "
                         "feed is removed this time", self.state_path, exc)
-        return found
+            return set()
 
     def _connect(self) -> sqlite3.Connection:
         """The state file the build opened (and migrated) already: a plain connection,
