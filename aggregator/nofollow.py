@@ -84,6 +84,16 @@ def open_folder(top: int, names: Sequence[str], create: bool = False) -> int:
     return os.dup(top) if fd == top else fd
 
 
+def open_path(root: str | Path, names: Sequence[str], create: bool = False) -> int:
+    """A descriptor of the folder root/names…: the configured folder `root` opened by
+    `open_root`, then each name by `open_dir` (`open_folder`)."""
+    top = open_root(root)
+    try:
+        return open_folder(top, names, create)
+    finally:
+        os.close(top)
+
+
 def open_file(parent: int | None, name: str, index: int = 0) -> tuple[int, os.stat_result]:
     """(descriptor, its fstat) of the regular file `name` in `parent` (None: `name` is
     a path whose folders are the caller's to trust). LinkMet(index): `name` is a

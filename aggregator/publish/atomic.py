@@ -244,14 +244,12 @@ def _open_folder(out_dir: Path, names: list[str], create: bool = False,
     """A descriptor of the folder out_dir/names... (`nofollow.open_folder`: made when
     missing, with `create`), from `top` (out_dir's, left open) if given.
     PublishError: one is a symlink; OSError: it cannot be opened."""
-    start = nofollow.open_root(out_dir) if top is None else top  # (out_dir: the config's)
     try:
-        return nofollow.open_folder(start, names, create)
+        if top is None:
+            return nofollow.open_path(out_dir, names, create)  # (out_dir: the config's)
+        return nofollow.open_folder(top, names, create)
     except nofollow.LinkMet as met:
         raise _link_refused(out_dir, names[:met.index + 1]) from None
-    finally:
-        if start != top:
-            os.close(start)
 
 
 def _link_refused(out_dir: Path, names: list[str]) -> PublishError:

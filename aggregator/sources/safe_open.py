@@ -121,17 +121,14 @@ class SafeOpener:
         if inside is None:
             raise Refused(f"symlink points outside the content dirs ({target})")
         names = target[len(inside.rstrip("/")) + 1:].split("/")
-        top = nofollow.open_root(inside)
         try:
-            folder = nofollow.open_folder(top, names[:-1])
+            folder = nofollow.open_path(inside, names[:-1])
             try:
                 return _open_file(folder, names[-1], len(names) - 1)
             finally:
                 os.close(folder)
         except LinkMet:
             raise Refused("symlink changed while it was read", warning=True) from None
-        finally:
-            os.close(top)
 
 
 def open_regular(path: str) -> tuple[int, os.stat_result]:

@@ -28,15 +28,12 @@ def folder(root: Path, parts: Sequence[str], *, create: bool) -> Iterator[int]:
     """A descriptor of `root/parts…`, each part entered without following a link
     (`create`: missing folders are made). The content dir itself (`root`) is the
     configured path and may be a link."""
-    top = nofollow.open_root(root)
     try:
-        fd = nofollow.open_folder(top, parts, create)
+        fd = nofollow.open_path(root, parts, create)
     except nofollow.LinkMet as met:
         raise _refused(errno.ELOOP, parts[:met.index + 1]) from None
     except NotADirectoryError:
         raise _refused(errno.ENOTDIR, parts) from None
-    finally:
-        os.close(top)
     try:
         yield fd
     finally:
