@@ -121,7 +121,7 @@ _LineLoader.add_constructor("tag:yaml.org,2002:timestamp", _checked_timestamp)
 def _load_with_lines(text: str) -> tuple[Any, dict[tuple[str, ...], int]]:
     lines: dict[tuple[str, ...], int] = {}
     # One parse: the node tree gives the lines and is then constructed into data
-    # (parsing twice was ~40 ms of a 1,000-source config).
+    # (a second parse would cost ~40 ms of a 1,000-source config).
     loader = _LineLoader(text)
     try:
         root = loader.get_single_node()

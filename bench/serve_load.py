@@ -82,7 +82,7 @@ class Server:
                                      cwd=checkout, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)
         # cwd too: `python -c` puts the working dir first on sys.path
-        # (stderr: the old server prints a traceback for each client wrk drops)
+        # (stderr: a server may print a traceback for each client wrk drops)
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
         self.url = f"http://127.0.0.1:{self.port}/atom.xml"

@@ -104,7 +104,7 @@ def test_symlinks_not_followed_by_default(tmp_path: Path, capsys: Any) -> None:
 
 
 def test_walk_order_is_the_sorted_order_of_relative_paths(tmp_path: Path) -> None:
-    """discover() no longer sorts what it found: the walk must meet posts in the order
+    """discover() does not sort what it found: the walk must meet posts in the order
     of their relative paths, even where a folder's name is a prefix of a post's or
     another folder's ("a" < "a b" as names, but "a b/x" < "a/x" as paths)."""
     from aggregator.config import load_config

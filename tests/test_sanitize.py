@@ -171,7 +171,8 @@ def test_block_boundaries_are_the_regex_substitution() -> None:
 @pytest.mark.parametrize("hostile", ["<p" * 200_000, "<div " * 80_000, "</p" * 130_000])
 def test_text_of_hostile_html_is_linear(hostile: str) -> None:
     # Raw upstream html meets these before any sanitiser (an untitled entry's title is
-    # the summary of its body; an html title is made text): 400 KB of '<p' took 21 s.
+    # the summary of its body; an html title is made text): a scan from each '<p' to
+    # the end makes 400 KB of '<p' take 21 s.
     started = time.perf_counter()
     summarize(hostile, 80)
     html_to_text(hostile)
@@ -179,8 +180,9 @@ def test_text_of_hostile_html_is_linear(hostile: str) -> None:
 
 
 def test_leading_frameset_does_not_skip_the_pre_pass(clean: Sanitizer) -> None:
-    # A leading <frameset> used to leave lexbor without a body: junk kept, and an off-list
-    # iframe sent nh3 into its no-iframe fallback, which panicked (a BaseException).
+    # A leading <frameset> leaves lexbor without a body unless one is given first: junk
+    # would be kept, and an off-list iframe would send nh3 into its no-iframe fallback,
+    # which panics (a BaseException).
     out = clean.clean('<frameset><div class="appendQr_wrap">QR</div><p>kept</p>'
                       '<iframe src="https://evil.example/"></iframe>', BASE)
     assert out == "<p>kept</p>"
@@ -207,9 +209,9 @@ def test_deep_nesting_is_bounded(clean: Sanitizer, html: str) -> None:
 def test_an_unclosed_tag_with_a_long_name_is_scanned_in_linear_time(
         clean: Sanitizer, opening: str) -> None:
     # A '<', a long name and no '>', in a body with enough tags to be measured for
-    # depth: the tag regexes backtracked through the name, quadratically (20,000
-    # letters took 3 s, this one ~5 minutes), in the reader's depth check and in
-    # the sanitiser's cap_depth.
+    # depth: a tag regex that backtracks through the name is quadratic (20,000
+    # letters: 3 s, this one ~5 minutes), in the reader's depth check and in the
+    # sanitiser's cap_depth.
     html = "<b>" * (MAX_DEPTH + 50) + opening + "x" * 200_000 + " <p>after</p>"
     started = time.perf_counter()
     assert html_depth(html) == MAX_DEPTH + 50

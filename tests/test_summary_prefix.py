@@ -15,7 +15,7 @@ from aggregator.sanitize.text import _SUMMARY_PREFIX, html_to_text, shortened, s
 
 
 def _whole_text_summary(html: str, limit: int = 300) -> str:
-    """summarize() as it was: the text of all of the html."""
+    """summarize() the long way: the text of all of the html."""
     return shortened(html_to_text(html), limit)
 
 

@@ -211,7 +211,7 @@ def test_ids_validators_reject_are_published_as_tag_uris(tmp_path: Path, httpser
     for title in ("T1", "T2", "T5"):  # IRIs validators reject: tag: URIs made from them
         assert ids[title].startswith("tag:example.org,") and ":id:" in ids[title]
         assert is_valid_id(ids[title])
-    assert ":upstream/" in ids["T3"]  # not an IRI at all: scoped by its source, as before
+    assert ":upstream/" in ids["T3"]  # not an IRI at all: scoped by its source
     assert ids["T3"] == published_id(ids["T3"], "example.org", "x")  # valid: kept as is
     validate = SHARED / "tools" / "validate_feed"
     if not validate.exists():

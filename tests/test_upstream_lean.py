@@ -36,7 +36,7 @@ def _normalised(parsed: ParsedFeed) -> tuple[Any, list[str]]:
 
 
 def _feedparser_path(body: bytes, content_type: str, url: str) -> ParsedFeed:
-    """parse.py's feedparser call, as it was before the lean path."""
+    """parse.py's feedparser call, without the lean path."""
     result = feedparser.parse(io.BytesIO(body), response_headers={
         "content-type": content_type, "content-location": url},
         sanitize_html=False, resolve_relative_uris=False)
@@ -383,9 +383,9 @@ def test_generated_feeds_read_as_feedparser_reads_them() -> None:
 
 
 def test_whitespace_before_the_declaration_is_read_as_the_document_without_it() -> None:
-    """A stray newline before `<?xml` made feedparser fall back to its loose parser
-    (slow, and entities decoded its own way): the feed now reads exactly as it does
-    without the whitespace, with a warning that says why."""
+    """A stray newline before `<?xml` sends feedparser to its loose parser (slow, and
+    entities decoded its own way): the feed reads exactly as it does without the
+    whitespace, with a warning that says why."""
     rng = random.Random(20261127)
     fast = 0
     for _ in range(300):

@@ -58,8 +58,9 @@ _SRCSET_SPACE = " \t\n\r\f"
 # minutes), so tags nested deeper than this are dropped (their text kept) beforehand.
 MAX_DEPTH = 512
 # No '<' inside a tag, and the name possessive (`*+`): a failed match gives back
-# nothing, so a scan is linear. Backtracking into the name made `<` + 20,000 letters
-# and no `>` take 3 s, a 1 MB body hours: a hostile upstream could stall every build.
+# nothing, so a scan is linear. Backtracking into the name would make `<` + 20,000
+# letters and no `>` take 3 s, a 1 MB body hours: a hostile upstream could stall every
+# build.
 _TAG = re.compile(r"<(/?)([A-Za-z][^\s/<>]*+)[^<>]*+>")
 # _TAG's groups, and a '/' just before the '>' (a self-closed tag)
 _TAG_PARTS = re.compile(r"<(/?)([A-Za-z][^\s/<>]*+)[^<>]*?(/?)>")
@@ -254,7 +255,7 @@ def html_depth(html: str) -> int:
     tags and tags with optional end tags do not nest)."""
     depth = deepest = 0
     # (the tags' parts as tuples, not match objects: ~4x quicker over the 1 % of posts
-    # with hundreds of tags, which took a tenth of reading all of them)
+    # with hundreds of tags, which take a tenth of reading all of them)
     for closing, name, self_closed in _TAG_PARTS.findall(html):
         if self_closed or name.lower() in _NO_DEPTH:
             continue

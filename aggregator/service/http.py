@@ -11,7 +11,8 @@ matter more than anything else here. The 304 and gzip answers are ours (one ETag
 both encodings, q-values read as RFC 9110 says, compressed bytes cached); the identity
 file goes out through aiohttp's FileResponse, which adds Range (206/416), If-Range,
 If-Match and sendfile. Only regular files under the output dir are served, never
-through a symlink that leads outside it; dot-names (the manifest, temp files) never are.
+through a symlink that leads outside it; dot-names (temp files, an older version's
+manifest) never are.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ class BuildLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError:
-            # A read-only state dir refused every build; flock works on a read-only fd.
+            # A read-only state dir must not refuse every build; flock works on a
+            # read-only fd.
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         waited = False
         while True:

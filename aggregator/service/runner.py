@@ -46,7 +46,7 @@ class BuildWorker:
         self._reasons: list[str] = []
         self._changed: set[str] | None = set()  # paths changed since the last build
         # One build session for the service's life: cache open, every post's last read
-        # in memory, only changed files looked at (issue: incremental rebuilds).
+        # in memory, only changed files looked at.
         self.session = Builder(persistent=True)
         self._last_full_walk = 0.0
         self._stopping = threading.Event()

@@ -86,7 +86,7 @@ class PostReader:
         self._sanitizer: Sanitizer | None = None
         self._id_prefix = f"tag:{config.site_host},{config.id_date}:"
         # folder → its quoted path: every post of a category shares it (quoting a whole
-        # path of CJK names byte by byte was ~4 us of each post's ~100)
+        # path of CJK names byte by byte costs ~4 us of each post's ~100)
         self._quoted_folders: dict[str, str] = {}
         self._opener = SafeOpener([str(d) for d in config.content_dirs],
                                   config.follow_symlinks)
@@ -196,7 +196,7 @@ class PostReader:
 
         def at(key: str) -> str:
             """`path:line` of a front-matter key, for a message (worked out only then:
-            it cost 8 % of reading a post)."""
+            it costs 8 % of reading a post)."""
             if not lines:
                 lines.update(_key_lines(text, fm_line) or {"": 0})
             return f"{where}:{lines.get(key, max(fm_line, 1))}"

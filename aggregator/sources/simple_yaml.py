@@ -1,7 +1,7 @@
 """Front matter in the shape nearly every post has, read without a YAML parser.
 
 Hexo-style front matter is a flat block of `key: scalar` lines and `key:` followed
-by `- scalar` items. PyYAML (even its C loader) spent ~0.3 ms a post building nodes
+by `- scalar` items. PyYAML (even its C loader) spends ~0.3 ms a post building nodes
 for that: a third of reading a post. This reads that shape only, with PyYAML's own
 resolver deciding what a plain scalar means and its constructors building numbers
 and dates, and gives up (returns None: the caller uses PyYAML) on anything else:

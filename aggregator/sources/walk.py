@@ -94,7 +94,7 @@ def is_editor_artefact(name: str) -> bool:
 class _Run(NamedTuple):
     """Plain posts next to each other in one folder, in order, kept as their names and
     identities: an up-to-date build needs only the walk's digest, and making 100k
-    PostFiles (two paths each) was ~0.15 s of it."""
+    PostFiles (two paths each) would be ~0.15 s of it."""
 
     base: str  # the folder's location + "/"
     prefix: str  # its path relative to the content dir + "/"
@@ -137,13 +137,14 @@ def discover(config: Config, problems: ProblemLog) -> list[PostFile]:
 
 def walk_posts(config: Config, problems: ProblemLog) -> Walk:
     """The posts, and a digest of the walk made on the way (hashing 100k paths and
-    identities afterwards took ~0.1 s: here a run of a folder's names is joined once)."""
+    identities afterwards would take ~0.1 s: here a run of a folder's names is joined
+    once)."""
     found: list[PostFile | _Run] = []
     roots = [d.resolve() for d in config.content_dirs]
     text: list[str] = []
     numbers: list[int] = []
     # The walk makes ~3 objects a post and no reference cycles: the collector's passes
-    # over a heap growing by 300k objects were a fifth of it at 100k posts.
+    # over a heap growing by 300k objects would be a fifth of it at 100k posts.
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -196,7 +197,7 @@ class _Walker:
 
     def visit(self, top: str, prefix: str, found: list[PostFile | _Run],
               problems: ProblemLog) -> None:
-        # appended to, not yielded: a generator per level cost 30%
+        # appended to, not yielded: a generator per level costs 30%
         stack: list[Iterator[_Run | _Later]] = []
         items, later = self._items(top, prefix, problems)
         while True:
@@ -317,8 +318,8 @@ def post_file(root: Path, roots: list[Path], location: str, rel: str, follow: bo
               problems: ProblemLog) -> PostFile | None:
     """The post at `location` if it is one we read (regular file, allowed symlink)."""
     if _SURROGATE.search(rel):
-        # Not UTF-8 (os.fsdecode surrogates): ids, links and logs could not encode
-        # it, and it crashed the whole build in quote().
+        # Not UTF-8 (os.fsdecode surrogates): ids, links and logs cannot encode
+        # it, and quote() raises on it.
         problems.error(display(rel), "file name is not valid UTF-8 (rename it); skipped")
         return None
     try:

@@ -80,7 +80,7 @@ def count(db: sqlite3.Connection, generation: str) -> Inventory:
         generation,
         first_seen=one("SELECT count(*) FROM first_seen"),
         upstream_entries=one("SELECT count(*) FROM upstream_entry"),
-        # (one index probe a source: a DISTINCT over every entry was ~10x slower)
+        # (one index probe a source: a DISTINCT over every entry is ~10x slower)
         sources=one("SELECT count(*) FROM upstream_source WHERE EXISTS (SELECT 1 FROM "
                     "upstream_entry WHERE source_url = upstream_source.url)"),
         written_posts=one("SELECT count(*) FROM written_post"))

@@ -90,7 +90,7 @@ MIGRATIONS: list[str] = [
         for table in ("first_seen", "upstream_entry", "image_probe", "written_post")
         for event in ("INSERT", "UPDATE", "DELETE")),
     # 5: upstream entries bump the generation once per stored source (store_dumped, the
-    # only writer of upstream_entry), not once per row: a row trigger was a third of
+    # only writer of upstream_entry), not once per row: a row trigger is a third of
     # storing 50k entries (~1 CPU-s of the thread a first poll waits on)
     "".join(f"DROP TRIGGER upstream_entry_{event};\n"
             for event in ("insert", "update", "delete")),
@@ -147,7 +147,7 @@ class StateStore:
     def bulk_writes(self) -> Iterator[None]:
         """Many large transactions ahead (a first poll writes ~250 MB of entries): the
         WAL is checkpointed every ~64 MB instead of every ~4 MB. Each checkpoint syncs
-        the WAL and the database; at the default they were a third of the poll's
+        the WAL and the database; at the default they are a third of the poll's
         storing time. Commits are as durable as before (synchronous=NORMAL)."""
         self.db.execute(f"PRAGMA wal_autocheckpoint={BULK_CHECKPOINT_PAGES}")
         try:
@@ -169,7 +169,7 @@ class StateStore:
         except sqlite3.DatabaseError as exc:
             if _locked(exc):
                 # Busy is not corrupt: moving a file another process holds open aside
-                # lost its data (seen with a foreign `BEGIN EXCLUSIVE`). The caller goes
+                # loses its data (as with a foreign `BEGIN EXCLUSIVE`). The caller goes
                 # on with a temporary state and says so.
                 raise
             read_only = self._open_read_only(exc)
@@ -310,8 +310,8 @@ class StateStore:
             self.db.execute("INSERT OR IGNORE INTO first_seen VALUES (?, ?)",
                             (entry_id, seen.isoformat()))
         except sqlite3.OperationalError as exc:
-            # Locked by another process, disk full, read-only: this crashed the build.
-            # Keep the time for this build, stop trying (each try waits
+            # Locked by another process, disk full, read-only: not a reason to stop the
+            # build. Keep the time for this build, stop trying (each try waits
             # BUSY_TIMEOUT_SECONDS) and say what it costs.
             if _error_code(exc) == sqlite3.SQLITE_READONLY:
                 self.read_only = _read_only_reason(self.path, exc)

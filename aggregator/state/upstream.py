@@ -75,8 +75,8 @@ class UpstreamState:
     def __init__(self, store: StateStore) -> None:
         self.store = store
         self.db = store.db
-        # Every source's row, read in one query when first needed: a poll of 1,000
-        # sources asked for each row four times (two queries each), ~1 s of a re-poll.
+        # Every source's row, read in one query when first needed: a poll asks for
+        # each row four times (two queries each), ~1 s of a 1,000-source re-poll.
         # Our own writes keep it current; an UpstreamState lives for one poll.
         self._rows: dict[str, SourceState] | None = None
         # 304s waiting for flush(): one executemany for many sources. Each statement
@@ -121,7 +121,8 @@ class UpstreamState:
                      etag: str | None, last_modified: str | None, now: datetime,
                      floor: timedelta | None = None) -> int:
         """store_entries for entries dump_entries made (in a parse worker: turning 50k
-        entries into JSON was a third of the parent's time in a 1,000-source poll)."""
+        entries into JSON in the parent would be a third of its time in a 1,000-source
+        poll)."""
         stamp = _iso(now)
         base = now.astimezone(UTC).replace(microsecond=0)  # _iso's steps, done once
         with self._transaction():
@@ -148,7 +149,7 @@ class UpstreamState:
                 "SELECT entry_id FROM upstream_entry WHERE source_url = ? "
                 "ORDER BY sort_at DESC, first_seen DESC, entry_id LIMIT ?)",
                 (source.url, source.url, source.retention)).rowcount
-            # (its rows changed: last_seen at least; a trigger did this for every row)
+            # (its rows changed: last_seen at least; once a source, not a trigger a row)
             self.db.execute("UPDATE generation SET counter = counter + 1")
             self._save(source, 200, etag, last_modified, None, now, floor=floor)
         self.store.pruned += max(pruned, 0)  # committed: close() gives the pages back

@@ -2,7 +2,7 @@
 
 The same bytes feedgen + lxml produce through `FeedRenderer` (feedgen stays the
 reference: tests compare the two on random, hostile and corpus entries), at a
-fraction of the cost: building feedgen's objects and lxml trees was ~40 % of
+fraction of the cost: building feedgen's objects and lxml trees is ~40 % of
 rendering an entry. Anything this writer is not sure to match (text lxml would
 refuse, a missing id or title) returns None and goes the feedgen way.
 """
@@ -103,7 +103,7 @@ def _media(entry: Entry) -> str:
 
 def entry_pair(entry: Entry, full_content: bool) -> tuple[bytes, bytes] | None:
     """(atom_entry, rss_entry) of one entry, its checks and its html's escaping done
-    once for both (each was ~7 us of a ~190 us render, twice)."""
+    once for both (each ~7 us of a ~190 us render)."""
     if not _writable(entry):
         return None
     html = _text(entry.html)

@@ -198,7 +198,7 @@ class FeedRenderer:
 
     def _template(self, kind: str) -> bytes:
         """feedgen's head for `kind` with placeholders, made once per renderer: building
-        a FeedGenerator for each of 1,600 feeds cost a quarter of a publish."""
+        a FeedGenerator for each of 1,600 feeds would cost a quarter of a publish."""
         template = self._templates.get(kind)
         if template is None:
             fg = self._head(_TITLE, _URL, _PLACEHOLDER_DATE, kind)

@@ -94,8 +94,8 @@ def resolve_checked(host: str, port: int) -> list[str]:
 
 
 # The whole-request deadline of the fetching thread: every socket operation waits at
-# most what is left of it. httpx has no total timeout, and a server trickling its
-# *headers* a byte at a time under the read timeout was never stopped (slowloris; the
+# most what is left of it. httpcore has no total timeout, and a server trickling its
+# *headers* a byte at a time under the read timeout would never be stopped (slowloris; the
 # body loop's own deadline check only runs once the headers are in).
 _deadline = threading.local()
 

@@ -110,9 +110,9 @@ class Fetcher:
     We speak to httpcore directly, not through an httpx Client: a conditional GET cost
     ~1.9 ms of CPU through the Client (request and response models, header merging,
     cookies, hooks) and ~0.9 ms here, and a re-poll of 1,000 sources is bound by that
-    CPU under the GIL. What the Client did for us is done below: redirects (at most
+    CPU under the GIL. What a Client would do is done below: redirects (at most
     MAX_REDIRECTS, method kept), URL normalisation (httpx.URL), timeouts. No cookie jar
-    is kept between sources (the Client kept one: nothing a feed poll needs)."""
+    is kept between sources (a feed poll needs none)."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -169,7 +169,7 @@ class Fetcher:
             if status == 304:
                 # A 304 has no body (h11 reads none), but the connection goes back to
                 # the pool only once its end is read: left unread, every re-polled
-                # source cost a new TCP connection (and the server a new thread).
+                # source would cost a new TCP connection (and the server a new thread).
                 resp.read()
                 return Response(304, final, _headers(resp), moved_to=moved)
             if status != 200:

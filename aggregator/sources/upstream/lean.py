@@ -6,7 +6,7 @@ most of a first poll's CPU. This path builds the tree in C and looks at each ent
 elements once. It takes a feed only when it knows what feedparser would do with every
 element of its entries, and does exactly that (the same encoding detection, date
 parser, URL joining, HTML sniffing and text fixes, all called from feedparser itself).
-Anything else returns None and feedparser reads the feed as before: RSS 0.9x, a
+Anything else returns None and feedparser reads the feed: RSS 0.9x, a
 DOCTYPE, XHTML or base64 content, a feed feedparser would flag as malformed (bozo) or
 that lxml will not parse, an element it does not know in an entry.
 

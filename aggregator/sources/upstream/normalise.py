@@ -44,7 +44,7 @@ class Normaliser:
 
     def entries(self, feed: ParsedFeed) -> Iterator[Entry]:
         """The first entry of each id; repeats (whatever their content) are reported in
-        feed.warnings: they used to be dropped silently."""
+        feed.warnings, never dropped silently."""
         seen: set[str] = set()
         repeats = 0
         for entry in self._all_entries(feed):
@@ -227,8 +227,8 @@ def _has_text(html: str) -> bool:
     is removed (as `re.sub("<[^>]*>", "", html).strip()` tells, but stopping at the
     first text: ~14 us less an entry). A cheap test; the sanitiser does the real work."""
     position = 0
-    # (str.find, not a regex: after a '<' with no '>' the regex tried every later '<'
-    # to the end, so 1 MB of '<' took minutes)
+    # (str.find, not a regex: after a '<' with no '>' a regex tries every later '<'
+    # to the end, so 1 MB of '<' would take minutes)
     while (start := html.find("<", position)) >= 0 and (end := html.find(">", start)) >= 0:
         if start > position and not html[position:start].isspace():
             return True

@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 # Below this many sources, starting worker processes costs more than it saves.
 PROCESS_THRESHOLD = 16
-# 304s are written in batches: a commit each time a future finished was ~1 ms of the
-# polling thread's time per source (559 commits, 1.1 s of a 1,000-source re-poll).
+# 304s are written in batches: a commit each time a future finishes costs ~1 ms of the
+# polling thread's time per source (1.1 s of a 1,000-source re-poll).
 # A kill loses at most this much schedule (those sources are simply polled again).
 FLUSH_ROWS = 500
 FLUSH_SECONDS = 1.0
@@ -87,7 +87,7 @@ def parse_job(body: bytes, headers: dict[str, str], url: str, source: UpstreamSo
               site_host: str, id_date: str, now: datetime) -> _Parsed:
     """bytes → entries; runs in a fetch thread or a worker process (so: picklable)."""
     # Imported here: a re-poll answered by 304s parses nothing (feedparser and lxml
-    # were ~0.1 s of its imports).
+    # are ~0.1 s of imports).
     from aggregator.sources.upstream.normalise import Normaliser
     from aggregator.sources.upstream.parse import ParseError, parse_feed
 
