@@ -2,7 +2,7 @@
 
     python bench/run.py --posts 1000 10000            # build scenarios
     python bench/run.py --posts 10000 --service       # + one edit seen by `aggregator run`
-    python bench/run.py --upstream 1000               # first poll and re-poll
+    python bench/run.py --posts --upstream 1000       # first poll and re-poll only
     python bench/run.py --posts 200 --json            # the smoke run the tests use
 
 Every scenario runs `python -m aggregator …` as a child process and reads its wall
