@@ -827,7 +827,7 @@ def test_cached_posts_stay_one_per_post_file_and_hold_no_body(tmp_path: Path,
 @pytest.mark.parametrize("session", [False, True])
 def test_a_patched_build_keeps_the_other_entries_renders(tmp_path: Path, session: bool) -> None:
     """A build that planned only a few feeds must not drop the renders of the others
-    (they are still published: dropping them made the next full build render all)."""
+    (they are still published: dropping them would make the next full build render all)."""
     import sqlite3
 
     from aggregator.pipeline import Builder

@@ -198,7 +198,7 @@ def test_no_iframe_fallback_does_not_panic(clean: Sanitizer) -> None:
                                   "<i><b>" * 100_000 + "deep",
                                   "<table><tr><td>" * 10_000 + "deep"])
 def test_deep_nesting_is_bounded(clean: Sanitizer, html: str) -> None:
-    # html5ever and lexbor are quadratic in depth: 100,000 divs took minutes uncapped.
+    # html5ever and lexbor are quadratic in depth: 100,000 divs take minutes uncapped.
     started = time.perf_counter()
     out = clean.clean(html, BASE)
     assert time.perf_counter() - started < 5

@@ -92,7 +92,7 @@ def test_fetch_with_a_read_only_state_publishes_what_is_stored(
 def test_a_service_poll_with_a_read_only_state_fails_cleanly(
         tmp_path: Path, httpserver: HTTPServer, capsys: Any) -> None:
     """The service's seam (`poll_sources`): a failed poll, reported, not an exception
-    (which the scheduler logged with a traceback at every poll)."""
+    (which the scheduler would log with a traceback at every poll)."""
     config_path, state = _fetched_site(tmp_path, httpserver, capsys)
     config = load_config(config_path, ProblemLog())
     with read_only_file(state):

@@ -223,7 +223,7 @@ def test_huge_entry_reduced(tmp_path: Path, capsys: Any, httpserver: HTTPServer)
 
 
 def _backtracking_feed() -> bytes:
-    """Bodies that made our regexes backtrack: an untitled entry of '<p' (its title is
+    """Bodies that make backtracking regexes quadratic: an untitled entry of '<p' (its title is
     the summary of its raw body) and a long unclosed tag after 600 tags (the depth
     check), each well under the size cap."""
     items = [("untitled", "", "<p" * 150_000),

@@ -192,7 +192,7 @@ def test_one_failure_does_not_stop_the_others(tmp_path: Path, httpserver: HTTPSe
 
 def test_a_re_poll_of_304s_reuses_connections(tmp_path: Path, capsys: Any) -> None:
     """A 304 must hand its connection back to the pool: left unread, every re-polled
-    source opened a new TCP connection (and the server a new thread)."""
+    source would open a new TCP connection (and the server a new thread)."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
