@@ -194,13 +194,22 @@ def _build(config: Config, problems: ProblemLog, echo_problems: bool = True,
 def cmd_check(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
     from aggregator.pipeline import BuildReport
     from aggregator.sources.read import read_posts
+    from aggregator.sources.walk import discover
     from aggregator.state.store import StateStore
 
     report = BuildReport(problems=problems)
     # A throwaway state: check writes nothing, not even first-seen times.
     state = StateStore(Path(":memory:"))
-    entries = read_posts(config, state, report)
-    warn_defaults(config, sum(1 for e in entries if not e.link), problems)
+    posts = discover(config, problems)
+    linkless = 0
+    for read in read_posts(config, posts, [None] * len(posts), state.first_seen,
+                           lambda read: read, every_post=posts):
+        problems.replay(read.problems)
+        if read.entry is not None:
+            report.posts_read += 1
+            linkless += not read.entry.link
+    report.posts_found = len(posts)
+    warn_defaults(config, linkless, problems)
     sources = _check_sources(config, problems)
     failing = sum(1 for s in sources if s["state"] in ("failing", "disabled"))
     log.info("checked %d posts: %d usable, %d skipped; %d sources failing; %d errors, "

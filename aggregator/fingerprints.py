@@ -16,7 +16,6 @@ import sys
 
 from aggregator import __version__
 from aggregator.config import Config
-from aggregator.model import Entry
 from aggregator.sanitize import SANITIZER_VERSION
 
 
@@ -86,15 +85,3 @@ def render_fingerprint(config: Config) -> str:
                           config.drop_selectors, config.iframe_hosts,
                           config.id_date)  # in the ids published for invalid ones
 
-
-def entry_key(fingerprint: str, entry: Entry) -> str:
-    return fingerprint_of(fingerprint, entry)  # a frozen dataclass's repr lists every field
-
-
-def render_key(fingerprint: str, entry: Entry) -> str:
-    """What an entry's render is cached under: the render settings and the entry (its
-    digest, made when it was read, saves hashing its html again; the image apart, as
-    a probe may fill it in later)."""
-    if entry.digest:
-        return fingerprint_of(fingerprint, entry.digest, entry.image)
-    return entry_key(fingerprint, entry)

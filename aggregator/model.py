@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 
@@ -42,10 +42,6 @@ class Entry:
     # its other category paths (Hexo's several hierarchies): none is `category`, none
     # the start of another, so no node owns the entry twice on one path from the root
     more_categories: tuple[tuple[str, ...], ...] = ()
-    # Build-cache bookkeeping, not content: a digest of every field above (set when the
-    # entry is read), and whether `html` was left out (the full entry is in the cache).
-    digest: str = field(default="", compare=False, repr=False)
-    partial: bool = field(default=False, compare=False, repr=False)
 
     @property
     def dated(self) -> bool:

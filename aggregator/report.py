@@ -20,7 +20,7 @@ class BuildReport:
     unknown_images: list[str] = field(default_factory=list)  # post images to probe
     seconds: float = 0.0
     up_to_date: bool = False  # inputs as the last complete build's: nothing was read or written
-    patched: bool = False  # a session's few changed posts patched into its last build
+    patched: bool = False  # only the changed inputs were read (not every post)
     # an input failed in a way that need not be its own (an unexpected exception): the
     # next build does the work again rather than replay this one's problems
     retry: bool = False

@@ -12,15 +12,14 @@ import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
 from urllib.parse import quote
 
 import pytest
 import yaml
-from helpers import SHARED, fixed_clock, write_config, write_post
+from helpers import fixed_clock, write_config, write_post
 
 import aggregator.fingerprints
-from aggregator.config import Config, load_config
+from aggregator.config import load_config
 from aggregator.pipeline import BuildReport, build
 
 
@@ -156,10 +155,10 @@ def test_feed_states_kept_in_memory_see_another_process_commit(tmp_path: Path) -
     connection) that rewrites them must not leave the session reading its old copy."""
     import sqlite3
 
-    from aggregator.state.cache import BuildCache
+    from aggregator.store.sqlite import SQLiteStore
 
     path = tmp_path / "state.cache"
-    session = BuildCache(path)
+    session = SQLiteStore(path)
     session.update_feed_states([("a/atom.xml", "p1", 10, 1), ("b/atom.xml", "p1", 20, 2)], [])
     assert session.feed_states() == {"a/atom.xml": ("p1", 10, 1), "b/atom.xml": ("p1", 20, 2)}
     session.update_feed_states([("a/atom.xml", "p2", 11, 3)], ["b/atom.xml"])
@@ -343,44 +342,6 @@ def test_parallel_cold_build_equals_sequential_build(tmp_path: Path) -> None:
     assert b"Renamed" in (one.output_dir / "atom.xml").read_bytes()
 
 
-def test_a_parallel_read_shares_the_values_posts_repeat(tmp_path: Path) -> None:
-    """Entries read by the workers come back unpickled, each with its own copy of its
-    category path, author, image type and source: equal posts must share one object
-    (~600 bytes a post), and the entries must still equal a sequential read's."""
-    from aggregator.forking import can_fork
-    from aggregator.model import changed
-    from aggregator.problems import ProblemLog
-    from aggregator.render import PARALLEL_THRESHOLD
-    from aggregator.sources.read import read_posts
-    from aggregator.state.cache import BuildCache
-    from aggregator.state.store import StateStore
-
-    if not can_fork():
-        pytest.skip("another thread is alive in this test process: workers would not fork")
-    count = PARALLEL_THRESHOLD + 20
-    for i in range(count):
-        write_post(tmp_path / "posts", f"c{i % 3}/p{i}.md",
-                   f"title: Post {i}\ncategories: [C{i % 3}, D]\nauthor: Ann {i % 2}\n"
-                   f"date: 2026-01-{1 + i % 28:02d}\nheadimg: https://img.example/{i}.png")
-    config = load_config(write_config(tmp_path))
-    entries = {}
-    for workers in (1, 2):
-        state = StateStore(tmp_path / f"state{workers}.sqlite", fixed_clock())
-        cache = BuildCache(tmp_path / f"cache{workers}.sqlite")
-        entries[workers] = read_posts(config, state, BuildReport(problems=ProblemLog()),
-                                      cache, workers=workers)
-        cache.close()
-        state.close()
-    # (the workers' entries come without their html: it is read again to render)
-    assert [changed(e, html="") for e in entries[2]] == \
-        [changed(e, html="") for e in entries[1]]
-    assert [e.digest for e in entries[2]] == [e.digest for e in entries[1]]
-    assert len(entries[2]) == count
-    assert len({id(e.category) for e in entries[2]}) == 3
-    assert len({id(e.author) for e in entries[2]}) == 2
-    assert len({id(e.image.mime_type) for e in entries[2] if e.image}) == 1
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_renders_the_cache_cannot_keep_are_held_until_written(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
@@ -391,7 +352,7 @@ def test_renders_the_cache_cannot_keep_are_held_until_written(
 
     from aggregator.forking import can_fork
     from aggregator.render import PARALLEL_THRESHOLD
-    from aggregator.state.cache import BuildCache
+    from aggregator.store.sqlite import SQLiteStore
 
     if workers > 1 and not can_fork():
         pytest.skip("another thread is alive in this test process: workers would not fork")
@@ -401,9 +362,9 @@ def test_renders_the_cache_cannot_keep_are_held_until_written(
                    f"date: 2026-01-{1 + i % 28:02d} {i % 24:02d}:00:00")
     config_path = write_config(tmp_path, output={"dir": "feeds", "max_items": 30})
 
-    def full_disk(self: BuildCache, rows: object) -> None:
-        self._write_failed(sqlite3.OperationalError("database or disk is full"))
-    monkeypatch.setattr(BuildCache, "store_rendered", full_disk)
+    def full_disk(self: SQLiteStore, rows: object) -> None:
+        self.write_failed(sqlite3.OperationalError("database or disk is full"))
+    monkeypatch.setattr(SQLiteStore, "store_rendered", full_disk)
     report = build(load_config(config_path), clock=fixed_clock(), workers=workers)
     assert report.rendered > 0 and report.written
     monkeypatch.undo()
@@ -447,11 +408,12 @@ def test_touched_posts_are_hashed_not_parsed_again_by_the_workers(
     assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
 
 
-def test_a_post_changed_behind_the_caches_back_is_read_again(
+def test_a_post_changed_behind_the_stores_back_is_published_as_stored(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bodies are read again from the post files to render: a file whose bytes no
-    longer match the cache (same size and mtime, so the walk could not tell) makes
-    the build read every post again, not publish a body with another post's fields."""
+    """Renders come from the stored entry, html included, never from the post file
+    again: a file whose bytes changed under the same size, mtime and inode (which the
+    walk cannot tell) is published whole as it was read, never a body of one version
+    with the fields of another; touching it makes the next build read it."""
     config_path = _site(tmp_path)
     config = load_config(config_path)
     build(config, clock=fixed_clock())
@@ -460,12 +422,16 @@ def test_a_post_changed_behind_the_caches_back_is_read_again(
     post.write_bytes(post.read_bytes().replace(b"Body 1", b"Bodz 1")
                      .replace(b"Post 1", b"Pozt 1"))  # same size
     os.utime(post, ns=(st.st_atime_ns, st.st_mtime_ns))
-    # a new sanitiser: every entry is rendered again, from the cached (light) entries
+    # a new sanitiser: every entry is rendered again, from the stored entries
     monkeypatch.setattr(aggregator.fingerprints, "SANITIZER_VERSION", "999")
     report = build(config, clock=fixed_clock())
     assert report.rendered == 12
+    published = (config.output_dir / "alpha/atom.xml").read_bytes()
+    assert b"Body 1" in published and b"Post 1" in published
+    assert b"Bodz 1" not in published and b"Pozt 1" not in published
+    os.utime(post)
+    build(config, clock=fixed_clock())
     assert b"Bodz 1" in (config.output_dir / "alpha/atom.xml").read_bytes()
-    assert b"Pozt 1" in (config.output_dir / "alpha/atom.xml").read_bytes()
     assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
 
 
@@ -798,10 +764,9 @@ def _clean_problems(tmp_path: Path, config_path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("session", [False, True])
-def test_cached_posts_stay_one_per_post_file_and_hold_no_body(tmp_path: Path,
-                                                              session: bool) -> None:
-    """Edited and deleted posts leave the cache (its disk use is bounded); no row holds
-    a body (they are read from the post files when rendered)."""
+def test_stored_posts_stay_one_per_post_file(tmp_path: Path, session: bool) -> None:
+    """Edited and deleted posts leave the store (its disk use is bounded): one row a
+    post file, and the renders of the entries published."""
     import sqlite3
 
     from aggregator.pipeline import Builder
@@ -818,10 +783,10 @@ def test_cached_posts_stay_one_per_post_file_and_hold_no_body(tmp_path: Path,
                   changed={str(tmp_path / "posts/b/p0.md")} if session else None)
     builder.close()
     db = sqlite3.connect(f"{config.state_path}.cache")
-    rows = db.execute("SELECT payload FROM post_cache").fetchall()
+    rows = db.execute("SELECT count(*) FROM entry").fetchone()[0]
+    renders = db.execute("SELECT count(*) FROM rendered").fetchone()[0]
     db.close()
-    assert len(rows) == 11
-    assert not any(b"Body" in row[0] or b"junk" in row[0] for row in rows)
+    assert rows == 11 and renders <= 11 + 100
 
 
 @pytest.mark.parametrize("session", [False, True])
@@ -850,324 +815,11 @@ def test_a_patched_build_keeps_the_other_entries_renders(tmp_path: Path, session
     assert renders >= 12  # every published entry's, and perhaps an old one of p1
 
 
-def test_the_saved_session_index_carries_no_html(tmp_path: Path) -> None:
-    import sqlite3
-
-    config = load_config(_site(tmp_path))
-    build(config, clock=fixed_clock())
-    db = sqlite3.connect(f"{config.state_path}.cache")
-    head = db.execute("SELECT record FROM session").fetchone()[0]
-    blob = b"".join(row[0] for row in db.execute(
-        "SELECT record FROM session_index UNION ALL SELECT record FROM session_index_part"))
-    db.close()
-    assert b"Body 3" not in blob and b"junk 3" not in blob  # bodies stay in the posts
-    assert b"Post 3" in blob  # titles are there
-    assert b"Post 3" not in head  # the posts' record holds no entry
-
-
-def test_a_saved_session_of_another_layout_is_ignored(tmp_path: Path) -> None:
-    import pickle
-    import sqlite3
-
-    from aggregator.incremental import SavedSession
-
-    config = load_config(_site(tmp_path))
-    build(config, clock=fixed_clock())
-    from aggregator.pipeline import _settings_digest
-
-    old = object.__new__(SavedSession)  # an earlier layout's record, same settings
-    vars(old).update(settings=_settings_digest(config), posts={}, index=None, counts={})
-    for record in (pickle.dumps(old), b"not a pickle"):
-        db = sqlite3.connect(f"{config.state_path}.cache")
-        with db:
-            db.execute("UPDATE session SET record = ?", (record,))
-        db.close()
-        _rewrite(tmp_path / "posts/a/p1.md", "</p></div>", " again</p></div>")
-        report = build(config, clock=fixed_clock())
-        assert not report.patched
-        assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path=config.path)
-
-
-def _built_big_site(tmp_path: Path) -> tuple[Path, Config]:
-    """_site() with 118 more posts (more than the 100 changed files a patch takes),
-    built once."""
-    config_path = _site(tmp_path)
-    for i in range(12, 130):
-        write_post(tmp_path / "posts", f"c/p{i}.md", f"title: Post {i}\ncategories: [Gamma]\n"
-                   f"date: 2026-02-01 08:00:00", body=f"<p>Body {i}</p>")
-    config = load_config(config_path)
-    build(config, clock=fixed_clock())
-    return config_path, config
-
-
-def test_the_saved_index_is_read_only_to_patch(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Many changed files: a full build, without unpickling the saved index (~2 s at
-    100k posts); one edited file: the index is read and the edit patched in; a broken
-    index record: a full build, the same feeds."""
-    import sqlite3
-
-    from aggregator.state.cache import BuildCache
-
-    config_path, config = _built_big_site(tmp_path)
-    reads: list[int] = []
-    original = BuildCache.saved_index_records
-    monkeypatch.setattr(BuildCache, "saved_index_records",
-                        lambda self: reads.append(1) or original(self))
-    for i in range(12, 130):
-        _rewrite(tmp_path / f"posts/c/p{i}.md", "Body", "Changed")
-    report = build(config, clock=fixed_clock())
-    assert not report.patched and reads == []
-    _rewrite(tmp_path / "posts/a/p1.md", "Body 1", "Edited 1")
-    report = build(config, clock=fixed_clock())
-    assert report.patched and reads == [1]
-    db = sqlite3.connect(f"{config.state_path}.cache")
-    with db:
-        db.execute("UPDATE session_index SET record = ?", (b"not a pickle",))
-    db.close()
-    _rewrite(tmp_path / "posts/a/p1.md", "Edited 1", "Edited again 1")
-    report = build(config, clock=fixed_clock())
-    assert not report.patched
-    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
-    _rewrite(tmp_path / "posts/a/p1.md", "Edited again 1", "Edited a third time 1")
-    assert build(config, clock=fixed_clock()).patched  # that full build saved an index
-
-
-def test_the_saved_index_is_streamed_to_and_from_its_blob(tmp_path: Path) -> None:
-    """The saved session and its index are pickled into spool files and copied into
-    their blobs in chunks, then unpickled from the blobs as streams (~26 and ~100 MB at
-    100k posts, never held whole): a record of several chunks comes back equal; a dump
-    that fails (disk full) leaves no session at all rather than a head without its
-    index or a stale pair."""
-    import pickle
-
-    from aggregator.state.cache import BuildCache
-
-    cache = BuildCache(tmp_path / "cache.sqlite")
-    record = {"entries": [os.urandom(1000) for _ in range(3000)], "text": "ü" * 10}
-    cache.store_session(lambda out: pickle.dump("head", out),
-                        ("key", lambda out: pickle.dump(record, out)))
-    records = cache.saved_index_records()
-    assert cache.saved_session() == "head" and records is not None
-    assert records.load(0) == record and cache.saved_session_index_key() == "key"
-    cache.close()
-    cache = BuildCache(tmp_path / "cache.sqlite")
-    records = cache.saved_index_records()
-    assert records is not None and records.load(0) == record  # as the next build reads it
-
-    def three_records(out: BinaryIO) -> list[int]:
-        starts = []
-        for number in range(3):
-            starts.append(out.tell())
-            pickle.dump([number, record], out)
-        return starts
-    cache.store_session(lambda out: pickle.dump("head", out), ("key 3", three_records))
-    records = cache.saved_index_records()
-    assert records is not None
-    assert [records.load(number) for number in (2, 0, 1)] == [[2, record], [0, record],
-                                                               [1, record]]
-
-    def disk_full(out: object) -> None:
-        raise OSError(28, "No space left on device")
-    cache.store_session(lambda out: pickle.dump("head 2", out), ("key 2", disk_full))
-    assert cache.saved_session() is None and cache.saved_index_records() is None
-    cache.close()
-
-
-def test_the_saved_index_gives_back_every_field_of_its_entries(tmp_path: Path) -> None:
-    """The index pickles each entry flat (dates as their pickle states, the image as
-    its fields): every field but the html comes back the same, to the repr (render
-    keys and digests are made from reprs), dates in every kind of zone and fold,
-    undated and image-less entries, and an updated date that is the published one
-    stays one object."""
-    import pickle
-    from datetime import timedelta, timezone
-    from zoneinfo import ZoneInfo
-
-    from aggregator.incremental import SessionIndex, dump_index, load_index
-    from aggregator.model import Entry, Image, changed
-    from aggregator.state.cache import BuildCache
-    from aggregator.tree.categories import build_tree
-
-    berlin = ZoneInfo("Europe/Berlin")
-    stamps = [datetime(2026, 3, 1, 8, 0, tzinfo=UTC),
-              datetime(2025, 10, 26, 2, 30, tzinfo=berlin, fold=1),  # the second 02:30
-              datetime(2025, 3, 30, 2, 30, tzinfo=berlin),  # in the gap: kept as written
-              datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-9,
-                                                                                  minutes=-30))),
-              datetime(2026, 1, 1)]  # naive
-    entries = []
-    for i, stamp in enumerate(stamps):
-        for published in (stamp, None):
-            entries.append(Entry(
-                id=f"tag:x,2026:{i}{published is None}", title=f"T{i}", link=None if i % 2
-                else f"https://x.example/{i}", author="A" if i else None,
-                published=published, updated=stamp if i % 2 else stamps[0],
-                category=("C", f"D{i}"), tags=("t",) if i else (), html=f"<p>{i}</p>",
-                summary="s" if i else "", image=None if i == 2 else Image(
-                    f"https://img.example/{i}.png", "image/png" if i else None, i * 100),
-                source=f"c/p{i}.md", base_url="https://x.example/", digest=f"d{i}"))
-    index = SessionIndex.of("g", {e.source + e.id: e for e in entries}, {}, entries,
-                            build_tree(entries, {}))
-    cache = BuildCache(tmp_path / "cache.sqlite")
-    cache.store_session(lambda out: pickle.dump("head", out),
-                        ("key", lambda out: dump_index(index, out)))
-    back = load_index(cache.saved_index_records())
-    assert back is not None
-    back.load_nodes(list(back.nodes.values()), 0)
-    for before, after in zip(index.posts.values(), back.posts.values(), strict=True):
-        assert after.partial and after.html == "" and after.digest == before.digest
-        assert repr(after) == repr(changed(before, html=""))
-        assert [getattr(after, f) for f in ("published", "updated")] == \
-            [getattr(before, f) for f in ("published", "updated")]
-        assert (after.updated is after.published) == (before.updated is before.published)
-        if before.published is not None:
-            assert after.published.fold == before.published.fold
-            assert after.published.tzinfo == before.published.tzinfo
-            if isinstance(before.published.tzinfo, ZoneInfo):
-                assert after.published.tzinfo is berlin  # as pickle gives it: the cached one
-    assert back.merged[entries[0].id] is back.posts[entries[0].source + entries[0].id]
-
-
-def test_touched_posts_keep_the_saved_index(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every post touched, none changed: the full build saves the posts' new identities
-    but not the index again (the same content key); an edit after it is patched right.
-    A changed post among many touched ones: the index is saved again."""
-    from aggregator.state.cache import BuildCache
-
-    config_path, config = _built_big_site(tmp_path)
-    dumps: list[bool] = []  # for each saved session: was its index written again?
-    original = BuildCache.store_session
-    monkeypatch.setattr(BuildCache, "store_session",
-                        lambda self, head, index=None: dumps.append(index is not None) or
-                        original(self, head, index))
-    for post in (tmp_path / "posts").rglob("*.md"):
-        os.utime(post, ns=(post.stat().st_atime_ns, post.stat().st_mtime_ns + 10**9))
-    assert not build(config, clock=fixed_clock()).patched
-    assert dumps == [False]
-    _rewrite(tmp_path / "posts/a/p1.md", "Body 1", "Edited 1")
-    assert build(config, clock=fixed_clock()).patched
-    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
-    dumps.clear()  # the clean build's own
-    for post in (tmp_path / "posts").rglob("*.md"):
-        os.utime(post, ns=(post.stat().st_atime_ns, post.stat().st_mtime_ns + 10**9))
-    _rewrite(tmp_path / "posts/c/p20.md", "Body 20", "Edited 20")
-    assert not build(config, clock=fixed_clock()).patched
-    assert dumps == [True]
-    _rewrite(tmp_path / "posts/b/p2.md", "Body 2", "Edited 2")
-    assert build(config, clock=fixed_clock()).patched
-    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
-
-
-def test_saved_posts_tell_what_changed_since() -> None:
-    import pickle
-
-    from aggregator.incremental import SavedPosts
-    from aggregator.sources.walk import PostFile
-
-    one, two = Path("/site/posts"), Path("/site/more")
-    then = {f"/site/posts/{n}.md": PostFile(f"/site/posts/{n}.md", f"{n}.md", one,
-                                            (n, 10 + n, 100 + n)) for n in range(5)}
-    then["/site/more/x.md"] = PostFile("/site/more/x.md", "x.md", two, (1, 2, 3))
-    saved = pickle.loads(pickle.dumps(SavedPosts(then)))  # as a build reads it back
-    now = dict(then)
-    assert saved.changed(now) == set()
-    now["/site/posts/1.md"] = then["/site/posts/1.md"]._replace(identity=(1, 99, 101))
-    now["/site/posts/2.md"] = then["/site/posts/2.md"]._replace(rel="sub/2.md")
-    now["/site/posts/3.md"] = then["/site/posts/3.md"]._replace(root=Path("/elsewhere"))
-    del now["/site/posts/4.md"]
-    now["/site/posts/new.md"] = PostFile("/site/posts/new.md", "new.md", Path("/site/posts"),
-                                         (7, 7, 7))  # an equal root, another object
-    expected = {f"/site/posts/{n}.md" for n in (1, 2, 3, 4)} | {"/site/posts/new.md"}
-    assert saved.changed(now) == expected
-    assert saved.before(expected) == {**{f"/site/posts/{n}.md": then[f"/site/posts/{n}.md"]
-                                         for n in (1, 2, 3, 4)}, "/site/posts/new.md": None}
-
-
-def test_saved_posts_compared_in_bulk_as_one_by_one() -> None:
-    """changed_in_place (identity arrays compared by halves) finds what changed() finds
-    when the same files are walked in the same order, and declines anything else."""
-    import pickle
-    import random
-
-    from aggregator.incremental import SavedPosts
-    from aggregator.sources.walk import PostFile
-
-    root = Path("/site/posts")
-    rng = random.Random(7)
-    for size in (1, 2, 9, 100, 1000):
-        walked = [PostFile(f"/site/posts/{n:05d}.md", f"{n:05d}.md", root, (n, 10 + n, 100 + n))
-                  for n in range(size)]
-        saved = pickle.loads(pickle.dumps(SavedPosts({p.location: p for p in walked})))
-        assert saved.changed_in_place(walked) == set()
-        for _ in range(20):
-            now = list(walked)
-            for i in rng.sample(range(size), rng.randint(1, min(size, 12))):
-                field = rng.randrange(3)
-                identity = list(now[i].identity)
-                identity[field] += rng.choice([1, -1, 1 << 40])
-                now[i] = now[i]._replace(identity=tuple(identity))
-            expected = saved.changed({p.location: p for p in now})
-            assert expected and saved.changed_in_place(now) == expected
-            assert saved.changed({p.location: p for p in now}, now) == expected
-    walked = [PostFile(f"/site/posts/{n}.md", f"{n}.md", root, (n, n, n)) for n in range(5)]
-    saved = SavedPosts({p.location: p for p in walked})
-    assert saved.changed_in_place(walked[:-1]) is None  # one gone
-    assert saved.changed_in_place(walked[::-1]) is None  # another order
-    moved = [*walked[:-1], walked[-1]._replace(rel="x/4.md")]
-    assert saved.changed_in_place(moved) is None
-    elsewhere = [p._replace(root=Path("/other")) for p in walked]
-    assert saved.changed_in_place(elsewhere) is None
-
-
-REAL_POSTS = SHARED / "corpus" / "posts"
-BODY_CASES = {
-    "html": "---\ntitle: A\n---\n\n<div><p>x &amp; y</p></div>",
-    "markdown": "---\ntitle: A\n---\n# Head\n\n*em* <b>raw</b>\n",
-    "no front matter": "<p>only a body</p>\n",
-    "no front matter, markdown": "just *text*\n",
-    "leading blank lines and BOM": "\ufeff\n\n---\ntitle: A\n---\n<p>b</p>",
-    "NUL bytes": "---\ntitle: A\n---\n<p>a\x00b</p>",
-    "bad UTF-8": b"---\ntitle: A\n---\n<p>\xff\xfe</p>",
-    "front matter only": "---\ntitle: A\n---\n",
-    "a --- inside the body": "---\ntitle: A\n---\n<p>a</p>\n---\n<p>b</p>",
-    "bad YAML line": '---\ntitle: "a" b\n---\n<p>c</p>',
-}
-
-
-@pytest.mark.parametrize("body", ["html", "markdown", "auto"])
-def test_a_body_read_again_is_the_body_parse_gave(tmp_path: Path, body: str) -> None:
-    """Renders read bodies again from the post files (PostReader.html_of): it must give
-    the html `parse` gave, for every shape of post, and for every real one."""
-    from aggregator.problems import ProblemLog
-    from aggregator.sources.content import PostReader
-    from aggregator.sources.walk import discover
-
-    posts = tmp_path / "posts"
-    for name, text in BODY_CASES.items():
-        path = posts / f"{name}.md"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    dirs = [str(posts)] + ([str(REAL_POSTS)] if REAL_POSTS.is_dir() else [])
-    config = load_config(write_config(tmp_path, dirs, content={"body": body}))
-    reader = PostReader(config, ProblemLog(echo=False), lambda _id: datetime(2024, 1, 1,
-                                                                             tzinfo=UTC))
-    compared = 0
-    for post in discover(config, ProblemLog(echo=False)):
-        data = Path(post.location).read_bytes()
-        entry = reader.parse(post, data)
-        if entry is not None:
-            assert reader.html_of(data) == entry.html, post.rel
-            compared += 1
-    assert compared >= len(BODY_CASES) - 1 + (100 if REAL_POSTS.is_dir() else 0)
-
-
-def test_bodies_are_read_again_from_every_content_dir(tmp_path: Path,
+def test_entries_of_every_content_dir_are_rendered_again(tmp_path: Path,
                                                       caplog: pytest.LogCaptureFixture) -> None:
-    """Entries cached without their html find their post files by content dir and
-    relative path (the same relative path in two dirs included) when they are rendered
-    again: no post is read again in full, and the feeds equal a clean build's."""
+    """A render setting changed: every entry is rendered again from its stored row
+    (the same relative path in two dirs included), no post is read again, and the
+    feeds equal a clean build's."""
     for folder in ("posts", "more"):
         for i in range(4):
             write_post(tmp_path / folder, f"same/p{i}.md" if i < 2 else f"{folder}-{i}.md", f"""
@@ -1193,103 +845,6 @@ def test_bodies_are_read_again_from_every_content_dir(tmp_path: Path,
     shutil.copy(config_path, clean / "config.yaml")
     build(load_config(clean / "config.yaml"), clock=fixed_clock())
     assert after == _feeds(clean / "feeds")
-
-
-def _parts_site(tmp_path: Path, tops: int = 4) -> Path:
-    """Posts in several top-level categories, two levels deep, and max_items 2."""
-    for i in range(8 * tops):
-        write_post(tmp_path / "posts", f"t{i % tops}/p{i}.md", f"""
-            title: Post {i}
-            categories: [Top{i % tops}, Sub{i % 2}]
-            date: 2026-01-{i % 28 + 1:02d} 08:{i % 60:02d}:00
-        """, body=f"<p>Body {i}</p>")
-    return write_config(tmp_path, output={"dir": "feeds", "max_items": 2})
-
-
-def test_an_edit_loads_only_the_parts_of_the_saved_index_it_touches(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A one-off build patching one edited post unpickles the saved index's spine, the
-    root's own part and the edited post's top-level category, not the others, and
-    reports the counts a full build does; a new post in another category loads that
-    one too."""
-    from aggregator.incremental import PartialIndex
-    from aggregator.state.cache import BlobRecords
-
-    config_path = _parts_site(tmp_path)
-    config = load_config(config_path)
-    full = build(config, clock=fixed_clock())
-    loaded: list[int] = []
-    original = BlobRecords.load
-    monkeypatch.setattr(BlobRecords, "load",
-                        lambda self, offset, *a: loaded.append(offset) or original(self, offset))
-    parts: list[PartialIndex] = []
-    original_prepare = PartialIndex.prepare
-    monkeypatch.setattr(PartialIndex, "prepare",
-                        lambda self, changes: parts.append(self) or original_prepare(self, changes))
-
-    _rewrite(tmp_path / "posts/t1/p25.md", "Body 25", "Edited 25")  # Top1/Sub1's newest
-    report = build(config, clock=fixed_clock())
-    assert report.patched and "top1/sub1/atom.xml" in report.written
-    assert (report.posts_read, report.entries) == (full.posts_read, full.entries)
-    index = parts[-1]
-    assert index.spine is not None and len(index.spine.tops) == 4
-    top1 = index.spine.tops.index("Top1")
-    assert index.loaded == {top1, 4}  # the edited post's category and the root's own
-    assert len(loaded) == 3  # and the spine
-    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
-
-    write_post(tmp_path / "posts", "t3/new.md", """
-        title: New
-        categories: [Top3, Sub1]
-        date: 2026-02-01 08:00:00
-    """, body="<p>New</p>")
-    report = build(config, clock=fixed_clock())
-    assert report.patched and parts[-1].loaded == {top1, index.spine.tops.index("Top3"), 4}
-    assert report.posts_read == full.posts_read + 1
-    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
-
-
-def test_parts_that_share_a_key_hash_are_all_loaded(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keys are found by a 32-bit hash: keys of other parts with the same hash only
-    load those parts too (here every key has one hash), and the feeds stay right."""
-    import aggregator.incremental
-
-    config_path = _parts_site(tmp_path)
-    config = load_config(config_path)
-    monkeypatch.setattr(aggregator.incremental, "_key_hash", lambda key: 7)
-    build(config, clock=fixed_clock())
-    _rewrite(tmp_path / "posts/t2/p6.md", "Body 6", "Edited 6")
-    assert build(config, clock=fixed_clock()).patched
-    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
-
-
-@pytest.mark.parametrize("garbage", ["bytes", "another object"])
-def test_an_unreadable_part_of_the_saved_index_means_a_full_build(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, garbage: str) -> None:
-    """A part that cannot be unpickled, or is not a part: the build says so and builds
-    in full, with the same feeds; the saved index it could not read is gone, and the
-    next edit is patched into the new one."""
-    import pickle
-    import sqlite3
-
-    config_path = _parts_site(tmp_path)
-    config = load_config(config_path)
-    build(config, clock=fixed_clock())
-    db = sqlite3.connect(f"{config.state_path}.cache")
-    with db, db.blobopen("session_index_part", "record", 1) as blob:  # part 0
-        blob.write(b"\x00" * 64 if garbage == "bytes" else pickle.dumps({"posts": 1}))
-    db.close()
-    for i in range(4):  # one post in each part: part 0 is among those loaded
-        _rewrite(tmp_path / f"posts/t{i}/p{i}.md", f"Body {i}<", f"Edited {i}<")
-    caplog.clear()
-    report = build(config, clock=fixed_clock())
-    assert not report.patched
-    assert any("saved index part 0 unreadable" in r.getMessage() for r in caplog.records)
-    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
-    _rewrite(tmp_path / "posts/t1/p5.md", "Body 5", "Edited 5")
-    assert build(config, clock=fixed_clock()).patched
-    assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
 
 
 @pytest.mark.parametrize("max_items", [0, 2])

@@ -176,7 +176,6 @@ def test_a_post_saved_by_rename_is_still_the_post(tmp_path: Path) -> None:
 def test_read_posts_with_a_post_swapped_since_the_walk_reads_the_rest(
         tmp_path: Path) -> None:
     """The same through read_posts (the build's read): walked, swapped, then read."""
-    from aggregator.report import BuildReport
     from aggregator.sources.read import read_posts
     from aggregator.state.store import StateStore
 
@@ -186,14 +185,14 @@ def test_read_posts_with_a_post_swapped_since_the_walk_reads_the_rest(
     config = load_config(write_config(tmp_path))
     posts = discover(config, ProblemLog(echo=False))
     _swap_for_link(post.path, _secret(tmp_path))
-    report = BuildReport(problems=ProblemLog(echo=False))
     state = StateStore(tmp_path / "state.sqlite")
     try:
-        entries = read_posts(config, state, report, posts=posts)
+        reads = list(read_posts(config, posts, [None] * len(posts), state.first_seen,
+                                lambda read: read))
     finally:
         state.close()
-    assert [e.title for e in entries] == ["Kept"]
-    assert [(p.where, p.severity.value) for p in report.problems.items] == [
+    assert [r.entry.title for r in reads if r.entry is not None] == ["Kept"]
+    assert [(p.where, p.severity.value) for r in reads for p in r.problems] == [
         ("sub/p.md", "warning")]
 
 

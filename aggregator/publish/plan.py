@@ -1,8 +1,10 @@
 """Which feeds must be written, the renders they need, and writing them.
 
-A feed whose fingerprint (head + the render keys of its entries, in order) and file
-are as the last build left them is kept; only entries of feeds that must be written,
-and only those not in the build cache, are sanitised and serialised.
+A node's feeds are planned when a change dirtied the node (or their files are not
+what was written): its entries are a query of the entry store. A feed whose
+fingerprint (head + the render keys of its entries, in order) and file are as the
+last build left them is kept; only entries of feeds that must be written, and only
+those with no render in the store, are sanitised and serialised.
 """
 
 from __future__ import annotations
@@ -10,16 +12,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aggregator import progress
 from aggregator.config import Config
-from aggregator.fingerprints import fingerprint_of, render_fingerprint, render_key
+from aggregator.fingerprints import fingerprint_of, render_fingerprint
 from aggregator.model import Entry
 from aggregator.publish.atomic import Parts, Publisher
 from aggregator.report import BuildReport
-from aggregator.state.cache import BuildCache, pack_render, unpack_render, unpacked_size
 from aggregator.state.published import PublishedRecord
+from aggregator.store import EntryStore, FeedRow, pack_render, unpack_render, unpacked_size
 from aggregator.tree.categories import Node
 
 if TYPE_CHECKING:
@@ -32,77 +35,50 @@ log = logging.getLogger(__name__)
 INDEX_FILES = ("index.html", "feeds.opml")
 
 
-def publish(config: Config, root: Node, report: BuildReport, cache: BuildCache,
-            workers: int = 1, clean_nodes: frozenset[tuple[str, ...]] = frozenset(),
-            last_counts: dict[tuple[str, ...], int] | None = None,
-            sweep_temps: bool = True, memo: dict[str, Any] | None = None,
-            patched: bool = False,
-            load: Callable[[list[Node], int], None] | None = None
-            ) -> dict[tuple[str, ...], int]:
+def publish(config: Config, root: Node, store: EntryStore, report: BuildReport,
+            workers: int = 1, *, stat: bool = True, memo: dict[str, Any] | None = None
+            ) -> None:
     """Write every feed whose inputs changed; render each needed entry once.
 
-    `clean_nodes`: nodes the caller knows hold exactly the entries of the last build
-    (a Builder session diffing its entries): their feeds are kept without even
-    computing their fingerprints, unless their files were touched. `memo` (kept by a
-    session) saves remaking the index and OPML files when no count or slug changed.
-    `patched`: a build of a few changes, which leaves unused renders for a later one
-    to drop. `load(nodes, max_items)` is called with the nodes whose feeds are planned
-    before their entries are asked for (a saved index loads their parts).
-    Returns the number of entries in each node's feed."""
+    A node that no change dirtied (store.dirty) keeps its feeds as the last build
+    left them, after a stat of their files when `stat` (a session trusts them between
+    its walks). `memo` (kept by a session) saves remaking the index and OPML files
+    when no count or slug changed."""
     publisher = Publisher(config.output_dir,
                           PublishedRecord(config.state_path, config.output_dir))
     try:
-        return _publish(publisher, config, root, report, cache, workers, clean_nodes,
-                        last_counts, sweep_temps, memo, patched, load)
+        _publish(publisher, config, root, store, report, workers, stat, memo)
     except BaseException:
         publisher.abort()  # no staging thread may go on writing after this build
         raise
 
 
-def _publish(publisher: Publisher, config: Config, root: Node, report: BuildReport,
-             cache: BuildCache, workers: int, clean_nodes: frozenset[tuple[str, ...]],
-             last_counts: dict[tuple[str, ...], int] | None, sweep_temps: bool,
-             memo: dict[str, Any] | None, patched: bool,
-             load: Callable[[list[Node], int], None] | None) -> dict[tuple[str, ...], int]:
-    fingerprint = render_fingerprint(config)
-    cache.invalidate_if_changed("render", fingerprint, "rendered", "feed_state")
-    publisher.prepare(sweep_temps)
-    keys: dict[str, str] = {}  # entry id -> render key
+Plan = tuple[Node, str, str, list[FeedRow], list[str], str]
 
-    def key(entry: Entry) -> str:
-        found = keys.get(entry.id)
-        if found is None:
-            found = keys[entry.id] = render_key(fingerprint, entry)
-        return found
 
-    # Plan: a feed whose fingerprint and file are as the last build left them is kept.
-    previous = cache.feed_states()
-    plans: list[tuple[Node, str, str, list[Entry], list[str], str]] = []
+def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore,
+             report: BuildReport, workers: int, stat: bool,
+             memo: dict[str, Any] | None) -> None:
+    store.invalidate_if_changed("render", render_fingerprint(config), "rendered",
+                                "feed_state")
+    publisher.prepare(stat)
+    previous = store.feed_states()
+    dirty = store.dirty()
+    limit = config.max_items
+    plans: list[Plan] = []
     counts: dict[tuple[str, ...], int] = {}
     kept: list[str] = []
-    kept_nodes: list[Node] = []
-    planned: list[tuple[Node, tuple[str, str]]] = []  # (node, its feeds' files)
     for node in root.walk():
-        names = node.names
         rels = (f"{node.rel_dir}atom.xml", f"{node.rel_dir}rss.xml")
-        # A session's clean node is trusted without a stat between full walks (a feed
-        # file edited by hand is repaired at the next walk, at most 10 minutes later).
-        if names in clean_nodes and last_counts is not None and names in last_counts \
-                and rels[0] in previous and rels[1] in previous and (not sweep_temps or (
+        counts[node.names] = min(node.count, limit) if limit else node.count
+        if node.nid not in dirty and node.nid and rels[0] in previous \
+                and rels[1] in previous and (not stat or (
                     _untouched(publisher, rels[0], previous[rels[0]][0], previous)
                     and _untouched(publisher, rels[1], previous[rels[1]][0], previous))):
-            counts[names] = last_counts[names]
             kept += rels
-            kept_nodes.append(node)
             continue
-        counts[names] = 0  # (counted below: counts keeps the walk's order)
-        planned.append((node, rels))
-    if load is not None and planned:
-        load([node for node, _ in planned], config.max_items)
-    for node, rels in planned:
-        members = node.entries(config.max_items)
-        counts[node.names] = len(members)
-        member_keys = [key(e) for e in members]  # once for both formats
+        members = store.feed(node.nid, limit) if node.nid else []
+        member_keys = [row[1] for row in members]  # once for both formats
         for kind, rel in zip(("atom", "rss"), rels, strict=True):
             feed_print = fingerprint_of(kind, feed_title(config, node),
                                         feed_url(config, node, kind), member_keys)
@@ -111,23 +87,22 @@ def _publish(publisher: Publisher, config: Config, root: Node, report: BuildRepo
     if log.isEnabledFor(logging.DEBUG):
         _explain_plans(plans, todo, previous, len(kept))
 
-    needed = {e.id: e for plan in plans if plan[2] in todo for e in plan[3]}
-    cached = cache.rendered_keys({key(e) for e in needed.values()})
-    missing = [e for e in needed.values() if key(e) not in cached]
-    renders = _Renders(cache)
+    needed = {row[1]: row[0] for plan in plans if plan[2] in todo for row in plan[3]}
+    cached = store.rendered_keys(needed)
+    missing = [(rid, key) for key, rid in needed.items() if key not in cached]
+    renders = _Renders(store)
     if missing:
         # (imported here, as the feed writer below: the sanitiser, feedgen and lxml are
         # ~90 ms of imports that a build with nothing to render or write does without)
-        from aggregator.render import body_reader, content_roots, render_entries
+        from aggregator.render import render_entries
+        from aggregator.store.rows import entry_of
 
-        if any(e.partial for e in missing) and cache.file is None:
-            # an in-memory cache: only this process can read it
-            missing = list(cache.whole(missing, body_reader(config), content_roots(config)))
-        # entries that came from the cache without their html are made whole by the
-        # renderer, a chunk at a time (never all 100k bodies in memory at once)
-        pairs = render_entries(config, missing, workers, cache.file)
+        def load(rids: list[int]) -> dict[int, Entry]:
+            return {rid: entry_of(*row) for rid, row in store.packed(rids).items()}
+
+        pairs = render_entries(config, [rid for rid, _ in missing], load, workers, store.file)
         with progress.bar("entries rendered", len(missing), "entry") as shown:
-            renders.store(_rendered(missing, pairs, key, renders, report), shown.advance)
+            renders.store(_rendered(missing, pairs, renders, report), shown.advance)
     report.rendered += len(missing)  # (plus any rendered as they were read)
 
     prints: dict[str, str] = {}
@@ -147,7 +122,7 @@ def _publish(publisher: Publisher, config: Config, root: Node, report: BuildRepo
                 title, url = feed_title(config, node), feed_url(config, node, kind)
                 parts = unpacked.parts(node.names, member_keys, 0 if kind == "atom" else 1)
                 data = (renderer.atom_feed if kind == "atom" else renderer.rss_feed)(
-                    title, url, members, parts)
+                    title, url, _newest(members), parts)
                 publisher.write(rel, data)
                 shown.advance()
             else:
@@ -176,38 +151,56 @@ def _publish(publisher: Publisher, config: Config, root: Node, report: BuildRepo
         states.append((rel, feed_print, st.st_size, st.st_mtime_ns))
     published = set(kept)
     published.update(prints)
-    cache.update_feed_states([row for row in states if previous.get(row[0]) != row[1:]],
+    store.update_feed_states([row for row in states if previous.get(row[0]) != row[1:]],
                              previous.keys() - published)
-    if report.rendered and (sweep_temps and not patched or not kept_nodes):
-        # Renders no feed uses any more go (bounded disk). The keys of the kept nodes'
-        # entries were never computed: computed now, or their renders would go too
-        # (they did: a patched build emptied the cache); not in a patched build.
-        for node in kept_nodes:
-            for entry in node.entries(config.max_items):
-                key(entry)
-        cache.keep_rendered(set(keys.values()))
+    store.clear_dirty(dirty)
+    if report.rendered >= _SWEEP_AFTER or len(todo) == len(plans) and todo:
+        store.drop_unused_renders()  # bounded disk: no render of an entry gone
     report.written = publisher.written
     report.unchanged = len(publisher.unchanged)
     report.removed = publisher.removed
-    return counts
 
 
-def _rendered(entries: list[Entry], pairs: Iterable[tuple[bytes, bytes] | str],
-              key: Callable[[Entry], str], renders: _Renders, report: BuildReport
-              ) -> Iterator[tuple[str, bytes, bytes]]:
+# renders a build makes before it drops those no entry has any more (an edit leaves
+# one behind; the next larger build drops them)
+_SWEEP_AFTER = 100
+
+
+def _newest(members: list[FeedRow]) -> datetime:
+    """The newest `updated` of a feed's entries, as the entry has it (its zone)."""
+    if not members:
+        from aggregator.writers.feeds import EMPTY_FEED_UPDATED
+
+        return EMPTY_FEED_UPDATED
+    best = members[0]
+    for row in members:
+        if row[2] > best[2]:
+            best = row
+    return datetime.fromisoformat(best[3])
+
+
+def _rendered(missing: list[tuple[int, str]], pairs: Iterable[tuple[bytes, bytes] | str],
+              renders: _Renders, report: BuildReport) -> Iterator[tuple[str, bytes, bytes]]:
     """(render key, atom, rss) of each entry rendered. One that could not be is
     reported, held as an empty render (its feeds are written without it) and not
-    cached: the next build tries it again."""
-    for entry, pair in zip(entries, pairs, strict=True):
+    stored: the next build tries it again."""
+    problems: dict[int, str] = {}
+    for (rid, key), pair in zip(missing, pairs, strict=True):
         if isinstance(pair, str):
-            report.problems.error(entry.source or entry.id, pair)
+            problems[rid] = pair
             report.retry = True
-            renders.leave_out(key(entry))
+            renders.leave_out(key)
         else:
-            yield key(entry), *pair
+            yield key, *pair
+    if problems:
+        from aggregator.store.rows import entry_of
+
+        for rid, row in renders.store_rows(list(problems)).items():
+            entry = entry_of(*row)
+            report.problems.error(entry.source or entry.id, problems[rid])
 
 
-def _explain_plans(plans: list[tuple[Node, str, str, list[Entry], list[str], str]],
+def _explain_plans(plans: list[Plan],
                    todo: set[str], previous: dict[str, tuple[str, int, int]],
                    kept: int) -> None:
     """Debug: each feed to write and why; how many were kept and how."""
@@ -231,13 +224,13 @@ _NOTHING = pack_render(b"")  # the render of an entry left out
 
 
 class _Renders:
-    """Packed renders by key, kept in the build cache as they are made and read back
+    """Packed renders by key, kept in the store as they are made and read back
     a subtree at a time (a cold 100k build held 30k renders, ~100 MB, from render to
     write). Those the cache could not keep (disk full, a table it could not clear)
     are held here instead."""
 
-    def __init__(self, cache: BuildCache) -> None:
-        self.cache = cache
+    def __init__(self, store: EntryStore) -> None:
+        self.cache = store
         self.held: dict[str, tuple[bytes, bytes]] = {}
         self.failed: set[str] = set()  # keys of entries that could not be rendered
 
@@ -262,6 +255,9 @@ class _Renders:
         self.cache.store_rendered(batch)
         if not self.cache.keeps_renders():
             self.held.update({k: (atom, rss) for k, atom, rss in batch})
+
+    def store_rows(self, rids: list[int]) -> dict[int, tuple[bytes, str | None, int | None]]:
+        return self.cache.packed(rids)
 
     def fetch(self, keys: set[str]) -> dict[str, tuple[bytes, bytes]]:
         found = self.cache.rendered(keys - self.held.keys())

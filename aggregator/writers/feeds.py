@@ -15,7 +15,6 @@ reference and its fallback); the feed heads are feedgen's, made once as template
 from __future__ import annotations
 
 import html
-import operator
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from xml.sax.saxutils import escape as xml_escape
@@ -221,24 +220,16 @@ class FeedRenderer:
         head = head.replace(formatRFC2822(_PLACEHOLDER_DATE), formatRFC2822(updated))
         return head.encode("utf-8")
 
-    def atom_feed(self, title: str, self_url: str, entries: list[Entry],
+    def atom_feed(self, title: str, self_url: str, updated: datetime,
                   rendered: Parts) -> Parts:
         """The feed as parts to write one after the other: `rendered`, the entries'
-        bytes, spliced into the head (never joined into one string)."""
-        return _splice(self._fill("atom", title, self_url, _newest(entries)), b"</feed>",
-                       rendered)
+        bytes, spliced into the head (never joined into one string). `updated`: the
+        newest of its entries' (EMPTY_FEED_UPDATED without any)."""
+        return _splice(self._fill("atom", title, self_url, updated), b"</feed>", rendered)
 
-    def rss_feed(self, title: str, self_url: str, entries: list[Entry],
+    def rss_feed(self, title: str, self_url: str, updated: datetime,
                  rendered: Parts) -> Parts:
-        return _splice(self._fill("rss", title, self_url, _newest(entries)), b"</channel>",
-                       rendered)
-
-
-def _newest(entries: list[Entry]) -> datetime:
-    return max(map(_UPDATED, entries), default=EMPTY_FEED_UPDATED)
-
-
-_UPDATED = operator.attrgetter("updated")
+        return _splice(self._fill("rss", title, self_url, updated), b"</channel>", rendered)
 
 
 def _splice(head: bytes, closing: bytes, rendered: Parts) -> Parts:

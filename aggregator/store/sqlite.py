@@ -1,0 +1,509 @@
+"""The entry store in SQLite: the embedded default, in the disposable `<state>.cache`
+file (deleting it, or it being corrupt, costs one cold build).
+
+Tables:
+- entry: a row a post file (with its entry, if it gave one) and a row an upstream
+  entry (see store.rows.Row); `winner` marks the entries published after merging
+  duplicates.
+- node, member: a node per category path; a member row per published entry and
+  node whose feed holds it (its paths' nodes and their ancestors, each once), keyed
+  (node, undated, stamp, id, entry): a node's feed is a range of that key.
+- dirty: the nodes whose feeds a change touched since they were last published;
+  written in the transaction that changes the entries, cleared once published.
+- rendered: an entry's Atom and RSS bytes by render key; feed_state: each published
+  feed's fingerprint and file stats; last_build: see state/last_build.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import pickle
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from aggregator.state.last_build import LastBuild
+from aggregator.store import FeedRow
+from aggregator.store.rows import Names, Row, node_key, node_names, paths_of, prefixes
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entry (
+    rid        INTEGER PRIMARY KEY,
+    key        BLOB NOT NULL,
+    root       BLOB NOT NULL,
+    seq        INTEGER NOT NULL,
+    size       INTEGER NOT NULL,
+    mtime_ns   INTEGER NOT NULL,
+    inode      INTEGER NOT NULL,
+    content    TEXT NOT NULL,
+    id         BLOB,
+    link       BLOB,
+    updated    REAL NOT NULL,
+    updated_iso TEXT NOT NULL,
+    undated    INTEGER NOT NULL,
+    neg_stamp  REAL NOT NULL,
+    nodes      BLOB NOT NULL,
+    digest     TEXT NOT NULL,
+    rkey       TEXT NOT NULL,
+    probe_url  TEXT,
+    packed     BLOB,
+    problems   BLOB,
+    links      BLOB,
+    probe_mime TEXT,
+    probe_len  INTEGER,
+    winner     INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS entry_key ON entry (key, root);
+CREATE INDEX IF NOT EXISTS entry_id ON entry (id) WHERE id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entry_link ON entry (link) WHERE link IS NOT NULL;
+CREATE TABLE IF NOT EXISTS node (
+    nid   INTEGER PRIMARY KEY,
+    path  BLOB NOT NULL UNIQUE,
+    count INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS member (
+    nid       INTEGER NOT NULL,
+    undated   INTEGER NOT NULL,
+    neg_stamp REAL NOT NULL,
+    sid       BLOB NOT NULL,
+    rid       INTEGER NOT NULL,
+    PRIMARY KEY (nid, undated, neg_stamp, sid, rid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dirty (nid INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS rendered (
+    key  TEXT PRIMARY KEY,
+    atom BLOB NOT NULL,
+    rss  BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feed_state (
+    rel         TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS last_build (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    record BLOB NOT NULL
+);
+"""
+SCHEMA_VERSION = "10"
+ENTRY_TABLES = ("entry", "node", "member", "dirty")
+
+_ROW_COLUMNS = ", ".join(Row._fields)
+_INSERT = (f"INSERT INTO entry ({_ROW_COLUMNS}, winner) "
+           f"VALUES ({', '.join('?' * (len(Row._fields) + 1))})")
+# (rid, winner, nodes, undated, neg_stamp, id) of a row, to take it out of its nodes
+_OLD = "SELECT rid, winner, nodes, undated, neg_stamp, id FROM entry"
+# A member: (node, undated, stamp, id, rid); a node's feed reads them in key order.
+Member = tuple[int, int, float, bytes, int]
+
+
+def _rows_in(db: sqlite3.Connection, query: str, values: list[Any]) -> Iterator[Any]:
+    """The rows of `query`, whose `IN ({marks})` takes `values` 500 at a time (SQLite
+    limits the variables of one statement)."""
+    for start in range(0, len(values), 500):
+        chunk = values[start:start + 500]
+        yield from db.execute(query.format(marks=",".join("?" * len(chunk))), chunk)
+
+
+def _disposable(method: Callable[..., None]) -> Callable[..., None]:
+    """A write of renders or feed states that fails (disk full, read-only, locked)
+    costs speed, never the build."""
+    @functools.wraps(method)
+    def wrapper(self: SQLiteStore, *args: object, **kwargs: object) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            self.write_failed(exc)
+    return wrapper
+
+
+class SQLiteStore:
+    """store.EntryStore on one SQLite file (None: in memory)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._stale: set[str] = set()  # tables we could not clear: read as empty
+        self.failed = False
+        self.db = self._open(path)
+        # the file really in use (None when it fell back to memory): workers read it
+        name = self.db.execute("PRAGMA database_list").fetchone()[2]
+        self.file: Path | None = Path(name) if name else None
+        self._nids: dict[Names, int] | None = None
+        # feed_states() as last read and since updated, with the data_version it read
+        self._feed_states: tuple[int, dict[str, tuple[str, int, int]]] | None = None
+
+    @staticmethod
+    def _open(path: Path | None) -> sqlite3.Connection:
+        if path is None:
+            return _connect(":memory:")
+        try:
+            db = _connect(str(path))
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None or row[0] != SCHEMA_VERSION:  # another layout: start over
+                db.close()
+                _unlink(path)
+                db = _connect(str(path))
+                with db:
+                    db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            return db
+        except sqlite3.DatabaseError as exc:
+            log.warning("%s: build cache unusable (%s); starting a new one", path, exc)
+            with contextlib.suppress(OSError):  # a read-only dir: memory it is
+                _unlink(path)
+            try:
+                db = _connect(str(path))
+                with db:
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)",
+                               (SCHEMA_VERSION,))
+                return db
+            except sqlite3.DatabaseError:
+                return _connect(":memory:")
+
+    def write_failed(self, exc: sqlite3.Error) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.db.rollback()
+        self._nids = None  # (nodes made in the transaction rolled back)
+        if not self.failed:
+            log.warning("%s: build cache not updated (%s); the next build redoes the work",
+                        self.path, exc)
+        self.failed = True
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- settings ----------------------------------------------------------------
+
+    def meta(self, name: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, name: str, value: str | None) -> None:
+        with self.db:
+            if value is None:
+                self.db.execute("DELETE FROM meta WHERE key=?", (name,))
+            else:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+    def invalidate_if_changed(self, name: str, fingerprint: str, *tables: str) -> bool:
+        """Forget `tables` when the settings they depend on changed; True if they were
+        (or could not be: then they read as empty)."""
+        if self.meta(name) == fingerprint:
+            return False
+        try:
+            with self.db:
+                for table in tables:
+                    self.db.execute(f"DELETE FROM {table}")  # noqa: S608 (fixed names)
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, fingerprint))
+        except sqlite3.OperationalError as exc:
+            self.write_failed(exc)
+            self._stale.update(tables)
+        self._nids = None
+        self._feed_states = None
+        return True
+
+    # -- post files ----------------------------------------------------------------
+
+    def post_identities(self) -> Iterator[tuple[bytes, bytes, int, int, int]]:
+        """(key, root, size, mtime_ns, inode) of every post file's row."""
+        yield from self.db.execute(
+            "SELECT key, root, size, mtime_ns, inode FROM entry WHERE root != x''")
+
+    def post_contents(self, keys: list[tuple[bytes, bytes]]) -> dict[tuple[bytes, bytes], str]:
+        """(key, root) → the digest of the bytes its row was read from."""
+        out: dict[tuple[bytes, bytes], str] = {}
+        for key, root in keys:
+            row = self.db.execute("SELECT content FROM entry WHERE key=? AND root=?",
+                                  (key, root)).fetchone()
+            if row is not None:
+                out[(key, root)] = row[0]
+        return out
+
+    def linking_posts(self) -> list[tuple[bytes, bytes, tuple[int, int, int], bytes]]:
+        """(key, root, identity, links) of the posts whose bodies link to others."""
+        return [(key, root, (size, mtime, inode), links) for key, root, size, mtime, inode, links
+                in self.db.execute("SELECT key, root, size, mtime_ns, inode, links FROM entry "
+                                   "WHERE links IS NOT NULL")]
+
+    def move_posts(self, moves: list[tuple[bytes, bytes, tuple[int, int, int]]]) -> None:
+        """Posts whose bytes are the ones read (touched or copied): their new identity."""
+        with self.db:
+            self.db.executemany("UPDATE entry SET size=?, mtime_ns=?, inode=? "
+                                "WHERE key=? AND root=?",
+                                [(*identity, key, root) for key, root, identity in moves])
+
+    # -- entries -------------------------------------------------------------------
+
+    def upsert(self, rows: Iterable[Row]) -> None:
+        """Put each row in (replacing the one with its key), published until
+        set_winners says otherwise; in one transaction with its members and the nodes
+        it dirties."""
+        with self.db:
+            for row in rows:
+                self._take_out(self.db.execute(f"{_OLD} WHERE key=? AND root=?",
+                                               (row.key, row.root)).fetchone(), delete=True)
+                rid = self.db.execute(_INSERT, (*row, int(row.id is not None))
+                                      ).lastrowid
+                if row.id is not None:
+                    assert rid is not None
+                    self._put_in(rid, row.nodes, row.undated, row.neg_stamp, row.id)
+
+    def delete(self, keys: Iterable[tuple[bytes, bytes]]) -> None:
+        with self.db:
+            for key, root in keys:
+                self._take_out(self.db.execute(f"{_OLD} WHERE key=? AND root=?",
+                                               (key, root)).fetchone(), delete=True)
+
+    def _take_out(self, old: tuple[Any, ...] | None, *, delete: bool) -> None:
+        """Remove a row's members (and the row, with `delete`)."""
+        if old is None:
+            return
+        rid, winner, nodes, undated, neg_stamp, sid = old
+        if winner:
+            self._members(rid, nodes, undated, neg_stamp, sid, -1)
+        if delete:
+            self.db.execute("DELETE FROM entry WHERE rid=?", (rid,))
+
+    def _put_in(self, rid: int, nodes: bytes, undated: int, neg_stamp: float,
+                sid: bytes) -> None:
+        self._members(rid, nodes, undated, neg_stamp, sid, +1)
+
+    def _members(self, rid: int, nodes: bytes, undated: int, neg_stamp: float, sid: bytes,
+                 change: int) -> None:
+        nids = [self.nid(names) for names in prefixes(paths_of(nodes))]
+        members = [(nid, undated, neg_stamp, sid, rid) for nid in nids]
+        if change > 0:
+            self.db.executemany("INSERT OR IGNORE INTO member VALUES (?, ?, ?, ?, ?)", members)
+        else:
+            self.db.executemany("DELETE FROM member WHERE nid=? AND undated=? AND "
+                                "neg_stamp=? AND sid=? AND rid=?", members)
+        self.db.executemany("UPDATE node SET count = count + ? WHERE nid=?",
+                            [(change, nid) for nid in nids])
+        self.db.executemany("INSERT OR IGNORE INTO dirty VALUES (?)", [(nid,) for nid in nids])
+
+    def nid(self, names: Names) -> int:
+        """The node's number (made on first use)."""
+        nids = self._nids
+        if nids is None:
+            nids = self._nids = {node_names(path): nid for nid, path in
+                                 self.db.execute("SELECT nid, path FROM node")}
+        found = nids.get(names)
+        if found is None:
+            cursor = self.db.execute("INSERT INTO node (path) VALUES (?)", (node_key(names),))
+            assert cursor.lastrowid is not None
+            found = nids[names] = cursor.lastrowid
+        return found
+
+    def upstream_rows(self) -> dict[bytes, tuple[int, str]]:
+        """key → (seq, digest) of every upstream entry's row."""
+        return {key: (seq, digest) for key, seq, digest in self.db.execute(
+            "SELECT key, seq, digest FROM entry WHERE root = x''")}
+
+    def set_seq(self, seqs: list[tuple[int, bytes]]) -> None:
+        with self.db:
+            self.db.executemany("UPDATE entry SET seq=? WHERE key=? AND root=x''", seqs)
+
+    def duplicates(self) -> list[tuple[int, bytes, bytes, int, int, bytes]]:
+        """(rid, key, root, seq, winner, packed) of every entry that shares its id or
+        its link with another, and of every entry merged away until now."""
+        ids = [row[0] for row in self.db.execute(
+            "SELECT id FROM entry WHERE id IS NOT NULL GROUP BY id HAVING count(*) > 1")]
+        links = [row[0] for row in self.db.execute(
+            "SELECT link FROM entry WHERE link IS NOT NULL GROUP BY link HAVING count(*) > 1")]
+        found: dict[int, tuple[int, bytes, bytes, int, int, bytes]] = {}
+        select = "SELECT rid, key, root, seq, winner, packed FROM entry WHERE {column} IN ({marks})"
+        for column, values in (("id", ids), ("link", links)):
+            for row in _rows_in(self.db, select.replace("{column}", column), values):
+                found[row[0]] = row
+        for row in self.db.execute("SELECT rid, key, root, seq, winner, packed FROM entry "
+                                   "WHERE winner=0 AND id IS NOT NULL"):
+            found[row[0]] = row
+        return list(found.values())
+
+    def set_winners(self, winners: dict[int, bool]) -> None:
+        """Publish (True) or merge away (False) these entries; in one transaction."""
+        with self.db:
+            for rid, winner in winners.items():
+                old = self.db.execute(f"{_OLD} WHERE rid=?", (rid,)).fetchone()
+                if old is None or bool(old[1]) == winner or old[5] is None:
+                    continue
+                self.db.execute("UPDATE entry SET winner=? WHERE rid=?", (int(winner), rid))
+                self._members(rid, old[2], old[3], old[4], old[5], +1 if winner else -1)
+
+    def probe_candidates(self) -> list[tuple[int, str, str | None, int | None, str]]:
+        """(rid, image URL, probed type, probed length, digest) of the posts whose
+        image type a probe may tell."""
+        return list(self.db.execute("SELECT rid, probe_url, probe_mime, probe_len, digest "
+                                    "FROM entry WHERE probe_url IS NOT NULL"))
+
+    def set_probes(self, rows: list[tuple[int, str | None, int | None, str]]) -> None:
+        """(rid, probed type, length, the render key it makes) for each changed probe."""
+        with self.db:
+            for rid, mime, length, rkey in rows:
+                self.db.execute("UPDATE entry SET probe_mime=?, probe_len=?, rkey=? "
+                                "WHERE rid=?", (mime, length, rkey, rid))
+                old = self.db.execute(f"{_OLD} WHERE rid=?", (rid,)).fetchone()
+                if old is not None and old[1]:
+                    nids = [self.nid(n) for n in prefixes(paths_of(old[2]))]
+                    self.db.executemany("INSERT OR IGNORE INTO dirty VALUES (?)",
+                                        [(nid,) for nid in nids])
+
+    def packed(self, rids: list[int]) -> dict[int, tuple[bytes, str | None, int | None]]:
+        """rid → (packed entry, probed type, probed length)."""
+        return {rid: (packed, mime, length) for rid, packed, mime, length in _rows_in(
+            self.db, "SELECT rid, packed, probe_mime, probe_len FROM entry "
+                     "WHERE rid IN ({marks})", rids)}
+
+    # -- what a build reports --------------------------------------------------------
+
+    def post_problems(self) -> Iterator[bytes]:
+        """Each post's problems (pickled), in post order."""
+        for (found,) in self.db.execute("SELECT problems FROM entry WHERE root != x'' AND "
+                                        "problems IS NOT NULL ORDER BY key, root"):
+            yield found
+
+    def counts(self) -> tuple[int, int, int]:
+        """(posts that gave an entry, entries published, of them without a link)."""
+        posts = self.db.execute("SELECT count(*) FROM entry WHERE root != x'' AND "
+                                "id IS NOT NULL").fetchone()[0]
+        entries, linkless = self.db.execute(
+            "SELECT count(*), count(*) - count(link) FROM entry WHERE winner=1").fetchone()
+        return int(posts), int(entries), int(linkless)
+
+    def unknown_images(self) -> list[str]:
+        """The image URLs of posts whose type no probe told yet, in post order."""
+        return [url for (url,) in self.db.execute(
+            "SELECT probe_url FROM entry WHERE probe_url IS NOT NULL AND probe_mime IS NULL "
+            "AND root != x'' ORDER BY key, root")]
+
+    # -- nodes and their feeds -------------------------------------------------------
+
+    def nodes(self) -> list[tuple[int, Names, int]]:
+        """(nid, names, entries in its feed at most) of every node with entries."""
+        return [(nid, node_names(path), count) for nid, path, count in self.db.execute(
+            "SELECT nid, path, count FROM node WHERE count > 0")]
+
+    def feed(self, nid: int, limit: int) -> list[FeedRow]:
+        """The node's entries, newest first, at most `limit` (0: all)."""
+        return list(self.db.execute(
+            "SELECT e.rid, e.rkey, e.updated, e.updated_iso FROM member m "
+            "JOIN entry e ON e.rid = m.rid WHERE m.nid = ? "
+            "ORDER BY m.undated, m.neg_stamp, m.sid LIMIT ?", (nid, limit or -1)))
+
+    def dirty(self) -> set[int]:
+        return {nid for (nid,) in self.db.execute("SELECT nid FROM dirty")}
+
+    def mark_dirty(self) -> None:
+        """Every node: its feeds are planned again."""
+        with self.db:
+            self.db.execute("INSERT OR IGNORE INTO dirty SELECT nid FROM node")
+
+    def clear_dirty(self, nids: Iterable[int]) -> None:
+        with self.db:
+            self.db.executemany("DELETE FROM dirty WHERE nid=?", [(nid,) for nid in nids])
+
+    # -- rendered entries --------------------------------------------------------------
+
+    def rendered(self, keys: Iterable[str]) -> dict[str, tuple[bytes, bytes]]:
+        """Render key → (atom, rss), both still packed (see pack_render)."""
+        wanted = [] if "rendered" in self._stale else list(keys)
+        return {key: (atom, rss) for key, atom, rss in _rows_in(
+            self.db, "SELECT key, atom, rss FROM rendered WHERE key IN ({marks})", wanted)}
+
+    def rendered_keys(self, keys: Iterable[str]) -> set[str]:
+        wanted = [] if "rendered" in self._stale else list(keys)
+        return {row[0] for row in _rows_in(
+            self.db, "SELECT key FROM rendered WHERE key IN ({marks})", wanted)}
+
+    def keeps_renders(self) -> bool:
+        return not self.failed and "rendered" not in self._stale
+
+    @_disposable
+    def store_rendered(self, rows: Iterable[tuple[str, bytes, bytes]]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO rendered VALUES (?, ?, ?)", list(rows))
+
+    @_disposable
+    def drop_unused_renders(self) -> None:
+        """Renders no entry has any more go (bounded disk)."""
+        with self.db:
+            self.db.execute("DELETE FROM rendered WHERE key NOT IN "
+                            "(SELECT rkey FROM entry WHERE winner=1)")
+
+    # -- published feeds -----------------------------------------------------------------
+
+    def feed_states(self) -> dict[str, tuple[str, int, int]]:
+        """rel → (fingerprint, size, mtime_ns) of every published feed. Kept in memory
+        between a session's builds for as long as SQLite's data_version says no other
+        connection (a CLI build) committed."""
+        if "feed_state" in self._stale:
+            return {}
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        kept = self._feed_states
+        if kept is None or kept[0] != version:
+            kept = self._feed_states = (version, {
+                row[0]: (row[1], row[2], row[3]) for row in self.db.execute(
+                    "SELECT rel, fingerprint, size, mtime_ns FROM feed_state")})
+        return dict(kept[1])
+
+    @_disposable
+    def update_feed_states(self, rows: Iterable[tuple[str, str, int, int]],
+                           gone: Iterable[str]) -> None:
+        rows, gone = list(rows), list(gone)
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO feed_state VALUES (?, ?, ?, ?)", rows)
+            self.db.executemany("DELETE FROM feed_state WHERE rel=?", [(r,) for r in gone])
+        if self._feed_states is not None:  # our own commits leave data_version alone
+            states = self._feed_states[1]
+            states.update((rel, (fingerprint, size, mtime)) for rel, fingerprint, size, mtime
+                          in rows)
+            for rel in gone:
+                states.pop(rel, None)
+
+    # -- the last complete build -----------------------------------------------------------
+
+    def last_build(self) -> LastBuild | None:
+        row = self.db.execute("SELECT record FROM last_build").fetchone()
+        if row is None:
+            return None
+        try:
+            record = pickle.loads(row[0])
+        except Exception:  # noqa: BLE001 (another version's record: a full build)
+            return None
+        return record if isinstance(record, LastBuild) else None
+
+    @_disposable
+    def store_last_build(self, record: LastBuild | None) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM last_build")
+            if record is not None:
+                self.db.execute("INSERT INTO last_build VALUES (1, ?)",
+                                (pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL),))
+
+
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """For worker processes that read entries while the parent holds the store."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+
+
+def _unlink(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _connect(target: str) -> sqlite3.Connection:
+    db = sqlite3.connect(target, timeout=30)  # implicit BEGIN: batches commit once
+    # 16 KiB pages: most rows are packed entries and renders of a few KB
+    db.execute("PRAGMA page_size=16384")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=OFF")  # a lost cache costs one slow build, no data
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    return db

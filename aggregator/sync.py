@@ -1,0 +1,317 @@
+"""Inputs → the entry store: the changed post files read and their rows upserted, the
+vanished ones deleted, the upstream entries' rows kept as the state has them, and
+duplicates merged (a query for the entries sharing an id or a link).
+
+One path for every build: a cold build is the one where every post changed; the CLI
+learns what changed by comparing the walk with the stored file identities, the
+service from the watcher's paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+from aggregator.config import Config
+from aggregator.fingerprints import fingerprint_of, read_fingerprint, render_fingerprint
+from aggregator.model import Entry, Image
+from aggregator.problems import ProblemLog
+from aggregator.report import BuildReport
+from aggregator.sources.read import Read, read_posts
+from aggregator.sources.walk import PostFile
+from aggregator.state.probes import unknown_image
+from aggregator.state.store import StateStore
+from aggregator.store import EntryStore
+from aggregator.store.rows import (
+    READ_AGAIN,
+    Row,
+    decode,
+    encode,
+    entry_digest,
+    entry_row,
+    render_key,
+    unpack_entry,
+    unpack_links,
+    unpack_problems,
+    with_probe,
+)
+from aggregator.store.sqlite import ENTRY_TABLES
+
+log = logging.getLogger(__name__)
+
+PostKey = tuple[bytes, bytes]  # (relative path, content dir), encoded
+RenderRow = tuple[str, bytes, bytes]  # render key, packed atom, packed rss
+# what _pack makes of a Read: (the row, or the key and new identity of a post whose
+# bytes are the ones stored; a render made as it was read; whether to retry it)
+Packed = tuple[Row | tuple[PostKey, tuple[int, int, int]], RenderRow | None, bool]
+_BATCH = 500  # rows a transaction
+
+
+def forget_if_settings_changed(config: Config, store: EntryStore) -> None:
+    """Every entry goes when what shapes an entry read from a post changed; every
+    node's feeds are planned again when the config changed."""
+    if store.invalidate_if_changed("read", read_fingerprint(config), *ENTRY_TABLES):
+        store.set_meta("upstream", None)
+    if store.meta("config") != (printed := fingerprint_of(repr(config))):
+        store.mark_dirty()
+        store.set_meta("config", printed)
+
+
+def walk_changes(store: EntryStore, posts: list[PostFile]
+                 ) -> tuple[list[PostFile], list[str | None], list[PostKey]]:
+    """(the posts whose file is not the one stored, the digest of the bytes each was
+    read from if known, the stored posts no longer found): the walk compared with the
+    stored identities."""
+    stored = {(key, root): (size, mtime, inode) for key, root, size, mtime, inode
+              in store.post_identities()}
+    roots: dict[Path, bytes] = {}
+    changed: list[PostFile] = []
+    for post in posts:
+        root = roots.get(post.root)
+        if root is None:
+            root = roots[post.root] = encode(str(post.root))
+        if stored.pop((encode(post.rel), root), None) != post.identity:
+            changed.append(post)
+    known = store.post_contents([post_key(post) for post in changed]) if stored or changed \
+        else {}
+    return changed, [known.get(post_key(post)) for post in changed], list(stored)
+
+
+def post_key(post: PostFile) -> PostKey:
+    return encode(post.rel), encode(str(post.root))
+
+
+def sync_posts(config: Config, store: EntryStore, state: StateStore, report: BuildReport,
+               changed: list[PostFile], known: list[str | None], gone: list[PostKey],
+               workers: int, every_post: list[PostFile] | None) -> None:
+    """Read the changed posts into their rows, delete the gone ones' rows; then read
+    again the posts whose post_link/post_path tags name a changed or gone post."""
+    if config.hexo is not None and (changed or gone):
+        linking = _linking(config, store, changed, gone)
+        changed, known = [*changed, *linking], [*known, *[None] * len(linking)]
+    if gone:
+        store.delete(gone)
+    if not changed:
+        return
+    render_print = render_fingerprint(config) if config.max_items == 0 else None
+    if render_print is not None:  # every entry is published: rendered as it is read
+        store.invalidate_if_changed("render", render_print, "rendered", "feed_state")
+    rows: list[Row] = []
+    renders: list[RenderRow] = []
+    moves: list[tuple[bytes, bytes, tuple[int, int, int]]] = []
+    pack = functools.partial(_pack, config, render_print)
+    for row, render, again in read_posts(config, changed, known, state.first_seen, pack,
+                                         workers, every_post):
+        report.retry = report.retry or again
+        if isinstance(row, Row):
+            rows.append(row)
+        else:
+            moves.append((*row[0], row[1]))
+        if render is not None:
+            renders.append(render)
+        if len(rows) >= _BATCH:
+            store.store_rendered(renders)
+            report.rendered += len(renders)
+            store.upsert(_probed(state, rows))
+            rows, renders = [], []
+    store.store_rendered(renders)
+    report.rendered += len(renders)
+    store.upsert(_probed(state, rows))
+    store.move_posts(moves)
+
+
+def _probed(state: StateStore, rows: list[Row]) -> list[Row]:
+    """The rows with the image types `fetch` probed (state, no network) for their
+    posts' images whose URL does not tell."""
+    urls = [row.probe_url for row in rows if row.probe_url is not None]
+    if not urls:
+        return rows
+    from aggregator.state.probes import ProbeCache
+
+    try:
+        found = ProbeCache(state).get(urls)
+    except Exception:  # noqa: BLE001 (an old or damaged state: probing is an extra)
+        return rows
+    out = []
+    for row in rows:
+        probe = found.get(row.probe_url) if row.probe_url is not None else None
+        if probe is not None and probe.mime_type:
+            row = with_probe(row, probe.mime_type, probe.length)
+        out.append(row)
+    return out
+
+
+def _linking(config: Config, store: EntryStore, changed: list[PostFile],
+             gone: list[PostKey]) -> list[PostFile]:
+    """The posts (not among `changed`) whose bodies link to the slug of a changed or
+    gone post: the link or title they show may not be what it was."""
+    from aggregator.sources.linked_posts import slug_of
+
+    touched = {slug_of(config, post.rel) for post in changed}
+    touched.update(slug_of(config, decode(key)) for key, _root in gone)
+    skip = {post_key(post) for post in changed} | set(gone)
+    out = []
+    for key, root, identity, links in store.linking_posts():
+        if (key, root) in skip or touched.isdisjoint(slug for slug, _ in unpack_links(links)):
+            continue
+        rel, folder = decode(key), decode(root)
+        out.append(PostFile(os.path.join(folder, *rel.split("/")), rel, Path(folder), identity))
+    return out
+
+
+# the entry renderer of a process (a worker's, made on its first entry) and its config
+_renderer: list[tuple[Config, Callable[[Entry], tuple[bytes, bytes]]]] = []
+
+
+def _pack(config: Config, render_print: str | None, read: Read) -> Packed:
+    """The row of a post just read (in the worker that read it), and its render when
+    every entry is published (`render_print`)."""
+    post = read.post
+    if read.same:
+        return (post_key(post), post.identity), None, False
+    entry = read.entry
+    identity = READ_AGAIN if not read.content else post.identity
+    row = entry_row(*post_key(post), 0, identity, read.content, entry, read.problems,
+                    read.links, unknown_image(entry) if entry is not None else None)
+    render = None
+    if render_print is not None and entry is not None:
+        if not _renderer or _renderer[0][0] != config:
+            from aggregator.render import entry_renderer
+
+            _renderer[:] = [(config, entry_renderer(config))]
+        try:
+            render = (row.rkey, *_renderer[0][1](entry))
+        except Exception:  # noqa: BLE001 (the publisher renders it again, and reports)
+            render = None
+    return row, render, read.again
+
+
+def sync_upstream(config: Config, store: EntryStore, state: StateStore,
+                  extra: list[Entry]) -> None:
+    """The upstream entries' rows as the state has them (with today's config), when
+    the state or the config changed since they were stored; `extra` entries too."""
+    generation = state.generation()
+    key = None if generation is None or extra else \
+        fingerprint_of(generation, repr(config.upstream))
+    if key is not None and store.meta("upstream") == key:
+        return
+    from aggregator.state.upstream import stored_upstream_entries
+
+    entries = [*stored_upstream_entries(state, config.upstream), *extra]
+    existing = store.upstream_rows()
+    rows: list[Row] = []
+    seqs: list[tuple[int, bytes]] = []
+    keys: set[bytes] = set()
+    for seq, entry in enumerate(entries):
+        row_key = encode(f"{entry.source}\0{entry.id}")
+        if row_key in keys:  # (the same id twice in one source: a duplicate to merge)
+            row_key += encode(f"\0{seq}")
+        keys.add(row_key)
+        old = existing.pop(row_key, None)
+        if old is None or old[1] != entry_digest(entry):
+            rows.append(entry_row(row_key, b"", seq, (0, 0, 0), "", entry, (), ()))
+        elif old[0] != seq:
+            seqs.append((seq, row_key))
+    store.delete((row_key, b"") for row_key in existing)
+    store.upsert(rows)
+    store.set_seq(seqs)
+    store.set_meta("upstream", key)
+
+
+def sync_probes(store: EntryStore, state: StateStore) -> None:
+    """When the state changed: the posts' rows with the image types probed since (or
+    without one a probe no longer tells); their render keys follow."""
+    generation = state.generation()
+    if generation is not None and store.meta("probes") == generation:
+        return
+    candidates = store.probe_candidates()
+    if candidates:
+        from aggregator.state.probes import ProbeCache
+
+        try:
+            found = ProbeCache(state).get([row[1] for row in candidates])
+        except Exception:  # noqa: BLE001 (an old or damaged state: probing is an extra)
+            found = {}
+        updates = []
+        for rid, url, mime, length, digest in candidates:
+            probe = found.get(url)
+            now = (probe.mime_type, probe.length) if probe is not None and probe.mime_type \
+                else (None, None)
+            if now == (mime, length):
+                continue
+            if now[0] is not None:
+                image: Image | None = Image(url, now[0], now[1] or 0)
+            else:  # the image as the post has it
+                image = unpack_entry(store.packed([rid])[rid][0]).image
+            updates.append((rid, now[0], now[1], render_key(digest, image)))
+        store.set_probes(updates)
+    store.set_meta("probes", generation)
+
+
+def replay_problems(store: EntryStore, problems: ProblemLog) -> None:
+    """Every post's problems, in post order (as a read of every post reports them)."""
+    for found in store.post_problems():
+        problems.replay(unpack_problems(found))
+
+
+def merge(config: Config, store: EntryStore, state: StateStore, problems: ProblemLog) -> None:
+    """Publish one entry per id and per link (merge_duplicates over the entries that
+    share one: the others are published as they are)."""
+    rows = store.duplicates()
+    if not rows:
+        return
+    # in the order a build meets them: posts in post order, then upstream entries
+    rows.sort(key=lambda row: (0, row[1], row[2], 0) if row[2] else (1, b"", b"", row[3]))
+    entries = [unpack_entry(row[5]) for row in rows]
+    from aggregator.state.upstream import written_posts
+
+    kept = {id(entry) for entry in merge_duplicates(
+        entries, problems, lambda: written_posts(state, config.content_dirs[:1]))}
+    store.set_winners({row[0]: id(entry) in kept for row, entry in zip(rows, entries,
+                                                                        strict=True)})
+
+
+def merge_duplicates(entries: Iterable[Entry], problems: ProblemLog,
+                     written: Callable[[], Mapping[str, str]] = dict) -> list[Entry]:
+    """One entry per id and per link; a local post always beats a post `write_posts`
+    wrote, which beats an upstream entry (a stranger's feed claiming a post's id or
+    link replaced the post), then the newest version wins, then the first source.
+    `written`: the posts write_posts wrote (their source → the upstream URL), asked
+    only when two entries share an id or a link."""
+    entries = list(entries)
+    if _all_distinct(entries):
+        return entries
+    from_upstream = written()
+
+    def rank(entry: Entry) -> int:
+        return 2 if "://" in entry.source else 1 if entry.source in from_upstream else 0
+
+    ordered = sorted(entries, key=lambda e: (rank(e), -e.updated.timestamp(), e.source))
+    by_id: dict[str, Entry] = {}
+    by_link: dict[str, Entry] = {}
+    for entry in ordered:
+        kept = by_id.get(entry.id) or (by_link.get(entry.link) if entry.link else None)
+        if kept is not None:
+            same = "id" if kept.id == entry.id else "link"
+            url = from_upstream.get(entry.source)
+            if url is not None and rank(kept) == 0:
+                problems.warn(entry.source, f"written for {url} (its entry {entry.id}), "
+                              f"which has the {same} of the local post {kept.source}: "
+                              f"the local post is published, not this one")
+            else:
+                problems.warn(entry.source or entry.id, f"duplicate of "
+                              f"{kept.source or kept.id} (same {same}); merged")
+            continue
+        by_id[entry.id] = entry
+        if entry.link:
+            by_link[entry.link] = entry
+    return list(by_id.values())
+
+
+def _all_distinct(entries: list[Entry]) -> bool:
+    ids = {e.id for e in entries}
+    links = [e.link for e in entries if e.link]
+    return len(ids) == len(entries) and len(set(links)) == len(links)
