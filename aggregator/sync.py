@@ -67,6 +67,7 @@ def walk_changes(store: EntryStore, posts: list[PostFile]
     stored identities."""
     stored = {(key, root): (size, mtime, inode) for key, root, size, mtime, inode
               in store.post_identities()}
+    had_rows = bool(stored)
     roots: dict[Path, bytes] = {}
     changed: list[PostFile] = []
     for post in posts:
@@ -75,8 +76,7 @@ def walk_changes(store: EntryStore, posts: list[PostFile]
             root = roots[post.root] = encode(str(post.root))
         if stored.pop((encode(post.rel), root), None) != post.identity:
             changed.append(post)
-    known = store.post_contents([post_key(post) for post in changed]) if stored or changed \
-        else {}
+    known = store.post_contents([post_key(post) for post in changed]) if had_rows else {}
     return changed, [known.get(post_key(post)) for post in changed], list(stored)
 
 

@@ -245,47 +245,53 @@ class SQLiteStore:
         set_winners says otherwise; in one transaction with its members and the nodes
         it dirties."""
         with self.db:
+            changes = _Members()
             for row in rows:
                 self._take_out(self.db.execute(f"{_OLD} WHERE key=? AND root=?",
-                                               (row.key, row.root)).fetchone(), delete=True)
-                rid = self.db.execute(_INSERT, (*row, int(row.id is not None))
-                                      ).lastrowid
+                                               (row.key, row.root)).fetchone(), changes)
+                rid = self.db.execute(_INSERT, (*row, int(row.id is not None))).lastrowid
                 if row.id is not None:
                     assert rid is not None
-                    self._put_in(rid, row.nodes, row.undated, row.neg_stamp, row.id)
+                    self._members(changes, rid, row.nodes, row.undated, row.neg_stamp,
+                                  row.id, +1)
+            self._apply(changes)
 
     def delete(self, keys: Iterable[tuple[bytes, bytes]]) -> None:
         with self.db:
+            changes = _Members()
             for key, root in keys:
                 self._take_out(self.db.execute(f"{_OLD} WHERE key=? AND root=?",
-                                               (key, root)).fetchone(), delete=True)
+                                               (key, root)).fetchone(), changes)
+            self._apply(changes)
 
-    def _take_out(self, old: tuple[Any, ...] | None, *, delete: bool) -> None:
-        """Remove a row's members (and the row, with `delete`)."""
+    def _take_out(self, old: tuple[Any, ...] | None, changes: _Members) -> None:
+        """Delete a row, and its members."""
         if old is None:
             return
         rid, winner, nodes, undated, neg_stamp, sid = old
         if winner:
-            self._members(rid, nodes, undated, neg_stamp, sid, -1)
-        if delete:
-            self.db.execute("DELETE FROM entry WHERE rid=?", (rid,))
+            self._members(changes, rid, nodes, undated, neg_stamp, sid, -1)
+        self.db.execute("DELETE FROM entry WHERE rid=?", (rid,))
 
-    def _put_in(self, rid: int, nodes: bytes, undated: int, neg_stamp: float,
-                sid: bytes) -> None:
-        self._members(rid, nodes, undated, neg_stamp, sid, +1)
+    def _members(self, changes: _Members, rid: int, nodes: bytes, undated: int,
+                 neg_stamp: float, sid: bytes, change: int) -> None:
+        for names in prefixes(paths_of(nodes)):
+            nid = self.nid(names)
+            (changes.added if change > 0 else changes.removed).append(
+                (nid, undated, neg_stamp, sid, rid))
+            changes.counts[nid] = changes.counts.get(nid, 0) + change
 
-    def _members(self, rid: int, nodes: bytes, undated: int, neg_stamp: float, sid: bytes,
-                 change: int) -> None:
-        nids = [self.nid(names) for names in prefixes(paths_of(nodes))]
-        members = [(nid, undated, neg_stamp, sid, rid) for nid in nids]
-        if change > 0:
-            self.db.executemany("INSERT OR IGNORE INTO member VALUES (?, ?, ?, ?, ?)", members)
-        else:
-            self.db.executemany("DELETE FROM member WHERE nid=? AND undated=? AND "
-                                "neg_stamp=? AND sid=? AND rid=?", members)
-        self.db.executemany("UPDATE node SET count = count + ? WHERE nid=?",
-                            [(change, nid) for nid in nids])
-        self.db.executemany("INSERT OR IGNORE INTO dirty VALUES (?)", [(nid,) for nid in nids])
+    def _apply(self, changes: _Members) -> None:
+        """The member changes gathered, with their counts and dirty marks (a batch:
+        one statement each, not one per entry and node)."""
+        db = self.db
+        db.executemany("DELETE FROM member WHERE nid=? AND undated=? AND neg_stamp=? "
+                       "AND sid=? AND rid=?", changes.removed)
+        db.executemany("INSERT OR IGNORE INTO member VALUES (?, ?, ?, ?, ?)", changes.added)
+        db.executemany("UPDATE node SET count = count + ? WHERE nid=?",
+                       [(change, nid) for nid, change in changes.counts.items() if change])
+        db.executemany("INSERT OR IGNORE INTO dirty VALUES (?)",
+                       [(nid,) for nid in changes.counts])
 
     def nid(self, names: Names) -> int:
         """The node's number (made on first use)."""
@@ -329,12 +335,15 @@ class SQLiteStore:
     def set_winners(self, winners: dict[int, bool]) -> None:
         """Publish (True) or merge away (False) these entries; in one transaction."""
         with self.db:
+            changes = _Members()
             for rid, winner in winners.items():
                 old = self.db.execute(f"{_OLD} WHERE rid=?", (rid,)).fetchone()
                 if old is None or bool(old[1]) == winner or old[5] is None:
                     continue
                 self.db.execute("UPDATE entry SET winner=? WHERE rid=?", (int(winner), rid))
-                self._members(rid, old[2], old[3], old[4], old[5], +1 if winner else -1)
+                self._members(changes, rid, old[2], old[3], old[4], old[5],
+                              +1 if winner else -1)
+            self._apply(changes)
 
     def probe_candidates(self) -> list[tuple[int, str, str | None, int | None, str]]:
         """(rid, image URL, probed type, probed length, digest) of the posts whose
@@ -485,6 +494,15 @@ class SQLiteStore:
             if record is not None:
                 self.db.execute("INSERT INTO last_build VALUES (1, ?)",
                                 (pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL),))
+
+
+class _Members:
+    """Member rows to add and remove, and each node's change of count."""
+
+    def __init__(self) -> None:
+        self.added: list[Member] = []
+        self.removed: list[Member] = []
+        self.counts: dict[int, int] = {}
 
 
 def open_read_only(path: Path) -> sqlite3.Connection:
