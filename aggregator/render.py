@@ -19,7 +19,7 @@ from aggregator.sanitize.html import Sanitizer
 from aggregator.sanitize.text import summarize
 from aggregator.store import pack_render
 from aggregator.store.rows import entry_of
-from aggregator.store.sqlite import open_read_only
+from aggregator.store.sqlite import open_read_only, packed_rows
 from aggregator.writers.feeds import FeedRenderer
 
 
@@ -85,10 +85,7 @@ def _render(config: Config, rids: Sequence[int], load: Loader | None,
 
 def _load(db: sqlite3.Connection | None, rids: list[int]) -> dict[int, Entry]:
     assert db is not None
-    marks = ",".join("?" * len(rids))
-    return {rid: entry_of(packed, mime, length) for rid, packed, mime, length in db.execute(
-        f"SELECT rid, packed, probe_mime, probe_len FROM entry WHERE rid IN ({marks})",  # noqa: S608
-        rids)}
+    return {rid: entry_of(*row) for rid, row in packed_rows(db, rids).items()}
 
 
 def render_entries(config: Config, rids: Sequence[int], load: Loader, workers: int = 1,

@@ -52,7 +52,6 @@ CREATE TABLE IF NOT EXISTS entry (
     digest     TEXT NOT NULL,
     rkey       TEXT NOT NULL,
     probe_url  TEXT,
-    packed     BLOB,
     problems   BLOB,
     links      BLOB,
     probe_mime TEXT,
@@ -62,6 +61,12 @@ CREATE TABLE IF NOT EXISTS entry (
 CREATE UNIQUE INDEX IF NOT EXISTS entry_key ON entry (key, root);
 CREATE INDEX IF NOT EXISTS entry_id ON entry (id) WHERE id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS entry_link ON entry (link) WHERE link IS NOT NULL;
+-- the entries themselves (with their html), apart: the entry table stays narrow for
+-- the scans and counts a build makes
+CREATE TABLE IF NOT EXISTS body (
+    rid    INTEGER PRIMARY KEY,
+    packed BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS node (
     nid   INTEGER PRIMARY KEY,
     path  BLOB NOT NULL UNIQUE,
@@ -92,12 +97,13 @@ CREATE TABLE IF NOT EXISTS last_build (
     record BLOB NOT NULL
 );
 """
-SCHEMA_VERSION = "10"
-ENTRY_TABLES = ("entry", "node", "member", "dirty")
+SCHEMA_VERSION = "11"
+ENTRY_TABLES = ("entry", "body", "node", "member", "dirty")
 
-_ROW_COLUMNS = ", ".join(Row._fields)
-_INSERT = (f"INSERT INTO entry ({_ROW_COLUMNS}, winner) "
-           f"VALUES ({', '.join('?' * (len(Row._fields) + 1))})")
+_PACKED = Row._fields.index("packed")
+_COLUMNS = [name for name in Row._fields if name != "packed"]
+_INSERT = (f"INSERT INTO entry ({', '.join(_COLUMNS)}, winner) "
+           f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})")
 # (rid, winner, nodes, undated, neg_stamp, id) of a row, to take it out of its nodes
 _OLD = "SELECT rid, winner, nodes, undated, neg_stamp, id FROM entry"
 # A member: (node, undated, stamp, id, rid); a node's feed reads them in key order.
@@ -249,9 +255,12 @@ class SQLiteStore:
             for row in rows:
                 self._take_out(self.db.execute(f"{_OLD} WHERE key=? AND root=?",
                                                (row.key, row.root)).fetchone(), changes)
-                rid = self.db.execute(_INSERT, (*row, int(row.id is not None))).lastrowid
+                rid = self.db.execute(_INSERT, (*row[:_PACKED], *row[_PACKED + 1:],
+                                                int(row.id is not None))).lastrowid
+                assert rid is not None
+                if row.packed is not None:
+                    self.db.execute("INSERT INTO body VALUES (?, ?)", (rid, row.packed))
                 if row.id is not None:
-                    assert rid is not None
                     self._members(changes, rid, row.nodes, row.undated, row.neg_stamp,
                                   row.id, +1)
             self._apply(changes)
@@ -272,6 +281,7 @@ class SQLiteStore:
         if winner:
             self._members(changes, rid, nodes, undated, neg_stamp, sid, -1)
         self.db.execute("DELETE FROM entry WHERE rid=?", (rid,))
+        self.db.execute("DELETE FROM body WHERE rid=?", (rid,))
 
     def _members(self, changes: _Members, rid: int, nodes: bytes, undated: int,
                  neg_stamp: float, sid: bytes, change: int) -> None:
@@ -323,11 +333,13 @@ class SQLiteStore:
         links = [row[0] for row in self.db.execute(
             "SELECT link FROM entry WHERE link IS NOT NULL GROUP BY link HAVING count(*) > 1")]
         found: dict[int, tuple[int, bytes, bytes, int, int, bytes]] = {}
-        select = "SELECT rid, key, root, seq, winner, packed FROM entry WHERE {column} IN ({marks})"
+        select = ("SELECT e.rid, key, root, seq, winner, packed FROM entry e JOIN body b "
+                  "ON b.rid = e.rid WHERE {column} IN ({marks})")
         for column, values in (("id", ids), ("link", links)):
             for row in _rows_in(self.db, select.replace("{column}", column), values):
                 found[row[0]] = row
-        for row in self.db.execute("SELECT rid, key, root, seq, winner, packed FROM entry "
+        for row in self.db.execute("SELECT e.rid, key, root, seq, winner, packed FROM entry e "
+                                   "JOIN body b ON b.rid = e.rid "
                                    "WHERE winner=0 AND id IS NOT NULL"):
             found[row[0]] = row
         return list(found.values())
@@ -365,9 +377,7 @@ class SQLiteStore:
 
     def packed(self, rids: list[int]) -> dict[int, tuple[bytes, str | None, int | None]]:
         """rid → (packed entry, probed type, probed length)."""
-        return {rid: (packed, mime, length) for rid, packed, mime, length in _rows_in(
-            self.db, "SELECT rid, packed, probe_mime, probe_len FROM entry "
-                     "WHERE rid IN ({marks})", rids)}
+        return packed_rows(self.db, rids)
 
     # -- what a build reports --------------------------------------------------------
 
@@ -494,6 +504,14 @@ class SQLiteStore:
             if record is not None:
                 self.db.execute("INSERT INTO last_build VALUES (1, ?)",
                                 (pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL),))
+
+
+def packed_rows(db: sqlite3.Connection, rids: list[int]
+                ) -> dict[int, tuple[bytes, str | None, int | None]]:
+    """rid → (packed entry, probed type, probed length)."""
+    return {rid: (packed, mime, length) for rid, packed, mime, length in _rows_in(
+        db, "SELECT b.rid, packed, probe_mime, probe_len FROM body b JOIN entry e "
+            "ON e.rid = b.rid WHERE b.rid IN ({marks})", rids)}
 
 
 class _Members:
