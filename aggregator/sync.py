@@ -53,8 +53,7 @@ _BATCH = 500  # rows a transaction
 def forget_if_settings_changed(config: Config, store: EntryStore) -> None:
     """Every entry goes when what shapes an entry read from a post changed; every
     node's feeds are planned again when the config changed."""
-    if store.invalidate_if_changed("read", read_fingerprint(config), *ENTRY_TABLES):
-        store.set_meta("upstream", None)
+    store.invalidate_if_changed("read", read_fingerprint(config), *ENTRY_TABLES)
     if store.meta("config") != (printed := fingerprint_of(repr(config))):
         store.mark_dirty()
         store.set_meta("config", printed)

@@ -198,14 +198,17 @@ class SQLiteStore:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
 
     def invalidate_if_changed(self, name: str, fingerprint: str, *tables: str) -> bool:
-        """Forget `tables` when the settings they depend on changed; True if they were
-        (or could not be: then they read as empty)."""
+        """Forget `tables` when the settings they depend on changed (the entry tables:
+        with what the syncs recorded of them); True if they were (or could not be: then
+        they read as empty)."""
         if self.meta(name) == fingerprint:
             return False
         try:
             with self.db:
                 for table in tables:
                     self.db.execute(f"DELETE FROM {table}")  # noqa: S608 (fixed names)
+                if "entry" in tables:
+                    self.db.execute("DELETE FROM meta WHERE key IN ('upstream', 'probes')")
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, fingerprint))
         except sqlite3.OperationalError as exc:
             self.write_failed(exc)
