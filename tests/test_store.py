@@ -1,0 +1,108 @@
+"""The entry store on real SQLite: a node's feed is a query in model.sort_key's order,
+members follow upserts, deletes and merges, and a failed batch leaves the old rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from aggregator.model import Entry, sort_key
+from aggregator.store.rows import Row, encode, entry_row, unpack_entry
+from aggregator.store.sqlite import SQLiteStore
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _entry(n: int, category: tuple[str, ...], *, dated: bool = True,
+           more: tuple[tuple[str, ...], ...] = (), minutes: int | None = None) -> Entry:
+    when = T0 + timedelta(minutes=n if minutes is None else minutes)
+    return Entry(id=f"id-{n:03d}", title=f"T{n}", link=f"https://x.example/{n}",
+                 author=None, published=when if dated else None, updated=when,
+                 category=category, tags=(), html=f"<p>{n}</p>", summary="", image=None,
+                 source=f"p{n}.md", more_categories=more)
+
+
+def _row(entry: Entry, n: int) -> Row:
+    return entry_row(encode(entry.source), b"/posts", 0, (n, n, n), f"c{n}", entry, (), ())
+
+
+def _feed_ids(store: SQLiteStore, names: tuple[str, ...], limit: int = 0) -> list[str]:
+    nid = {names_: nid for nid, names_, _count in store.nodes()}[names]
+    rows = store.packed([rid for rid, *_ in store.feed(nid, limit)])
+    return [unpack_entry(rows[rid][0]).id for rid, *_ in store.feed(nid, limit)]
+
+
+def test_a_nodes_feed_is_its_own_and_its_descendants_entries_in_sort_key_order(
+        tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    entries = [_entry(n, ("A", "B") if n % 2 else ("A",), dated=n % 5 != 0,
+                      minutes=(n * 37) % 11) for n in range(30)]
+    entries.append(_entry(30, ("C",), more=(("A", "B"),)))  # in two paths: once each
+    store.upsert(_row(e, n) for n, e in enumerate(entries))
+    for names, members in ((("A",), [e for e in entries if e.category[0] == "A"
+                                     or e.more_categories]),
+                           (("A", "B"), [e for e in entries if e.category == ("A", "B")
+                                         or e.more_categories]),
+                           ((), entries)):
+        expected = [e.id for e in sorted(members, key=sort_key)]
+        assert _feed_ids(store, names) == expected
+        assert _feed_ids(store, names, 5) == expected[:5]
+    counts = {names: count for _nid, names, count in store.nodes()}
+    assert counts[()] == 31 and counts[("C",)] == 1
+    store.close()
+
+
+def test_upserts_and_deletes_move_members_and_dirty_their_nodes(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    store.upsert([_row(_entry(1, ("A", "B")), 1), _row(_entry(2, ("C",)), 2)])
+    nids = {names: nid for nid, names, _ in store.nodes()}
+    store.clear_dirty(store.dirty())
+    store.upsert([_row(_entry(1, ("C", "D")), 1)])  # moved: out of A/B, into C/D
+    counts = {names: count for _nid, names, count in store.nodes()}
+    assert ("A",) not in counts and counts[("C",)] == 2 and counts[("C", "D")] == 1
+    assert {nids[("A",)], nids[("A", "B")], nids[()], nids[("C",)]} <= store.dirty()
+    store.delete([(encode("p2.md"), b"/posts")])
+    assert _feed_ids(store, ("C",)) == ["id-001"]
+    store.close()
+
+
+def test_a_merged_entry_leaves_every_feed_and_comes_back(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    store.upsert([_row(_entry(1, ("A",)), 1), _row(_entry(2, ("A",)), 2)])
+    assert store.duplicates() == []  # nothing shared
+    rids = {row[1]: row[0] for row in store.db.execute("SELECT rid, key FROM entry")}
+    store.set_winners({rids[encode("p2.md")]: False})
+    assert _feed_ids(store, ()) == ["id-001"]
+    assert [row[0] for row in store.duplicates()] == [rids[encode("p2.md")]]  # a loser
+    store.set_winners({rids[encode("p2.md")]: True})
+    assert _feed_ids(store, ()) == ["id-002", "id-001"]
+    store.close()
+
+
+def test_a_batch_that_fails_half_way_leaves_the_old_rows(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    store.upsert([_row(_entry(1, ("A",)), 1)])
+
+    def rows() -> object:
+        yield _row(_entry(1, ("B",)), 1)
+        raise RuntimeError("killed")
+    with pytest.raises(RuntimeError):
+        store.upsert(rows())  # type: ignore[arg-type]
+    store.close()
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    assert {names for _nid, names, _ in store.nodes()} == {(), ("A",)}
+    assert _feed_ids(store, ("A",)) == ["id-001"]
+    store.close()
+
+
+def test_settings_that_change_entries_forget_them(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    assert store.invalidate_if_changed("read", "one", "entry", "body", "node", "member")
+    store.upsert([_row(_entry(1, ("A",)), 1)])
+    store.set_meta("upstream", "g1")
+    assert not store.invalidate_if_changed("read", "one", "entry", "body", "node", "member")
+    assert store.invalidate_if_changed("read", "two", "entry", "body", "node", "member")
+    assert store.nodes() == [] and store.meta("upstream") is None
+    store.close()
