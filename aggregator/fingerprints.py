@@ -1,6 +1,6 @@
-"""The fingerprints that say when cached work is still valid: every setting and
+"""The fingerprints that say when stored work is still valid: every setting and
 library version that shapes a stage's output is in its fingerprint, so changing one
-invalidates exactly that stage's cache.
+invalidates exactly what that stage stored.
 
 Kept apart from render.py, which imports the renderers: a build that finds nothing
 changed needs these, and not the ~0.15 s of imports behind them.
@@ -23,8 +23,8 @@ from aggregator.sanitize import SANITIZER_VERSION
 def version(package: str) -> str:
     """An installed package's version, as importlib.metadata finds it: the first
     distribution of that name on sys.path. Read from the names of the `.dist-info`
-    folders (PEP 427: `{name}-{version}.dist-info`); importing importlib.metadata alone
-    took ~50 ms of every run, a third of an up-to-date build's imports."""
+    folders (PEP 427: `{name}-{version}.dist-info`): importing importlib.metadata costs
+    ~50 ms, a third of an up-to-date build's imports."""
     found = _dist_info_versions().get(_normalised(package))
     if found is None:  # an egg-info or zipped install: ask the slow way
         from importlib import metadata

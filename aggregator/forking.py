@@ -48,8 +48,8 @@ def map_inherited(function: Callable[[Shared, Task], Result], shared: Shared,
                   tasks: list[Task], workers: int) -> Iterator[Result]:
     """function(shared, task) for each task, in forked worker processes, results in
     order as they come. `shared` is not pickled to the workers: they are forked after
-    it is set, so they have it (sending each chunk's posts or entries was ~1.6 s of
-    the parent's CPU in a 100k build); tasks should be small (ranges into it)."""
+    it is set, so they have it (sending each chunk's posts would cost the parent
+    ~1.6 s of CPU at 100k posts); tasks should be small (ranges into it)."""
     from concurrent.futures import ProcessPoolExecutor  # (~20 ms, for builds that fork)
 
     global _inherited

@@ -224,10 +224,9 @@ _NOTHING = pack_render(b"")  # the render of an entry left out
 
 
 class _Renders:
-    """Packed renders by key, kept in the store as they are made and read back
-    a subtree at a time (a cold 100k build held 30k renders, ~100 MB, from render to
-    write). Those the cache could not keep (disk full, a table it could not clear)
-    are held here instead."""
+    """Packed renders by key, kept in the store as they are made and read back a
+    subtree at a time (30k renders are ~100 MB at 100k posts). Those the store could
+    not keep (disk full, a table it could not clear) are held here instead."""
 
     def __init__(self, store: EntryStore) -> None:
         self.cache = store
@@ -271,9 +270,8 @@ class _SubtreeRenders:
     order, the root's first, then one top-level subtree after the other. The packed
     renders of the root's feeds, then of each subtree's, are fetched when it starts
     and dropped when it ends. Within a subtree each render is unpacked once and kept,
-    up to a budget; the root's are unpacked as they are written. That halves the
-    unpacking of a full rewrite (2.6 GB at 100k posts) while holding one subtree's
-    renders, not all of them."""
+    up to a budget; the root's are unpacked as they are written: a full rewrite
+    unpacks about half as much, holding one subtree's renders, not all of them."""
 
     BUDGET = 128 << 20  # bytes kept unpacked at most
 
