@@ -26,6 +26,7 @@ from aggregator.state.last_build import LastBuild, inputs_print, published_files
 from aggregator.state.store import Clock, StateStore, StateUnusable, utc_now
 from aggregator.store import EntryStore, open_store
 from aggregator.store.rows import decode
+from aggregator.store.sqlite import SQLiteStore
 
 # The stages' modules (reading, merging, planning, rendering) are imported where they
 # are used: a build that finds nothing changed (most runs of a build timer) needs none
@@ -132,8 +133,23 @@ class Builder:
                     return report
                 found_after_walk = len(report.problems.items)
                 store.store_last_build(None)  # not up to date until this one completes
-                generation = self._sync(config, state, store, report, found, updates,
-                                        extra, workers)
+                try:
+                    generation = self._sync(config, state, store, report, found, updates,
+                                            extra, workers)
+                except sqlite3.OperationalError as exc:  # disk full, read-only, locked
+                    if store.file is None:
+                        raise
+                    log.warning("%s: entry store not writable (%s); this build reads every "
+                                "post into memory", store.file, exc)
+                    store.close()
+                    store = self._store = SQLiteStore(None)
+                    del report.problems.items[found_after_walk:]
+                    report.rendered = 0
+                    if found is None:  # (a session's changed paths: every post instead)
+                        found, updates = self._discover(config, None, report.problems)
+                        found_after_walk = len(report.problems.items)
+                    generation = self._sync(config, state, store, report, found, updates,
+                                            extra, workers)
             finally:
                 state.close()
             from aggregator.publish.plan import publish

@@ -211,6 +211,8 @@ class SQLiteStore:
                     self.db.execute("DELETE FROM meta WHERE key IN ('upstream', 'probes')")
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, fingerprint))
         except sqlite3.OperationalError as exc:
+            if "entry" in tables:
+                raise  # entries the settings no longer make: the store is unusable
             self.write_failed(exc)
             self._stale.update(tables)
         self._nids = None
@@ -426,6 +428,7 @@ class SQLiteStore:
         with self.db:
             self.db.execute("INSERT OR IGNORE INTO dirty SELECT nid FROM node")
 
+    @_disposable
     def clear_dirty(self, nids: Iterable[int]) -> None:
         with self.db:
             self.db.executemany("DELETE FROM dirty WHERE nid=?", [(nid,) for nid in nids])
