@@ -63,20 +63,53 @@ def walk_changes(store: EntryStore, posts: list[PostFile]
                  ) -> tuple[list[PostFile], list[str | None], list[PostKey]]:
     """(the posts whose file is not the one stored, the digest of the bytes each was
     read from if known, the stored posts no longer found): the walk compared with the
-    stored identities."""
-    stored = {(key, root): (size, mtime, inode) for key, root, size, mtime, inode
-              in store.post_identities()}
-    had_rows = bool(stored)
+    stored identities. Both come in post order, so they are merged as they come: no
+    map of every post is made."""
+    rows = store.post_identities()
     roots: dict[Path, bytes] = {}
     changed: list[PostFile] = []
+    known: list[str | None] = []
+    gone: list[PostKey] = []
+    row = next(rows, None)
+    last: PostKey | None = None
     for post in posts:
         root = roots.get(post.root)
         if root is None:
             root = roots[post.root] = encode(str(post.root))
-        if stored.pop((encode(post.rel), root), None) != post.identity:
+        key = (encode(post.rel), root)
+        if last is not None and key <= last:  # (not in post order: compare by key)
+            return _changes_by_key(store, posts)
+        last = key
+        while row is not None and (row[0], row[1]) < key:
+            gone.append((row[0], row[1]))
+            row = next(rows, None)
+        if row is not None and (row[0], row[1]) == key:
+            if (row[2], row[3], row[4]) != post.identity:
+                changed.append(post)
+                known.append(row[5])
+            row = next(rows, None)
+        else:
             changed.append(post)
-    known = store.post_contents([post_key(post) for post in changed]) if had_rows else {}
-    return changed, [known.get(post_key(post)) for post in changed], list(stored)
+            known.append(None)
+    while row is not None:
+        gone.append((row[0], row[1]))
+        row = next(rows, None)
+    return changed, known, gone
+
+
+def _changes_by_key(store: EntryStore, posts: list[PostFile]
+                    ) -> tuple[list[PostFile], list[str | None], list[PostKey]]:
+    """walk_changes for posts in any order."""
+    stored = {(key, root): (size, mtime, inode, content) for key, root, size, mtime, inode,
+              content in store.post_identities()}
+    changed: list[PostFile] = []
+    known: list[str | None] = []
+    for post in posts:
+        old = stored.pop(post_key(post), None)
+        if old is None or old[:3] != post.identity:
+            changed.append(post)
+            known.append(old[3] if old is not None else None)
+    return changed, known, list(stored)
 
 
 def post_key(post: PostFile) -> PostKey:

@@ -221,10 +221,12 @@ class SQLiteStore:
 
     # -- post files ----------------------------------------------------------------
 
-    def post_identities(self) -> Iterator[tuple[bytes, bytes, int, int, int]]:
-        """(key, root, size, mtime_ns, inode) of every post file's row."""
+    def post_identities(self) -> Iterator[tuple[bytes, bytes, int, int, int, str]]:
+        """(key, root, size, mtime_ns, inode, content digest) of every post file's row,
+        in post order (key, root)."""
         yield from self.db.execute(
-            "SELECT key, root, size, mtime_ns, inode FROM entry WHERE root != x''")
+            "SELECT key, root, size, mtime_ns, inode, content FROM entry "
+            "WHERE root != x'' ORDER BY key, root")
 
     def post_contents(self, keys: list[tuple[bytes, bytes]]) -> dict[tuple[bytes, bytes], str]:
         """(key, root) → the digest of the bytes its row was read from."""
