@@ -205,7 +205,8 @@ class Builder:
         sync.replay_problems(store, report.problems)
         sync.merge(config, store, state, report.problems)
         report.posts_read, report.entries, report.linkless = store.counts()
-        report.unknown_images = store.unknown_images()
+        if not self.persistent:  # for `fetch` and the last build's record: a session
+            report.unknown_images = store.unknown_images()  # has no use for them
         return generation
 
     def _unchanged_since_last_build(self, config: Config, walk: str, state: StateStore,

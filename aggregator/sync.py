@@ -294,6 +294,7 @@ def merge(config: Config, store: EntryStore, state: StateStore, problems: Proble
     share one: the others are published as they are)."""
     rows = store.duplicates()
     if not rows:
+        store.set_winners({})
         return
     # in the order a build meets them: posts in post order, then upstream entries
     rows.sort(key=lambda row: (0, row[1], row[2], 0) if row[2] else (1, b"", b"", row[3]))

@@ -71,7 +71,9 @@ def test_upserts_and_deletes_move_members_and_dirty_their_nodes(tmp_path: Path) 
 def test_a_merged_entry_leaves_every_feed_and_comes_back(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "store.sqlite")
     store.upsert([_row(_entry(1, ("A",)), 1), _row(_entry(2, ("A",)), 2)])
-    assert store.duplicates() == []  # nothing shared
+    assert {row[0] for row in store.duplicates()} == {1, 2}  # put in, not merged yet
+    store.set_winners({})
+    assert store.duplicates() == []  # merged, and nothing shared
     rids = {row[1]: row[0] for row in store.db.execute("SELECT rid, key FROM entry")}
     store.set_winners({rids[encode("p2.md")]: False})
     assert _feed_ids(store, ()) == ["id-001"]

@@ -81,6 +81,9 @@ CREATE TABLE IF NOT EXISTS member (
     PRIMARY KEY (nid, undated, neg_stamp, sid, rid)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dirty (nid INTEGER PRIMARY KEY);
+-- entries put in since duplicates were last merged (with the change that put them in)
+CREATE TABLE IF NOT EXISTS unmerged (rid INTEGER PRIMARY KEY);
+CREATE INDEX IF NOT EXISTS entry_loser ON entry (rid) WHERE winner = 0 AND id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS rendered (
     key  TEXT PRIMARY KEY,
     atom BLOB NOT NULL,
@@ -98,9 +101,12 @@ CREATE TABLE IF NOT EXISTS last_build (
 );
 """
 SCHEMA_VERSION = "11"
-ENTRY_TABLES = ("entry", "body", "node", "member", "dirty")
+ENTRY_TABLES = ("entry", "body", "node", "member", "dirty", "unmerged")
 
 _PACKED = Row._fields.index("packed")
+# entries merged away or put in, above which duplicates are found by grouping every id
+# and link instead of following theirs
+_FOLLOW_AT_MOST = 2000
 _COLUMNS = [name for name in Row._fields if name != "packed"]
 _INSERT = (f"INSERT INTO entry ({', '.join(_COLUMNS)}, winner) "
            f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})")
@@ -268,6 +274,8 @@ class SQLiteStore:
                 if row.packed is not None:
                     self.db.execute("INSERT INTO body VALUES (?, ?)", (rid, row.packed))
                 if row.id is not None:
+                    self.db.execute("INSERT OR IGNORE INTO unmerged VALUES (?)", (rid,))
+                if row.id is not None:
                     self._members(changes, rid, row.nodes, row.undated, row.neg_stamp,
                                   row.id, +1)
             self._apply(changes)
@@ -333,27 +341,48 @@ class SQLiteStore:
             self.db.executemany("UPDATE entry SET seq=? WHERE key=? AND root=x''", seqs)
 
     def duplicates(self) -> list[tuple[int, bytes, bytes, int, int, bytes]]:
-        """(rid, key, root, seq, winner, packed) of every entry that shares its id or
-        its link with another, and of every entry merged away until now."""
-        ids = [row[0] for row in self.db.execute(
-            "SELECT id FROM entry WHERE id IS NOT NULL GROUP BY id HAVING count(*) > 1")]
-        links = [row[0] for row in self.db.execute(
-            "SELECT link FROM entry WHERE link IS NOT NULL GROUP BY link HAVING count(*) > 1")]
-        found: dict[int, tuple[int, bytes, bytes, int, int, bytes]] = {}
-        select = ("SELECT e.rid, key, root, seq, winner, packed FROM entry e JOIN body b "
-                  "ON b.rid = e.rid WHERE {column} IN ({marks})")
-        for column, values in (("id", ids), ("link", links)):
-            for row in _rows_in(self.db, select.replace("{column}", column), values):
-                found[row[0]] = row
-        for row in self.db.execute("SELECT e.rid, key, root, seq, winner, packed FROM entry e "
-                                   "JOIN body b ON b.rid = e.rid "
-                                   "WHERE winner=0 AND id IS NOT NULL"):
-            found[row[0]] = row
-        return list(found.values())
+        """(rid, key, root, seq, winner, packed) of every entry that may share its id or
+        its link with another: every such group holds an entry merged away until now
+        or one put in since (set_winners forgets those); a few are followed through
+        their ids and links, many are found by grouping every id and link."""
+        seeds = [rid for (rid,) in self.db.execute(
+            "SELECT rid FROM unmerged UNION SELECT rid FROM entry "
+            "WHERE winner = 0 AND id IS NOT NULL")]
+        if len(seeds) > _FOLLOW_AT_MOST:
+            shared_ids = [row[0] for row in self.db.execute(
+                "SELECT id FROM entry WHERE id IS NOT NULL GROUP BY id HAVING count(*) > 1")]
+            shared_links = [row[0] for row in self.db.execute(
+                "SELECT link FROM entry WHERE link IS NOT NULL GROUP BY link "
+                "HAVING count(*) > 1")]
+            found = self._rows_where("id", shared_ids) | self._rows_where("link", shared_links)
+            found |= self._rows_where("e.rid", [rid for (rid,) in self.db.execute(
+                "SELECT rid FROM entry WHERE winner = 0 AND id IS NOT NULL")])
+            return [row[:6] for row in found.values()]
+        found = self._rows_where("e.rid", seeds)
+        ids: set[bytes] = set()
+        links: set[bytes] = set()
+        new = dict(found)
+        while new:  # the groups of what was found, until they hold nothing more
+            new_ids = {row[6] for row in new.values()} - ids
+            new_links = {row[7] for row in new.values() if row[7] is not None} - links
+            ids |= new_ids
+            links |= new_links
+            more = self._rows_where("id", list(new_ids)) | self._rows_where(
+                "link", list(new_links))
+            new = {rid: row for rid, row in more.items() if rid not in found}
+            found.update(new)
+        return [row[:6] for row in found.values()]
+
+    def _rows_where(self, column: str, values: list[Any]) -> dict[int, tuple[Any, ...]]:
+        select = ("SELECT e.rid, key, root, seq, winner, packed, id, link FROM entry e "
+                  f"JOIN body b ON b.rid = e.rid WHERE {column} IN ({{marks}})")
+        return {row[0]: row for row in _rows_in(self.db, select, values)}
 
     def set_winners(self, winners: dict[int, bool]) -> None:
-        """Publish (True) or merge away (False) these entries; in one transaction."""
+        """Publish (True) or merge away (False) these entries; in one transaction, which
+        also forgets which entries were put in since the last merge."""
         with self.db:
+            self.db.execute("DELETE FROM unmerged")
             changes = _Members()
             for rid, winner in winners.items():
                 old = self.db.execute(f"{_OLD} WHERE rid=?", (rid,)).fetchone()
