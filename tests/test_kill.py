@@ -60,7 +60,7 @@ def _kill_loop(tmp_path: Path, kills: int) -> None:
         # change a few posts so the build has real writes to do
         for post in rng.sample(posts, 5):
             post.write_text(post.read_text().replace("text.", f"text {round_}."))
-        if round_ % 4 == 3:  # a cold build: the store lost
+        if round_ % 4 == 1:  # a cold build: the store lost
             for cache in (tmp_path / "state").glob("*.cache*"):
                 cache.unlink()
         proc = _build(config)
