@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import multiprocessing.context
+import os
+import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -36,6 +40,20 @@ def chunk_ranges(count: int, workers: int, largest: int) -> list[tuple[int, int]
     return [(i, min(i + size, count)) for i in range(0, count, size)]
 
 
+def _die_with_parent(parent: int) -> None:
+    """A worker ends when the build that forked it is killed: left running, it would
+    hold the build lock it inherited (an flock is the open file's, which the fork
+    shares) and keep the next build waiting for work nobody reads."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # killed before the line above
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 # What map_inherited's workers inherit: set while they are forked, never sent.
 _inherited: Any = None
 
@@ -55,7 +73,8 @@ def map_inherited(function: Callable[[Shared, Task], Result], shared: Shared,
     global _inherited
     _inherited = shared
     try:
-        pool = ProcessPoolExecutor(workers, mp_context=pool_context())
+        pool = ProcessPoolExecutor(workers, mp_context=pool_context(),
+                                   initializer=_die_with_parent, initargs=(os.getpid(),))
         try:
             # submits every task, and with fork, starts every worker at the first
             # submit (no process is forked after the pool's manager thread starts):

@@ -54,3 +54,49 @@ def test_chunk_ranges_cover_every_item_once_in_bounded_chunks(count: int) -> Non
     assert [i for start, stop in ranges for i in range(start, stop)] == list(range(count))
     assert all(0 < stop - start <= 250 for start, stop in ranges)
     assert len(ranges) >= min(count, 8)  # a few a worker, to even out the load
+
+
+_SLOW_WORKERS = """
+import os, sys, time
+from aggregator.forking import map_inherited
+
+def task(shared, n):
+    print(os.getpid(), flush=True)
+    time.sleep(60)
+    return n
+
+for _ in map_inherited(task, None, [1, 2], 2):
+    pass
+"""
+
+
+def test_workers_end_when_the_build_that_forked_them_is_killed() -> None:
+    """A killed build's workers must not live on: they hold the build lock's open
+    file (inherited by the fork), and the next build would wait for them."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WORKERS], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    workers = [int(proc.stdout.readline()) for _ in range(2)]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [pid for pid in workers if _running(pid)]
+    for pid in alive:  # (cleanup when the test fails)
+        os.kill(pid, signal.SIGKILL)
+    assert alive == []
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
