@@ -19,7 +19,7 @@ from aggregator.config import Config
 from aggregator.fingerprints import fingerprint_of, read_fingerprint, render_fingerprint
 from aggregator.model import Entry, Image
 from aggregator.problems import Problem, ProblemLog
-from aggregator.publish.atomic import Publisher
+from aggregator.publish.atomic import Publisher, PublishError
 from aggregator.report import BuildReport
 from aggregator.sources.walk import PostFile, Walk, rediscover, walk_posts
 from aggregator.state.cache import BuildCache, CacheIncomplete
@@ -258,8 +258,10 @@ class Builder:
                     self._save_session(config)
             if walk is not None:
                 self._remember_build(config, walk, generation, report, found_after_walk)
-        except BaseException:
+        except BaseException as exc:
             self.close()  # after a failure, trust nothing kept in memory
+            if isinstance(exc, PublishError):  # the caller reports the inputs' problems too
+                exc.found = tuple(report.problems.items)
             raise
         if not self.persistent:
             self.close()  # a one-off build: release the cache file

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Protocol
 
 from aggregator import nofollow
+from aggregator.problems import Problem
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,11 @@ class Parts:
 
 
 class PublishError(Exception):
-    """Writing the output failed; what was there before is still there."""
+    """Writing the output failed; what was there before is still there. `found`: the
+    problems the build had found in its inputs by then (the build sets them), so the
+    command that reports the failure reports those too."""
+
+    found: tuple[Problem, ...] = ()
 
 
 class Record(Protocol):
