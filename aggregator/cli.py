@@ -325,7 +325,7 @@ def cmd_run(config: Config, problems: ProblemLog, args: argparse.Namespace) -> i
     from aggregator.service.runner import Service
 
     return Service(config, _load, quiet=args.debounce_ms / 1000,
-                   max_delay=args.max_delay_ms / 1000).run()
+                   max_delay=args.max_delay_ms / 1000, problems=problems.items).run()
 
 
 def _run_arguments(cmd: argparse.ArgumentParser) -> None:

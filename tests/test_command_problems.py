@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -160,3 +161,43 @@ def test_beyond_counts_each_problem() -> None:
     assert beyond([a, b, a, a], [a, b, a]) == [a]
     assert beyond([b, a], []) == [b, a]
     assert beyond([], [a]) == []
+
+
+def test_each_service_build_counts_what_loading_its_config_found(tmp_path: Path) -> None:
+    """`aggregator run`: the first build after each config load (at start, on SIGHUP)
+    counts the load's problems, told just before it, with its own."""
+    posts = tmp_path / "posts"
+    write_post(posts, "fine.md", "title: Fine\ncategories: [A]\ndate: not a date")
+    (posts / "empty.md").write_bytes(b"")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "content": {"dir": "posts"}, "images": {"probe": False},
+        "state": {"path": "state/s.sqlite"}, "upstream": [{"opml": "missing.opml"}]}),
+        encoding="utf-8")
+    service = subprocess.Popen([sys.executable, "-m", "aggregator", "run", "-c", str(config)],
+                               cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+
+    def build_line(number: int) -> str:
+        assert service.stderr is not None
+        for line in service.stderr:
+            lines.append(line)
+            if line.startswith(f"build #{number} "):
+                return line
+        raise AssertionError("".join(lines))
+
+    try:
+        told = 0
+        for number, then in [(1, "start"), (2, "config reloaded")]:
+            line = build_line(number)
+            assert f"({then})" in line
+            shown = Counter(m.group(2) for m in PROBLEM.finditer("".join(lines[told:])))
+            assert SUMMARY.findall(line) == [(str(shown["error"]), str(shown["warning"]))], \
+                "".join(lines)
+            assert shown["error"] == 2  # missing.opml and empty.md
+            told = len(lines)
+            if number == 1:
+                service.send_signal(signal.SIGHUP)  # (its handler is set before any build)
+    finally:
+        service.terminate()
+        service.communicate(timeout=60)
