@@ -355,7 +355,9 @@ def cmd_fetch(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
     code, report = _build(config, problems)
     if report is not None and report.unknown_images and _probe_post_images(config, report):
         # again with the probed types: the same inputs, so mostly the same problems
-        code, report = _build(config, problems, earlier=report)
+        first = report
+        code, report = _build(config, problems, earlier=first)
+        report = first.followed_by(report) if report is not None else None
     _summary(report, problems)
     if code == EXIT_OK and polled.failed:
         code = EXIT_SKIPPED

@@ -106,6 +106,10 @@ def test_fetch_json_and_text_report_the_poll_both_builds_and_the_defaults(
             (path, message, listed)
     # the second build ran: the probed type is published
     assert any(r.path == "/api/logo" for r, _ in httpserver.log)
+    # its counts are the command's: into an empty output dir, every file was written
+    files = [p for p in (tmp_path / "feeds").rglob("*") if p.is_file()]
+    assert (data["build"]["written"], data["build"]["unchanged"]) == (len(files), 0)
+    assert f": {len(files)} written, 0 unchanged," in err
     logo = [e for e in published(tmp_path).entries if e.title == "Logo"]
     assert [e.get("enclosures", [{}])[0].get("type") for e in logo] == ["image/png"]
 
