@@ -178,8 +178,8 @@ def _build(config: Config, problems: ProblemLog, earlier: BuildReport | None = N
         problems.error(*_split_where(f"{exc}; the previous feeds are kept"))
         return EXIT_PUBLISH, None
     except OSError as exc:  # the lock file (the build itself raises PublishError)
-        problems.error(str(exc.filename or lock.path), f"{exc.strerror or exc}; nothing "
-                                                       f"written")
+        problems.error(str(exc.filename or lock.path),
+                       f"{exc.strerror or exc} (the build lock: {lock.path}); nothing written")
         return EXIT_PUBLISH, None
     _take(problems, report.problems.items, earlier)
     if earlier is None:
@@ -202,7 +202,7 @@ def _summary(report: BuildReport | None, problems: ProblemLog) -> None:
     the whole command (those the exit code and --json count)."""
     counts = f"{len(problems.errors)} errors, {len(problems.warnings)} warnings"
     if report is None:
-        log.info("nothing published; %s", counts)
+        log.info("publishing failed; %s", counts)
     elif report.up_to_date:
         log.info("nothing changed since the last build (%d feeds, %d entries); checked in "
                  "%.2fs; %s", report.feeds, report.entries, report.seconds, counts)
