@@ -337,8 +337,8 @@ def _run_arguments(cmd: argparse.ArgumentParser) -> None:
 
 def cmd_fetch(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
     """Poll due (or all) upstream sources, store what they gave, then publish like build."""
-    from aggregator.pipeline import open_state_to_store
     from aggregator.sources.upstream.poll import PollReport, poll
+    from aggregator.state.open import open_state_to_store
     from aggregator.state.store import utc_now
 
     state = open_state_to_store(config, utc_now, problems, "polling")
@@ -388,8 +388,8 @@ def _waiting(polled: PollReport) -> str:
 def _probe_post_images(config: Config, report: BuildReport) -> int:
     """Probe the post images whose type the build could not tell (fetch may use the
     network, build may not); the number probed. Never fatal."""
-    from aggregator.pipeline import open_state
     from aggregator.sources.upstream.probe import probe_urls
+    from aggregator.state.open import open_state
     from aggregator.state.store import utc_now
 
     state = open_state(config, utc_now, ProblemLog(echo=False))

@@ -9,10 +9,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aggregator.config import Config
@@ -24,7 +22,8 @@ from aggregator.report import BuildReport
 from aggregator.sources.walk import PostFile, Walk, rediscover, walk_posts
 from aggregator.state.cache import BuildCache, CacheIncomplete
 from aggregator.state.last_build import LastBuild, inputs_print, published_files
-from aggregator.state.store import Clock, StateStore, StateUnusable, utc_now
+from aggregator.state.open import open_state
+from aggregator.state.store import Clock, StateStore, utc_now
 
 # The stages' modules are imported where they are used: a build that finds nothing
 # changed (most runs of a build timer) needs none of them, and they were ~0.15 s of
@@ -34,41 +33,9 @@ if TYPE_CHECKING:
     from aggregator.sources.read import ReadResult
     from aggregator.tree.categories import Node
 
-__all__ = ["BuildReport", "Builder", "build", "open_state", "open_state_to_store"]
+__all__ = ["BuildReport", "Builder", "build"]
 
 log = logging.getLogger(__name__)
-
-
-def open_state(config: Config, clock: Clock, problems: ProblemLog) -> StateStore:
-    """The state file, or an in-memory one if it cannot be opened (the build goes on).
-    A read-only state is opened (what it stores is published); its `read_only` says
-    why it cannot be written."""
-    try:
-        return StateStore(config.state_path, clock, problems)
-    except StateUnusable as exc:  # its stored entries are missing from this build
-        problems.error(str(config.state_path), f"state unusable ({exc}); using a temporary "
-                       "one: nothing stored in it is published and undated entries get "
-                       "new dates")
-    except (OSError, sqlite3.Error) as exc:  # busy: the next build has it again
-        problems.warn(str(config.state_path), f"state unusable ({exc}); using a temporary "
-                      "one, so undated entries may get new dates")
-    return StateStore(Path(":memory:"), clock, problems)
-
-
-def open_state_to_store(config: Config, clock: Clock, problems: ProblemLog,
-                        what: str) -> StateStore | None:
-    """The state, for a run that stores `what` (polled entries): None, with an error
-    saying so and what to do, when the state cannot be written. Polling into a state
-    that cannot keep the result would fetch everything again at every run."""
-    state = open_state(config, clock, problems)
-    if state.read_only is None:
-        return state
-    problems.error(str(config.state_path), f"state file cannot be written "
-                   f"({state.read_only}): {what} not done (nothing could be stored); what "
-                   "is stored is published. Make the file and its folder writable for this "
-                   "user (owner, mode, mount, free space) and run again")
-    state.close()
-    return None
 
 
 def merge_duplicates(entries: Iterable[Entry], problems: ProblemLog,

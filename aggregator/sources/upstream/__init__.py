@@ -14,9 +14,9 @@ if TYPE_CHECKING:
 def poll_sources(config: Config, sources: Sequence[UpstreamSource]) -> PollReport:
     """Poll exactly these sources now and store the results (the service's seam;
     it decides when, and rebuilds afterwards). Problems are logged as `url: message`."""
-    from aggregator.pipeline import open_state_to_store
     from aggregator.problems import ProblemLog
     from aggregator.sources.upstream.poll import PollReport, poll
+    from aggregator.state.open import open_state_to_store
     from aggregator.state.store import utc_now
 
     problems = ProblemLog()
