@@ -23,8 +23,8 @@ from aggregator.problems import ConfigError, Problem, ProblemLog, beyond
 from aggregator.publish.atomic import PublishError
 
 if TYPE_CHECKING:
+    from aggregator.fetch.poll import PollReport
     from aggregator.pipeline import BuildReport
-    from aggregator.sources.upstream.poll import PollReport
 
 log = logging.getLogger("aggregator")
 
@@ -337,7 +337,7 @@ def _run_arguments(cmd: argparse.ArgumentParser) -> None:
 
 def cmd_fetch(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
     """Poll due (or all) upstream sources, store what they gave, then publish like build."""
-    from aggregator.sources.upstream.poll import PollReport, poll
+    from aggregator.fetch.poll import PollReport, poll
     from aggregator.state.open import open_state_to_store
     from aggregator.state.store import utc_now
 
@@ -388,7 +388,7 @@ def _waiting(polled: PollReport) -> str:
 def _probe_post_images(config: Config, report: BuildReport) -> int:
     """Probe the post images whose type the build could not tell (fetch may use the
     network, build may not); the number probed. Never fatal."""
-    from aggregator.sources.upstream.probe import probe_urls
+    from aggregator.fetch.probe import probe_urls
     from aggregator.state.open import open_state
     from aggregator.state.store import utc_now
 

@@ -121,7 +121,7 @@ def test_poll_outcomes_are_read_loosely() -> None:
     assert _outcomes(None, source) == {source.url: "ok"}
     assert _outcomes({source.url: "failed"}, source) == {source.url: "failed"}
 
-    class Report:  # the shape of sources.upstream.poll.PollReport
+    class Report:  # the shape of fetch.poll.PollReport
         def __init__(self, failed: list[str], not_modified: int, fetched: int) -> None:
             self.due, self.failed = 1, failed
             self.not_modified, self.fetched = not_modified, fetched
@@ -142,7 +142,7 @@ def test_poll_job_without_poll_sources_warns_once(monkeypatch: pytest.MonkeyPatc
     source = UpstreamSource(url="https://a.example/f.xml", category=())
     requests: list[str] = []
     scheduler = PollScheduler(lambda: None, ServiceStats(), requests.append)  # type: ignore[arg-type,return-value]
-    monkeypatch.setitem(sys.modules, "aggregator.sources.upstream", types.ModuleType("empty"))
+    monkeypatch.setitem(sys.modules, "aggregator.fetch", types.ModuleType("empty"))
     scheduler._poll(source)
     scheduler._poll(source)
     assert [r.message for r in caplog.records].count(
@@ -151,7 +151,7 @@ def test_poll_job_without_poll_sources_warns_once(monkeypatch: pytest.MonkeyPatc
 
     fake = types.ModuleType("fake")
     fake.poll_sources = lambda config, sources: {s.url: "fetched" for s in sources}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "aggregator.sources.upstream", fake)
+    monkeypatch.setitem(sys.modules, "aggregator.fetch", fake)
     scheduler._poll(source)
     assert requests == [f"poll {source.url}"]
     assert scheduler.stats.health()["failing_sources"] == []
