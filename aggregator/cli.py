@@ -140,6 +140,10 @@ def _load(path: Path, problems: ProblemLog) -> Config | None:
         for line in str(exc).splitlines():
             problems.error(*_split_where(line))
         return None
+    if config.opml_files:  # its module (and lxml) imported only then
+        from aggregator.sources.upstream.opml import with_opml_sources
+
+        config = with_opml_sources(config, problems)
     missing = [d for d in config.content_dirs if not d.is_dir()]
     if missing:
         for folder in missing:
