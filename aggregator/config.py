@@ -17,8 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from aggregator.hexo_site import HexoSite, load_hexo_site
 from aggregator.problems import ConfigError, ProblemLog
-from aggregator.sources.hexo_site import HexoSite, load_hexo_site
 
 try:  # libyaml is ~10x faster; fall back silently where it is not compiled in
     from yaml import CSafeLoader as SafeLoader
