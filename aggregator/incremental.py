@@ -28,7 +28,8 @@ from typing import Any, BinaryIO
 
 from aggregator.model import Entry, Image
 from aggregator.problems import Problem
-from aggregator.sources.walk import PostFile, split_source
+from aggregator.source_keys import split_source
+from aggregator.sources.walk import PostFile
 from aggregator.state.cache import BlobRecords, CacheIncomplete
 from aggregator.state.probes import unknown_image
 from aggregator.tree.categories import Node

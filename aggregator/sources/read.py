@@ -17,9 +17,10 @@ from aggregator.forking import PARALLEL_THRESHOLD, can_fork, chunk_ranges, map_i
 from aggregator.model import Entry, changed
 from aggregator.problems import Problem, ProblemLog
 from aggregator.report import BuildReport
+from aggregator.source_keys import split_source
 from aggregator.sources.content import PostReader
 from aggregator.sources.linked_posts import slug_of
-from aggregator.sources.walk import PostFile, discover, display, post_of_source, split_source
+from aggregator.sources.walk import PostFile, discover, display, post_of_source
 from aggregator.state.cache import (
     BuildCache,
     CachedPost,

@@ -43,7 +43,7 @@ import lz4.block
 
 from aggregator.model import Entry, changed
 from aggregator.problems import Problem
-from aggregator.sources.walk import source_key
+from aggregator.source_keys import source_key
 from aggregator.state.last_build import LastBuild
 
 log = logging.getLogger(__name__)
