@@ -156,7 +156,14 @@ def _build_each(codes: list[Code], sites: dict[Code, Path], scenario: str, posts
         results.append(Result(scenario, posts, round(wall, 3), round(cpu, 3), round(rss, 1),
                               round(posts / wall, 1), feeds, size, "", *speed,
                               code=code.label))
+        progress(f"{scenario}, {posts} posts, {code.label or 'code'}: {wall:.2f} s, "
+                 f"{rss:.0f} MB")
     return results
+
+
+def progress(message: str) -> None:
+    """A line on stderr as each figure is taken: a 100k comparison runs for many minutes."""
+    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
 def build_scenarios(work: Path, posts: int, codes: list[Code], max_items_values: list[int],
@@ -215,8 +222,8 @@ def build_scenarios(work: Path, posts: int, codes: list[Code], max_items_values:
 
 def hugo_available() -> bool:
     if not (SHARED_BENCH / "peer_hugo").exists() or shutil.which("hugo") is None:
-        print("bench: hugo or ../shared/bench/peer_hugo absent: the Hugo row is skipped "
-              "(Debian: apt-get install hugo)", file=sys.stderr)
+        progress("hugo or ../shared/bench/peer_hugo absent: the Hugo row is skipped "
+                 "(Debian: apt-get install hugo)")
         return False
     return True
 
@@ -228,6 +235,7 @@ def hugo_scenario(work: Path, corpus: Path, posts: int) -> list[Result]:
                          capture_output=True, text=True, env=env, check=True)
     figures = json.loads(run.stdout.strip().splitlines()[-1])
     wall = float(figures["wall_s"])
+    progress(f"Hugo cold build, {posts} posts: {wall:.2f} s")
     return [Result("Hugo cold build, every post (peer_hugo)", posts, wall, 0.0,
                    float(figures["peak_rss_mb"]), round(posts / wall, 1),
                    int(figures["feed_files"]), int(figures["feed_bytes"]),
@@ -272,6 +280,7 @@ def service_scenario(work: Path, posts: int, code: Code) -> Result:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     best = min(timings)
+    progress(f"service edit, {posts} posts, {code.label or 'code'}: best {best:.4f} s")
     return Result("one edited post, service (close → feed replaced)", posts, round(best, 4),
                   0.0, 0.0, 0.0, 0, 0, note="best of 5; median "
                   f"{sorted(timings)[len(timings) // 2]:.4f}s; includes the debounce window",
@@ -284,7 +293,7 @@ def upstream_scenarios(work: Path, sources: int, codes: list[Code]) -> list[Resu
     make = SHARED_BENCH / "make_upstream"
     serve = SHARED_BENCH / "serve_upstream"
     if not make.exists():
-        print("../shared/bench absent: upstream scenarios skipped", file=sys.stderr)
+        progress("../shared/bench absent: upstream scenarios skipped")
         return []
     folder = work / f"upstream-{sources}"
     if not folder.is_dir():
@@ -312,6 +321,7 @@ def upstream_scenarios(work: Path, sources: int, codes: list[Code]) -> list[Resu
                 site, config = configs[code]
                 wall, cpu, rss = run_cli(code, ["fetch", "--all", "-c", str(config)])
                 feeds, size = output_size(site / "feeds")
+                progress(f"{name}, {sources} sources, {code.label or 'code'}: {wall:.2f} s")
                 results.append(Result(f"{name} ({sources} x 50)", sources * 50, round(wall, 3),
                                       round(cpu, 3), round(rss, 1),
                                       round(sources * 50 / wall, 1), feeds, size,
@@ -349,8 +359,8 @@ def main() -> int:
         code.precompile()
         described[code.label] = {"code": code.describe, "package": code.package_file(),
                                  "python": code.python}
-        print(f"bench: {code.label or 'code'}: {code.describe}, package "
-              f"{described[code.label]['package']}, python {code.python}", file=sys.stderr)
+        progress(f"{code.label or 'code'}: {code.describe}, package "
+                 f"{described[code.label]['package']}, python {code.python}")
     hugo = args.hugo and 0 in args.max_items and hugo_available()
     samples: list[Result] = []
     for repeat in range(args.repeat):
@@ -362,7 +372,7 @@ def main() -> int:
         if args.upstream:
             samples += upstream_scenarios(work, args.upstream, order)
     results = medians(samples)
-    print(f"bench: {time.perf_counter() - started:.0f} s in all", file=sys.stderr)
+    progress(f"{time.perf_counter() - started:.0f} s in all")
     if args.json and args.compare:
         print(json.dumps(comparison_json(results, described), indent=1))
     elif args.json:

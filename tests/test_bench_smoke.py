@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -75,3 +76,23 @@ def test_bench_compare_table_prints_both_columns(tmp_path) -> None:  # type: ign
     figures = [float(x) for x in re.findall(r"\d+\.\d+", no_op.split("|", 1)[1])]
     old_wall, new_wall, wall_ratio = figures[:3]
     assert old_wall > 0 and new_wall > 0 and abs(wall_ratio - new_wall / old_wall) < 0.01
+
+
+def test_bench_old_tree_needs_a_venv_when_its_dependencies_are_unmet(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A commit whose dependencies this interpreter lacks (absent, or outside the range)
+    is not run with it: those requirements are named; met and other-platform ones are not."""
+    spec = importlib.util.spec_from_file_location("bench_trees", REPO / "bench" / "trees.py")
+    assert spec is not None and spec.loader is not None
+    trees = importlib.util.module_from_spec(spec)
+    sys.modules["bench_trees"] = trees  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(trees)
+    finally:
+        del sys.modules["bench_trees"]
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\ndependencies = ["PyYAML>=6", "no-such-dist-here>=1",\n'
+                         '  "lxml<1", "other-os-only; sys_platform == \'nonexistent\'"]\n')
+    unmet = trees.unmet_requirements(pyproject)
+    assert unmet[0] == "no-such-dist-here>=1" and unmet[1].startswith("lxml<1 (have ")
+    assert len(unmet) == 2
+    assert trees.unmet_requirements(REPO / "pyproject.toml") == []
