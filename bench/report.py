@@ -160,7 +160,7 @@ def _output_text(pair: Pair) -> str:
     if (old.feeds, old.bytes_written) == (new.feeds, new.bytes_written):
         return "same size"
     return (f"differs: {old.feeds}/{new.feeds} feeds, "
-            f"{old.bytes_written / 1e6:.2f}/{new.bytes_written / 1e6:.2f} MB")
+            f"{new.bytes_written - old.bytes_written:+,} bytes")
 
 
 def print_comparison(results: list[Result], codes: dict[str, str]) -> None:
