@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 def _probe_one(fetcher: Fetcher, url: str, now: datetime) -> Probe:
     try:
         status, content_type, length = fetcher.probe(url)
-    except Exception as exc:  # refused, timeout, a URL httpx rejects: never fatal
+    except Exception as exc:  # refused, timeout, a URL urls.py rejects: never fatal
         log.debug("%s: image probe failed: %s", url, exc if isinstance(exc, FetchError)
                   else repr(exc))
         return Probe(url, None, None, 0, now)
