@@ -266,8 +266,8 @@ class _Target(NamedTuple):
 
 @lru_cache(maxsize=4096)
 def _target(text: str) -> _Target:
-    """Parsed once per URL (a poll asks the same URLs every time; parsing was ~10 % of
-    a conditional GET's CPU)."""
+    """Parsed once per URL: a poll asks the same URLs every time, and parsing one costs
+    about a tenth of a conditional GET's CPU."""
     url = parse_url(text)
     if url.scheme not in ("http", "https") or not url.host:
         raise httpcore.UnsupportedProtocol(f"not an http(s) URL: {text!r}")
