@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 from aggregator import __version__, progress
 from aggregator.advice import config_label, warn_defaults
 from aggregator.config import Config, UnknownKeys, load_config
-from aggregator.problems import ConfigError, Problem, ProblemLog
+from aggregator.problems import ConfigError, Problem, ProblemLog, beyond
 from aggregator.publish.atomic import PublishError
 
 if TYPE_CHECKING:
+    from aggregator.fetch.poll import PollReport
     from aggregator.pipeline import BuildReport
-    from aggregator.sources.upstream.poll import PollReport
 
 log = logging.getLogger("aggregator")
 
@@ -140,6 +140,10 @@ def _load(path: Path, problems: ProblemLog) -> Config | None:
         for line in str(exc).splitlines():
             problems.error(*_split_where(line))
         return None
+    if config.opml_files:  # its module (and lxml) imported only then
+        from aggregator.sources.upstream.opml import with_opml_sources
+
+        config = with_opml_sources(config, problems)
     missing = [d for d in config.content_dirs if not d.is_dir()]
     if missing:
         for folder in missing:
@@ -151,44 +155,67 @@ def _load(path: Path, problems: ProblemLog) -> Config | None:
 
 def cmd_build(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
     code, report = _build(config, problems)
+    _summary(report, problems)
     if args.json:
         _print_json({"command": "build", "exit_code": code,
                      **(_build_json(report) if report is not None else {}),
-                     **_problems_json(report.problems if report is not None else problems)})
+                     **_problems_json(problems)})
     return code
 
 
-def _build(config: Config, problems: ProblemLog, echo_problems: bool = True,
-           advise: bool = True) -> tuple[int, BuildReport | None]:
-    """Build (under the build lock) and print the summary line. `advise`: also warn
-    about silent defaults (once per config load)."""
+def _build(config: Config, problems: ProblemLog, earlier: BuildReport | None = None
+           ) -> tuple[int, BuildReport | None]:
+    """Build under the build lock; the build's problems join `problems`, the command's
+    own, which decide the exit code. `earlier`: this command's previous build (the same
+    inputs): its problems were told already, so only what this build adds is told and
+    counted. The first build also warns about silent defaults."""
     from aggregator.pipeline import build
     from aggregator.service.lock import BuildLock
 
+    lock = BuildLock(config.state_path)
     try:
-        with BuildLock(config.state_path):  # never at the same time as `aggregator run`
-            report = build(config, workers=os.cpu_count() or 1, echo_problems=echo_problems)
-    except OSError as exc:  # the lock file (the build itself raises PublishError)
-        log.error("%s; nothing written", exc)
-        return EXIT_PUBLISH, None
+        with lock:  # never at the same time as `aggregator run`
+            report = build(config, workers=os.cpu_count() or 1,
+                           echo_problems=earlier is None)
     except PublishError as exc:
-        log.error("%s; the previous feeds are kept", exc)
+        _take(problems, exc.found, earlier)
+        problems.error(*_split_where(f"{exc}; the previous feeds are kept"))
         return EXIT_PUBLISH, None
-    report.problems.items[:0] = problems.items
-    if advise:
-        warn_defaults(config, report.linkless, report.problems)
-    code = EXIT_SKIPPED if report.problems.errors else EXIT_OK
-    if report.up_to_date:
+    except OSError as exc:  # the lock file (the build itself raises PublishError)
+        problems.error(str(exc.filename or lock.path),
+                       f"{exc.strerror or exc} (the build lock: {lock.path}); nothing written")
+        return EXIT_PUBLISH, None
+    _take(problems, report.problems.items, earlier)
+    if earlier is None:
+        warn_defaults(config, report.linkless, problems)
+    return (EXIT_SKIPPED if problems.errors else EXIT_OK), report
+
+
+def _take(problems: ProblemLog, found: Sequence[Problem], earlier: BuildReport | None
+          ) -> None:
+    """Add a build's problems to the command's: the first build told them as it found
+    them; a later one is quiet, and what it found beyond the first is told now."""
+    if earlier is None:
+        problems.items.extend(found)
+    else:
+        problems.replay(beyond(found, earlier.problems.items))
+
+
+def _summary(report: BuildReport | None, problems: ProblemLog) -> None:
+    """The line that ends a build or fetch: what was published, and the problems of
+    the whole command (those the exit code and --json count)."""
+    counts = f"{len(problems.errors)} errors, {len(problems.warnings)} warnings"
+    if report is None:
+        log.info("publishing failed; %s", counts)
+    elif report.up_to_date:
         log.info("nothing changed since the last build (%d feeds, %d entries); checked in "
-                 "%.2fs; %d warnings", report.feeds, report.entries, report.seconds,
-                 len(report.problems.warnings))
-        return code, report
-    log.info("published %d feeds from %d entries in %.2fs: %d written, %d unchanged, "
-             "%d removed; posts: %d read, %d skipped; %d warnings",
-             report.feeds, report.entries, report.seconds, len(report.written),
-             report.unchanged, len(report.removed), report.posts_read, report.skipped,
-             len(report.problems.warnings))
-    return code, report
+                 "%.2fs; %s", report.feeds, report.entries, report.seconds, counts)
+    else:
+        log.info("published %d feeds from %d entries in %.2fs: %d written, %d unchanged, "
+                 "%d removed; posts: %d read, %d skipped; %s",
+                 report.feeds, report.entries, report.seconds, len(report.written),
+                 report.unchanged, len(report.removed), report.posts_read, report.skipped,
+                 counts)
 
 
 def cmd_check(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
@@ -311,7 +338,7 @@ def cmd_run(config: Config, problems: ProblemLog, args: argparse.Namespace) -> i
     from aggregator.service.runner import Service
 
     return Service(config, _load, quiet=args.debounce_ms / 1000,
-                   max_delay=args.max_delay_ms / 1000).run()
+                   max_delay=args.max_delay_ms / 1000, problems=problems.items).run()
 
 
 def _run_arguments(cmd: argparse.ArgumentParser) -> None:
@@ -323,8 +350,8 @@ def _run_arguments(cmd: argparse.ArgumentParser) -> None:
 
 def cmd_fetch(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
     """Poll due (or all) upstream sources, store what they gave, then publish like build."""
-    from aggregator.pipeline import open_state_to_store
-    from aggregator.sources.upstream.poll import PollReport, poll
+    from aggregator.fetch.poll import PollReport, poll
+    from aggregator.state.open import open_state_to_store
     from aggregator.state.store import utc_now
 
     state = open_state_to_store(config, utc_now, problems, "polling")
@@ -340,11 +367,13 @@ def cmd_fetch(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
              polled.not_modified, len(polled.failed), polled.new_entries, _waiting(polled))
     code, report = _build(config, problems)
     if report is not None and report.unknown_images and _probe_post_images(config, report):
-        # now with the probed types; the same inputs, so the same problems, which the
-        # first build printed already
-        code, report = _build(config, ProblemLog(), echo_problems=False, advise=False)
-    if code != EXIT_PUBLISH:
-        code = EXIT_SKIPPED if polled.failed or code != EXIT_OK else EXIT_OK
+        # again with the probed types: the same inputs, so mostly the same problems
+        first = report
+        code, report = _build(config, problems, earlier=first)
+        report = first.followed_by(report) if report is not None else None
+    _summary(report, problems)
+    if code == EXIT_OK and polled.failed:
+        code = EXIT_SKIPPED
     if args.json:
         _print_json({"command": "fetch", "exit_code": code, "poll": _poll_json(polled),
                      "build": _build_json(report) if report is not None else None,
@@ -372,8 +401,8 @@ def _waiting(polled: PollReport) -> str:
 def _probe_post_images(config: Config, report: BuildReport) -> int:
     """Probe the post images whose type the build could not tell (fetch may use the
     network, build may not); the number probed. Never fatal."""
-    from aggregator.pipeline import open_state
-    from aggregator.sources.upstream.probe import probe_urls
+    from aggregator.fetch.probe import probe_urls
+    from aggregator.state.open import open_state
     from aggregator.state.store import utc_now
 
     state = open_state(config, utc_now, ProblemLog(echo=False))

@@ -17,8 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from aggregator.hexo_site import HexoSite, load_hexo_site
 from aggregator.problems import ConfigError, ProblemLog
-from aggregator.sources.hexo_site import HexoSite, load_hexo_site
 
 try:  # libyaml is ~10x faster; fall back silently where it is not compiled in
     from yaml import CSafeLoader as SafeLoader
@@ -357,11 +357,7 @@ def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
     selectors = r.typed(list, "sanitize", "drop_selectors", default=list(DEFAULT_DROP_SELECTORS))
     hosts = r.typed(list, "sanitize", "iframe_hosts", default=list(DEFAULT_IFRAME_HOSTS))
 
-    upstream, opml_files = _read_upstream(r, base)
-    if opml_files:
-        from aggregator.sources.upstream.opml import sources_from_opml
-
-        upstream += sources_from_opml(opml_files, {s.url for s in upstream}, problems)
+    upstream, opml_files = _read_upstream(r, base)  # OPML files: sources.upstream.opml
     serve = r.get("serve")
     serve_host = serve_port = None
     if isinstance(serve, dict):

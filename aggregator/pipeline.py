@@ -12,18 +12,18 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 from aggregator.config import Config
 from aggregator.fingerprints import read_fingerprint, render_fingerprint
 from aggregator.model import Entry
 from aggregator.problems import Problem, ProblemLog
-from aggregator.publish.atomic import Publisher
+from aggregator.publish.atomic import Publisher, PublishError
 from aggregator.report import BuildReport
 from aggregator.sources.walk import PostFile, Walk, rediscover, walk_posts
 from aggregator.state.last_build import LastBuild, inputs_print, published_files
-from aggregator.state.store import Clock, StateStore, StateUnusable, utc_now
+from aggregator.state.open import open_state
+from aggregator.state.store import Clock, StateStore, utc_now
 from aggregator.store import EntryStore, open_store
 from aggregator.store.rows import decode
 from aggregator.store.sqlite import SQLiteStore
@@ -32,41 +32,9 @@ from aggregator.store.sqlite import SQLiteStore
 # are used: a build that finds nothing changed (most runs of a build timer) needs none
 # of them.
 
-__all__ = ["BuildReport", "Builder", "build", "open_state", "open_state_to_store"]
+__all__ = ["BuildReport", "Builder", "build"]
 
 log = logging.getLogger(__name__)
-
-
-def open_state(config: Config, clock: Clock, problems: ProblemLog) -> StateStore:
-    """The state file, or an in-memory one if it cannot be opened (the build goes on).
-    A read-only state is opened (what it stores is published); its `read_only` says
-    why it cannot be written."""
-    try:
-        return StateStore(config.state_path, clock, problems)
-    except StateUnusable as exc:  # its stored entries are missing from this build
-        problems.error(str(config.state_path), f"state unusable ({exc}); using a temporary "
-                       "one: nothing stored in it is published and undated entries get "
-                       "new dates")
-    except (OSError, sqlite3.Error) as exc:  # busy: the next build has it again
-        problems.warn(str(config.state_path), f"state unusable ({exc}); using a temporary "
-                      "one, so undated entries may get new dates")
-    return StateStore(Path(":memory:"), clock, problems)
-
-
-def open_state_to_store(config: Config, clock: Clock, problems: ProblemLog,
-                        what: str) -> StateStore | None:
-    """The state, for a run that stores `what` (polled entries): None, with an error
-    saying so and what to do, when the state cannot be written. Polling into a state
-    that cannot keep the result would fetch everything again at every run."""
-    state = open_state(config, clock, problems)
-    if state.read_only is None:
-        return state
-    problems.error(str(config.state_path), f"state file cannot be written "
-                   f"({state.read_only}): {what} not done (nothing could be stored); what "
-                   "is stored is published. Make the file and its folder writable for this "
-                   "user (owner, mode, mount, free space) and run again")
-    state.close()
-    return None
 
 
 def build(config: Config, clock: Clock = utc_now, extra_entries: Iterable[Entry] = (),
@@ -161,8 +129,10 @@ class Builder:
                     memo=self._publish_memo)
             if walk is not None:
                 self._remember_build(config, walk, generation, report, found_after_walk)
-        except BaseException:
+        except BaseException as exc:
             self.close()  # after a failure, trust nothing kept in memory
+            if isinstance(exc, PublishError):  # the caller reports the inputs' problems too
+                exc.found = tuple(report.problems.items)
             raise
         if not self.persistent:
             self.close()  # a one-off build: release the store

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -66,6 +68,20 @@ class ProblemLog:
     @property
     def notes(self) -> list[Problem]:
         return [p for p in self.items if p.severity is Severity.NOTE]
+
+
+def beyond(found: Iterable[Problem], known: Iterable[Problem]) -> list[Problem]:
+    """The problems of `found` that `known` does not hold, in their order. Counted: a
+    problem `found` holds twice and `known` once is in the result once. (Two builds of
+    one command read the same inputs: the second tells only what the first did not.)"""
+    left = Counter(known)
+    out = []
+    for problem in found:
+        if left[problem]:
+            left[problem] -= 1
+        else:
+            out.append(problem)
+    return out
 
 
 _LEVELS = {Severity.WARNING: logging.WARNING, Severity.ERROR: logging.ERROR,

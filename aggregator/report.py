@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aggregator.problems import ProblemLog
 
@@ -34,3 +34,18 @@ class BuildReport:
     @property
     def exit_code(self) -> int:
         return 1 if self.problems.errors else 0
+
+    def followed_by(self, later: BuildReport) -> BuildReport:
+        """One account of this build and `later`, a second build of the same command
+        (`fetch` builds again after probing post images): the output and inputs as
+        `later` left them, the files either wrote or removed (a file this build wrote
+        is not `later`'s unchanged one), the renders and time of both."""
+        again = set(later.written)
+        first_only = [path for path in self.written if path not in again]
+        gone = set(later.removed)
+        return replace(
+            later, written=[*first_only, *later.written],
+            unchanged=max(0, later.unchanged - len(first_only)),
+            removed=[*(path for path in self.removed if path not in gone), *later.removed],
+            rendered=self.rendered + later.rendered, seconds=self.seconds + later.seconds,
+            up_to_date=self.up_to_date and later.up_to_date)

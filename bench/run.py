@@ -4,18 +4,26 @@
     python bench/run.py --posts 10000 --service       # + one edit seen by `aggregator run`
     python bench/run.py --posts --upstream 1000       # first poll and re-poll only
     python bench/run.py --posts 200 --json            # the smoke run the tests use
+    python bench/run.py --compare main --posts 10000 --repeat 3   # main beside this tree
 
 Every scenario runs `python -m aggregator …` as a child process and reads its wall
-time, CPU time and peak RSS from os.wait4, so the figures are the CLI's own. The
-corpus comes from ../shared/bench/make_corpus (real posts cycled; 600 leaves) or,
-without ../shared, from a generator of ours. Not part of the test suite: timings on
-a shared 2-core machine are noisy; run it on a quiet machine, more than once.
+time, CPU time and peak RSS from os.wait4 (the largest single process of the build), so
+the figures are the CLI's own. The corpus comes from ../shared/bench/make_corpus (real
+posts cycled; 600 leaves) or, without ../shared, from a generator of ours. A cold build
+with `max_items: 0` is also timed with Hugo (../shared/bench/peer_hugo) on the same
+corpus when `hugo` is installed.
+
+`--compare REV` runs commit REV's code (see trees.py) and the working tree's on the same
+corpora, each in a site of its own, interleaved: every measurement is taken of one and
+then of the other, and the order flips from one repeat to the next, so the machine's
+drift (2x by the hour on the shared machine) hits both alike. The table gives both
+columns and new/old. Not part of the test suite: timings on a shared 2-core machine are
+noisy; compare figures taken in one run.
 """
 
 from __future__ import annotations
 
 import argparse
-import compileall
 import json
 import os
 import random
@@ -26,29 +34,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import unquote
 
-REPO = Path(__file__).resolve().parents[1]
+from report import COLD, PEER, Result, comparison_json, medians, print_comparison, print_table
+from trees import REPO, Code, commit_tree, working_tree
+
 SHARED_BENCH = REPO.parent / "shared" / "bench"
-
-
-@dataclass
-class Result:
-    scenario: str
-    posts: int
-    wall_s: float
-    cpu_s: float
-    peak_rss_mb: float
-    posts_per_s: float
-    feeds: int
-    bytes_written: int
-    note: str = ""
-    # How fast the machine was just before this corpus's scenarios (see machine_speed):
-    # a shared machine's speed drifts by 2x from hour to hour, these tell which hour.
-    machine_python_s: float = 0.0
-    machine_stat_us: float = 0.0
 
 
 def make_corpus(folder: Path, posts: int) -> None:
@@ -90,31 +83,6 @@ def write_config(site: Path, content: Path, max_items: int, extra: str = "") -> 
     return config
 
 
-def precompile() -> None:
-    """Byte-compile the package first, as `pip install` does: a source checkout run with
-    PYTHONDONTWRITEBYTECODE set (as on our dev machines) compiled ~40 modules in every
-    child, 0.1–0.2 s that no installed copy pays."""
-    import aggregator
-
-    compileall.compile_dir(Path(aggregator.__file__).parent, quiet=1)
-
-
-def run_cli(args: list[str], timeout: float = 3600) -> tuple[float, float, float, str]:
-    """(wall s, cpu s, peak RSS MB, stderr) of one `python -m aggregator` run."""
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "aggregator", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - started
-    # 1 means "some inputs skipped", but an uncaught exception exits 1 too
-    if proc.returncode not in (0, 1) or "Traceback (most recent call last)" in err:
-        raise RuntimeError(f"aggregator {' '.join(args)} exited {proc.returncode}:\n{err[-2000:]}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, err
-
-
 def machine_speed(corpus: Path) -> tuple[float, float]:
     """(seconds of a fixed pure-Python loop, microseconds a file of a bare scandir +
     lstat walk of `corpus`), each the best of three. The first scales the per-post
@@ -153,7 +121,55 @@ def output_size(out: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def build_scenarios(work: Path, posts: int) -> list[Result]:
+def run_cli(code: Code, args: list[str], timeout: float = 3600) -> tuple[float, float, float]:
+    """(wall s, cpu s, peak RSS MB) of one `python -m aggregator` run of `code`."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(code.command(*args), cwd=code.tree, env=code.env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    # 1 means "some inputs skipped", but an uncaught exception exits 1 too
+    if proc.returncode not in (0, 1) or "Traceback (most recent call last)" in err:
+        raise RuntimeError(f"{code.describe}: aggregator {' '.join(args)} exited "
+                           f"{proc.returncode}:\n{err[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def _site(work: Path, name: str, code: Code) -> Path:
+    site = work / (f"{name}-{code.label}" if code.label else name)
+    shutil.rmtree(site, ignore_errors=True)
+    site.mkdir(parents=True)
+    return site
+
+
+def _build_each(codes: list[Code], sites: dict[Code, Path], scenario: str, posts: int,
+                speed: tuple[float, float]) -> list[Result]:
+    """One build of each code's site, in the order of `codes`."""
+    results = []
+    for code in codes:
+        site = sites[code]
+        wall, cpu, rss = run_cli(code, ["build", "-c", str(site / "config.yaml")])
+        feeds, size = output_size(site / "feeds")
+        results.append(Result(scenario, posts, round(wall, 3), round(cpu, 3), round(rss, 1),
+                              round(posts / wall, 1), feeds, size, "", *speed,
+                              code=code.label))
+        progress(f"{scenario}, {posts} posts, {code.label or 'code'}: {wall:.2f} s, "
+                 f"{rss:.0f} MB")
+    return results
+
+
+def progress(message: str) -> None:
+    """A line on stderr as each figure is taken: a 100k comparison runs for many minutes."""
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def build_scenarios(work: Path, posts: int, codes: list[Code], max_items_values: list[int],
+                    hugo: bool) -> list[Result]:
+    """Each build scenario on one corpus, each measured of every code in `codes` in turn
+    (each code builds a site of its own from the same corpus)."""
     corpus = work / f"corpus-{posts}"
     make_corpus(corpus, posts)
     # warm the OS page cache: the targets are for warm runs
@@ -161,59 +177,80 @@ def build_scenarios(work: Path, posts: int) -> list[Result]:
         path.read_bytes()
     speed = machine_speed(corpus)
     results: list[Result] = []
-    for max_items in (0, 50):
-        site = work / f"site-{posts}-{max_items}"
-        shutil.rmtree(site, ignore_errors=True)
-        site.mkdir()
-        config = str(write_config(site, corpus, max_items))
+    for max_items in max_items_values:
         label = f"max_items={max_items}"
+        sites = {code: _site(work, f"site-{posts}-{max_items}", code) for code in codes}
+        for site in sites.values():
+            write_config(site, corpus, max_items)
 
-        def record(name: str, wall: float, cpu: float, rss: float, note: str = "",
-                   site: Path = site, label: str = label) -> None:
-            feeds, size = output_size(site / "feeds")
-            results.append(Result(f"{name} ({label})", posts, round(wall, 3), round(cpu, 3),
-                                  round(rss, 1), round(posts / wall, 1), feeds, size, note,
-                                  *speed))
+        def measure(name: str, label: str = label, sites: dict[Code, Path] = sites) -> None:
+            results.extend(_build_each(codes, sites, f"{name} ({label})", posts, speed))
 
-        record("full build, empty cache", *run_cli(["build", "-c", config])[:3])
-        shutil.rmtree(site / "feeds")
+        measure(COLD)
+        if max_items == 0 and hugo:
+            results.extend(hugo_scenario(work, corpus, posts))
+        for site in sites.values():
+            shutil.rmtree(site / "feeds")
         # the inputs are the last build's: the feeds are rewritten from its saved index
-        record("output deleted, warm cache", *run_cli(["build", "-c", config])[:3])
+        measure("output deleted, warm cache")
         # every post looks new to the walk, its bytes do not: a full build that parses
         # and renders nothing (a checkout or a copy that touches every file)
         stamp = time.time_ns()
         for path in corpus.rglob("*.md"):
             os.utime(path, ns=(stamp, stamp))
-        record("every post touched, warm cache", *run_cli(["build", "-c", config])[:3])
-        record("no-op rebuild", *run_cli(["build", "-c", config])[:3])
+        measure("every post touched, warm cache")
+        measure("no-op rebuild")
         victim = sorted(corpus.rglob("*.md"))[posts // 2]
         original = victim.read_bytes()
         victim.write_bytes(original.replace(b"</div>", b"<p>edited</p></div>", 1))
-        record("one edited post", *run_cli(["build", "-c", config])[:3])
-        victim.write_bytes(original)
+        try:
+            measure("one edited post")
+        finally:
+            victim.write_bytes(original)
         new_dir = corpus / "zz-bench-new"
         sources = sorted(corpus.rglob("*.md"))[:100]
-        for i, source in enumerate(sources):
-            new_dir.mkdir(exist_ok=True)
-            (new_dir / f"new {i}.md").write_bytes(source.read_bytes().replace(
-                b"title: '", b"title: 'New ", 1))
-        record("100 new posts", *run_cli(["build", "-c", config])[:3])
-        shutil.rmtree(new_dir)
-        run_cli(["build", "-c", config])  # back to the corpus as made
+        try:
+            for i, source in enumerate(sources):
+                new_dir.mkdir(exist_ok=True)
+                (new_dir / f"new {i}.md").write_bytes(source.read_bytes().replace(
+                    b"title: '", b"title: 'New ", 1))
+            measure("100 new posts")
+        finally:
+            shutil.rmtree(new_dir, ignore_errors=True)
     return results
 
 
-def service_scenario(work: Path, posts: int) -> Result:
+def hugo_available() -> bool:
+    if not (SHARED_BENCH / "peer_hugo").exists() or shutil.which("hugo") is None:
+        progress("hugo or ../shared/bench/peer_hugo absent: the Hugo row is skipped "
+                 "(Debian: apt-get install hugo)")
+        return False
+    return True
+
+
+def hugo_scenario(work: Path, corpus: Path, posts: int) -> list[Result]:
+    """Hugo's cold build of the same corpus (every post in its category terms' feeds)."""
+    env = dict(os.environ, PEER_HUGO_HOME=str(work / "hugo-site"))
+    run = subprocess.run([sys.executable, str(SHARED_BENCH / "peer_hugo"), str(corpus)],
+                         capture_output=True, text=True, env=env, check=True)
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    wall = float(figures["wall_s"])
+    progress(f"Hugo cold build, {posts} posts: {wall:.2f} s")
+    return [Result("Hugo cold build, every post (peer_hugo)", posts, wall, 0.0,
+                   float(figures["peak_rss_mb"]), round(posts / wall, 1),
+                   int(figures["feed_files"]), int(figures["feed_bytes"]),
+                   f"Hugo {figures['hugo']}", code=PEER)]
+
+
+def service_scenario(work: Path, posts: int, code: Code) -> Result:
     """Time from an edited post's close to its leaf feed's os.replace, in the service."""
     corpus = work / f"corpus-{posts}"
     make_corpus(corpus, posts)
-    site = work / f"site-{posts}-service"
-    shutil.rmtree(site, ignore_errors=True)
-    site.mkdir()
+    site = _site(work, f"site-{posts}-service", code)
     config = write_config(site, corpus, 50)
-    run_cli(["build", "-c", str(config)])
-    proc = subprocess.Popen([sys.executable, "-m", "aggregator", "--log-level", "warning", "run",
-                             "-c", str(config)], stdout=subprocess.DEVNULL,
+    run_cli(code, ["build", "-c", str(config)])
+    proc = subprocess.Popen(code.command("--log-level", "warning", "run", "-c", str(config)),
+                            cwd=code.tree, env=code.env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         time.sleep(3 + posts / 5000)  # first build and watcher start
@@ -225,100 +262,124 @@ def service_scenario(work: Path, posts: int) -> Result:
         victim = corpus / unquote(newest.group(1).decode())
         original = victim.read_bytes()
         timings = []
-        for attempt in range(5):
-            before = root_feed.stat().st_mtime_ns
-            edited = original.replace(b"</div>", f"<p>edit {attempt}</p></div>".encode(), 1)
-            with open(victim, "wb") as handle:
-                handle.write(edited)
-            closed = time.perf_counter()
-            deadline = closed + 30
-            while root_feed.stat().st_mtime_ns == before and time.perf_counter() < deadline:
-                time.sleep(0.0005)
-            timings.append(time.perf_counter() - closed)
-            time.sleep(0.5)
-        victim.write_bytes(original)
+        try:
+            for attempt in range(5):
+                before = root_feed.stat().st_mtime_ns
+                edited = original.replace(b"</div>", f"<p>edit {attempt}</p></div>".encode(), 1)
+                with open(victim, "wb") as handle:
+                    handle.write(edited)
+                closed = time.perf_counter()
+                deadline = closed + 30
+                while root_feed.stat().st_mtime_ns == before and time.perf_counter() < deadline:
+                    time.sleep(0.0005)
+                timings.append(time.perf_counter() - closed)
+                time.sleep(0.5)
+        finally:
+            victim.write_bytes(original)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     best = min(timings)
+    progress(f"service edit, {posts} posts, {code.label or 'code'}: best {best:.4f} s")
     return Result("one edited post, service (close → feed replaced)", posts, round(best, 4),
                   0.0, 0.0, 0.0, 0, 0, note="best of 5; median "
-                  f"{sorted(timings)[len(timings) // 2]:.4f}s; includes the debounce window")
+                  f"{sorted(timings)[len(timings) // 2]:.4f}s; includes the debounce window",
+                  code=code.label)
 
 
-def upstream_scenarios(work: Path, sources: int) -> list[Result]:
+def upstream_scenarios(work: Path, sources: int, codes: list[Code]) -> list[Result]:
+    """A first poll and a re-poll of `sources` feeds served on 127.0.0.1, each measured of
+    every code in turn."""
     make = SHARED_BENCH / "make_upstream"
     serve = SHARED_BENCH / "serve_upstream"
     if not make.exists():
-        print("../shared/bench absent: upstream scenarios skipped", file=sys.stderr)
+        progress("../shared/bench absent: upstream scenarios skipped")
         return []
     folder = work / f"upstream-{sources}"
-    port = 18765
     if not folder.is_dir():
         subprocess.run([sys.executable, str(make), str(folder), "--sources", str(sources),
-                        "--entries", "50", "--base-url", f"http://127.0.0.1:{port}/"],
-                       check=True, stdout=subprocess.DEVNULL)
-    server = subprocess.Popen([sys.executable, str(serve), str(folder), "--port", str(port),
-                               "--seconds", "1200", "--quiet"])
+                        "--entries", "50"], check=True, stdout=subprocess.DEVNULL)
+    # a free port of the server's choosing: other benchmarks may run on the machine
+    server = subprocess.Popen([sys.executable, str(serve), str(folder), "--port", "0",
+                               "--seconds", "7200", "--quiet"], stdout=subprocess.PIPE,
+                              text=True)
     try:
-        time.sleep(1)
-        site = work / f"site-upstream-{sources}"
-        shutil.rmtree(site, ignore_errors=True)
-        (site / "posts").mkdir(parents=True)
-        listing = (folder / "upstream.yaml").read_text(encoding="utf-8")
-        config = write_config(site, site / "posts", 50,
-                              "fetch: {allow_private_addresses: true, per_host_limit: 64}\n"
-                              + listing)
+        assert server.stdout is not None
+        base = server.stdout.readline().split()[-1] + "/"
+        listing = re.sub(r"http://127\.0\.0\.1:(\{port\}|\d+)/", base,
+                         (folder / "upstream.yaml").read_text(encoding="utf-8"))
+        configs = {}
+        for code in codes:
+            site = _site(work, f"site-upstream-{sources}", code)
+            (site / "posts").mkdir()
+            configs[code] = (site, write_config(
+                site, site / "posts", 50,
+                "fetch: {allow_private_addresses: true, per_host_limit: 64}\n" + listing))
         results = []
         for name in ("upstream first poll", "upstream re-poll, nothing changed"):
-            wall, cpu, rss, _ = run_cli(["fetch", "--all", "-c", str(config)])
-            feeds, size = output_size(site / "feeds")
-            results.append(Result(f"{name} ({sources} x 50)", sources * 50, round(wall, 3),
-                                  round(cpu, 3), round(rss, 1), round(sources * 50 / wall, 1),
-                                  feeds, size))
+            for code in codes:
+                site, config = configs[code]
+                wall, cpu, rss = run_cli(code, ["fetch", "--all", "-c", str(config)])
+                feeds, size = output_size(site / "feeds")
+                progress(f"{name}, {sources} sources, {code.label or 'code'}: {wall:.2f} s")
+                results.append(Result(f"{name} ({sources} x 50)", sources * 50, round(wall, 3),
+                                      round(cpu, 3), round(rss, 1),
+                                      round(sources * 50 / wall, 1), feeds, size,
+                                      code=code.label))
         return results
     finally:
         server.terminate()
         server.wait()
 
 
-def print_table(results: list[Result]) -> None:
-    header = f"{'scenario':58} {'posts':>7} {'wall s':>8} {'cpu s':>8} {'RSS MB':>8} " \
-             f"{'posts/s':>9} {'feeds':>6} {'MB out':>8}"
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        print(f"{r.scenario:58} {r.posts:7d} {r.wall_s:8.3f} {r.cpu_s:8.2f} "
-              f"{r.peak_rss_mb:8.1f} {r.posts_per_s:9.1f} {r.feeds:6d} "
-              f"{r.bytes_written / 1e6:8.1f}" + (f"  {r.note}" if r.note else ""))
-    speeds = {r.posts: (r.machine_python_s, r.machine_stat_us) for r in results
-              if r.machine_python_s}
-    for posts, (loop, stat_us) in speeds.items():
-        print(f"machine before the {posts}-post scenarios: Python loop {loop:.3f} s, "
-              f"walk {stat_us:.2f} us a file")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--posts", type=int, nargs="*", default=[1000, 10000])
+    parser.add_argument("--max-items", type=int, nargs="+", default=[0, 50],
+                        help="the output.max_items values to build with (default 0 50)")
     parser.add_argument("--service", action="store_true", help="also time the service")
     parser.add_argument("--upstream", type=int, default=0, metavar="SOURCES",
                         help="also time upstream polls of this many sources")
+    parser.add_argument("--compare", metavar="REV",
+                        help="run commit REV's code beside the working tree's, interleaved")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="measure everything N times; report the medians")
+    parser.add_argument("--no-hugo", dest="hugo", action="store_false",
+                        help="skip the Hugo cold build (../shared/bench/peer_hugo)")
     parser.add_argument("--work", type=Path, help="keep corpora here (default: a temp dir)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    precompile()
-    work = args.work or Path(tempfile.mkdtemp(prefix="aggregator-bench-"))
+    work = (args.work or Path(tempfile.mkdtemp(prefix="aggregator-bench-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    results: list[Result] = []
-    for posts in args.posts:
-        results += build_scenarios(work, posts)
-        if args.service:
-            results.append(service_scenario(work, posts))
-    if args.upstream:
-        results += upstream_scenarios(work, args.upstream)
-    if args.json:
+    started = time.perf_counter()
+    codes = [commit_tree(args.compare, work), working_tree("new")] if args.compare \
+        else [working_tree()]
+    described: dict[str, dict[str, str]] = {}
+    for code in codes:
+        code.precompile()
+        described[code.label] = {"code": code.describe, "package": code.package_file(),
+                                 "python": code.python}
+        progress(f"{code.label or 'code'}: {code.describe}, package "
+                 f"{described[code.label]['package']}, python {code.python}")
+    hugo = args.hugo and 0 in args.max_items and hugo_available()
+    samples: list[Result] = []
+    for repeat in range(args.repeat):
+        order = codes if repeat % 2 == 0 else codes[::-1]
+        for posts in args.posts:
+            samples += build_scenarios(work, posts, order, args.max_items, hugo)
+            if args.service:
+                samples += [service_scenario(work, posts, code) for code in order]
+        if args.upstream:
+            samples += upstream_scenarios(work, args.upstream, order)
+    results = medians(samples)
+    progress(f"{time.perf_counter() - started:.0f} s in all")
+    if args.json and args.compare:
+        print(json.dumps(comparison_json(results, described), indent=1))
+    elif args.json:
         print(json.dumps([asdict(r) for r in results], indent=1))
+    elif args.compare:
+        print_comparison(results, {label: f"{info['code']}, package {info['package']}"
+                                   for label, info in described.items()})
     else:
         print_table(results)
     if args.work is None:

@@ -53,7 +53,7 @@ def test_missing_site_url_and_post_url_are_warned_once_per_run(
         assert code == 0
         assert err.count("site.url is not set") == 1
         assert err.count(": warning: 3 entries have no link: set site.post_url") == 1
-        assert "; 2 warnings" in err
+        assert "; 0 errors, 2 warnings" in err
     code, _, err = _cli(capsys, "check", "-c", str(config))
     assert "3 entries have no link" in err and "site.url is not set" in err
 
@@ -72,7 +72,7 @@ def test_the_shipped_example_builds_clean(tmp_path: Path,
     code, _, err = _cli(capsys, "build", "-c", str(tmp_path / "config.yaml"))
     assert code == 0
     assert ": warning:" not in err and ": error:" not in err, err
-    assert "; 0 warnings" in err
+    assert "; 0 errors, 0 warnings" in err
 
 
 # 2. unknown keys stop the run

@@ -31,7 +31,7 @@ def test_a_folder_linked_out_of_the_output_dir_is_refused(
     code = main(["build", "-c", str(config)])
     err = capsys.readouterr().err
     assert code == 3, err
-    assert f"{tmp_path / 'feeds' / 'tech'}: a symlink in the output dir" in err
+    assert f"{tmp_path / 'feeds' / 'tech'}: error: a symlink in the output dir" in err
     assert sorted(p.name for p in outside.iterdir()) == ["victim"]
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.publish.atomic import STAGING_THREADS, TEMP_SUFFIX, Parts, Publisher, PublishError
+from aggregator.publish.atomic import STAGING_THREADS, TEMP_SUFFIX, Publisher, PublishError
+from aggregator.writers.parts import Parts
 
 FEEDS = 5 * STAGING_THREADS  # more than the staging in flight at once
 

@@ -1,13 +1,19 @@
-"""Service building blocks in-process: event filter, debouncer, sd_notify, build lock."""
+"""Service building blocks in-process: event filter, debouncer, sd_notify, build lock;
+and the systemd units that run the service."""
 
 from __future__ import annotations
 
+import resource
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 from watchdog.events import (
     DirModifiedEvent,
     DirMovedEvent,
@@ -115,7 +121,7 @@ def test_poll_outcomes_are_read_loosely() -> None:
     assert _outcomes(None, source) == {source.url: "ok"}
     assert _outcomes({source.url: "failed"}, source) == {source.url: "failed"}
 
-    class Report:  # the shape of sources.upstream.poll.PollReport
+    class Report:  # the shape of fetch.poll.PollReport
         def __init__(self, failed: list[str], not_modified: int, fetched: int) -> None:
             self.due, self.failed = 1, failed
             self.not_modified, self.fetched = not_modified, fetched
@@ -136,7 +142,7 @@ def test_poll_job_without_poll_sources_warns_once(monkeypatch: pytest.MonkeyPatc
     source = UpstreamSource(url="https://a.example/f.xml", category=())
     requests: list[str] = []
     scheduler = PollScheduler(lambda: None, ServiceStats(), requests.append)  # type: ignore[arg-type,return-value]
-    monkeypatch.setitem(sys.modules, "aggregator.sources.upstream", types.ModuleType("empty"))
+    monkeypatch.setitem(sys.modules, "aggregator.fetch", types.ModuleType("empty"))
     scheduler._poll(source)
     scheduler._poll(source)
     assert [r.message for r in caplog.records].count(
@@ -145,7 +151,7 @@ def test_poll_job_without_poll_sources_warns_once(monkeypatch: pytest.MonkeyPatc
 
     fake = types.ModuleType("fake")
     fake.poll_sources = lambda config, sources: {s.url: "fetched" for s in sources}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "aggregator.sources.upstream", fake)
+    monkeypatch.setitem(sys.modules, "aggregator.fetch", fake)
     scheduler._poll(source)
     assert requests == [f"poll {source.url}"]
     assert scheduler.stats.health()["failing_sources"] == []
@@ -169,3 +175,79 @@ def test_one_job_per_enabled_source() -> None:
     job = jobs["https://a.example/f.xml"]
     assert job.coalesce is True and job.max_instances == 1
     assert job.trigger.interval.total_seconds() == 600 and job.trigger.jitter == 60
+
+
+# -- the systemd units -------------------------------------------------------------------
+
+UNITS = REPO / "systemd"
+
+
+def _unit(path: Path) -> dict[str, list[str]]:
+    """`Section.Key` → its values in order, as systemd reads a unit file (blank lines
+    and `#`/`;` comments skipped; a key may be given more than once)."""
+    values: dict[str, list[str]] = {}
+    section = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        key, _, value = line.partition("=")
+        values.setdefault(f"{section}.{key.strip()}", []).append(value.strip())
+    return values
+
+
+def _runs_the_service(path: Path) -> bool:
+    words = _unit(path).get("Service.ExecStart", [""])[-1].split()
+    return len(words) > 1 and words[1] == "run"
+
+
+SERVICE_UNITS = [p for p in sorted(UNITS.glob("*.service")) if _runs_the_service(p)]
+
+
+def test_a_unit_runs_the_service() -> None:
+    assert [p.name for p in SERVICE_UNITS] == ["aggregator.service"]
+
+
+@pytest.mark.parametrize("unit", SERVICE_UNITS, ids=lambda p: p.name)
+def test_the_service_unit_leaves_descriptors_for_clients_and_for_the_rest(unit: Path) -> None:
+    """Under the unit's LimitNOFILE, the HTTP server's own rule (run in a process with
+    that limit) gives clients its full cap, and leaves at least as many descriptors
+    for polls, builds and SQLite. systemd's default soft limit (1,024) cuts the cap to
+    512 and leaves 512: a unit without the setting fails here."""
+    given = _unit(unit).get("Service.LimitNOFILE")
+    assert given, f"{unit.name}: no LimitNOFILE= (systemd's default soft limit is 1,024)"
+    soft_text, _, hard_text = given[-1].partition(":")
+    soft, hard = int(soft_text), int(hard_text or soft_text)
+    assert soft <= hard
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from aggregator.service.http import MAX_CONNECTIONS, "
+                               "connection_limit; print(connection_limit(), MAX_CONNECTIONS)"],
+        capture_output=True, text=True, timeout=60, check=True, preexec_fn=limited)
+    cap, most = map(int, done.stdout.split())
+    assert cap == most, f"{unit.name}: clients capped at {cap} of {most}"
+    assert soft - cap >= cap
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
+    """Every unit as systemd reads it: no unknown key, no value it ignores. The copies
+    start this checkout's `aggregator` (verify wants ExecStart's program to exist)."""
+    program = Path(sys.executable).with_name("aggregator")
+    if not program.exists():
+        pytest.skip("no aggregator script next to the interpreter")
+    copies = []
+    for unit in sorted(p for p in UNITS.iterdir() if p.suffix in {".service", ".timer"}):
+        copy = tmp_path / unit.name
+        copy.write_text(unit.read_text(encoding="utf-8").replace(
+            "/opt/aggregator/.venv/bin/aggregator", str(program)), encoding="utf-8")
+        copies.append(str(copy))
+    done = subprocess.run(["systemd-analyze", "verify", *copies], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0 and done.stderr == "", done.stderr

@@ -23,8 +23,8 @@ from test_faults import tmpfs
 from upstream_support import rss, run, titles, upstream_config
 
 from aggregator.config import load_config
+from aggregator.fetch import poll_sources
 from aggregator.problems import ProblemLog
-from aggregator.sources.upstream import poll_sources
 
 XML = "application/rss+xml"
 

@@ -11,7 +11,7 @@ from pytest_httpserver import HTTPServer
 from upstream_support import published, rss, run, titles, upstream_config
 
 from aggregator.config import load_config
-from aggregator.sources.upstream import poll_sources
+from aggregator.fetch import poll_sources
 from aggregator.sources.upstream.jsonfeed import JSONFeedError, parse_json_feed
 
 ATOM_FEED = b"""<?xml version="1.0" encoding="utf-8"?>

@@ -13,7 +13,9 @@ from upstream_support import published, rss, run, titles, upstream_config
 from werkzeug import Request, Response
 
 from aggregator.config import load_config
+from aggregator.problems import ProblemLog
 from aggregator.sources.upstream import guard
+from aggregator.sources.upstream.opml import with_opml_sources
 
 XML = "application/rss+xml"
 
@@ -50,7 +52,8 @@ SUBSCRIPTIONS = """<?xml version="1.0" encoding="UTF-8"?>
 
 
 def _sources(config: Path) -> set[tuple[str, str | None, tuple[str, ...]]]:
-    return {(s.url, s.title, s.category) for s in load_config(config).upstream}
+    loaded = with_opml_sources(load_config(config), ProblemLog())
+    return {(s.url, s.title, s.category) for s in loaded.upstream}
 
 
 def test_opml_import_export_round_trip(tmp_path: Path, httpserver: HTTPServer,

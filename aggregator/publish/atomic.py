@@ -28,13 +28,14 @@ import ctypes
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from aggregator import nofollow
+from aggregator.problems import Problem
+from aggregator.writers.parts import Parts
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +45,12 @@ WRITE_BUFFER = 1 << 20
 STAGING_THREADS = 4  # feeds staged at once: they mostly wait on the filesystem
 
 
-@dataclass(frozen=True)
-class Parts:
-    """Bytes to write in order, from a `source` called once to compare with the file
-    there and once to write (so no part need be held: a feed of 100k entries is
-    300 MB); `size`, their total, tells a file of another size apart unread."""
-
-    source: Callable[[], Iterable[bytes]]
-    size: int
-
-
 class PublishError(Exception):
-    """Writing the output failed; what was there before is still there."""
+    """Writing the output failed; what was there before is still there. `found`: the
+    problems the build had found in its inputs by then (the build sets them), so the
+    command that reports the failure reports those too."""
+
+    found: tuple[Problem, ...] = ()
 
 
 class Record(Protocol):

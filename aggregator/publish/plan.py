@@ -19,7 +19,7 @@ from aggregator import progress
 from aggregator.config import Config
 from aggregator.fingerprints import fingerprint_of, render_fingerprint
 from aggregator.model import Entry
-from aggregator.publish.atomic import Parts, Publisher
+from aggregator.publish.atomic import Publisher
 from aggregator.report import BuildReport
 from aggregator.state.published import PublishedRecord
 from aggregator.store import EntryStore, FeedRow, pack_render, unpack_render, unpacked_size
@@ -28,6 +28,7 @@ from aggregator.tree.categories import Node
 if TYPE_CHECKING:
     from aggregator.writers.feeds import FeedRenderer
 from aggregator.writers.index import feed_title, feed_url, feeds_opml, index_html
+from aggregator.writers.parts import Parts
 
 log = logging.getLogger(__name__)
 

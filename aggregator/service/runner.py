@@ -11,14 +11,14 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from types import FrameType
 
 from aggregator.advice import warn_defaults
 from aggregator.config import Config
 from aggregator.pipeline import Builder
-from aggregator.problems import ProblemLog
+from aggregator.problems import Problem, ProblemLog
 from aggregator.publish.atomic import PublishError
 from aggregator.service.http import HTTPService
 from aggregator.service.lock import BuildLock
@@ -38,8 +38,10 @@ class BuildWorker:
     """One thread, one build at a time; pending requests are merged."""
 
     def __init__(self, config: Callable[[], Config], stats: ServiceStats,
-                 notifier: Notifier) -> None:
+                 notifier: Notifier,
+                 loaded: Callable[[Config], Sequence[Problem]] = lambda config: ()) -> None:
         self._config = config
+        self._loaded = loaded  # the problems loading a config found (told then)
         self.stats = stats
         self.notifier = notifier
         self._cv = threading.Condition()
@@ -126,6 +128,8 @@ class BuildWorker:
         else:
             if config is not self._advised:  # once per config load: at start, on reload
                 self._advised = config
+                # the first build of a config counts what loading it found
+                report.problems.items[:0] = self._loaded(config)
                 warn_defaults(config, report.linkless, report.problems)
             self.stats.record_build(True, report.seconds, report.entries, report.feeds)
             log.info("build #%d (%s) published %d feeds from %d entries in %.2fs: "
@@ -142,13 +146,18 @@ class BuildWorker:
 
 class Service:
     def __init__(self, config: Config, loader: Loader, *, quiet: float = 0.05,
-                 max_delay: float = 1.0, notifier: Notifier | None = None) -> None:
+                 max_delay: float = 1.0, notifier: Notifier | None = None,
+                 problems: Sequence[Problem] = ()) -> None:
+        """`problems`: what loading `config` found (told already)."""
         self.config = config
+        # a config and its load's problems, replaced together on reload
+        self._load: tuple[Config, tuple[Problem, ...]] = (config, tuple(problems))
         self.loader = loader
         self.quiet, self.max_delay = quiet, max_delay
         self.notifier = notifier or Notifier()
         self.stats = ServiceStats()
-        self.worker = BuildWorker(lambda: self.config, self.stats, self.notifier)
+        self.worker = BuildWorker(lambda: self.config, self.stats, self.notifier,
+                                  self._load_problems)
         self.scheduler = PollScheduler(lambda: self.config, self.stats, self.worker.request)
         self.watcher: ContentWatcher | None = None
         self.http: HTTPService | None = None
@@ -156,6 +165,10 @@ class Service:
         self._reload = threading.Event()
         self._wake = threading.Event()
         self._exit = 0  # 1 when the server cannot listen after the first build
+
+    def _load_problems(self, config: Config) -> tuple[Problem, ...]:
+        loaded, problems = self._load
+        return problems if loaded is config else ()
 
     # signal handlers run in the main thread between bytecodes: only set flags here.
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
@@ -290,11 +303,13 @@ class Service:
         self.notifier.reloading()
         path = self.config.path
         log.info("SIGHUP: reloading %s", path)
-        new = self.loader(path, ProblemLog())
+        found = ProblemLog()
+        new = self.loader(path, found)
         if new is None:
             log.error("%s: config reload failed; keeping the previous config", path)
             self.notifier.ready("config reload failed; previous config kept")
             return
+        self._load = (new, tuple(found.items))
         old, self.config = self.config, new
         if new.content_dirs != old.content_dirs:
             if self.watcher is not None:

@@ -1,6 +1,6 @@
 """One APScheduler 3.11 interval job per enabled upstream source.
 
-Polling itself belongs to aggregator.sources.upstream (issue 4); this module only
+Polling itself belongs to aggregator.fetch (issue 4); this module only
 decides when, then asks for a rebuild the same way a file change does.
 """
 
@@ -64,7 +64,7 @@ class PollScheduler:
 
     def _poll(self, source: UpstreamSource) -> None:
         try:
-            from aggregator.sources.upstream import poll_sources
+            from aggregator.fetch import poll_sources
         except ImportError as exc:
             if not self._import_warned:
                 log.warning("upstream polling is not available (%s); sources are not polled",
@@ -85,7 +85,7 @@ class PollScheduler:
 def _outcomes(result: object, source: UpstreamSource) -> dict[str, str]:
     """Best effort over poll_sources' result, so its exact type can evolve: a mapping
     url → outcome (or `.outcomes`), or a report with `failed` (URLs), `not_modified`,
-    `fetched` and `due` counts (sources.upstream.poll.PollReport); else ok."""
+    `fetched` and `due` counts (fetch.poll.PollReport); else ok."""
     found = getattr(result, "outcomes", result)
     if isinstance(found, Mapping):
         out: dict[str, str] = {}

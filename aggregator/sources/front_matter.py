@@ -5,6 +5,10 @@ with or without the opening separator line.
 Without an opening separator, everything before the first line that starts with
 `---` or `;;;` is the front matter, if it reads as one (Hexo: if it loads as an
 object). The blank lines our sample posts have before the opening `---` are allowed.
+
+The split is ours, not python-frontmatter's: its YAML split is the one pattern below,
+and reading front matter its way (PyYAML's loader on every post) has neither Hexo's
+forms nor our reading of impossible dates (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -12,14 +16,14 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-import frontmatter
-
 # what may come before front matter
 LEADING = "\n\r\t "
 # the first line that starts with a separator (hexo-front-matter: `\n(-{3,}|;{3,})\n?`)
 _SEPARATOR_LINE = re.compile(r"\n(-{3,}|;{3,})[ \t]*(?:\r?\n)?")
 _OPENING_JSON = re.compile(r";{3,}[ \t]*\r?\n")
-_OPENING_YAML = frontmatter.default_handlers.YAMLHandler.FM_BOUNDARY
+# a YAML separator line: three or more dashes, then whitespace only (`\s*` may take
+# blank lines after it too: the front matter and body start after what it took)
+_YAML_SEPARATOR = re.compile(r"^-{3,}\s*$", re.MULTILINE)
 # a YAML front matter without its opening line starts with a `key:` line
 _FIRST_KEY = re.compile(r"[A-Za-z_][\w-]*[ \t]*:(?:[ \t]|\r?$)")
 
@@ -36,7 +40,7 @@ class Split(NamedTuple):
         worked out only then)."""
         start = self.lead
         if self.opened:  # after what the split cut off as the opening separator
-            opening = (_OPENING_YAML if self.kind == "yaml" else _OPENING_JSON).match(
+            opening = (_YAML_SEPARATOR if self.kind == "yaml" else _OPENING_JSON).match(
                 text, self.lead)
             start = opening.end() if opening is not None else start
         return text.count("\n", 0, start) + 1
@@ -48,8 +52,12 @@ def split_front_matter(text: str) -> Split:
     stripped = text.lstrip(LEADING)
     lead = len(text) - len(stripped)
     if stripped.startswith("---"):
-        fm, body = frontmatter.default_handlers.YAMLHandler().split(stripped)
-        return Split(str(fm), str(body), "yaml", True, lead)
+        # the text before the first separator line, the front matter, the body (the
+        # first separator is not always the opening line: `--- x` is not one)
+        parts = _YAML_SEPARATOR.split(stripped, 2)
+        if len(parts) < 3:
+            raise ValueError("never closed")
+        return Split(parts[1], parts[2], "yaml", True, lead)
     if stripped.startswith(";;;"):
         opening = _OPENING_JSON.match(stripped)
         if opening is None:

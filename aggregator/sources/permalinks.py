@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from urllib.parse import quote
 
-from aggregator.sources.hexo_site import HexoSite
+from aggregator.hexo_site import HexoSite
 
 # a rule's parameters: `:name`, a word not ending in "_"
 _PARAM = re.compile(r":(\w*[^_\W])", re.ASCII)

@@ -22,6 +22,7 @@ from typing import NamedTuple
 from aggregator import nofollow
 from aggregator.config import Config
 from aggregator.problems import ProblemLog
+from aggregator.source_keys import source_key, split_source
 
 # (Hexo's drafts folder too: its posts are not published)
 SKIPPED_DIRS = {".git", ".hg", ".svn", "_drafts"}
@@ -52,17 +53,6 @@ class PostFile(NamedTuple):
     def order(self) -> tuple[str, str]:
         """Posts (and their problems) are handled in this order."""
         return self.rel, str(self.root)
-
-
-def source_key(root: str, rel: str) -> str:
-    """The PostFile.source key of the post at `rel` under the content dir `root`."""
-    return f"{root}\0{rel}"
-
-
-def split_source(source: str) -> tuple[str, str]:
-    """(content dir, relative path) of a PostFile.source key."""
-    root, _, rel = source.partition("\0")
-    return root, rel
 
 
 def post_of_source(source: str,

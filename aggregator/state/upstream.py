@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -253,7 +254,6 @@ class UpstreamState:
 def stored_upstream_entries(store: StateStore, sources: Iterable[UpstreamSource]) -> list[Entry]:
     """For `build`: what earlier polls stored, no network. Disabled sources are left out,
     so are entries published as a post (`write_posts`); cached image probes applied."""
-    from aggregator.sources.upstream.posts import written_ids
     from aggregator.state.probes import apply_probes
 
     entries = UpstreamState(store).entries(s for s in sources if s.enabled)
@@ -261,6 +261,15 @@ def stored_upstream_entries(store: StateStore, sources: Iterable[UpstreamSource]
         as_posts = written_ids(store)
         entries = [e for e in entries if e.id not in as_posts]
     return apply_probes(store, entries)
+
+
+def written_ids(store: StateStore) -> set[str]:
+    """Ids of upstream entries published as a post that still exists."""
+    try:
+        rows = store.db.execute("SELECT entry_id, path FROM written_post").fetchall()
+    except Exception:  # noqa: BLE001 - a state without the table: nothing written
+        return set()
+    return {entry_id for entry_id, path in rows if os.path.exists(path)}
 
 
 def written_posts(store: StateStore, content_dirs: Sequence[Path]) -> dict[str, str]:

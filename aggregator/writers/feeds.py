@@ -28,8 +28,8 @@ from aggregator import PROJECT_URL, __version__
 from aggregator.config import Config
 from aggregator.ids import published_id
 from aggregator.model import Entry, changed
-from aggregator.publish.atomic import Parts
 from aggregator.writers import entry_xml
+from aggregator.writers.parts import Parts
 
 ATOM_NS = "http://www.w3.org/2005/Atom"
 MEDIA_NS = "http://search.yahoo.com/mrss/"

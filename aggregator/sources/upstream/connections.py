@@ -2,11 +2,14 @@
 
 httpcore's ConnectionPool, under its one lock, walks every connection it holds on each
 request and on each response's close, and asks each idle one whether its socket is
-readable (a `poll` syscall per connection). With 16 fetch threads and 16–32
-connections that walk was most of a conditional GET: 1,000 304s took 1.3 s of CPU,
-0.63 s through this pool (the threads queued on that lock). Here a request takes an
-idle connection of its own origin (one check of that one socket) or opens one, and
-gives it back when its response is closed; the lock only guards a dict of lists.
+readable (a `poll` syscall per connection). With 16 fetch threads that walk is most
+of a conditional GET: 1,000 304s take 1.2-1.3 s of CPU through it and 0.6-0.65 s
+through this pool (`bench/pool.py`, docs/decisions.md). With a connection cap below
+the thread count, its pool can also close a connection it has just handed to a
+waiting request (encode/httpcore#1110, open against 1.0.9: requests fail with "Bad
+file descriptor"). Here a request takes an idle connection of its own origin (one
+check of that one socket) or opens one, and gives it back when its response is
+closed; the lock only guards a dict of lists.
 
 At most one request is on a connection at a time (HTTP/1.1, no pipelining), so the
 connections in use are bounded by the fetch threads, the idle ones by `max_idle`.

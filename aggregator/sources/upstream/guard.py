@@ -12,15 +12,17 @@ certificate check), and the Host header comes from the URL as always.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import certifi
 import httpcore
-import httpx
 
 from aggregator.sources.upstream.connections import ConnectionPool
 
@@ -163,9 +165,19 @@ class GuardedBackend(httpcore.SyncBackend):
         raise last if last is not None else httpcore.ConnectError(f"no address for {host}")
 
 
+def tls_context() -> ssl.SSLContext:
+    """Certificates and host names checked against certifi's roots, or against the
+    file or folder named by SSL_CERT_FILE or SSL_CERT_DIR when one is set."""
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 def guarded_pool(concurrency: int, allow_private: bool) -> ConnectionPool:
     """Our connection pool on the guarded backend (which also carries the request
-    deadline, so it is used with `allow_private` too), with httpx's TLS context (certifi
-    roots), keeping up to `concurrency` idle connections for 5 s (httpx's default)."""
-    return ConnectionPool(httpx.create_ssl_context(), GuardedBackend(check=not allow_private),
+    deadline, so it is used with `allow_private` too), with tls_context(), keeping up
+    to `concurrency` idle connections for 5 s."""
+    return ConnectionPool(tls_context(), GuardedBackend(check=not allow_private),
                           max_idle=concurrency, keepalive_expiry=5.0)

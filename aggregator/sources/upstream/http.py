@@ -19,10 +19,10 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import httpcore
-import httpx
 
 from aggregator import PROJECT_URL, __version__
 from aggregator.sources.upstream.guard import AddressRefused, deadline, guarded_pool
+from aggregator.sources.upstream.urls import URL, InvalidURL, parse_url, resolve_redirect
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +107,11 @@ class Fetcher:
     """One shared connection pool (connections.py); per-host semaphores bound how hard
     we hit one server.
 
-    We speak to httpcore directly, not through an httpx Client: a conditional GET cost
-    ~1.9 ms of CPU through the Client (request and response models, header merging,
-    cookies, hooks) and ~0.9 ms here, and a re-poll of 1,000 sources is bound by that
-    CPU under the GIL. What a Client would do is done below: redirects (at most
-    MAX_REDIRECTS, method kept), URL normalisation (httpx.URL), timeouts. No cookie jar
+    We speak to httpcore directly, not through a client such as httpx's: a conditional
+    GET costs ~1.9 ms of CPU through httpx's Client (request and response models, header
+    merging, cookies, hooks) and ~0.9 ms here, and a re-poll of 1,000 sources is bound
+    by that CPU under the GIL. What a client would do is done below: redirects (at most
+    MAX_REDIRECTS, method kept), URL normalisation (urls.py), timeouts. No cookie jar
     is kept between sources (a feed poll needs none)."""
 
     def __init__(self, limits: Limits) -> None:
@@ -199,7 +199,8 @@ class Fetcher:
         target = _target(url)
         permanent = True
         for hops in range(MAX_REDIRECTS + 1):
-            request_headers = [(b"Host", target.url.netloc), *_DEFAULT_HEADERS, *headers]
+            request_headers = [(b"Host", target.url.netloc.encode("ascii")),
+                               *_DEFAULT_HEADERS, *headers]
             with self.pool.stream(method, target.core, request_headers,
                                   self._extensions) as resp:
                 location = _location(resp)
@@ -244,7 +245,7 @@ _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 _REDIRECT_BODY = 64 * 1024
 _TRANSPORT_ERRORS = (AddressRefused, httpcore.TimeoutException, httpcore.NetworkError,
                      httpcore.ProtocolError, httpcore.UnsupportedProtocol, httpcore.ProxyError,
-                     httpx.InvalidURL)
+                     InvalidURL)
 
 
 def _failed(exc: Exception) -> FetchError:
@@ -252,26 +253,26 @@ def _failed(exc: Exception) -> FetchError:
         return FetchError(str(exc))
     if isinstance(exc, httpcore.TimeoutException):
         return FetchError(f"timed out ({type(exc).__name__})")
-    if isinstance(exc, httpx.InvalidURL):
+    if isinstance(exc, InvalidURL):
         return FetchError(f"invalid URL: {exc}")
     return FetchError(f"request failed: {type(exc).__name__}: {exc}")
 
 
 class _Target(NamedTuple):
-    url: httpx.URL  # IDNA host names, percent-encoded paths; http(s) only
+    url: URL  # IDNA host names, percent-encoded paths; http(s) only
     core: httpcore.URL  # what the pool is asked for
     text: str  # str(url)
 
 
 @lru_cache(maxsize=4096)
 def _target(text: str) -> _Target:
-    """Parsed once per URL (a poll asks the same URLs every time; parsing was ~10 % of
-    a conditional GET's CPU)."""
-    url = httpx.URL(text)
+    """Parsed once per URL: a poll asks the same URLs every time, and parsing one costs
+    about a tenth of a conditional GET's CPU."""
+    url = parse_url(text)
     if url.scheme not in ("http", "https") or not url.host:
         raise httpcore.UnsupportedProtocol(f"not an http(s) URL: {text!r}")
-    core = httpcore.URL(scheme=url.raw_scheme, host=url.raw_host, port=url.port,
-                        target=url.raw_path)
+    core = httpcore.URL(scheme=url.scheme.encode("ascii"), host=url.host.encode("ascii"),
+                        port=url.port, target=url.target.encode("ascii"))
     return _Target(url, core, str(url))
 
 
@@ -285,20 +286,14 @@ def _location(resp: httpcore.Response) -> str | None:
     return None
 
 
-def _redirect(current: httpx.URL, location: str) -> str:
-    """The next hop, as httpx resolved it: relative to the current URL, a scheme without
-    a host keeps the current host, the fragment carries over (RFC 7231 7.1.2)."""
+def _redirect(current: URL, location: str) -> str:
+    """The next hop (urls.resolve_redirect); a Location that is no URL is a FetchError
+    that says so."""
     try:
-        url = httpx.URL(location)
-    except httpx.InvalidURL as exc:
+        url = parse_url(location)
+    except InvalidURL as exc:
         raise FetchError(f"invalid URL in a redirect's Location: {exc}") from exc
-    if url.scheme and not url.host:
-        url = url.copy_with(host=current.host)
-    if url.is_relative_url:
-        url = current.join(url)
-    if current.fragment and not url.fragment:
-        url = url.copy_with(fragment=current.fragment)
-    return str(url)
+    return str(resolve_redirect(current, url))
 
 
 def _drain(resp: httpcore.Response) -> None:

@@ -5,7 +5,8 @@ feedparser runs Python handlers for every SAX event of a feed: ~1 ms an entry he
 most of a first poll's CPU. This path builds the tree in C and looks at each entry's
 elements once. It takes a feed only when it knows what feedparser would do with every
 element of its entries, and does exactly that (the same encoding detection, date
-parser, URL joining, HTML sniffing and text fixes, all called from feedparser itself).
+parser, URL joining, HTML sniffing and text fixes, all called from feedparser itself,
+through feedparser_private.py).
 Anything else returns None and feedparser reads the feed: RSS 0.9x, a
 DOCTYPE, XHTML or base64 content, a feed feedparser would flag as malformed (bozo) or
 that lxml will not parse, an element it does not know in an entry.
@@ -23,25 +24,30 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import escape
 
-from feedparser.datetimes import _parse_date
-from feedparser.encodings import convert_to_utf8
-from feedparser.html import _cp1252
-from feedparser.mixin import _FeedParserMixin
-from feedparser.namespaces.georss import (
-    _parse_georss_box,
-    _parse_georss_line,
-    _parse_georss_point,
-    _parse_georss_polygon,
-)
-from feedparser.urls import _urljoin, make_safe_absolute_uri
 from lxml import etree
 
 from aggregator.sanitize.html import PLAIN_HTTP_URL
+from aggregator.sources.upstream.feedparser_private import (
+    CAN_BE_RELATIVE_URI,
+    CP1252,
+    GEORSS,
+    HTML_TYPES,
+    NAMESPACES,
+    add_tag,
+    convert_to_utf8,
+    ends_xhtml_specially,
+    enforce_href,
+    has_handler,
+    looks_like_html,
+    make_safe_absolute_uri,
+    map_content_type,
+    parse_date,
+    sync_author_detail,
+    urljoin,
+)
 
-_MIXIN = _FeedParserMixin
-_STANDARD_PREFIX = {uri.lower(): prefix for uri, prefix in _MIXIN.namespaces.items()}
+_STANDARD_PREFIX = {uri.lower(): prefix for uri, prefix in NAMESPACES.items()}
 _USERLAND = "http://backend.userland.com/rss"
-_HTML_TYPES = _MIXIN.html_types
 _ATOM = "http://www.w3.org/2005/Atom"
 _DECLARATIONS = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
 _QUERY_ENTITY = re.compile("&([A-Za-z0-9_]+);")
@@ -64,8 +70,6 @@ _READ_KEYS = {"link", "title", "title_detail", "tags", "author", "id", "publishe
 # feedparser 6.0's handlers): taken as long as they hold no elements of their own
 # ("contributor": only name, email and uri).
 _HARMLESS = {"rights", "itunes:explicit", "contributor"}
-_GEORSS = {"georss:point": _parse_georss_point, "georss:line": _parse_georss_line,
-           "georss:polygon": _parse_georss_polygon, "georss:box": _parse_georss_box}
 _XHTML_TYPE = "application/xhtml+xml"
 _XHTML_NS = "{http://www.w3.org/1999/xhtml}"
 _XLINK = "http://www.w3.org/1999/xlink"  # feedparser writes its declaration as an attribute
@@ -173,7 +177,7 @@ def _join_base(base: str, own: str) -> str:
     # cached: every element of a feed asks again with the same two
     if base:
         return str(make_safe_absolute_uri(base, own) or base)
-    return str(_urljoin(base, own))
+    return str(urljoin(base, own))
 
 
 def _text(element: Any) -> str:
@@ -192,7 +196,7 @@ def _fixed(text: str) -> str:
         text = text.encode("iso-8859-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
         pass
-    return text.translate(_cp1252) if _C1.search(text) else text
+    return text.translate(CP1252) if _C1.search(text) else text
 
 
 def _xhtml_content(content: Any) -> str:
@@ -234,7 +238,7 @@ def _serialise_xhtml(element: Any, pieces: list[str]) -> None:
         if not element.tag.startswith(_XHTML_NS):
             raise _Unsupported
         name = element.tag[len(_XHTML_NS):].lower()
-        if hasattr(_MIXIN, "_end_xhtml_" + name) or _XLINK in element.nsmap.values():
+        if ends_xhtml_specially(name) or _XLINK in element.nsmap.values():
             raise _Unsupported
         start = ["<", name]
         seen = set()
@@ -271,7 +275,7 @@ def _child_elements(parent: Any) -> Iterator[Any]:
 
 def _handled(name: str) -> bool:
     key = name.replace(":", "_")
-    return hasattr(_MIXIN, "_start_" + key) or hasattr(_MIXIN, "_end_" + key)
+    return has_handler(key)
 
 
 class _Reader:
@@ -352,11 +356,11 @@ class _Reader:
         elif name in ("guid", "id"):
             self._guid(entry, element, attrs)
         elif name in ("pubdate", "published", "issued", "dcterms:issued"):
-            entry["published_parsed"] = _parse_date(self._value(element, "published"))
+            entry["published_parsed"] = parse_date(self._value(element, "published"))
         elif name in ("updated", "modified", "dc:date", "dcterms:modified", "lastbuilddate"):
-            entry["updated_parsed"] = _parse_date(self._value(element, "updated"))
+            entry["updated_parsed"] = parse_date(self._value(element, "updated"))
         elif name in ("created", "dcterms:created"):
-            entry["created_parsed"] = _parse_date(self._value(element, "created"))
+            entry["created_parsed"] = parse_date(self._value(element, "created"))
         elif name in ("author", "dc:creator", "dc:author"):
             self._author(entry, element)
         elif name in ("category", "dc:subject"):
@@ -382,9 +386,9 @@ class _Reader:
         elif name == "source":
             _text(element)
             state["title_locked"] = False  # feedparser resets its title depth here
-        elif name in _GEORSS:  # feedparser files the shape under "where": never read
+        elif name in GEORSS:  # feedparser files the shape under "where": never read
             try:
-                _GEORSS[name](_text(element).strip())
+                GEORSS[name](_text(element).strip())
             except _Unsupported:
                 raise
             except Exception as exc:  # (feedparser would fail the same way: its call)
@@ -428,18 +432,18 @@ class _Reader:
     def _value(self, element: Any, key: str) -> str:
         """What feedparser's pop() makes of an element's text (URI keys resolved)."""
         text = _text(element).strip()
-        if text and key in _MIXIN.can_be_relative_uri and not PLAIN_HTTP_URL.match(text):
-            text = _urljoin(self.base, text)  # (which gives a plain URL back as it is)
+        if text and key in CAN_BE_RELATIVE_URI and not PLAIN_HTTP_URL.match(text):
+            text = urljoin(self.base, text)  # (which gives a plain URL back as it is)
         return _fixed(text)
 
     def _content(self, element: Any, attrs: dict[str, str],
                  default_type: str) -> tuple[str, dict[str, Any]]:
         """A text construct: its value and detail (type, language, base, value)."""
-        kind = _MIXIN.map_content_type(attrs.get("type", default_type))
+        kind = map_content_type(attrs.get("type", default_type))
         if kind not in _TEXT_TYPES or "src" in attrs:
             raise _Unsupported  # xhtml, base64 or out-of-line content
         value = _text(element).strip()
-        if not self.atom and kind == "text/plain" and _MIXIN.looks_like_html(value):
+        if not self.atom and kind == "text/plain" and looks_like_html(value):
             kind = "text/html"
         value = _fixed(value)
         return value, {"type": kind, "language": None, "base": self.base, "value": value}
@@ -475,7 +479,7 @@ class _Reader:
               attrs: dict[str, str], default_type: str) -> None:
         state["has_content"] = True
         if self.atom and default_type == "text/plain" and "src" not in attrs and \
-                _MIXIN.map_content_type(attrs.get("type", "")) == _XHTML_TYPE:
+                map_content_type(attrs.get("type", "")) == _XHTML_TYPE:
             value = _fixed(_xhtml_content(element))
             detail = {"type": _XHTML_TYPE, "language": None, "base": self.base,
                       "value": value}
@@ -491,14 +495,14 @@ class _Reader:
         attrs.setdefault("rel", "alternate")
         attrs.setdefault("type", "application/atom+xml" if attrs["rel"] == "self"
                          else "text/html")
-        _MIXIN._enforce_href(attrs)
+        enforce_href(attrs)
         if "href" in attrs:  # an empty one too: it resolves to the base
-            attrs["href"] = _urljoin(self.base, attrs["href"])
+            attrs["href"] = urljoin(self.base, attrs["href"])
         links = entry.setdefault("links", [])
         links.append(attrs)
         if "href" in attrs:
-            if attrs["rel"] == "alternate" and _MIXIN.map_content_type(
-                    attrs["type"]) in _HTML_TYPES:
+            if attrs["rel"] == "alternate" and map_content_type(
+                    attrs["type"]) in HTML_TYPES:
                 entry["link"] = attrs["href"]
             if len(element):
                 self._inside_link(entry, state, element)
@@ -549,7 +553,6 @@ class _Reader:
         name into this one), then the element's own text, then a last sync."""
         authors: list[dict[str, Any]] = entry.setdefault("authors", [])
         authors.append({})
-        context = _Context(entry)
         for inner in element:
             if not isinstance(inner.tag, str):
                 raise _Unsupported
@@ -563,16 +566,15 @@ class _Reader:
                 self.base = outer
             else:
                 raise _Unsupported
-            _MIXIN._sync_author_detail(context)
+            sync_author_detail(entry)
             authors[-1][name] = value
         own = "".join((element.text or "", *(inner.tail or "" for inner in element)))
         entry["author"] = _fixed(own.strip())
-        _MIXIN._sync_author_detail(context)
+        sync_author_detail(entry)
 
     def _category(self, entry: dict[str, Any], element: Any, attrs: dict[str, str]) -> None:
-        context = _Context(entry)
-        _MIXIN._add_tag(context, attrs.get("term"), attrs.get("scheme", attrs.get("domain")),
-                        attrs.get("label"))
+        add_tag(entry, attrs.get("term"), attrs.get("scheme", attrs.get("domain")),
+                attrs.get("label"))
         value = self._value(element, "category")
         if not value:
             return
@@ -580,20 +582,10 @@ class _Reader:
         if tags and not tags[-1]["term"]:
             tags[-1]["term"] = value
         else:
-            _MIXIN._add_tag(context, value, None, None)
+            add_tag(entry, value, None, None)
 
     def _enclosure(self, entry: dict[str, Any], attrs: dict[str, str]) -> None:
-        _MIXIN._enforce_href(attrs)  # a url or uri attribute becomes href
+        enforce_href(attrs)  # a url or uri attribute becomes href
         attrs["rel"] = "enclosure"
         entry.setdefault("links", []).append(attrs)
 
-
-class _Context:
-    """Stands in for feedparser's parser where we call its own helpers (author sync,
-    tags): they only ask it for the dict being filled."""
-
-    def __init__(self, entry: dict[str, Any]) -> None:
-        self.entry = entry
-
-    def _get_context(self) -> dict[str, Any]:
-        return self.entry

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from lxml import etree
 
-from aggregator.config import UpstreamSource
+from aggregator.config import Config, UpstreamSource
 from aggregator.problems import ProblemLog
 from aggregator.sources.safe_open import Refused, open_regular
 
@@ -85,6 +86,16 @@ def sources_from_opml(paths: Iterable[Path], seen: set[str],
             seen.add(source.url)
             out.append(source)
     return tuple(out)
+
+
+def with_opml_sources(config: Config, problems: ProblemLog) -> Config:
+    """The config with the sources of its OPML files (`upstream: - opml: file`) after
+    its inline ones. Loading the config lists the files; reading them is this layer's."""
+    if not config.opml_files:
+        return config
+    seen = {source.url for source in config.upstream}
+    found = sources_from_opml(config.opml_files, seen, problems)
+    return replace(config, upstream=config.upstream + found)
 
 
 def export_opml(sources: Iterable[UpstreamSource], title: str) -> bytes:

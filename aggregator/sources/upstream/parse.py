@@ -15,6 +15,7 @@ from typing import Any
 
 import feedparser
 
+from aggregator.sources.upstream.feedparser_private import PREFERRED_XML_PARSERS
 from aggregator.sources.upstream.jsonfeed import (
     JSONFeed,
     JSONFeedError,
@@ -27,8 +28,8 @@ log = logging.getLogger(__name__)
 
 # Tried first by feedparser (see buffered_expat.py); libxml2 is never installed here.
 _PARSER = "aggregator.sources.upstream.buffered_expat"
-if _PARSER not in feedparser.api.PREFERRED_XML_PARSERS:
-    feedparser.api.PREFERRED_XML_PARSERS.insert(0, _PARSER)
+if _PARSER not in PREFERRED_XML_PARSERS:
+    PREFERRED_XML_PARSERS.insert(0, _PARSER)
 
 _HTML_PAGE = re.compile(rb"<(!doctype\s+html|html[\s>]|head[\s>]|body[\s>])", re.IGNORECASE)
 # Whitespace before the XML declaration (a template's stray newline: common). XML says

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
 
 from aggregator.config import Config, UpstreamSource
+from aggregator.fetch.limits import limits_from
 from aggregator.sources.upstream.http import Fetcher, FetchError
 from aggregator.state.probes import Probe, ProbeCache, unknown_image
 from aggregator.state.store import StateStore
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 def _probe_one(fetcher: Fetcher, url: str, now: datetime) -> Probe:
     try:
         status, content_type, length = fetcher.probe(url)
-    except Exception as exc:  # refused, timeout, a URL httpx rejects: never fatal
+    except Exception as exc:  # refused, timeout, a URL urls.py rejects: never fatal
         log.debug("%s: image probe failed: %s", url, exc if isinstance(exc, FetchError)
                   else repr(exc))
         return Probe(url, None, None, 0, now)
@@ -57,8 +58,6 @@ def probe_urls(config: Config, store: StateStore, urls: list[str], now: datetime
     todo = cache.stale(urls, now, timedelta(days=config.probe_refresh_days))[:config.probe_max]
     if not todo:
         return 0
-    from aggregator.sources.upstream.poll import limits_from
-
     own = fetcher is None
     fetcher = fetcher or Fetcher(limits_from(config))
     started = time.monotonic()

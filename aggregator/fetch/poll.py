@@ -25,8 +25,9 @@ from typing import Any
 
 from aggregator import progress
 from aggregator.config import Config, UpstreamSource
+from aggregator.fetch.limits import limits_from
 from aggregator.problems import ProblemLog
-from aggregator.sources.upstream.http import Fetcher, FetchError, Limits, Response, StatusError
+from aggregator.sources.upstream.http import Fetcher, FetchError, Response, StatusError
 from aggregator.sources.upstream.politeness import cache_floor, floor_of, retry_after, ttl_floor
 from aggregator.state.store import Clock, StateStore
 from aggregator.state.upstream import DumpedEntry, UpstreamState, dump_entries
@@ -74,13 +75,6 @@ class _Outcome:
     error: str | None = None
     status: int | None = None
     headers: dict[str, str] = field(default_factory=dict)  # of a failed response
-
-
-def limits_from(config: Config) -> Limits:
-    return Limits(timeout=config.fetch_timeout, deadline=config.fetch_deadline,
-                  max_bytes=config.max_bytes, per_host=config.per_host_limit,
-                  concurrency=config.fetch_concurrency,
-                  allow_private=config.allow_private_addresses)
 
 
 def parse_job(body: bytes, headers: dict[str, str], url: str, source: UpstreamSource,
@@ -313,8 +307,8 @@ def _moved(source: UpstreamSource, url: str, state: UpstreamState,
 def _after_poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
                 sources: list[UpstreamSource]) -> None:
     """write_posts sources become posts; unknown image types are probed (never fatal)."""
-    from aggregator.sources.upstream.posts import write_posts
-    from aggregator.sources.upstream.probe import probe_images
+    from aggregator.fetch.posts import write_posts
+    from aggregator.fetch.probe import probe_images
 
     try:
         write_posts(config, store, sources, problems, clock())

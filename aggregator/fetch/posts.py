@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from datetime import datetime
 from pathlib import Path
 
@@ -139,12 +138,3 @@ def _due(root: Path, parts: tuple[str, ...], written_sha: str | None, data: byte
         log.debug("%s: edited by hand; left alone", path)
         return False
     return current != data
-
-
-def written_ids(store: StateStore) -> set[str]:
-    """Ids of upstream entries published as a post that still exists."""
-    try:
-        rows = store.db.execute("SELECT entry_id, path FROM written_post").fetchall()
-    except Exception:  # noqa: BLE001 - a state without the table: nothing written
-        return set()
-    return {entry_id for entry_id, path in rows if os.path.exists(path)}
