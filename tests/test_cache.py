@@ -875,3 +875,52 @@ def test_a_change_undone_between_patched_builds_leaves_no_stale_feed(
     second = build(config, clock=fixed_clock())
     assert second.patched
     assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
+
+
+@pytest.mark.parametrize("seed", [3, 17])
+@pytest.mark.parametrize("session", [False, True])
+def test_upstream_rows_added_changed_and_pruned_equal_a_clean_build(
+        tmp_path: Path, seed: int, session: bool) -> None:
+    """Polls that add upstream entries, change them, claim a local post's link and push
+    old ones out of a source's retention: each following build, through the entry
+    store, publishes what a build with no store (the same state) does."""
+    import random
+
+    from aggregator.config import UpstreamSource
+    from aggregator.model import Entry
+    from aggregator.pipeline import Builder
+    from aggregator.state.store import StateStore
+    from aggregator.state.upstream import UpstreamState
+
+    config_path = _site(tmp_path)
+    data = yaml.safe_load(config_path.read_text())
+    data["upstream"] = [{"url": UPSTREAM_URL, "category": "Up", "retention": 4},
+                        {"url": UPSTREAM_URL + "?2", "category": "Alpha/Sub1"}]
+    config_path.write_text(yaml.safe_dump(data))
+    config = load_config(config_path)
+    sources = [UpstreamSource(url=UPSTREAM_URL, category=("Up",), retention=4),
+               UpstreamSource(url=UPSTREAM_URL + "?2", category=("Alpha", "Sub1"))]
+    builder = Builder(persistent=session)
+    builder.build(config, clock=fixed_clock())
+    rng = random.Random(seed)
+    local_link = "https://example.org/a/p1/"  # post p1's link (write_config's post_url)
+    claimed = 0
+    for step in range(10):
+        source = rng.choice(sources)
+        entries = []
+        for n in rng.sample(range(8), rng.randint(1, 4)):
+            when = datetime(2026, 1, 1 + n + step % 3, 9, tzinfo=UTC)
+            link = local_link if rng.random() < 0.15 else f"https://up.example/{n}"
+            claimed += link == local_link
+            entries.append(Entry(
+                id=f"urn:up:{n}", title=f"Up {n} v{rng.randint(0, 2)}", link=link,
+                author=None, published=when, updated=when, category=(), tags=(),
+                html=f"<p>u{n} step {step}</p>", summary="", image=None))
+        state = StateStore(config.state_path)
+        UpstreamState(state).store_entries(source, entries, None, None,
+                                           datetime(2026, 2, 1 + step, tzinfo=UTC))
+        state.close()
+        builder.build(config, clock=fixed_clock())
+        assert _feeds(config.output_dir) == _reference_with_state(tmp_path, config_path), step
+    builder.close()
+    assert b"Up " in _feeds(config.output_dir)["atom.xml"] and claimed
