@@ -1,7 +1,8 @@
 """kill -9 during a build (cold or incremental) never leaves a truncated feed; the next
 build cleans up and publishes what a clean build does (the entry store stays whole).
 
-The default suite kills at 12 moments; `-m slow` runs the full 100.
+The default suite kills at 12 moments and compares with a clean build after every
+4th; `-m slow` kills at 100 and compares after every kill.
 """
 
 from __future__ import annotations
@@ -49,12 +50,17 @@ def _assert_every_feed_parses(out: Path) -> int:
     return count
 
 
-def _kill_loop(tmp_path: Path, kills: int) -> None:
+def _kill_loop(tmp_path: Path, kills: int, check_every: int) -> None:
+    """Kill `kills` builds at random moments; every `check_every` kills, let the next
+    build finish and compare its output with a clean build of the same posts."""
     config = _content(tmp_path)
     out = tmp_path / "feeds"
-    assert _build(config).wait(timeout=120) == 0
+    cold = _timed_build(config)
     rng = random.Random(11)
     posts = sorted((tmp_path / "posts").glob("*.md"))
+    for post in posts[:5]:
+        post.write_text(post.read_text().replace("text.", "text, edited."))
+    incremental = _timed_build(config)  # how long each kind of build takes here, now
     caught_mid_write = 0
     for round_ in range(kills):
         # change a few posts so the build has real writes to do
@@ -64,20 +70,34 @@ def _kill_loop(tmp_path: Path, kills: int) -> None:
             for cache in (tmp_path / "state").glob("*.cache*"):
                 cache.unlink()
         proc = _build(config)
-        time.sleep(rng.uniform(0.2, 1.5))
+        # a moment anywhere in the build, from its start to its last write
+        time.sleep(rng.uniform(0, cold if round_ % 4 == 1 else incremental))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         caught_mid_write += bool(list(out.rglob(f"*{TEMP_SUFFIX}")))
         assert _assert_every_feed_parses(out) > 0
+        if (round_ + 1) % check_every == 0:
+            _assert_next_build_equals_a_clean_one(tmp_path, config, f"clean{round_}")
     print(f"{caught_mid_write} of {kills} kills left a temp file behind")
+
+
+def _timed_build(config: Path) -> float:
+    start = time.monotonic()
+    assert _build(config).wait(timeout=120) == 0
+    return time.monotonic() - start
+
+
+def _assert_next_build_equals_a_clean_one(tmp_path: Path, config: Path, name: str) -> None:
+    out = tmp_path / "feeds"
     assert _build(config).wait(timeout=120) == 0
     assert list(out.rglob(f"*{TEMP_SUFFIX}")) == []
     assert _assert_every_feed_parses(out) >= 2 * (1 + 8 + 8 * 6)
-    clean = tmp_path / "clean"
+    clean = tmp_path / name
     shutil.copytree(tmp_path / "posts", clean / "posts")
     shutil.copy(config, clean / "config.yaml")
     assert _build(clean / "config.yaml").wait(timeout=120) == 0
     assert _files(out) == _files(clean / "feeds")
+    shutil.rmtree(clean)
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -86,9 +106,10 @@ def _files(out: Path) -> dict[str, bytes]:
 
 
 def test_killed_builds_leave_only_whole_feeds(tmp_path: Path) -> None:
-    _kill_loop(tmp_path, kills=12)
+    _kill_loop(tmp_path, kills=12, check_every=4)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_killed_builds_leave_only_whole_feeds_100_times(tmp_path: Path) -> None:
-    _kill_loop(tmp_path, kills=100)
+    _kill_loop(tmp_path, kills=100, check_every=1)
