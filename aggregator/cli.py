@@ -238,6 +238,7 @@ def cmd_check(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
     report.posts_found = len(posts)
     warn_defaults(config, linkless, problems)
     sources = _check_sources(config, problems)
+    hubs = _check_pings(config, problems)
     failing = sum(1 for s in sources if s["state"] in ("failing", "disabled"))
     log.info("checked %d posts: %d usable, %d skipped; %d sources failing; %d errors, "
              "%d warnings", report.posts_found, report.posts_read, report.skipped, failing,
@@ -246,7 +247,9 @@ def cmd_check(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
     if args.json:
         _print_json({"command": "check", "exit_code": code,
                      "posts": _posts_json(report), "sources": sources,
-                     "failing_sources": failing, **_problems_json(problems)})
+                     "failing_sources": failing,
+                     **({"websub": hubs} if config.websub_hubs else {}),
+                     **_problems_json(problems)})
     return code
 
 
@@ -372,13 +375,57 @@ def cmd_fetch(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
         code, report = _build(config, problems, earlier=first)
         report = first.followed_by(report) if report is not None else None
     _summary(report, problems)
+    pinged = _send_pings(config)
     if code == EXIT_OK and polled.failed:
         code = EXIT_SKIPPED
     if args.json:
         _print_json({"command": "fetch", "exit_code": code, "poll": _poll_json(polled),
                      "build": _build_json(report) if report is not None else None,
+                     **({"websub": pinged} if pinged is not None else {}),
                      **_problems_json(problems)})
     return code
+
+
+def _send_pings(config: Config) -> dict[str, Any] | None:
+    """`fetch` sends every waiting WebSub ping once, after its builds; what failed
+    stays waiting (for the next fetch or the service). None without hubs."""
+    if not config.websub_hubs:
+        return None
+    from aggregator.fetch.websub import send_pings
+
+    sent = send_pings(config, due_only=False)
+    return {"sent": sent.sent, "failed": sent.failed, "errors": sent.errors}
+
+
+def _check_pings(config: Config, problems: ProblemLog) -> list[dict[str, Any]]:
+    """Each hub's waiting WebSub pings (read-only); a hub whose pings failed is a
+    warning naming its last error."""
+    import sqlite3
+
+    from aggregator.state.websub import PingQueue
+
+    if not config.websub_hubs or not config.state_path.exists():
+        return []
+    try:
+        hubs = {hub.hub: hub for hub in PingQueue(config.state_path).pending()}
+    except sqlite3.Error as exc:
+        problems.warn(str(config.state_path), f"cannot read WebSub pings: {exc}")
+        return []
+    out = []
+    for url in config.websub_hubs:
+        hub = hubs.get(url)
+        out.append({"hub": url, "waiting": hub.pending if hub else 0,
+                    "failed": hub.failed if hub else 0,
+                    "oldest": hub.oldest if hub else None,
+                    "last_error": hub.last_error if hub else None})
+        if hub is None:
+            log.info("WebSub hub %s: no ping waiting", url)
+        elif hub.failed:
+            problems.warn(url, f"WebSub: {hub.pending} pings waiting since {hub.oldest}, "
+                               f"{hub.failed} failed; last error: {hub.last_error}")
+        else:
+            log.info("WebSub hub %s: %d pings waiting since %s", url, hub.pending, hub.oldest)
+    return out
 
 
 def _waiting(polled: PollReport) -> str:

@@ -93,6 +93,10 @@ class Config:
     probe_seconds: float = 20.0  # time budget for the image probes of one fetch run
     probe_refresh_days: int = 30  # a cached probe result is trusted this long
     hexo: HexoSite | None = None  # content.hexo_config: links and dates as Hexo makes them
+    archives: bool = False  # output.archives: RFC 5005 archive documents (writers/archives)
+    websub_hubs: tuple[str, ...] = ()  # WebSub hubs: rel="hub" links, a ping per changed feed
+    websub_timeout: float = 10.0  # seconds, one ping (connect and answer)
+    websub_retry: float = 60.0  # seconds before the first retry of a failed ping (doubling)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -208,7 +212,7 @@ class _Reader:
 KNOWN_KEYS: dict[str, set[str]] = {
     "site": {"url", "title", "timezone", "post_url", "id_date"},
     "content": {"dir", "body", "follow_symlinks", "max_post_bytes", "hexo_config"},
-    "output": {"dir", "max_items", "full_content", "slugs", "max_depth"},
+    "output": {"dir", "max_items", "full_content", "slugs", "max_depth", "archives"},
     "sanitize": {"drop_selectors", "iframe_hosts"},
     "images": {"probe", "probe_max", "probe_seconds", "probe_refresh_days"},
     "upstream": {"url", "category", "title", "every", "enabled", "drop_selectors",
@@ -217,6 +221,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
               "deadline_seconds", "concurrency", "parse_processes", "failing_after"},
     "state": {"path"},
     "serve": {"host", "port"},
+    "websub": {"hubs", "timeout_seconds", "retry_seconds"},
 }
 OPML_ITEM_KEYS = {"opml"}
 
@@ -401,15 +406,32 @@ def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
         probe_seconds=float(r.typed((int, float), "images", "probe_seconds", default=20.0)),
         probe_refresh_days=max(1, r.typed(int, "images", "probe_refresh_days", default=30)),
         hexo=hexo,
+        archives=r.typed(bool, "output", "archives", default=False),
+        websub_hubs=_hubs(r),
+        websub_timeout=_positive(r, "timeout_seconds", 10.0, "websub"),
+        websub_retry=_positive(r, "retry_seconds", 60.0, "websub"),
         raw=data,
     )
 
 
-def _positive(r: _Reader, key: str, default: float) -> float:
-    value = r.typed((int, float), "fetch", key, default=default)
+def _positive(r: _Reader, key: str, default: float, section: str = "fetch") -> float:
+    value = r.typed((int, float), section, key, default=default)
     if isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{r.where('fetch', key)}: fetch.{key} must be a positive number")
+        raise ConfigError(f"{r.where(section, key)}: {section}.{key} must be a positive number")
     return float(value)
+
+
+def _hubs(r: _Reader) -> tuple[str, ...]:
+    """websub.hubs: absolute http(s) URLs, each once, in the order given."""
+    hubs: list[str] = []
+    for i, hub in enumerate(r.typed(list, "websub", "hubs", default=[])):
+        parts = urlsplit(hub) if isinstance(hub, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"{r.where('websub', 'hubs', str(i))}: a WebSub hub must be "
+                              f"an absolute http(s) URL, not {hub!r}")
+        if hub not in hubs:
+            hubs.append(hub)
+    return tuple(hubs)
 
 
 def _read_upstream(r: _Reader, base: Path) -> tuple[tuple[UpstreamSource, ...], tuple[Path, ...]]:

@@ -88,7 +88,8 @@ def test_the_shipped_example_builds_clean(tmp_path: Path,
      "config.yaml:5: error: unknown key 'category' in an upstream source"),
     ("site:\n  max_items: 5\n", "config.yaml:4: error: unknown key 'max_items' in 'site'; "
                                 "did you mean 'output.max_items'?"),
-    ("websub:\n  hubs: []\n", "config.yaml:3: error: unknown config section 'websub'"),
+    ("websub:\n  hub: []\n", "config.yaml:4: error: unknown key 'hub' in 'websub'; "
+                              "did you mean 'hubs'?"),
     ("state:\n  url: postgresql://x/y\n", "config.yaml:4: error: unknown key 'url' in 'state'"),
     ("output: feeds\n", "config.yaml:3: error: 'output' must be a mapping of keys"),
 ])

@@ -20,6 +20,8 @@ from aggregator.config import Config
 from aggregator.fingerprints import fingerprint_of, render_fingerprint
 from aggregator.model import Entry
 from aggregator.publish.atomic import Publisher
+from aggregator.publish.heads import FeedHeads
+from aggregator.publish.websub import record_pings
 from aggregator.report import BuildReport
 from aggregator.state.published import PublishedRecord
 from aggregator.store import EntryStore, FeedRow, pack_render, unpack_render, unpacked_size
@@ -52,6 +54,7 @@ def publish(config: Config, root: Node, store: EntryStore, report: BuildReport,
     except BaseException:
         publisher.abort()  # no staging thread may go on writing after this build
         raise
+    record_pings(config, report.written)  # (the files are replaced: hubs may fetch them)
 
 
 Plan = tuple[Node, str, str, list[FeedRow], list[str], str]
@@ -69,21 +72,28 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
     plans: list[Plan] = []
     counts: dict[tuple[str, ...], int] = {}
     kept: list[str] = []
+    heads = FeedHeads(config, previous)  # hub and archive links; archive documents
     for node in root.walk():
-        rels = (f"{node.rel_dir}atom.xml", f"{node.rel_dir}rss.xml")
+        rels = (f"{node.rel_dir}atom.xml", f"{node.rel_dir}rss.xml", *heads.archived(node))
         counts[node.names] = min(node.count, limit) if limit else node.count
-        if node.nid not in dirty and node.nid and rels[0] in previous \
-                and rels[1] in previous and (not stat or (
-                    _untouched(publisher, rels[0], previous[rels[0]][0], previous)
-                    and _untouched(publisher, rels[1], previous[rels[1]][0], previous))):
+        if node.nid not in dirty and node.nid and all(rel in previous for rel in rels) \
+                and (not stat or all(_untouched(publisher, rel, previous[rel][0], previous)
+                                     for rel in rels)):
             kept += rels
             continue
-        members = store.feed(node.nid, limit) if node.nid else []
+        members = store.feed(node.nid, heads.query_limit) if node.nid else []
+        members, pages = heads.split(node, members)
         member_keys = [row[1] for row in members]  # once for both formats
-        for kind, rel in zip(("atom", "rss"), rels, strict=True):
+        for kind, rel in zip(("atom", "rss"), rels[:2], strict=True):
+            extra = heads.current(node, kind, rel)
             feed_print = fingerprint_of(kind, feed_title(config, node),
-                                        feed_url(config, node, kind), member_keys)
+                                        feed_url(config, node, kind), member_keys,
+                                        *((extra,) if extra else ()))
             plans.append((node, kind, rel, members, member_keys, feed_print))
+        for page in pages:
+            keys = [row[1] for row in page.rows]
+            plans.append((node, page.kind, page.rel, page.rows, keys,
+                          fingerprint_of(page.kind, page.title, page.url, keys, page.extra)))
     todo = {plan[2] for plan in plans if not _untouched(publisher, plan[2], plan[5], previous)}
     if log.isEnabledFor(logging.DEBUG):
         _explain_plans(plans, todo, previous, len(kept))
@@ -120,10 +130,10 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
         for node, kind, rel, members, member_keys, feed_print in plans:
             report.feeds += 1
             if renderer is not None and rel in todo:
-                title, url = feed_title(config, node), feed_url(config, node, kind)
+                title, url, extra = heads.head(node, kind, rel)
                 parts = unpacked.parts(node.names, member_keys, 0 if kind == "atom" else 1)
                 data = (renderer.atom_feed if kind == "atom" else renderer.rss_feed)(
-                    title, url, _newest(members), parts)
+                    title, url, _newest(members), parts, extra)
                 publisher.write(rel, data)
                 shown.advance()
             else:

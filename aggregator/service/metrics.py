@@ -42,8 +42,16 @@ class ServiceStats:
                                   "When the last build was published", registry=r)
         self.file_events = Counter("aggregator_file_events", "Relevant content file events",
                                    registry=r)
+        self.websub_pings = Counter("aggregator_websub_pings",
+                                    "WebSub pings to hubs, by outcome", ["outcome"],
+                                    registry=r)
+        self.websub_waiting = Gauge("aggregator_websub_pings_waiting",
+                                    "WebSub pings recorded and not yet accepted by a hub",
+                                    registry=r)
         for outcome in ("published", "failed"):
             self.builds.labels(outcome)  # exported as 0 before the first build
+        for outcome in ("sent", "failed"):
+            self.websub_pings.labels(outcome)
 
     def record_build(self, ok: bool, seconds: float, entries: int = 0, feeds: int = 0) -> None:
         with self._lock:
@@ -56,6 +64,11 @@ class ServiceStats:
             self.entries.set(entries)
             self.feeds.set(feeds)
             self.last_success.set_to_current_time()
+
+    def record_pings(self, sent: int, failed: int, waiting: int) -> None:
+        self.websub_pings.labels("sent").inc(sent)
+        self.websub_pings.labels("failed").inc(failed)
+        self.websub_waiting.set(waiting)
 
     def record_poll(self, url: str, outcome: str, message: str = "") -> None:
         self.polls.labels(outcome).inc()

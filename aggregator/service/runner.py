@@ -26,6 +26,7 @@ from aggregator.service.metrics import ServiceStats
 from aggregator.service.notify import Notifier
 from aggregator.service.scheduler import PollScheduler
 from aggregator.service.watcher import ContentWatcher
+from aggregator.service.websub import PingSender
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,10 @@ class BuildWorker:
 
     def __init__(self, config: Callable[[], Config], stats: ServiceStats,
                  notifier: Notifier,
-                 loaded: Callable[[Config], Sequence[Problem]] = lambda config: ()) -> None:
+                 loaded: Callable[[Config], Sequence[Problem]] = lambda config: (),
+                 wrote: Callable[[], None] = lambda: None) -> None:
         self._config = config
+        self._wrote = wrote  # called after a build that wrote files (WebSub pings)
         self._loaded = loaded  # the problems loading a config found (told then)
         self.stats = stats
         self.notifier = notifier
@@ -139,6 +142,8 @@ class BuildWorker:
                      len(report.problems.errors), len(report.problems.warnings))
             self.notifier.status(f"build #{number}: {report.entries} entries, "
                                  f"{report.feeds} feeds, {report.seconds:.2f}s")
+            if report.written:
+                self._wrote()
         finally:
             lock.release()
             self.first_done.set()
@@ -156,8 +161,9 @@ class Service:
         self.quiet, self.max_delay = quiet, max_delay
         self.notifier = notifier or Notifier()
         self.stats = ServiceStats()
+        self.pings = PingSender(lambda: self.config, self.stats)
         self.worker = BuildWorker(lambda: self.config, self.stats, self.notifier,
-                                  self._load_problems)
+                                  self._load_problems, self.pings.wake)
         self.scheduler = PollScheduler(lambda: self.config, self.stats, self.worker.request)
         self.watcher: ContentWatcher | None = None
         self.http: HTTPService | None = None
@@ -197,6 +203,7 @@ class Service:
         self.notifier.status("first build")
         # Watch before the first build so nothing changed meanwhile is missed.
         self._start_watcher()
+        self.pings.start()
         self.worker.start()
         self.worker.request("start")
         while not self.worker.first_done.wait(0.1):
@@ -334,6 +341,7 @@ class Service:
         if self.watcher is not None:
             self.watcher.stop()
         finished = self.worker.stop()
+        self.pings.stop()
         if self.http is not None:
             self.http.stop()
         self.notifier.close()

@@ -103,6 +103,20 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (out_dir, rel)
     ) WITHOUT ROWID;
     """,
+    # 7: WebSub pings a build recorded and no sender has delivered yet (state/websub.py);
+    # `seq` grows each time a build records the ping again; no generation trigger
+    """
+    CREATE TABLE websub_ping (
+        hub        TEXT NOT NULL,
+        url        TEXT NOT NULL,
+        seq        INTEGER NOT NULL DEFAULT 0,
+        queued_at  TEXT NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        next_try   REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        PRIMARY KEY (hub, url)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 Clock = Callable[[], datetime]

@@ -221,15 +221,27 @@ class FeedRenderer:
         return head.encode("utf-8")
 
     def atom_feed(self, title: str, self_url: str, updated: datetime,
-                  rendered: Parts) -> Parts:
+                  rendered: Parts, extra: bytes = b"") -> Parts:
         """The feed as parts to write one after the other: `rendered`, the entries'
         bytes, spliced into the head (never joined into one string). `updated`: the
-        newest of its entries' (EMPTY_FEED_UPDATED without any)."""
-        return _splice(self._fill("atom", title, self_url, updated), b"</feed>", rendered)
+        newest of its entries' (EMPTY_FEED_UPDATED without any). `extra`: head
+        elements written right after the self link (writers/links.py: hub, archive links)."""
+        return _splice(_after_self(self._fill("atom", title, self_url, updated), extra),
+                       b"</feed>", rendered)
 
     def rss_feed(self, title: str, self_url: str, updated: datetime,
-                 rendered: Parts) -> Parts:
-        return _splice(self._fill("rss", title, self_url, updated), b"</channel>", rendered)
+                 rendered: Parts, extra: bytes = b"") -> Parts:
+        return _splice(_after_self(self._fill("rss", title, self_url, updated), extra),
+                       b"</channel>", rendered)
+
+
+def _after_self(head: bytes, extra: bytes) -> bytes:
+    """`extra` inserted after the head's self link (the URL in it is escaped: its
+    attributes hold no quote, so the first `/>` after `rel="self"` ends it)."""
+    if not extra:
+        return head
+    end = head.index(b"/>", head.index(b' rel="self"')) + 2
+    return head[:end] + extra + head[end:]
 
 
 def _splice(head: bytes, closing: bytes, rendered: Parts) -> Parts:
