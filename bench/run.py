@@ -72,12 +72,14 @@ def _generate(folder: Path, posts: int) -> None:
                         + f"date: {date}\n---\n\n{body}", encoding="utf-8")
 
 
-def write_config(site: Path, content: Path, max_items: int, extra: str = "") -> Path:
+def write_config(site: Path, content: Path, max_items: int, extra: str = "",
+                 archives: bool = False) -> Path:
     config = site / "config.yaml"
     config.write_text(
         "site: {url: 'http://127.0.0.1:8080/', title: Bench, timezone: UTC}\n"
         f"content: {{dir: '{content}'}}\n"
-        f"output: {{dir: feeds, max_items: {max_items}}}\n"
+        f"output: {{dir: feeds, max_items: {max_items}"
+        f"{', archives: true' if archives else ''}}}\n"
         "images: {probe: false}\n"
         "state: {path: state/bench.sqlite}\n" + extra, encoding="utf-8")
     return config
@@ -167,9 +169,10 @@ def progress(message: str) -> None:
 
 
 def build_scenarios(work: Path, posts: int, codes: list[Code], max_items_values: list[int],
-                    hugo: bool) -> list[Result]:
+                    hugo: bool, archives: bool = False) -> list[Result]:
     """Each build scenario on one corpus, each measured of every code in `codes` in turn
-    (each code builds a site of its own from the same corpus)."""
+    (each code builds a site of its own from the same corpus). `archives`: the working
+    tree's sites (not a compared commit's) build with output.archives on."""
     corpus = work / f"corpus-{posts}"
     make_corpus(corpus, posts)
     # warm the OS page cache: the targets are for warm runs
@@ -180,8 +183,8 @@ def build_scenarios(work: Path, posts: int, codes: list[Code], max_items_values:
     for max_items in max_items_values:
         label = f"max_items={max_items}"
         sites = {code: _site(work, f"site-{posts}-{max_items}", code) for code in codes}
-        for site in sites.values():
-            write_config(site, corpus, max_items)
+        for code, site in sites.items():
+            write_config(site, corpus, max_items, archives=archives and code.label != "old")
 
         def measure(name: str, label: str = label, sites: dict[Code, Path] = sites) -> None:
             results.extend(_build_each(codes, sites, f"{name} ({label})", posts, speed))
@@ -346,6 +349,9 @@ def main() -> int:
                         help="measure everything N times; report the medians")
     parser.add_argument("--no-hugo", dest="hugo", action="store_false",
                         help="skip the Hugo cold build (../shared/bench/peer_hugo)")
+    parser.add_argument("--archives", action="store_true",
+                        help="the working tree's builds with output.archives: true (a "
+                             "--compare'd commit's without: the cost of the archives)")
     parser.add_argument("--work", type=Path, help="keep corpora here (default: a temp dir)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -366,7 +372,8 @@ def main() -> int:
     for repeat in range(args.repeat):
         order = codes if repeat % 2 == 0 else codes[::-1]
         for posts in args.posts:
-            samples += build_scenarios(work, posts, order, args.max_items, hugo)
+            samples += build_scenarios(work, posts, order, args.max_items, hugo,
+                                       args.archives)
             if args.service:
                 samples += [service_scenario(work, posts, code) for code in order]
         if args.upstream:
