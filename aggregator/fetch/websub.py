@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
@@ -54,16 +54,20 @@ def retry_after(config: Config, attempts: int) -> float:
     return float(min(config.websub_retry * 2 ** min(attempts, 20), MAX_RETRY_SECONDS))
 
 
-def send_pings(config: Config, *, due_only: bool,
+def send_pings(config: Config, *, due_only: bool, hubs: Sequence[str] | None = None,
                clock: Callable[[], float] = time.time) -> PingReport:
     """Send the waiting pings (`due_only`: those whose retry time has come; else all
-    of them, once); record what became of each."""
+    of them, once) to `hubs` (default: every configured hub; then the pings to hubs
+    no longer configured are dropped); record what became of each."""
     report = PingReport()
     if not config.websub_hubs:
         return report
     queue = PingQueue(config.state_path)
     try:
-        waiting = queue.waiting(config.websub_hubs, clock() if due_only else None)
+        if hubs is None:
+            queue.forget_other_hubs(config.websub_hubs)
+        waiting = queue.waiting(config.websub_hubs if hubs is None else hubs,
+                                clock() if due_only else None)
     except (OSError, sqlite3.Error) as exc:
         log.warning("%s: cannot read the WebSub pings (%s)", config.state_path, exc)
         return report

@@ -1,7 +1,8 @@
-"""The service's WebSub sender: a thread of its own, so no ping (and no dead hub)
-ever holds up a build. Woken after each build that wrote files, and every
-`websub.retry_seconds` (at most a minute) to retry what failed, it sends the pings
-whose time has come (fetch/websub.py decides how)."""
+"""The service's WebSub sender: threads of its own, so no ping (and no dead hub)
+ever holds up a build, and each hub has its own rounds, so a hub that does not
+answer holds up no other hub. Woken after each build that wrote files, and every
+`websub.retry_seconds` (at most a minute) to retry what failed, it starts a round for
+each hub that has none running (fetch/websub.py sends the pings whose time has come)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from aggregator.config import Config
 from aggregator.fetch.websub import send_pings
@@ -18,6 +20,7 @@ from aggregator.state.websub import PingQueue
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 60.0  # seconds between looks at the waiting pings
+MAX_HUB_THREADS = 8
 
 
 class PingSender:
@@ -26,6 +29,8 @@ class PingSender:
         self.stats = stats
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._rounds: dict[str, Future[None]] = {}  # hub → its round in progress
+        self._pool = ThreadPoolExecutor(MAX_HUB_THREADS, thread_name_prefix="websub-hub")
         self._thread = threading.Thread(target=self._loop, name="websub", daemon=True)
 
     def start(self) -> None:
@@ -36,28 +41,43 @@ class PingSender:
         self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop after the round in progress (pings not sent stay in the state)."""
+        """Stop starting rounds (pings not sent stay in the state for the next run);
+        a round waiting on a hub is not waited for."""
         self._stopping.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _loop(self) -> None:
+        forgotten: tuple[str, ...] | None = None
         while not self._stopping.is_set():
-            config = self._config()
-            self._wake.wait(min(config.websub_retry, MAX_WAIT))
+            self._wake.wait(min(self._config().websub_retry, MAX_WAIT))
             self._wake.clear()
+            config = self._config()
             if self._stopping.is_set():
                 return
             if not config.websub_hubs:
                 continue
-            try:
-                report = send_pings(self._config(), due_only=True)
-                waiting = sum(hub.pending for hub in PingQueue(config.state_path).pending())
-            except (OSError, sqlite3.Error) as exc:
-                log.warning("WebSub pings not sent: %s", exc)
-                continue
-            except Exception:  # the sender outlives a bug in one round
-                log.exception("WebSub sender: round failed")
-                continue
-            self.stats.record_pings(report.sent, report.failed, waiting)
+            if forgotten != config.websub_hubs:  # at start and after a reload
+                try:
+                    PingQueue(config.state_path).forget_other_hubs(config.websub_hubs)
+                    forgotten = config.websub_hubs
+                except (OSError, sqlite3.Error) as exc:
+                    log.warning("WebSub pings of removed hubs kept: %s", exc)
+            for hub in config.websub_hubs:
+                running = self._rounds.get(hub)
+                if running is None or running.done():
+                    self._rounds[hub] = self._pool.submit(self._round, config, hub)
+
+    def _round(self, config: Config, hub: str) -> None:
+        try:
+            report = send_pings(config, due_only=True, hubs=[hub])
+            waiting = sum(h.pending for h in PingQueue(config.state_path).pending())
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("%s: WebSub pings not sent: %s", hub, exc)
+            return
+        except Exception:  # the sender outlives a bug in one round
+            log.exception("%s: WebSub round failed", hub)
+            return
+        self.stats.record_pings(report.sent, report.failed, waiting)

@@ -76,19 +76,23 @@ class PingQueue:
         return len(rows)
 
     def waiting(self, hubs: Iterable[str], due_by: float | None) -> list[Ping]:
-        """The pings to the configured `hubs` that wait (with `due_by`, epoch seconds:
-        those whose retry time has come), in order of hub and URL. Pings to hubs no
-        longer configured are dropped."""
+        """The pings to `hubs` (the configured ones, or some of them) that wait (with
+        `due_by`, epoch seconds: those whose retry time has come), in order of hub
+        and URL."""
         wanted = list(hubs)
         with self._db() as db:
-            db.execute("BEGIN IMMEDIATE")
+            rows = db.execute(f"SELECT hub, url, seq, attempts FROM websub_ping "
+                              f"WHERE next_try <= ? AND hub IN ({', '.join('?' * len(wanted))}) "
+                              f"ORDER BY hub, url",
+                              (float("inf") if due_by is None else due_by, *wanted)).fetchall()
+        return [Ping(*row) for row in rows]
+
+    def forget_other_hubs(self, hubs: Iterable[str]) -> None:
+        """Drop the pings to hubs no longer configured."""
+        wanted = list(hubs)
+        with self._db() as db:
             db.execute(f"DELETE FROM websub_ping WHERE hub NOT IN "
                        f"({', '.join('?' * len(wanted))})", wanted)
-            rows = db.execute("SELECT hub, url, seq, attempts FROM websub_ping "
-                              "WHERE next_try <= ? ORDER BY hub, url",
-                              (float("inf") if due_by is None else due_by,)).fetchall()
-            db.execute("COMMIT")
-        return [Ping(*row) for row in rows]
 
     def settle(self, sent: list[Ping], failed: list[tuple[Ping, str, float]]) -> None:
         """`sent`: accepted by their hub (deleted unless recorded again since);
