@@ -10,6 +10,7 @@ import json
 import random
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -140,14 +141,14 @@ def _archives(files: dict[str, bytes]) -> dict[str, bytes]:
     return {rel: data for rel, data in files.items() if "/archive-" in f"/{rel}"}
 
 
-def _newest_archives(files: dict[str, bytes]) -> set[str]:
-    """Each node's last page (the one still filling): archive-<highest>.*"""
-    top: dict[tuple[str, str], int] = {}
-    for rel in _archives(files):
-        folder, _, name = rel.rpartition("/")
-        number, kind = name.removeprefix("archive-").split(".")[:2]
-        top[(folder, kind)] = max(top.get((folder, kind), 0), int(number))
-    return {f"{folder}/archive-{n}.{kind}.xml".lstrip("/") for (folder, kind), n in top.items()}
+def _newest_archives(out: Path, history: History) -> set[str]:
+    """Each node's newest page (the one still filling): its feeds' prev-archive."""
+    newest = set()
+    for _names, folder in _nodes(history):
+        for kind in ("atom", "rss"):
+            root = etree.parse(str(out / f"{folder}{kind}.xml")).getroot()
+            newest.update(url.removeprefix(SITE) for url in _links(root, "prev-archive"))
+    return newest
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -165,22 +166,61 @@ def test_walking_the_archives_gives_every_entry_once(tmp_path: Path, seed: int) 
                 assert sorted(seen) == sorted(history.expected(names)), (round_, folder, kind)
         files = _feeds(out)
         assert files == _clean_build(tmp_path, config), round_  # incremental == clean
+        newest = _newest_archives(out, history)
 
         # no old entry changes: a rebuild, then a new newest post and an edit of it
         _build(config)
         assert _feeds(out) == files
         history.add_newest()
         _build(config)
-        newest = f"P{history.made}"
-        path = tmp_path / "posts" / f"{newest}.md"
+        path = tmp_path / "posts" / f"P{history.made}.md"
         path.write_text(path.read_text().replace("Body", "Edited"))
         _build(config)
         after = _feeds(out)
-        complete = set(_archives(files)) - _newest_archives(files)
+        complete = set(_archives(files)) - newest
         assert complete and {rel: after.get(rel) for rel in complete} == \
             {rel: files[rel] for rel in complete}, round_
         for _ in range(history.rnd.randint(1, 4)):
             history.step()
+
+
+def _changed_pages(before: dict[str, bytes], after: dict[str, bytes]) -> Counter[str]:
+    """Archive documents written, added or removed, by node folder and format."""
+    old, new = _archives(before), _archives(after)
+    return Counter(f"{rel.rpartition('/')[0]} {rel.rsplit('.', 2)[1]}"
+                   for rel in old.keys() | new.keys() if old.get(rel) != new.get(rel))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_old_entry_changes_only_the_pages_beside_it(tmp_path: Path, seed: int) -> None:
+    """Deleting, adding (with an old date) or editing an archived entry rewrites, adds
+    or removes a few pages around it (its page, renamed when its oldest entry changes;
+    merged with or split from the next when its end moves; the neighbours whose links
+    name them), never the rest: at most 6 of a node's documents per format."""
+    history = History(tmp_path, seed)
+    for _ in range(60):
+        history.add()
+    config = _config(tmp_path)
+    out = tmp_path / "feeds"
+    _build(config)
+    for change in ("delete", "add", "edit"):
+        before = _feeds(out)
+        if change == "add":
+            history.add()
+        else:
+            title = history.rnd.choice(sorted(history.live))
+            path = tmp_path / "posts" / f"{title}.md"
+            if change == "delete":
+                path.unlink()
+                del history.live[title]
+            else:
+                path.write_text(path.read_text().replace("Body", "Edited"))
+        _build(config)
+        changed = _changed_pages(before, _feeds(out))
+        assert max(changed.values(), default=0) <= 6, (change, changed)
+        assert len(_archives(before)) > 4 * 2 * 6  # many pages that could have changed
+    for names, folder in _nodes(history):
+        assert sorted(walk(out, folder, "atom")) == sorted(history.expected(names))
 
 
 def test_archives_off_by_default_and_gone_when_turned_off(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ class FeedHeads:
                 if archives.is_archive(rel):
                     folder, _, _name = rel.rpartition("/")
                     self._archived.setdefault(f"{folder}/" if folder else "", []).append(rel)
-        self._pages: dict[str, int] = {}  # node folder → its archive pages
+        self._newest: dict[str, str] = {}  # node folder → the name of its newest page
         self._heads: dict[str, tuple[str, str, bytes]] = {}
 
     def archived(self, node: Node) -> list[str]:
@@ -42,7 +42,8 @@ class FeedHeads:
         if not self.config.archives:
             return rows, []
         current, pages = archives.split(self.config, node, rows)
-        self._pages[node.rel_dir] = len(pages) // 2
+        if pages:
+            self._newest[node.rel_dir] = pages[-1].name
         for page in pages:
             self._heads[page.rel] = (page.title, page.url, page.extra)
         return current, pages
@@ -50,9 +51,9 @@ class FeedHeads:
     def current(self, node: Node, kind: str, rel: str) -> bytes:
         """The extra head elements of the node's current feed (after split)."""
         links = list(self._hubs)
-        pages = self._pages.get(node.rel_dir, 0)
-        if pages:
-            links.append(("prev-archive", archives.archive_url(self.config, node, pages, kind)))
+        newest = self._newest.get(node.rel_dir)
+        if newest is not None:
+            links.append(("prev-archive", archives.archive_url(self.config, node, newest, kind)))
         extra = head_links(kind, links)
         if extra:
             self._heads[rel] = (feed_title(self.config, node), feed_url(self.config, node, kind),
