@@ -10,7 +10,6 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from aggregator.config import Config
 from aggregator.fetch.websub import send_pings
@@ -20,7 +19,6 @@ from aggregator.state.websub import PingQueue
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 60.0  # seconds between looks at the waiting pings
-MAX_HUB_THREADS = 8
 
 
 class PingSender:
@@ -29,8 +27,9 @@ class PingSender:
         self.stats = stats
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._rounds: dict[str, Future[None]] = {}  # hub → its round in progress
-        self._pool = ThreadPoolExecutor(MAX_HUB_THREADS, thread_name_prefix="websub-hub")
+        # hub → the thread of its round in progress (daemon threads: a hub that does
+        # not answer never holds up the service's exit)
+        self._rounds: dict[str, threading.Thread] = {}
         self._thread = threading.Thread(target=self._loop, name="websub", daemon=True)
 
     def start(self) -> None:
@@ -47,7 +46,6 @@ class PingSender:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _loop(self) -> None:
         forgotten: tuple[str, ...] | None = None
@@ -67,8 +65,11 @@ class PingSender:
                     log.warning("WebSub pings of removed hubs kept: %s", exc)
             for hub in config.websub_hubs:
                 running = self._rounds.get(hub)
-                if running is None or running.done():
-                    self._rounds[hub] = self._pool.submit(self._round, config, hub)
+                if running is None or not running.is_alive():
+                    thread = threading.Thread(target=self._round, args=(config, hub),
+                                              name="websub-hub", daemon=True)
+                    self._rounds[hub] = thread
+                    thread.start()
 
     def _round(self, config: Config, hub: str) -> None:
         try:
