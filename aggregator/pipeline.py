@@ -20,7 +20,7 @@ from aggregator.model import Entry
 from aggregator.problems import Problem, ProblemLog
 from aggregator.publish.atomic import Publisher, PublishError
 from aggregator.report import BuildReport
-from aggregator.sources.walk import PostFile, Walk, rediscover, walk_posts
+from aggregator.sources.walk import PostFile, Posts, Walk, rediscover, walk_posts
 from aggregator.state.last_build import LastBuild, inputs_print, published_files
 from aggregator.state.open import open_state
 from aggregator.state.store import Clock, StateStore, utc_now
@@ -152,12 +152,12 @@ class Builder:
         every_post = None
         if found is not None:
             every_post = found.posts
-            changed, known, gone = sync.walk_changes(store, every_post)
+            changed, known, gone = sync.walk_changes(store, found)
             report.posts_found = len(every_post)
         else:
             assert updates is not None
             now, before = updates
-            changed = [post for post in now.values() if post is not None]
+            changed = Posts([post for post in now.values() if post is not None])
             known_by_key = store.post_contents([sync.post_key(post) for post in changed])
             known = [known_by_key.get(sync.post_key(post)) for post in changed]
             gone = [sync.post_key(old) for location, old in before.items()
@@ -167,8 +167,10 @@ class Builder:
             log.debug("%d posts changed: %s", len(changed) + len(gone), _listed(
                 [post.rel for post in changed] + [decode(key) for key, _root in gone]))
         report.patched = len(changed) < report.posts_found or not changed
-        sync.sync_posts(config, store, state, report, changed, known, gone, workers,
-                        every_post)
+        retried = sync.sync_posts(config, store, state, report, changed, known, gone,
+                                  workers, every_post)
+        if found is not None:
+            sync.store_folders(store, found, retried)
         generation = state.generation()
         sync.sync_upstream(config, store, state, extra)
         sync.sync_probes(store, state)

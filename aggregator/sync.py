@@ -21,7 +21,7 @@ from aggregator.model import Entry, Image
 from aggregator.problems import ProblemLog
 from aggregator.report import BuildReport
 from aggregator.sources.read import Read, read_posts
-from aggregator.sources.walk import PostFile
+from aggregator.sources.walk import PostFile, Posts, Run, Walk
 from aggregator.state.probes import unknown_image
 from aggregator.state.store import StateStore
 from aggregator.store import EntryStore
@@ -59,57 +59,79 @@ def forget_if_settings_changed(config: Config, store: EntryStore) -> None:
         store.set_meta("config", printed)
 
 
-def walk_changes(store: EntryStore, posts: list[PostFile]
-                 ) -> tuple[list[PostFile], list[str | None], list[PostKey]]:
+def walk_changes(store: EntryStore, walk: Walk
+                 ) -> tuple[Posts, list[str | None], list[PostKey]]:
     """(the posts whose file is not the one stored, the digest of the bytes each was
     read from if known, the stored posts no longer found): the walk compared with the
-    stored identities. Both come in post order, so they are merged as they come: no
-    map of every post is made."""
-    rows = store.post_identities()
-    roots: dict[Path, bytes] = {}
-    changed: list[PostFile] = []
-    known: list[str | None] = []
-    gone: list[PostKey] = []
-    row = next(rows, None)
-    last: PostKey | None = None
-    for post in posts:
-        root = roots.get(post.root)
+    stored identities a folder at a time. A folder whose print is the one stored holds
+    the identities stored (the store forgets a folder's print when it changes one of
+    its rows), so only the other folders' rows are read and compared post by post."""
+    stored = store.folder_prints()
+    roots: dict[str, bytes] = {}
+    clean: set[tuple[str, str]] = set()
+    compared: list[tuple[bytes, bytes]] = []
+    counted = 0
+    for folder in walk.folders:
+        root = roots.get(folder.root)
         if root is None:
-            root = roots[post.root] = encode(str(post.root))
-        key = (encode(post.rel), root)
-        if last is not None and key <= last:  # (not in post order: compare by key)
-            return _changes_by_key(store, posts)
-        last = key
-        while row is not None and (row[0], row[1]) < key:
-            gone.append((row[0], row[1]))
-            row = next(rows, None)
-        if row is not None and (row[0], row[1]) == key:
-            if (row[2], row[3], row[4]) != post.identity:
-                changed.append(post)
-                known.append(row[5])
-            row = next(rows, None)
+            root = roots[folder.root] = encode(folder.root)
+        where = (root, encode(folder.prefix))
+        if folder.whole and stored.pop(where, None) == (folder.print, folder.posts):
+            clean.add((folder.root, folder.prefix))
+            counted += folder.posts
         else:
-            changed.append(post)
-            known.append(None)
-    while row is not None:
-        gone.append((row[0], row[1]))
-        row = next(rows, None)
-    return changed, known, gone
+            compared.append(where)
+    compared += stored  # folders kept but no longer walked: their posts are gone
+    rows = {(key, root): (size, mtime, inode, content) for root, prefix in set(compared)
+            for key, size, mtime, inode, content in store.folder_posts(root, prefix)}
+    if counted + len(rows) != store.post_count():  # rows of folders no print names
+        return _every_change(store, walk)
+    parts: list[PostFile | Run] = []
+    known: list[str | None] = []
+    for part in walk.parts:
+        if isinstance(part, Run):
+            if (str(part.root), part.prefix) in clean:
+                continue
+            root, prefix = roots[str(part.root)], encode(part.prefix)
+            numbers = iter(part.identities)
+            chosen = []
+            for i, (name, identity) in enumerate(zip(
+                    part.names.split(b"\0"), zip(numbers, numbers, numbers, strict=True),
+                    strict=True)):
+                old = rows.pop((prefix + name, root), None)
+                if old is None or old[:3] != identity:
+                    chosen.append(i)
+                    known.append(old[3] if old is not None else None)
+            if len(chosen) == len(part.identities) // 3:
+                parts.append(part)
+            elif chosen:
+                parts.append(part.subset(chosen))
+        else:
+            old = rows.pop(post_key(part), None)
+            if old is None or old[:3] != part.identity:
+                parts.append(part)
+                known.append(old[3] if old is not None else None)
+    if walk.sort:  # several content dirs: their posts sorted, with their digests
+        by_key = {post_key(post): content
+                  for post, content in zip(Posts(parts), known, strict=True)}
+        posts = walk.chosen(parts)
+        return posts, [by_key[post_key(post)] for post in posts], sorted(rows)
+    return Posts(parts), known, sorted(rows)
 
 
-def _changes_by_key(store: EntryStore, posts: list[PostFile]
-                    ) -> tuple[list[PostFile], list[str | None], list[PostKey]]:
-    """walk_changes for posts in any order."""
+def _every_change(store: EntryStore, walk: Walk
+                  ) -> tuple[Posts, list[str | None], list[PostKey]]:
+    """walk_changes post by post: every stored identity read and compared."""
     stored = {(key, root): (size, mtime, inode, content) for key, root, size, mtime, inode,
               content in store.post_identities()}
-    changed: list[PostFile] = []
+    changed: list[PostFile | Run] = []
     known: list[str | None] = []
-    for post in posts:
+    for post in walk.posts:
         old = stored.pop(post_key(post), None)
         if old is None or old[:3] != post.identity:
             changed.append(post)
             known.append(old[3] if old is not None else None)
-    return changed, known, list(stored)
+    return Posts(changed), known, sorted(stored)
 
 
 def post_key(post: PostFile) -> PostKey:
@@ -117,29 +139,32 @@ def post_key(post: PostFile) -> PostKey:
 
 
 def sync_posts(config: Config, store: EntryStore, state: StateStore, report: BuildReport,
-               changed: list[PostFile], known: list[str | None], gone: list[PostKey],
-               workers: int, every_post: list[PostFile] | None) -> None:
+               changed: Posts, known: list[str | None], gone: list[PostKey],
+               workers: int, every_post: Posts | None) -> list[PostKey]:
     """Read the changed posts into their rows, delete the gone ones' rows; then read
     again the posts whose post_link/post_path tags name a changed or gone post."""
     if config.hexo is not None and (changed or gone):
         linking = _linking(config, store, changed, gone)
-        changed, known = [*changed, *linking], [*known, *[None] * len(linking)]
+        changed, known = changed.plus(linking), [*known, *[None] * len(linking)]
     if gone:
         store.delete(gone)
     if not changed:
-        return
+        return []
     render_print = render_fingerprint(config) if config.max_items == 0 else None
     if render_print is not None:  # every entry is published: rendered as it is read
         store.invalidate_if_changed("render", render_print, "rendered", "feed_state")
     rows: list[Row] = []
     renders: list[RenderRow] = []
     moves: list[tuple[bytes, bytes, tuple[int, int, int]]] = []
+    retried: list[PostKey] = []
     pack = functools.partial(_pack, config, render_print)
     for row, render, again in read_posts(config, changed, known, state.first_seen, pack,
                                          workers, every_post):
         report.retry = report.retry or again
         if isinstance(row, Row):
             rows.append(row)
+            if row.size == READ_AGAIN[0]:
+                retried.append((row.key, row.root))
         else:
             moves.append((*row[0], row[1]))
         if render is not None:
@@ -153,6 +178,22 @@ def sync_posts(config: Config, store: EntryStore, state: StateStore, report: Bui
     report.rendered += len(renders)
     store.upsert(_probed(state, rows))
     store.move_posts(moves)
+    return retried
+
+
+def store_folders(store: EntryStore, walk: Walk, retried: list[PostKey]) -> None:
+    """Once the changed posts are stored: the prints of the walked folders whose rows
+    now hold the walk's identities (all but those of a post to read again, and those
+    with a post the walk looked at alone), for the next build's walk_changes."""
+    kept = store.folder_prints()
+    unsettled = {(root, key[:key.rfind(b"/") + 1]) for key, root in retried}
+    rows = []
+    for folder in walk.folders:
+        where = (encode(folder.root), encode(folder.prefix))
+        if folder.whole and where not in unsettled and \
+                kept.get(where) != (folder.print, folder.posts):
+            rows.append((*where, folder.print, folder.posts))
+    store.store_folders(rows)
 
 
 def _probed(state: StateStore, rows: list[Row]) -> list[Row]:
@@ -176,7 +217,7 @@ def _probed(state: StateStore, rows: list[Row]) -> list[Row]:
     return out
 
 
-def _linking(config: Config, store: EntryStore, changed: list[PostFile],
+def _linking(config: Config, store: EntryStore, changed: Posts,
              gone: list[PostKey]) -> list[PostFile]:
     """The posts (not among `changed`) whose bodies link to the slug of a changed or
     gone post: the link or title they show may not be what it was."""

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import PurePosixPath
@@ -68,7 +68,7 @@ class PostReader:
     def __init__(self, config: Config, problems: ProblemLog,
                  first_seen: Callable[[str], datetime],
                  bodies: BodySettings | None = None,
-                 posts: list[PostFile] | None = None) -> None:
+                 posts: Iterable[PostFile] | None = None) -> None:
         self.config = config
         self.problems = problems
         self.first_seen = first_seen

@@ -15,7 +15,7 @@ front matter, so it is not done here: such a link is reported as not found.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aggregator.config import Config
 from aggregator.problems import ProblemLog
@@ -28,7 +28,7 @@ class PostsBySlug:
     """slug → the post published under it, as `read(post)` makes it (see module)."""
 
     def __init__(self, config: Config, read: Callable[[PostFile], LinkedPost | None],
-                 posts: list[PostFile] | None = None) -> None:
+                 posts: Iterable[PostFile] | None = None) -> None:
         """`posts`: every post file, when the caller has walked already."""
         self._config = config
         self._read = read

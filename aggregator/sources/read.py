@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import NamedTuple, TypeVar
@@ -44,9 +44,9 @@ def digest(data: bytes) -> str:
 _NOT_SEEN_YET = datetime(1900, 1, 1, tzinfo=UTC)
 
 
-def read_posts(config: Config, posts: list[PostFile], known: list[str | None],
+def read_posts(config: Config, posts: Sequence[PostFile], known: list[str | None],
                first_seen: Callable[[str], datetime], pack: Callable[[Read], Packed],
-               workers: int = 1, every_post: list[PostFile] | None = None
+               workers: int = 1, every_post: Sequence[PostFile] | None = None
                ) -> Iterator[Packed]:
     """pack(read) of each post, in order. `known`: the digest of the bytes each post
     was last read from (equal bytes are not parsed again). `every_post`: the walk, for
@@ -76,8 +76,8 @@ def _seen(read: Read, first_seen: Callable[[str], datetime]) -> Read:
     return read._replace(entry=replace(entry, updated=first_seen(entry.id)))
 
 
-def _read_range(shared: tuple[Config, list[PostFile], list[str | None],
-                              Callable[[Read], Packed], list[PostFile] | None],
+def _read_range(shared: tuple[Config, Sequence[PostFile], list[str | None],
+                              Callable[[Read], Packed], Sequence[PostFile] | None],
                 bounds: tuple[int, int]) -> list[Packed | Read]:
     """In a worker: read and pack posts[start:stop]; an undated post's Read comes back
     unpacked (only the parent can give it its first-seen time)."""

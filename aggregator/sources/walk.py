@@ -6,8 +6,8 @@ posts the walk is most of its time.
 
 from __future__ import annotations
 
+import bisect
 import errno
-import gc
 import hashlib
 import logging
 import operator
@@ -15,9 +15,9 @@ import os
 import re
 import stat
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 from aggregator import nofollow
 from aggregator.config import Config
@@ -81,75 +81,159 @@ def is_editor_artefact(name: str) -> bool:
     return name.startswith(".#") or name.endswith("~") or name.endswith(".swp")
 
 
-class _Run(NamedTuple):
-    """Plain posts next to each other in one folder, in order, kept as their names and
-    identities: an up-to-date build needs only the walk's digest, and making 100k
-    PostFiles (two paths each) would be ~0.15 s of it."""
+class Run(NamedTuple):
+    """Plain posts next to each other in one folder, in order, kept as one string of
+    their names and one array of their identities: no object a post (~70 bytes a post
+    at 100k, where a PostFile with its tuples and strings is ~600). PostFiles are made
+    only for the posts a build reads."""
 
     base: str  # the folder's location + "/"
     prefix: str  # its path relative to the content dir + "/"
     root: Path
-    names: list[str]
-    identities: list[tuple[int, int, int]]
+    names: bytes  # the names joined by NULs (no name holds one), UTF-8: a name with an
+    # emoji would make a str of them 4 bytes a character
+    identities: array[int]  # size, mtime_ns, inode of each post in turn
+
+    def posts(self) -> list[PostFile]:
+        base, prefix, root = self.base, self.prefix, self.root
+        numbers = iter(self.identities)
+        return [_new_post(PostFile, (base + name, prefix + name, root, identity))
+                for name, identity in zip(self.names.decode().split("\0"),
+                                          zip(numbers, numbers, numbers, strict=True),
+                                          strict=True)]
+
+    def subset(self, chosen: list[int]) -> Run:
+        """The run of the posts at these places in it."""
+        names = self.names.split(b"\0")
+        ids = self.identities
+        kept: array[int] = array("q")
+        for i in chosen:
+            kept.extend(ids[3 * i:3 * i + 3])
+        return Run(self.base, self.prefix, self.root, b"\0".join([names[i] for i in chosen]),
+                    kept)
+
+
+def _size(part: PostFile | Run) -> int:
+    return len(part.identities) // 3 if isinstance(part, Run) else 1
+
+
+class Posts(Sequence[PostFile]):
+    """Post files in order, held as runs (see Run) and the few posts the walk looked
+    at one by one: a PostFile is made when one is asked for, so a build holds one
+    object a post only for the posts it reads (a worker: those of its chunk)."""
+
+    def __init__(self, parts: list[PostFile | Run]) -> None:
+        self._parts = parts
+        self._starts: array[int] = array("q")
+        count = 0
+        for part in parts:
+            self._starts.append(count)
+            count += _size(part)
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def plus(self, more: list[PostFile]) -> Posts:
+        """These posts, then `more`."""
+        return Posts([*self._parts, *more]) if more else self
+
+    def __iter__(self) -> Iterator[PostFile]:
+        for part in self._parts:
+            if isinstance(part, Run):
+                yield from part.posts()
+            else:
+                yield part
+
+    @overload
+    def __getitem__(self, index: int) -> PostFile: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[PostFile]: ...
+
+    def __getitem__(self, index: int | slice) -> PostFile | list[PostFile]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._count)
+            if step != 1:
+                return list(self)[index]
+            return self._range(start, stop)
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        return self._range(index, index + 1)[0]
+
+    def _range(self, start: int, stop: int) -> list[PostFile]:
+        out: list[PostFile] = []
+        if start >= stop:
+            return out
+        at = bisect.bisect_right(self._starts, start) - 1
+        while at < len(self._parts) and self._starts[at] < stop:
+            part, first = self._parts[at], self._starts[at]
+            if isinstance(part, Run):
+                posts = part.posts()
+                out += posts[max(0, start - first):stop - first]
+            else:
+                out.append(part)
+            at += 1
+        return out
+
+
+class Folder(NamedTuple):
+    """A folder's plain posts as the walk found them (what the store keeps to tell an
+    unchanged folder at a glance, without comparing its posts one by one)."""
+
+    root: str  # its content dir, as PostFile.root
+    prefix: str  # its path relative to the content dir + "/" ("" for the dir itself)
+    print: bytes  # a digest of its plain posts' names and identities
+    posts: int  # how many
+    whole: bool  # False: it also has posts the walk looked at one by one (symlinks)
 
 
 class Walk:
-    """A walk of the content dirs: its digest, and its posts made on first use."""
+    """A walk of the content dirs: its digest, its folders' prints, and its posts."""
 
-    def __init__(self, parts: list[PostFile | _Run], digest: str, sort: bool) -> None:
+    def __init__(self, parts: list[PostFile | Run], folders: list[Folder], digest: str,
+                 sort: bool) -> None:
         self.digest = digest  # of every post's relative path and identity
-        self._parts: list[PostFile | _Run] | None = parts
-        self._sort = sort  # several content dirs: their walks are merged by order
-        self._posts: list[PostFile] | None = None
+        self.parts = parts  # in walk order
+        self.folders = folders
+        self.sort = sort  # several content dirs: their walks are merged by order
+        self._posts: Posts | None = None
 
     @property
-    def posts(self) -> list[PostFile]:
+    def posts(self) -> Posts:
         """Every post, sorted by relative path."""
         if self._posts is None:
-            posts: list[PostFile] = []
-            for part in self._parts or ():
-                if isinstance(part, _Run):
-                    base, prefix, root, names, identities = part
-                    posts += [_new_post(PostFile, (base + name, prefix + name, root, ident))
-                              for name, ident in zip(names, identities, strict=True)]
-                else:
-                    posts.append(part)
-            if self._sort:
-                posts.sort(key=_order)
-            self._posts, self._parts = posts, None
+            self._posts = self.chosen(self.parts)
         return self._posts
+
+    def chosen(self, parts: list[PostFile | Run]) -> Posts:
+        """Some of the walk's parts (or parts of them: Run.subset), as posts in order."""
+        if self.sort:
+            ordered: list[PostFile] = sorted(Posts(parts), key=_order)
+            return Posts([*ordered])
+        return Posts(parts)
 
 
 def discover(config: Config, problems: ProblemLog) -> list[PostFile]:
     """Every regular `*.md` file under the content dirs, sorted by relative path."""
-    return walk_posts(config, problems).posts
+    return list(walk_posts(config, problems).posts)
 
 
 def walk_posts(config: Config, problems: ProblemLog) -> Walk:
-    """The posts, and a digest of the walk made on the way (hashing 100k paths and
-    identities afterwards would take ~0.1 s: here a run of a folder's names is joined
-    once)."""
-    found: list[PostFile | _Run] = []
+    """The posts, and a digest of the walk made on the way (each folder's names are
+    joined and hashed once, with the array of their identities)."""
+    found: list[PostFile | Run] = []
+    folders: list[Folder] = []
     roots = [d.resolve() for d in config.content_dirs]
-    text: list[str] = []
-    numbers: list[int] = []
-    # The walk makes ~3 objects a post and no reference cycles: the collector's passes
-    # over a heap growing by 300k objects would be a fifth of it at 100k posts.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        for root in config.content_dirs:
-            walker = _Walker(root, roots, config.follow_symlinks, text, numbers)
-            walker.visit(str(root), "", found, problems)
-    finally:
-        if collecting:
-            gc.enable()
-    # rel paths, not the longer locations: the content dirs are in the config
-    digest = hashlib.blake2b("".join(text).encode("utf-8", "surrogateescape"),
-                             digest_size=16)
-    digest.update(array("q", numbers).tobytes())
+    digest = hashlib.blake2b(digest_size=16)
+    for root in config.content_dirs:
+        # rel paths, not the longer locations: the content dirs are in the config
+        digest.update(b"\1root\0")
+        walker = _Walker(root, roots, config.follow_symlinks, digest, folders)
+        walker.visit(str(root), "", found, problems)
     # one dir's walk order is the sorted order (see _Walker)
-    return Walk(found, digest.hexdigest(), sort=len(config.content_dirs) > 1)
+    return Walk(found, folders, digest.hexdigest(), sort=len(config.content_dirs) > 1)
 
 
 def _order(post: PostFile) -> tuple[str, str]:
@@ -167,28 +251,33 @@ class _Later(NamedTuple):
     is_folder: bool
 
 
+def _joined(names: list[str]) -> bytes:
+    return "\0".join(names).encode()  # (plain names: no surrogates)
+
+
+def _hashed(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
 class _Walker:
     """Walks one content dir depth first, meeting the posts in the order of their
     relative paths. A folder is listed through a descriptor, so a plain post costs one
     `fstatat` by its name (its identity): no path lookup from `/` a post. The walk is a
     loop over a stack, not a recursion: a hostile tree may be 1,000s of folders deep."""
 
-    def __init__(self, root: Path, roots: list[Path], follow: bool, text: list[str],
-                 numbers: list[int]) -> None:
+    def __init__(self, root: Path, roots: list[Path], follow: bool,
+                 digest: hashlib.blake2b, folders: list[Folder]) -> None:
         self.root, self.roots, self.follow = root, roots, follow
         self.seen_dirs: set[tuple[int, int]] = set()
-        # What the walk's digest hashes, in walk order: for each group of posts
-        # "prefix\0count\0name\0name...\0" (no name holds a NUL: unambiguous), and
-        # their identities, three numbers a post.
-        self.text, self.numbers = text, numbers
+        # What the walk's digest hashes, in walk order: for each folder with plain
+        # posts "prefix\0count\0" and the folder's print; for each post looked at one
+        # by one "\0rel\0" and its identity (no name holds a NUL: unambiguous).
+        self.digest, self.folders = digest, folders
 
-    def _record(self, prefix: str, names: list[str]) -> None:
-        self.text.append(f"{prefix}\0{len(names)}\0" + "\0".join(names) + "\0")
-
-    def visit(self, top: str, prefix: str, found: list[PostFile | _Run],
+    def visit(self, top: str, prefix: str, found: list[PostFile | Run],
               problems: ProblemLog) -> None:
         # appended to, not yielded: a generator per level costs 30%
-        stack: list[Iterator[_Run | _Later]] = []
+        stack: list[Iterator[Run | _Later]] = []
         items, later = self._items(top, prefix, problems)
         while True:
             if later:
@@ -208,14 +297,14 @@ class _Walker:
                                      self.follow, problems)
                     if post is not None:
                         found.append(post)
-                        self._record("", [post.rel])
-                        self.numbers.extend(post.identity)
+                        self.digest.update(_hashed(f"\0{post.rel}\0"))
+                        self.digest.update(array("q", post.identity).tobytes())
             else:
                 stack.pop()
                 items, later = [], False
 
     def _items(self, dirpath: str, prefix: str,
-               problems: ProblemLog) -> tuple[list[_Run | _Later], bool]:
+               problems: ProblemLog) -> tuple[list[Run | _Later], bool]:
         """A folder's runs of plain posts and what to look at later, in order, and
         whether there is anything to look at later. Its descriptor is closed before the
         walk goes deeper (one open folder at a time)."""
@@ -243,7 +332,7 @@ class _Walker:
             os.close(fd)
 
     def _listing(self, dirpath: str, prefix: str, entries: list[os.DirEntry[str]],
-                 problems: ProblemLog) -> tuple[list[_Run | _Later], bool]:
+                 problems: ProblemLog) -> tuple[list[Run | _Later], bool]:
         base = dirpath if dirpath.endswith("/") else dirpath + "/"
         # (sort key, name, the entry of a plain post file or None, is a folder). Sorted
         # by name, a folder keyed as its name + "/" (the character its posts' paths
@@ -276,10 +365,12 @@ class _Walker:
         root = self.root
         # Names that are not UTF-8 (surrogates) get post_file's error: one search a folder
         plain = not _SURROGATE.search(prefix + "".join([key for key, *_ in keyed]))
-        items: list[_Run | _Later] = []
+        items: list[Run | _Later] = []
         later = False
-        numbers = self.numbers
-        run = _Run(base, prefix, root, [], [])
+        whole = True  # no post in it is left to post_file
+        names: list[str] = []
+        identities: array[int] = array("q")
+        runs: list[Run] = []
         for key, name, plain_file, is_folder in keyed:
             if plain_file is not None and plain:
                 try:
@@ -287,21 +378,36 @@ class _Walker:
                 except OSError:
                     pass
                 else:
-                    identity = (st.st_size, st.st_mtime_ns, st.st_ino)
-                    run.names.append(name)
-                    run.identities.append(identity)
-                    numbers.extend(identity)
+                    names.append(name)
+                    identities.extend((st.st_size, st.st_mtime_ns, st.st_ino))
                     continue
-            if run.names:  # a folder or a file to look at later ends the run
-                items.append(run)
-                self._record(prefix, run.names)
-                run = _Run(base, prefix, root, [], [])
+            if names:  # a folder or a file to look at later ends the run
+                runs.append(Run(base, prefix, root, _joined(names), identities))
+                items.append(runs[-1])
+                names, identities = [], array("q")
             items.append(_Later(base + name, prefix + key, is_folder))
             later = True
-        if run.names:
-            items.append(run)
-            self._record(prefix, run.names)
+            whole = whole and is_folder
+        if names:
+            runs.append(Run(base, prefix, root, _joined(names), identities))
+            items.append(runs[-1])
+        if runs or not whole:
+            self._record(prefix, runs, whole)
         return items, later
+
+    def _record(self, prefix: str, runs: list[Run], whole: bool) -> None:
+        """The folder's print (its runs' names and identities), into the walk's digest."""
+        hashed = hashlib.blake2b(digest_size=16)
+        count = 0
+        for run in runs:
+            posts = len(run.identities) // 3
+            hashed.update(b"%d\0%s\0" % (posts, run.names))
+            hashed.update(run.identities)
+            count += posts
+        folder_print = hashed.digest()
+        self.digest.update(_hashed(f"{prefix}\0{count}\0"))
+        self.digest.update(folder_print)
+        self.folders.append(Folder(str(self.root), prefix, folder_print, count, whole))
 
 
 def post_file(root: Path, roots: list[Path], location: str, rel: str, follow: bool,

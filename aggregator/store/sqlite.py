@@ -10,6 +10,9 @@ Tables:
   (node, undated, stamp, id, entry): a node's feed is a range of that key.
 - dirty: the nodes whose feeds a change touched since they were last published;
   written in the transaction that changes the entries, cleared once published.
+- folder: a print (digest of its posts' names and identities, as the walk made it) of
+  each content folder whose rows hold exactly the identities the print was made of;
+  a change of one of its post rows forgets it in the same transaction.
 - rendered: an entry's Atom and RSS bytes by render key; feed_state: each published
   feed's fingerprint and file stats; last_build: see state/last_build.py.
 """
@@ -81,6 +84,13 @@ CREATE TABLE IF NOT EXISTS member (
     PRIMARY KEY (nid, undated, neg_stamp, sid, rid)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dirty (nid INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS folder (
+    root   BLOB NOT NULL,
+    prefix BLOB NOT NULL,
+    print  BLOB NOT NULL,
+    posts  INTEGER NOT NULL,
+    PRIMARY KEY (root, prefix)
+) WITHOUT ROWID;
 -- entries put in since duplicates were last merged (with the change that put them in)
 CREATE TABLE IF NOT EXISTS unmerged (rid INTEGER PRIMARY KEY);
 CREATE INDEX IF NOT EXISTS entry_loser ON entry (rid) WHERE winner = 0 AND id IS NOT NULL;
@@ -100,8 +110,8 @@ CREATE TABLE IF NOT EXISTS last_build (
     record BLOB NOT NULL
 );
 """
-SCHEMA_VERSION = "11"
-ENTRY_TABLES = ("entry", "body", "node", "member", "dirty", "unmerged")
+SCHEMA_VERSION = "12"
+ENTRY_TABLES = ("entry", "body", "node", "member", "dirty", "unmerged", "folder")
 
 _PACKED = Row._fields.index("packed")
 # entries merged away or put in, above which duplicates are found by grouping every id
@@ -234,6 +244,37 @@ class SQLiteStore:
             "SELECT key, root, size, mtime_ns, inode, content FROM entry "
             "WHERE root != x'' ORDER BY key, root")
 
+    def post_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM entry WHERE root != x''")
+                   .fetchone()[0])
+
+    def folder_prints(self) -> dict[tuple[bytes, bytes], tuple[bytes, int]]:
+        """(root, prefix) → (print, posts) of every folder whose print is kept."""
+        return {(root, prefix): (folder_print, posts) for root, prefix, folder_print, posts
+                in self.db.execute("SELECT root, prefix, print, posts FROM folder")}
+
+    def folder_posts(self, root: bytes, prefix: bytes
+                     ) -> list[tuple[bytes, int, int, int, str]]:
+        """(key, size, mtime_ns, inode, content digest) of the posts right in a folder
+        (`prefix`: its path in the content dir `root`, "" or ending in "/"): a range of
+        the (key, root) index, less the posts of its subfolders."""
+        return list(self.db.execute(
+            "SELECT key, size, mtime_ns, inode, content FROM entry WHERE key >= ? AND "
+            "key < ? AND root = ? AND instr(substr(key, ?), x'2f') = 0",
+            (prefix, prefix + b"\xff", root, len(prefix) + 1)))
+
+    @_disposable
+    def store_folders(self, rows: Iterable[tuple[bytes, bytes, bytes, int]]) -> None:
+        """(root, prefix, print, posts) of folders whose rows now hold the identities
+        of their print."""
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO folder VALUES (?, ?, ?, ?)", rows)
+
+    def _forget_folders(self, keys: Iterable[tuple[bytes, bytes]]) -> None:
+        """The prints of the folders of these posts (key, root): their rows change."""
+        folders = {(root, key[:key.rfind(b"/") + 1]) for key, root in keys if root}
+        self.db.executemany("DELETE FROM folder WHERE root=? AND prefix=?", folders)
+
     def post_contents(self, keys: list[tuple[bytes, bytes]]) -> dict[tuple[bytes, bytes], str]:
         """(key, root) → the digest of the bytes its row was read from."""
         out: dict[tuple[bytes, bytes], str] = {}
@@ -253,6 +294,7 @@ class SQLiteStore:
     def move_posts(self, moves: list[tuple[bytes, bytes, tuple[int, int, int]]]) -> None:
         """Posts whose bytes are the ones read (touched or copied): their new identity."""
         with self.db:
+            self._forget_folders((key, root) for key, root, _identity in moves)
             self.db.executemany("UPDATE entry SET size=?, mtime_ns=?, inode=? "
                                 "WHERE key=? AND root=?",
                                 [(*identity, key, root) for key, root, identity in moves])
@@ -265,6 +307,8 @@ class SQLiteStore:
         it dirties."""
         with self.db:
             changes = _Members()
+            rows = list(rows)
+            self._forget_folders((row.key, row.root) for row in rows)
             for row in rows:
                 self._take_out(self.db.execute(f"{_OLD} WHERE key=? AND root=?",
                                                (row.key, row.root)).fetchone(), changes)
@@ -283,6 +327,8 @@ class SQLiteStore:
     def delete(self, keys: Iterable[tuple[bytes, bytes]]) -> None:
         with self.db:
             changes = _Members()
+            keys = list(keys)
+            self._forget_folders(keys)
             for key, root in keys:
                 self._take_out(self.db.execute(f"{_OLD} WHERE key=? AND root=?",
                                                (key, root)).fetchone(), changes)
