@@ -163,12 +163,13 @@ def cmd_build(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
     return code
 
 
-def _build(config: Config, problems: ProblemLog, earlier: BuildReport | None = None
-           ) -> tuple[int, BuildReport | None]:
+def _build(config: Config, problems: ProblemLog, earlier: BuildReport | None = None,
+           *, images: bool = False) -> tuple[int, BuildReport | None]:
     """Build under the build lock; the build's problems join `problems`, the command's
     own, which decide the exit code. `earlier`: this command's previous build (the same
     inputs): its problems were told already, so only what this build adds is told and
-    counted. The first build also warns about silent defaults."""
+    counted. The first build also warns about silent defaults. `images`: the report
+    lists the post images no probe told the type of yet."""
     from aggregator.pipeline import build
     from aggregator.service.lock import BuildLock
 
@@ -176,7 +177,7 @@ def _build(config: Config, problems: ProblemLog, earlier: BuildReport | None = N
     try:
         with lock:  # never at the same time as `aggregator run`
             report = build(config, workers=os.cpu_count() or 1,
-                           echo_problems=earlier is None)
+                           echo_problems=earlier is None, unknown_images=images)
     except PublishError as exc:
         _take(problems, exc.found, earlier)
         problems.error(*_split_where(f"{exc}; the previous feeds are kept"))
@@ -368,7 +369,7 @@ def cmd_fetch(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
     log.info("polled %d sources in %.2fs: %d fetched, %d not modified, %d failed; "
              "%d new entries%s", polled.due, polled.seconds, polled.fetched,
              polled.not_modified, len(polled.failed), polled.new_entries, _waiting(polled))
-    code, report = _build(config, problems)
+    code, report = _build(config, problems, images=config.images_probe)
     if report is not None and report.unknown_images and _probe_post_images(config, report):
         # again with the probed types: the same inputs, so mostly the same problems
         first = report

@@ -38,12 +38,15 @@ log = logging.getLogger(__name__)
 
 
 def build(config: Config, clock: Clock = utc_now, extra_entries: Iterable[Entry] = (),
-          workers: int = 1, *, echo_problems: bool = True) -> BuildReport:
+          workers: int = 1, *, echo_problems: bool = True,
+          unknown_images: bool = False) -> BuildReport:
     """Publish every feed from the content dir (+ stored upstream entries).
-    `echo_problems`: log each problem as it is found (else only collect them)."""
+    `echo_problems`: log each problem as it is found (else only collect them);
+    `unknown_images`: list the post images whose type no probe told yet (for `fetch`:
+    tens of thousands of URLs at 100k posts, which other builds do not need)."""
     with _no_cyclic_gc():
         return Builder().build(config, clock, extra_entries=extra_entries, workers=workers,
-                               echo_problems=echo_problems)
+                               echo_problems=echo_problems, unknown_images=unknown_images)
 
 
 @contextlib.contextmanager
@@ -76,7 +79,8 @@ class Builder:
 
     def build(self, config: Config, clock: Clock = utc_now, *,
               changed: set[str] | None = None, extra_entries: Iterable[Entry] = (),
-              workers: int = 1, echo_problems: bool = True) -> BuildReport:
+              workers: int = 1, echo_problems: bool = True,
+              unknown_images: bool = False) -> BuildReport:
         """`changed`: absolute paths that changed since the last build (None: unknown,
         walk everything)."""
         started = time.perf_counter()
@@ -96,6 +100,8 @@ class Builder:
                 if walk is not None and self._unchanged_since_last_build(
                         config, walk, state, report):
                     state.close()
+                    if unknown_images:
+                        report.unknown_images = store.unknown_images()
                     self.close()
                     report.seconds = time.perf_counter() - started
                     return report
@@ -129,6 +135,8 @@ class Builder:
                     memo=self._publish_memo)
             if walk is not None:
                 self._remember_build(config, walk, generation, report, found_after_walk)
+            if unknown_images:
+                report.unknown_images = store.unknown_images()
         except BaseException as exc:
             self.close()  # after a failure, trust nothing kept in memory
             if isinstance(exc, PublishError):  # the caller reports the inputs' problems too
@@ -177,8 +185,6 @@ class Builder:
         sync.replay_problems(store, report.problems)
         sync.merge(config, store, state, report.problems)
         report.posts_read, report.entries, report.linkless = store.counts()
-        if not self.persistent:  # for `fetch` and the last build's record: a session
-            report.unknown_images = store.unknown_images()  # has no use for them
         return generation
 
     def _unchanged_since_last_build(self, config: Config, walk: str, state: StateStore,
@@ -204,7 +210,6 @@ class Builder:
         report.posts_found, report.posts_read = last.posts_found, last.posts_read
         report.entries, report.feeds = last.entries, last.feeds
         report.unchanged = len(last.outputs)
-        report.unknown_images = list(last.unknown_images)
         report.linkless = last.linkless
         report.up_to_date = True
         return True
@@ -225,7 +230,7 @@ class Builder:
         self._store.store_last_build(LastBuild(
             inputs, outputs, report.posts_found, report.posts_read, report.entries,
             report.feeds, tuple(report.problems.items[found_after_walk:]),
-            tuple(report.unknown_images), report.linkless))
+            report.linkless))
 
     def _discover(self, config: Config, changed: set[str] | None, problems: ProblemLog
                   ) -> tuple[Walk | None, tuple[dict[str, PostFile | None],

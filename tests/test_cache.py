@@ -83,6 +83,12 @@ CHANGES: dict[str, tuple[Callable[[Path, Path], None], set[str] | None]] = {
                             "beta/rss.xml", "beta/sub0/atom.xml", "beta/sub0/rss.xml"}),
     "touch-only": (lambda t, c: (t / "posts/a/p1.md").write_bytes(
         (t / "posts/a/p1.md").read_bytes()), set()),
+    # the walk's folder prints (sources/walk.py) must see posts leave and join folders
+    "move-to-another-folder": (lambda t, c: (t / "posts/a/p1.md").rename(t / "posts/b/p1.md"),
+                               None),
+    "folder-deleted": (lambda t, c: shutil.rmtree(t / "posts/a"), None),
+    "new-folder": (lambda t, c: (t / "posts/a/c").mkdir() or (t / "posts/a/p3.md").rename(
+        t / "posts/a/c/p3.md"), None),
     "sanitiser-setting": (lambda t, c: _edit_config(c, "sanitize", "drop_selectors",
                                                     ["p.junk"]), None),
     "site-url": (lambda t, c: _edit_config(c, "site", "url", "https://moved.example/f/"), None),

@@ -108,3 +108,20 @@ def test_settings_that_change_entries_forget_them(tmp_path: Path) -> None:
     assert store.invalidate_if_changed("read", "two", "entry", "body", "node", "member")
     assert store.nodes() == [] and store.meta("upstream") is None
     store.close()
+
+
+def test_a_change_of_a_post_row_forgets_its_folders_print(tmp_path: Path) -> None:
+    """walk_changes trusts a folder's print to say its rows hold the identities it was
+    made of: every write of a post row forgets it, in the same transaction."""
+    store = SQLiteStore(tmp_path / "store.sqlite")
+    store.upsert([_row(_entry(1, ("A",)), 1), _row(_entry(2, ("A",)), 2)])
+    folders = [(b"/posts", b"", b"print", 2), (b"/posts", b"sub/", b"print", 1),
+               (b"/other", b"", b"print", 1)]
+    for change in (lambda: store.upsert([_row(_entry(1, ("B",)), 1)]),
+                   lambda: store.move_posts([(encode("p1.md"), b"/posts", (7, 7, 7))]),
+                   lambda: store.delete([(encode("p2.md"), b"/posts")])):
+        store.store_folders(folders)
+        change()
+        assert set(store.folder_prints()) == {(b"/posts", b"sub/"), (b"/other", b"")}
+    assert [key for key, *_ in store.folder_posts(b"/posts", b"")] == [encode("p1.md")]
+    store.close()

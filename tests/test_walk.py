@@ -6,13 +6,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 from helpers import REPO, write_config, write_post
 
 from aggregator.config import load_config
+from aggregator.pipeline import build
 from aggregator.problems import ProblemLog
 from aggregator.sources.walk import walk_posts
+from aggregator.store.rows import encode
+from aggregator.store.sqlite import SQLiteStore
+from aggregator.sync import walk_changes
 
 
 def _walk(config_path: Path) -> tuple[list[str], str]:
@@ -110,3 +115,56 @@ def _remove_chain(posts: Path, depth: int) -> None:
             os.rmdir("d/" * level, dir_fd=fd)
     finally:
         os.close(fd)
+
+
+def test_the_walk_holds_no_object_a_post(tmp_path: Path) -> None:
+    """A folder's posts are one string of names and one array of identities: at 100k
+    posts a PostFile a post (~600 bytes with its strings and tuples) would be most of
+    an up-to-date build's memory."""
+    posts = tmp_path / "posts"
+    for folder in range(10):
+        (posts / f"folder {folder}").mkdir(parents=True)
+        for i in range(400):
+            (posts / f"folder {folder}" / f"a post named {i:04d} with some words.md"
+             ).write_bytes(b"x")  # (any bytes do: the walk reads none)
+    config = load_config(write_config(tmp_path))
+    tracemalloc.start()
+    try:
+        walk = walk_posts(config, ProblemLog(echo=False))
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(walk.posts) == 4000
+    assert held / 4000 < 120  # bytes a post: the name's ~40 and the identity's 24
+    # a post is made when asked for
+    post = walk.posts[1234]
+    assert post.rel == "folder 3/a post named 0034 with some words.md"
+    assert post.identity == (1, *[getattr(os.stat(post.location), f) for f in
+                                  ("st_mtime_ns", "st_ino")])
+    assert [p.rel for p in walk.posts[398:402]] == [
+        f"folder {f}/a post named {i:04d} with some words.md"
+        for f, i in ((0, 398), (0, 399), (1, 0), (1, 1))]
+
+
+def test_an_edit_reads_the_stored_rows_of_its_folder_only(tmp_path: Path) -> None:
+    """With the folders' prints stored, an edit compares the rows of the folder whose
+    print changed, not every stored identity."""
+    posts = tmp_path / "posts"
+    for folder in ("a", "b", "c"):
+        for i in range(3):
+            write_post(posts, f"{folder}/p{i}.md", f"title: {folder}{i}")
+    write_post(posts, "top.md", "title: Top")
+    config = load_config(write_config(tmp_path))
+    build(config)
+    write_post(posts, "b/p1.md", "title: Edited")
+    (posts / "c" / "p2.md").unlink()
+    store = SQLiteStore(config.state_path.with_name(config.state_path.name + ".cache"))
+    statements: list[str] = []
+    store.db.set_trace_callback(statements.append)
+    changed, known, gone = walk_changes(store, walk_posts(config, ProblemLog(echo=False)))
+    store.close()
+    assert [post.rel for post in changed] == ["b/p1.md"] and known[0] is not None
+    assert gone == [(b"c/p2.md", encode(str(config.content_dirs[0])))]
+    folder_reads = [s for s in statements if "instr(substr(key" in s]
+    assert len(folder_reads) == 2  # b/ and c/
+    assert not [s for s in statements if "ORDER BY key, root" in s]  # no full scan

@@ -29,7 +29,6 @@ class LastBuild:
     entries: int
     feeds: int
     problems: tuple[Problem, ...]
-    unknown_images: tuple[str, ...]
     linkless: int | None = None  # entries published without a link
 
     def outputs_untouched(self, out_dir: Path) -> bool:
