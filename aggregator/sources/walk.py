@@ -241,6 +241,7 @@ def _order(post: PostFile) -> tuple[str, str]:
 
 
 _FIRST = operator.itemgetter(0)
+_NAME = operator.attrgetter("name")
 
 
 class _Later(NamedTuple):
@@ -334,6 +335,13 @@ class _Walker:
     def _listing(self, dirpath: str, prefix: str, entries: list[os.DirEntry[str]],
                  problems: ProblemLog) -> tuple[list[Run | _Later], bool]:
         base = dirpath if dirpath.endswith("/") else dirpath + "/"
+        plain_files = [entry for entry in entries if entry.name.endswith(".md")
+                       and not entry.name.startswith(".#")
+                       and entry.is_file(follow_symlinks=False)]
+        if plain_files and len(plain_files) == len(entries):
+            run = self._plain_folder(base, prefix, plain_files)
+            if run is not None:
+                return [run], False
         # (sort key, name, the entry of a plain post file or None, is a folder). Sorted
         # by name, a folder keyed as its name + "/" (the character its posts' paths
         # have there): the depth-first walk then gives the sorted order.
@@ -394,6 +402,24 @@ class _Walker:
         if runs or not whole:
             self._record(prefix, runs, whole)
         return items, later
+
+    def _plain_folder(self, base: str, prefix: str, files: list[os.DirEntry[str]]
+                      ) -> Run | None:
+        """A folder of plain posts alone (most folders), in one run: no per-post
+        record to sort, the stats in one comprehension. None: a name that is not UTF-8
+        or a stat that fails, which the general path reports."""
+        files.sort(key=_NAME)
+        names = [entry.name for entry in files]
+        if _SURROGATE.search(prefix + "".join(names)):
+            return None
+        try:
+            stats = [entry.stat(follow_symlinks=False) for entry in files]
+        except OSError:
+            return None
+        run = Run(base, prefix, self.root, _joined(names), array("q", [
+            number for st in stats for number in (st.st_size, st.st_mtime_ns, st.st_ino)]))
+        self._record(prefix, [run], True)
+        return run
 
     def _record(self, prefix: str, runs: list[Run], whole: bool) -> None:
         """The folder's print (its runs' names and identities), into the walk's digest."""
