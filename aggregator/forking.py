@@ -1,16 +1,20 @@
-"""Worker processes: forked, and only when that is safe."""
+"""Worker processes: forked, and only when that is safe.
+
+multiprocessing and ctypes are imported when workers are started: a build that reads
+or renders a few entries in its own process (an edit) has no use for them.
+"""
 
 from __future__ import annotations
 
-import ctypes
-import multiprocessing
-import multiprocessing.context
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import multiprocessing.context
 
 # Below this many posts or entries a process pool costs more than it saves (measured:
 # ~0.15 s to start two workers; an entry takes ~1 ms).
@@ -30,6 +34,8 @@ def can_fork() -> bool:
 
 
 def pool_context() -> multiprocessing.context.BaseContext:
+    import multiprocessing
+
     return multiprocessing.get_context("fork")
 
 
@@ -45,6 +51,8 @@ def _die_with_parent(parent: int) -> None:
     hold the build lock it inherited (an flock is the open file's, which the fork
     shares) and keep the next build waiting for work nobody reads."""
     if sys.platform == "linux":
+        import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # killed before the line above
