@@ -125,10 +125,11 @@ _PACKED = Row._fields.index("packed")
 # and link instead of following theirs
 _FOLLOW_AT_MOST = 2000
 _COLUMNS = [name for name in Row._fields if name != "packed"]
-_INSERT = (f"INSERT INTO entry ({', '.join(_COLUMNS)}, winner) "
-           f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})")
+_INSERT = (f"INSERT INTO entry (rid, {', '.join(_COLUMNS)}, winner) "
+           f"VALUES ({', '.join('?' * (len(_COLUMNS) + 2))})")
 # (rid, winner, nodes, undated, neg_stamp, id) of a row, to take it out of its nodes
 _OLD = "SELECT rid, winner, nodes, undated, neg_stamp, id FROM entry"
+_OLD_KEYED = "SELECT rid, winner, nodes, undated, neg_stamp, id, key, root FROM entry"
 # A member: (node, undated, stamp, id, rid); a node's feed reads them in key order.
 Member = tuple[int, int, float, bytes, int]
 
@@ -165,6 +166,7 @@ class SQLiteStore:
         name = self.db.execute("PRAGMA database_list").fetchone()[2]
         self.file: Path | None = Path(name) if name else None
         self._nids: dict[Names, int] | None = None
+        self._node_nids: dict[bytes, list[int]] = {}  # an entry's `nodes` → its nodes
         # feed_states() as last read and since updated, with the data_version it read
         self._feed_states: tuple[int, dict[str, tuple[str, int, int]]] | None = None
 
@@ -198,7 +200,7 @@ class SQLiteStore:
     def write_failed(self, exc: sqlite3.Error) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.db.rollback()
-        self._nids = None  # (nodes made in the transaction rolled back)
+        self._nids, self._node_nids = None, {}  # (nodes made in the transaction rolled back)
         if not self.failed:
             log.warning("%s: build cache not updated (%s); the next build redoes the work",
                         self.path, exc)
@@ -238,7 +240,7 @@ class SQLiteStore:
                 raise  # entries the settings no longer make: the store is unusable
             self.write_failed(exc)
             self._stale.update(tables)
-        self._nids = None
+        self._nids, self._node_nids = None, {}
         self._feed_states = None
         return True
 
@@ -314,24 +316,29 @@ class SQLiteStore:
     def upsert(self, rows: Iterable[Row]) -> None:
         """Put each row in (replacing the one with its key), published until
         set_winners says otherwise; in one transaction with its members and the nodes
-        it dirties."""
+        it dirties. The rows' old versions are found with one query and the rows go in
+        with one statement a table: a cold 100k build stores its rows in a third of
+        the time one statement a row takes."""
+        batch = list({(row.key, row.root): row for row in rows}.values())  # (keys once)
         with self.db:
             changes = _Members()
-            rows = list(rows)
-            self._forget_folders((row.key, row.root) for row in rows)
-            for row in rows:
-                self._take_out(self.db.execute(f"{_OLD} WHERE key=? AND root=?",
-                                               (row.key, row.root)).fetchone(), changes)
-                rid = self.db.execute(_INSERT, (*row[:_PACKED], *row[_PACKED + 1:],
-                                                int(row.id is not None))).lastrowid
-                assert rid is not None
+            self._forget_folders((row.key, row.root) for row in batch)
+            self._take_out(self._old_rows([(row.key, row.root) for row in batch]), changes)
+            rid = self.db.execute("SELECT coalesce(max(rid), 0) FROM entry").fetchone()[0]
+            entries, bodies, unmerged = [], [], []
+            for row in batch:
+                rid += 1
+                entries.append((rid, *row[:_PACKED], *row[_PACKED + 1:],
+                                int(row.id is not None)))
                 if row.packed is not None:
-                    self.db.execute("INSERT INTO body VALUES (?, ?)", (rid, row.packed))
+                    bodies.append((rid, row.packed))
                 if row.id is not None:
-                    self.db.execute("INSERT OR IGNORE INTO unmerged VALUES (?)", (rid,))
-                if row.id is not None:
+                    unmerged.append((rid,))
                     self._members(changes, rid, row.nodes, row.undated, row.neg_stamp,
                                   row.id, +1)
+            self.db.executemany(_INSERT, entries)
+            self.db.executemany("INSERT INTO body VALUES (?, ?)", bodies)
+            self.db.executemany("INSERT OR IGNORE INTO unmerged VALUES (?)", unmerged)
             self._apply(changes)
 
     def delete(self, keys: Iterable[tuple[bytes, bytes]]) -> None:
@@ -339,28 +346,36 @@ class SQLiteStore:
             changes = _Members()
             keys = list(keys)
             self._forget_folders(keys)
-            for key, root in keys:
-                self._take_out(self.db.execute(f"{_OLD} WHERE key=? AND root=?",
-                                               (key, root)).fetchone(), changes)
+            self._take_out(self._old_rows(keys), changes)
             self._apply(changes)
 
-    def _take_out(self, old: tuple[Any, ...] | None, changes: _Members) -> None:
-        """Delete a row, and its members."""
-        if old is None:
-            return
-        rid, winner, nodes, undated, neg_stamp, sid = old
-        if winner:
-            self._members(changes, rid, nodes, undated, neg_stamp, sid, -1)
-        self.db.execute("DELETE FROM entry WHERE rid=?", (rid,))
-        self.db.execute("DELETE FROM body WHERE rid=?", (rid,))
+    def _old_rows(self, keys: list[tuple[bytes, bytes]]) -> list[tuple[Any, ...]]:
+        """The (_OLD) rows stored under these (key, root) pairs."""
+        wanted = set(keys)
+        return [row[:6] for row in _rows_in(self.db, f"{_OLD_KEYED} WHERE key IN ({{marks}})",
+                                            list({key for key, _root in keys}))
+                if (row[6], row[7]) in wanted]
+
+    def _take_out(self, old: list[tuple[Any, ...]], changes: _Members) -> None:
+        """Delete these rows, and their members."""
+        for rid, winner, nodes, undated, neg_stamp, sid in old:
+            if winner:
+                self._members(changes, rid, nodes, undated, neg_stamp, sid, -1)
+        rids = [(row[0],) for row in old]
+        self.db.executemany("DELETE FROM entry WHERE rid=?", rids)
+        self.db.executemany("DELETE FROM body WHERE rid=?", rids)
 
     def _members(self, changes: _Members, rid: int, nodes: bytes, undated: int,
                  neg_stamp: float, sid: bytes, change: int) -> None:
-        for names in prefixes(paths_of(nodes)):
-            nid = self.nid(names)
-            (changes.added if change > 0 else changes.removed).append(
-                (nid, undated, neg_stamp, sid, rid))
-            changes.counts[nid] = changes.counts.get(nid, 0) + change
+        nids = self._node_nids.get(nodes)
+        if nids is None:  # (many entries share their category paths)
+            nids = self._node_nids[nodes] = [self.nid(names) for names in
+                                             prefixes(paths_of(nodes))]
+        member = changes.added if change > 0 else changes.removed
+        counts = changes.counts
+        for nid in nids:
+            member.append((nid, undated, neg_stamp, sid, rid))
+            counts[nid] = counts.get(nid, 0) + change
 
     def _apply(self, changes: _Members) -> None:
         """The member changes gathered, with their counts and dirty marks (a batch:
@@ -368,6 +383,7 @@ class SQLiteStore:
         db = self.db
         db.executemany("DELETE FROM member WHERE nid=? AND undated=? AND neg_stamp=? "
                        "AND sid=? AND rid=?", changes.removed)
+        changes.added.sort()  # in key order: each B-tree page is visited once
         db.executemany("INSERT OR IGNORE INTO member VALUES (?, ?, ?, ?, ?)", changes.added)
         db.executemany("UPDATE node SET count = count + ? WHERE nid=?",
                        [(change, nid) for nid, change in changes.counts.items() if change])
