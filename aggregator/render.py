@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from selectolax.lexbor import LexborHTMLParser
@@ -14,7 +13,7 @@ from selectolax.lexbor import LexborHTMLParser
 from aggregator.config import Config
 from aggregator.forking import PARALLEL_THRESHOLD, can_fork, chunk_ranges, map_inherited
 from aggregator.media import image_type_from_url
-from aggregator.model import Entry, Image
+from aggregator.model import Entry, Image, changed
 from aggregator.sanitize.html import Sanitizer
 from aggregator.sanitize.text import summarize
 from aggregator.store import pack_render
@@ -28,7 +27,7 @@ def finish_entry(entry: Entry, sanitizer: Sanitizer) -> Entry:
     html = sanitizer.clean(entry.html, entry.base_url, entry.drop_selectors)
     image = entry.image or _first_image(html)
     summary = entry.summary or summarize(html)
-    return replace(entry, html=html, image=image, summary=summary)
+    return changed(entry, html=html, image=image, summary=summary)
 
 
 def _first_image(html: str) -> Image | None:

@@ -3,13 +3,21 @@ members follow upserts, deletes and merges, and a failed batch leaves the old ro
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from aggregator.model import Entry, sort_key
-from aggregator.store.rows import Row, encode, entry_row, unpack_entry
+from aggregator.model import Enclosure, Entry, Image, changed, sort_key
+from aggregator.store.rows import (
+    Row,
+    encode,
+    entry_digest,
+    entry_row,
+    pack_entry,
+    unpack_entry,
+)
 from aggregator.store.sqlite import SQLiteStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -125,3 +133,42 @@ def test_a_change_of_a_post_row_forgets_its_folders_print(tmp_path: Path) -> Non
         assert set(store.folder_prints()) == {(b"/posts", b"sub/"), (b"/other", b"")}
     assert [key for key, *_ in store.folder_posts(b"/posts", b"")] == [encode("p1.md")]
     store.close()
+
+
+class _Title(str):
+    """A str subclass: a value marshal does not write."""
+
+
+@pytest.mark.parametrize("entry", [
+    _entry(1, ("A", "B")),
+    Entry(id="u-1", title="Ü", link=None, author="a", published=None,
+          updated=datetime(2026, 3, 29, 1, 30, tzinfo=ZoneInfo("Europe/Paris")),
+          category=("X",), tags=("t", "u"), html="<p>\ud800</p>", summary="s",
+          image=Image("https://i.example/1.png", None), source="https://up.example/f",
+          enclosures=(Enclosure("https://i.example/a.mp3", "audio/mpeg", 3),),
+          base_url="https://up.example/", drop_selectors=(".ad",),
+          more_categories=(("Y", "Z"),)),
+    Entry(id="u-2", title=_Title("T"), link="https://x.example/", author=None,
+          published=datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=9), "JST")),
+          updated=T0.replace(fold=1), category=(), tags=(), html="", summary="",
+          image=Image("https://i.example/2.jpg", "image/jpeg", 7)),
+])
+def test_a_packed_entry_unpacks_equal_with_its_zones_and_types(entry: Entry) -> None:
+    again = unpack_entry(pack_entry(entry))
+    assert again == entry and repr(again) == repr(entry)
+    for name in ("published", "updated"):
+        before, after = getattr(entry, name), getattr(again, name)
+        assert before is None or (after.tzinfo == before.tzinfo
+                                  and after.tzname() == before.tzname()
+                                  and after.fold == before.fold)
+    assert type(again.title) is type(entry.title)
+    assert entry_digest(again) == entry_digest(entry)
+
+
+def test_entries_differing_in_any_field_have_different_digests() -> None:
+    entry = _entry(1, ("A",))
+    digests = {entry_digest(changed(entry, **{name: value})) for name, value in (
+        ("title", "other"), ("html", "<p>other</p>"), ("updated", T0 + timedelta(days=9)),
+        ("published", None), ("image", Image("https://i.example/x.png", None)),
+        ("category", ("B",)), ("summary", "s"))}
+    assert len(digests) == 7 and entry_digest(entry) not in digests

@@ -117,7 +117,7 @@ CREATE TABLE IF NOT EXISTS last_build (
     record BLOB NOT NULL
 );
 """
-SCHEMA_VERSION = "12"
+SCHEMA_VERSION = "13"
 ENTRY_TABLES = ("entry", "body", "node", "member", "dirty", "unmerged", "folder")
 
 _PACKED = Row._fields.index("packed")
