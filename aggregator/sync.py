@@ -170,15 +170,23 @@ def sync_posts(config: Config, store: EntryStore, state: StateStore, report: Bui
         if render is not None:
             renders.append(render)
         if len(rows) >= _BATCH:
-            store.store_rendered(renders)
-            report.rendered += len(renders)
-            store.upsert(_probed(state, rows))
+            _store_batch(store, state, report, rows, renders)
             rows, renders = [], []
-    store.store_rendered(renders)
-    report.rendered += len(renders)
-    store.upsert(_probed(state, rows))
-    store.move_posts(moves)
+    _store_batch(store, state, report, rows, renders)
+    if moves:
+        store.move_posts(moves)
     return retried
+
+
+def _store_batch(store: EntryStore, state: StateStore, report: BuildReport,
+                 rows: list[Row], renders: list[RenderRow]) -> None:
+    """One batch of rows and the renders made as they were read (a transaction each,
+    none when there is nothing to store)."""
+    if renders:
+        store.store_rendered(renders)
+        report.rendered += len(renders)
+    if rows:
+        store.upsert(_probed(state, rows))
 
 
 def store_folders(store: EntryStore, walk: Walk, retried: list[PostKey]) -> None:
