@@ -39,6 +39,8 @@ DEFAULT_IFRAME_HOSTS = (
     "player.bilibili.com",
     "player.vimeo.com",
 )
+# The feed formats a node may have, in the order they are listed and written.
+FEED_FORMATS = ("atom", "rss", "json")
 _EVERY = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
@@ -97,6 +99,8 @@ class Config:
     websub_hubs: tuple[str, ...] = ()  # WebSub hubs: rel="hub" links, a ping per changed feed
     websub_timeout: float = 10.0  # seconds, one ping (connect and answer)
     websub_retry: float = 60.0  # seconds before the first retry of a failed ping (doubling)
+    formats: tuple[str, ...] = FEED_FORMATS  # output.formats: the feed files of each node
+    pages: bool = True  # output.pages: an index.html page for every node
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -212,7 +216,8 @@ class _Reader:
 KNOWN_KEYS: dict[str, set[str]] = {
     "site": {"url", "title", "timezone", "post_url", "id_date"},
     "content": {"dir", "body", "follow_symlinks", "max_post_bytes", "hexo_config"},
-    "output": {"dir", "max_items", "full_content", "slugs", "max_depth", "archives"},
+    "output": {"dir", "max_items", "full_content", "slugs", "max_depth", "archives",
+               "formats", "pages"},
     "sanitize": {"drop_selectors", "iframe_hosts"},
     "images": {"probe", "probe_max", "probe_seconds", "probe_refresh_days"},
     "upstream": {"url", "category", "title", "every", "enabled", "drop_selectors",
@@ -359,6 +364,7 @@ def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
             continue
         slugs[str(name)] = slug
 
+    formats = _formats(r)
     selectors = r.typed(list, "sanitize", "drop_selectors", default=list(DEFAULT_DROP_SELECTORS))
     hosts = r.typed(list, "sanitize", "iframe_hosts", default=list(DEFAULT_IFRAME_HOSTS))
 
@@ -410,8 +416,20 @@ def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
         websub_hubs=_hubs(r),
         websub_timeout=_positive(r, "timeout_seconds", 10.0, "websub"),
         websub_retry=_positive(r, "retry_seconds", 60.0, "websub"),
+        formats=formats,
+        pages=r.typed(bool, "output", "pages", default=True),
         raw=data,
     )
+
+
+def _formats(r: _Reader) -> tuple[str, ...]:
+    """output.formats: a non-empty list of feed formats, kept in FEED_FORMATS' order."""
+    value = r.typed(list, "output", "formats", default=list(FEED_FORMATS))
+    unknown = [item for item in value if item not in FEED_FORMATS]
+    if unknown or not value:
+        raise ConfigError(f"{r.where('output', 'formats')}: output.formats must list some of "
+                          f"{', '.join(FEED_FORMATS)}, not {value!r}")
+    return tuple(kind for kind in FEED_FORMATS if kind in value)
 
 
 def _positive(r: _Reader, key: str, default: float, section: str = "fetch") -> float:

@@ -71,9 +71,10 @@ def read_fingerprint(config: Config) -> str:
                  tuple(map(str, config.content_dirs)), config.hexo)
 
 
-# Bumped when the writers (writers/feeds.py, writers/entry_xml.py) write other bytes
-# for the same entry: 2 = ids validators reject are published as tag: URIs.
-ENTRY_FORMAT = 2
+# Bumped when the writers (writers/feeds.py, entry_xml.py, jsonfeed.py, pages.py)
+# write other bytes for the same entry: 2 = ids validators reject are published as
+# tag: URIs; 3 = JSON Feed items and page cards.
+ENTRY_FORMAT = 3
 
 
 def render_fingerprint(config: Config) -> str:
@@ -83,5 +84,6 @@ def render_fingerprint(config: Config) -> str:
                           version("feedgen"), version("lxml"),
                           config.site_url, config.site_title, config.full_content,
                           config.drop_selectors, config.iframe_hosts,
-                          config.id_date)  # in the ids published for invalid ones
+                          config.id_date,  # in the ids published for invalid ones
+                          config.formats, config.pages)  # which renders are made
 

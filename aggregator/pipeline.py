@@ -216,13 +216,13 @@ class Builder:
 
     def _remember_build(self, config: Config, walk: str, generation: str | None,
                         report: BuildReport, found_after_walk: int) -> None:
-        from aggregator.publish.plan import INDEX_FILES
+        from aggregator.publish.plan import index_files
 
         assert self._store is not None
         inputs = inputs_print(_settings(config), walk, self._walk_problems, generation)
         if inputs is None or report.retry:
             return
-        rels = [*self._store.feed_states(), *INDEX_FILES]
+        rels = [*self._store.feed_states(), *index_files(config)]
         try:
             outputs = published_files(config.output_dir, rels)
         except OSError:

@@ -1,5 +1,5 @@
-"""Entry → sanitised → Atom and RSS bytes, once per entry, in parallel when it pays
-(the store keeps them under each entry's render key)."""
+"""Entry → sanitised → Atom, RSS and JSON Feed bytes and a page card, once per entry,
+in parallel when it pays (the store keeps them under each entry's render key)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from aggregator.media import image_type_from_url
 from aggregator.model import Entry, Image, changed
 from aggregator.sanitize.html import Sanitizer
 from aggregator.sanitize.text import summarize
-from aggregator.store import pack_render
+from aggregator.store import Render, pack_render
 from aggregator.store.rows import entry_of
 from aggregator.store.sqlite import open_read_only, packed_rows
+from aggregator.writers import jsonfeed, pages
 from aggregator.writers.feeds import FeedRenderer
 
 
@@ -41,14 +42,24 @@ def _first_image(html: str) -> Image | None:
     return None
 
 
-def entry_renderer(config: Config) -> Callable[[Entry], tuple[bytes, bytes]]:
-    """Entry (with its html) → its (atom, rss) bytes, sanitised, serialised, packed."""
+_EMPTY = pack_render(b"")  # a format not published: nothing rendered
+
+
+def entry_renderer(config: Config) -> Callable[[Entry], Render]:
+    """Entry (with its html) → its renders (store.RENDERS) sanitised, serialised,
+    packed; only those of the formats (and pages) the config publishes."""
     sanitizer = Sanitizer(config.drop_selectors, config.iframe_hosts)
     renderer = FeedRenderer(config)
+    xml = "atom" in config.formats or "rss" in config.formats
+    json = "json" in config.formats
 
-    def render(entry: Entry) -> tuple[bytes, bytes]:
-        atom, rss = renderer.entry_pair(finish_entry(entry, sanitizer))
-        return pack_render(atom), pack_render(rss)
+    def render(entry: Entry) -> Render:
+        entry = renderer.with_published_id(finish_entry(entry, sanitizer))
+        atom, rss = (pack_render(data) for data in renderer.entry_pair(entry)) if xml \
+            else (_EMPTY, _EMPTY)
+        return (atom, rss,
+                pack_render(jsonfeed.item(entry, config.full_content)) if json else _EMPTY,
+                pack_render(pages.card(entry)) if config.pages else _EMPTY)
     return render
 
 
@@ -59,12 +70,12 @@ Loader = Callable[[list[int]], dict[int, Entry]]
 
 
 def _render(config: Config, rids: Sequence[int], load: Loader | None,
-            store_file: Path | None) -> list[tuple[bytes, bytes] | RenderFailure]:
+            store_file: Path | None) -> list[Render | RenderFailure]:
     """The entries are loaded from the store a chunk at a time, by the process that
     renders them (a worker opens the store file read-only). An entry whose render
     fails costs only itself: its place holds why."""
     render = entry_renderer(config)
-    out: list[tuple[bytes, bytes] | RenderFailure] = []
+    out: list[Render | RenderFailure] = []
     db = open_read_only(store_file) if load is None and store_file is not None else None
     try:
         for start in range(0, len(rids), 500):
@@ -89,8 +100,8 @@ def _load(db: sqlite3.Connection | None, rids: list[int]) -> dict[int, Entry]:
 
 def render_entries(config: Config, rids: Sequence[int], load: Loader, workers: int = 1,
                    store_file: Path | None = None
-                   ) -> Iterator[tuple[bytes, bytes] | RenderFailure]:
-    """(atom, rss) bytes for each entry (by its rid), in order, packed (in the
+                   ) -> Iterator[Render | RenderFailure]:
+    """The renders (store.RENDERS) of each entry (by its rid), in order, packed (in the
     workers, not the parent), as each chunk is done: the caller stores them and need
     not hold them all. Workers read the entries from `store_file`; without one, this
     process renders them all, loaded by `load`. An entry that cannot be rendered gives
@@ -106,6 +117,6 @@ def render_entries(config: Config, rids: Sequence[int], load: Loader, workers: i
 
 
 def _render_range(shared: tuple[Config, Sequence[int], Path],
-                  bounds: tuple[int, int]) -> list[tuple[bytes, bytes] | RenderFailure]:
+                  bounds: tuple[int, int]) -> list[Render | RenderFailure]:
     config, rids, store_file = shared
     return _render(config, rids[bounds[0]:bounds[1]], None, store_file)

@@ -24,7 +24,7 @@ from aggregator.sources.read import Read, read_posts
 from aggregator.sources.walk import PostFile, Posts, Run, Walk
 from aggregator.state.probes import unknown_image
 from aggregator.state.store import StateStore
-from aggregator.store import EntryStore
+from aggregator.store import EntryStore, Render, RenderRow
 from aggregator.store.rows import (
     READ_AGAIN,
     Row,
@@ -43,7 +43,6 @@ from aggregator.store.sqlite import ENTRY_TABLES
 log = logging.getLogger(__name__)
 
 PostKey = tuple[bytes, bytes]  # (relative path, content dir), encoded
-RenderRow = tuple[str, bytes, bytes]  # render key, packed atom, packed rss
 # what _pack makes of a Read: (the row, or the key and new identity of a post whose
 # bytes are the ones stored; a render made as it was read; whether to retry it)
 Packed = tuple[Row | tuple[PostKey, tuple[int, int, int]], RenderRow | None, bool]
@@ -244,7 +243,7 @@ def _linking(config: Config, store: EntryStore, changed: Posts,
 
 
 # the entry renderer of a process (a worker's, made on its first entry) and its config
-_renderer: list[tuple[Config, Callable[[Entry], tuple[bytes, bytes]]]] = []
+_renderer: list[tuple[Config, Callable[[Entry], Render]]] = []
 
 
 def _pack(config: Config, render_print: str | None, read: Read) -> Packed:

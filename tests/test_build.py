@@ -65,13 +65,14 @@ def test_unchanged_input_gives_identical_bytes_ids_and_updated(tmp_path: Path) -
     """)
     config = load_config(config_path)
     build(config, clock=fixed_clock(datetime(2026, 1, 1, tzinfo=UTC)))
-    first = {p: p.read_bytes() for p in config.output_dir.rglob("*.xml")}
+    # every file: feeds (Atom, RSS, JSON Feed), pages, OPML, the pages' assets
+    first = {p: p.read_bytes() for p in config.output_dir.rglob("*") if p.is_file()}
     mtimes = {p: p.stat().st_mtime_ns for p in first}
     # a later clock: nothing may depend on "now" once an entry has been seen
     report = build(config, clock=fixed_clock(datetime(2026, 6, 1, tzinfo=UTC)))
-    second = {p: p.read_bytes() for p in config.output_dir.rglob("*.xml")}
+    second = {p: p.read_bytes() for p in config.output_dir.rglob("*") if p.is_file()}
     assert first == second
-    assert report.written == [] and report.unchanged == len(first) + 2
+    assert report.written == [] and report.unchanged == len(first)
     assert mtimes == {p: p.stat().st_mtime_ns for p in second}
     parsed = feedparser.parse(config.output_dir / "tech/atom.xml")
     undated = [e for e in parsed.entries if e.title == "No date"][0]
@@ -176,7 +177,8 @@ def test_vanished_categories_are_removed_and_nothing_else(tmp_path: Path) -> Non
     (tmp_path / "posts/other.md").unlink()
     report = build(config, clock=fixed_clock())
     assert not (config.output_dir / "photos").exists()
-    assert sorted(report.removed) == ["photos/atom.xml", "photos/rss.xml"]
+    assert sorted(report.removed) == ["photos/atom.xml", "photos/feed.json",
+                                      "photos/index.html", "photos/rss.xml"]
     assert keep.read_text() == "not ours"
 
 

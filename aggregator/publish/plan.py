@@ -24,18 +24,43 @@ from aggregator.publish.heads import FeedHeads
 from aggregator.publish.websub import record_pings
 from aggregator.report import BuildReport
 from aggregator.state.published import PublishedRecord
-from aggregator.store import EntryStore, FeedRow, pack_render, unpack_render, unpacked_size
+from aggregator.store import (
+    RENDERS,
+    EntryStore,
+    FeedRow,
+    Render,
+    RenderRow,
+    pack_render,
+    unpack_render,
+    unpacked_size,
+)
 from aggregator.tree.categories import Node
 
 if TYPE_CHECKING:
     from aggregator.writers.feeds import FeedRenderer
-from aggregator.writers.index import feed_title, feed_url, feeds_opml, index_html
+from aggregator.writers import jsonfeed, pages
+from aggregator.writers.index import (
+    FEED_FILES,
+    feed_title,
+    feed_url,
+    feeds_opml,
+    index_html,
+    page_url,
+)
 from aggregator.writers.parts import Parts
 
 log = logging.getLogger(__name__)
 
 # Written by every build beside the feeds.
 INDEX_FILES = ("index.html", "feeds.opml")
+# A node's files by kind: its feeds and its page.
+_FILES = {**FEED_FILES, "page": pages.PAGE_FILE}
+
+
+def index_files(config: Config) -> tuple[str, ...]:
+    """The files every build writes beside the planned ones. With output.pages the
+    root's index.html is the root node's page, planned like the others."""
+    return ("feeds.opml", *pages.ASSETS) if config.pages else INDEX_FILES
 
 
 def publish(config: Config, root: Node, store: EntryStore, report: BuildReport,
@@ -73,8 +98,11 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
     counts: dict[tuple[str, ...], int] = {}
     kept: list[str] = []
     heads = FeedHeads(config, previous)  # hub and archive links; archive documents
+    kinds = (*config.formats, "page") if config.pages else config.formats
+    newest = _Newest(store)
+    frames: dict[str, tuple[bytes, bytes]] = {}  # a page's rel → its frame
     for node in root.walk():
-        rels = (f"{node.rel_dir}atom.xml", f"{node.rel_dir}rss.xml", *heads.archived(node))
+        rels = [*(node.rel_dir + _FILES[kind] for kind in kinds), *heads.archived(node)]
         counts[node.names] = min(node.count, limit) if limit else node.count
         if node.nid not in dirty and node.nid and all(rel in previous for rel in rels) \
                 and (not stat or all(_untouched(publisher, rel, previous[rel][0], previous)
@@ -82,15 +110,25 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
             kept += rels
             continue
         members = store.feed(node.nid, heads.query_limit) if node.nid else []
-        members, pages = heads.split(node, members)
-        member_keys = [row[1] for row in members]  # once for both formats
-        for kind, rel in zip(("atom", "rss"), rels[:2], strict=True):
-            extra = heads.current(node, kind, rel)
-            feed_print = fingerprint_of(kind, feed_title(config, node),
-                                        feed_url(config, node, kind), member_keys,
-                                        *((extra,) if extra else ()))
-            plans.append((node, kind, rel, members, member_keys, feed_print))
-        for page in pages:
+        members, archived = heads.split(node, members)
+        newest.seen(node, members)
+        member_keys = [row[1] for row in members]  # once for every format
+        for kind, rel in zip(kinds, rels[:len(kinds)], strict=True):
+            if kind == "page":
+                frames[rel] = pages.frame(config, root, node, newest)
+                newest_rows = members[:pages.PAGE_ITEMS]
+                keys = member_keys[:pages.PAGE_ITEMS]
+                plans.append((node, kind, rel, newest_rows, keys,
+                              fingerprint_of(kind, frames[rel], keys)))
+                continue
+            head = [feed_title(config, node), feed_url(config, node, kind)]
+            if kind == "json":  # (its home page is the node's page when there is one)
+                head.append(page_url(config, node))
+            extra = heads.current(node, kind, rel) if kind != "json" else b""
+            plans.append((node, kind, rel, members, member_keys,
+                          fingerprint_of(kind, *head, member_keys,
+                                         *((extra,) if extra else ()))))
+        for page in archived:
             keys = [row[1] for row in page.rows]
             plans.append((node, page.kind, page.rel, page.rows, keys,
                           fingerprint_of(page.kind, page.title, page.url, keys, page.extra)))
@@ -124,17 +162,16 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
                               set()).update(plan[4])
     unpacked = _SubtreeRenders(renders.fetch, wanted)
     publisher.keep_all(kept)
-    report.feeds += len(kept)
-    renderer = _feed_renderer(config) if todo else None
+    report.feeds += sum(1 for rel in kept if not rel.endswith(pages.PAGE_FILE))
+    xml = any(plan[1] in ("atom", "rss") and plan[2] in todo for plan in plans)
+    renderer = _feed_renderer(config) if xml else None
     with progress.bar("feeds written", len(todo), "feed") as shown:
         for node, kind, rel, members, member_keys, feed_print in plans:
-            report.feeds += 1
-            if renderer is not None and rel in todo:
-                title, url, extra = heads.head(node, kind, rel)
-                parts = unpacked.parts(node.names, member_keys, 0 if kind == "atom" else 1)
-                data = (renderer.atom_feed if kind == "atom" else renderer.rss_feed)(
-                    title, url, _newest(members), parts, extra)
-                publisher.write(rel, data)
+            report.feeds += kind != "page"
+            if rel in todo:
+                parts = unpacked.parts(node.names, member_keys, RENDERS.index(kind))
+                publisher.write(rel, _file(config, renderer, heads, node, kind, rel, members,
+                                           parts, frames.get(rel), renders.failed))
                 shown.advance()
             else:
                 publisher.keep(rel)
@@ -143,18 +180,21 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
                 prints[rel] = feed_print
             # (else no state is kept: the next build writes it again, trying that entry
             # again)
-    index, opml = INDEX_FILES
     # counts holds every node in walk order, and within one config the names decide
     # the slugs: names and counts are the whole shape the two files show
     shape = tuple(counts.items())
     if memo is None or memo.get("shape") != shape:
-        files = (index_html(config, root, counts), feeds_opml(config, root))
+        files = {"feeds.opml": feeds_opml(config, root)}
+        if config.pages:
+            files.update((name, pages.asset(name)) for name in pages.ASSETS)
+        else:
+            files["index.html"] = index_html(config, root, counts)
         if memo is not None:
             memo.update(shape=shape, files=files)
     else:
         files = memo["files"]
-    publisher.write(index, files[0])
-    publisher.write(opml, files[1])
+    for name, data in files.items():
+        publisher.write(name, data)
     publisher.finish()
     states = []  # the kept feeds' states are as they were
     for rel, feed_print in prints.items():  # as published: size and mtime after the rename
@@ -177,6 +217,42 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
 _SWEEP_AFTER = 100
 
 
+def _file(config: Config, renderer: FeedRenderer | None, heads: FeedHeads, node: Node,
+          kind: str, rel: str, members: list[FeedRow], parts: Parts,
+          frame: tuple[bytes, bytes] | None, failed: set[str]) -> Parts:
+    """A planned file's bytes: a feed of `kind` or the node's page, around `parts`,
+    its entries' renders."""
+    if kind == "page":
+        assert frame is not None
+        return pages.page(frame, parts)
+    if kind == "json":
+        count = sum(1 for row in members if row[1] not in failed)
+        return jsonfeed.feed(feed_title(config, node), feed_url(config, node, kind),
+                             page_url(config, node), config.site_title, parts, count)
+    assert renderer is not None
+    title, url, extra = heads.head(node, kind, rel)
+    return (renderer.atom_feed if kind == "atom" else renderer.rss_feed)(
+        title, url, _newest(members), parts, extra)
+
+
+class _Newest:
+    """The last update a page shows for a node: its newest entry's (the first of its
+    feed), from the feed when it was queried, else queried alone."""
+
+    def __init__(self, store: EntryStore) -> None:
+        self.store = store
+        self.known: dict[int, str | None] = {}
+
+    def seen(self, node: Node, members: list[FeedRow]) -> None:
+        self.known[node.nid] = members[0][3] if members else None
+
+    def __call__(self, node: Node) -> str | None:
+        if node.nid not in self.known:
+            first = self.store.feed(node.nid, 1) if node.nid else []
+            self.known[node.nid] = first[0][3] if first else None
+        return self.known[node.nid]
+
+
 def _newest(members: list[FeedRow]) -> datetime:
     """The newest `updated` of a feed's entries, as the entry has it (its zone)."""
     if not members:
@@ -190,8 +266,8 @@ def _newest(members: list[FeedRow]) -> datetime:
     return datetime.fromisoformat(best[3])
 
 
-def _rendered(missing: list[tuple[int, str]], pairs: Iterable[tuple[bytes, bytes] | str],
-              renders: _Renders, report: BuildReport) -> Iterator[tuple[str, bytes, bytes]]:
+def _rendered(missing: list[tuple[int, str]], pairs: Iterable[Render | str],
+              renders: _Renders, report: BuildReport) -> Iterator[RenderRow]:
     """(render key, atom, rss) of each entry rendered. One that could not be is
     reported, held as an empty render (its feeds are written without it) and not
     stored: the next build tries it again."""
@@ -241,17 +317,17 @@ class _Renders:
 
     def __init__(self, store: EntryStore) -> None:
         self.cache = store
-        self.held: dict[str, tuple[bytes, bytes]] = {}
+        self.held: dict[str, Render] = {}
         self.failed: set[str] = set()  # keys of entries that could not be rendered
 
     def leave_out(self, key: str) -> None:
         self.failed.add(key)
-        self.held[key] = (_NOTHING, _NOTHING)
+        self.held[key] = (_NOTHING, _NOTHING, _NOTHING, _NOTHING)
 
-    def store(self, rows: Iterable[tuple[str, bytes, bytes]],
+    def store(self, rows: Iterable[RenderRow],
               done: Callable[[int], None]) -> None:
         """Keep `rows`, 500 at a time; `done(n)` after each batch (progress)."""
-        batch: list[tuple[str, bytes, bytes]] = []
+        batch: list[RenderRow] = []
         for row in rows:
             batch.append(row)
             if len(batch) == 500:
@@ -261,15 +337,15 @@ class _Renders:
         self._store(batch)
         done(len(batch))
 
-    def _store(self, batch: list[tuple[str, bytes, bytes]]) -> None:
+    def _store(self, batch: list[RenderRow]) -> None:
         self.cache.store_rendered(batch)
         if not self.cache.keeps_renders():
-            self.held.update({k: (atom, rss) for k, atom, rss in batch})
+            self.held.update({row[0]: row[1:] for row in batch})
 
     def store_rows(self, rids: list[int]) -> dict[int, tuple[bytes, str | None, int | None]]:
         return self.cache.packed(rids)
 
-    def fetch(self, keys: set[str]) -> dict[str, tuple[bytes, bytes]]:
+    def fetch(self, keys: set[str]) -> dict[str, Render]:
         found = self.cache.rendered(keys - self.held.keys())
         found.update({k: self.held[k] for k in keys & self.held.keys()})
         return found
@@ -286,11 +362,11 @@ class _SubtreeRenders:
 
     BUDGET = 128 << 20  # bytes kept unpacked at most
 
-    def __init__(self, fetch: Callable[[set[str]], dict[str, tuple[bytes, bytes]]],
+    def __init__(self, fetch: Callable[[set[str]], dict[str, Render]],
                  wanted: dict[str | None, set[str]]) -> None:
         self.fetch = fetch
         self.wanted = wanted  # subtree (None: the root's feeds) → the keys they need
-        self.packed: dict[str, tuple[bytes, bytes]] = {}
+        self.packed: dict[str, Render] = {}
         self.top: str | None = None
         self.started = False
         self.kept: dict[tuple[str, int], bytes] = {}

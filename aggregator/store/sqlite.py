@@ -13,8 +13,9 @@ Tables:
 - folder: a print (digest of its posts' names and identities, as the walk made it) of
   each content folder whose rows hold exactly the identities the print was made of;
   a change of one of its post rows forgets it in the same transaction.
-- rendered: an entry's Atom and RSS bytes by render key; feed_state: each published
-  feed's fingerprint and file stats; last_build: see state/last_build.py.
+- rendered: an entry's Atom, RSS and JSON Feed bytes and its page card by render
+  key; feed_state: each published feed's (or page's) fingerprint and file stats;
+  last_build: see state/last_build.py.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.state.last_build import LastBuild
-from aggregator.store import FeedRow
+from aggregator.store import FeedRow, Render, RenderRow
 from aggregator.store.rows import Names, Row, node_key, node_names, paths_of, prefixes
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,9 @@ CREATE INDEX IF NOT EXISTS entry_problems ON entry (key, root)
 CREATE TABLE IF NOT EXISTS rendered (
     key  TEXT PRIMARY KEY,
     atom BLOB NOT NULL,
-    rss  BLOB NOT NULL
+    rss  BLOB NOT NULL,
+    json BLOB NOT NULL,
+    card BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS feed_state (
     rel         TEXT PRIMARY KEY,
@@ -117,7 +120,7 @@ CREATE TABLE IF NOT EXISTS last_build (
     record BLOB NOT NULL
 );
 """
-SCHEMA_VERSION = "13"
+SCHEMA_VERSION = "14"
 ENTRY_TABLES = ("entry", "body", "node", "member", "dirty", "unmerged", "folder")
 
 _PACKED = Row._fields.index("packed")
@@ -543,11 +546,12 @@ class SQLiteStore:
 
     # -- rendered entries --------------------------------------------------------------
 
-    def rendered(self, keys: Iterable[str]) -> dict[str, tuple[bytes, bytes]]:
-        """Render key → (atom, rss), both still packed (see pack_render)."""
+    def rendered(self, keys: Iterable[str]) -> dict[str, Render]:
+        """Render key → (atom, rss, json, card), each still packed (see pack_render)."""
         wanted = [] if "rendered" in self._stale else list(keys)
-        return {key: (atom, rss) for key, atom, rss in _rows_in(
-            self.db, "SELECT key, atom, rss FROM rendered WHERE key IN ({marks})", wanted)}
+        return {row[0]: row[1:] for row in _rows_in(
+            self.db, "SELECT key, atom, rss, json, card FROM rendered WHERE key IN ({marks})",
+            wanted)}
 
     def rendered_keys(self, keys: Iterable[str]) -> set[str]:
         wanted = [] if "rendered" in self._stale else list(keys)
@@ -558,9 +562,10 @@ class SQLiteStore:
         return not self.failed and "rendered" not in self._stale
 
     @_disposable
-    def store_rendered(self, rows: Iterable[tuple[str, bytes, bytes]]) -> None:
+    def store_rendered(self, rows: Iterable[RenderRow]) -> None:
         with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO rendered VALUES (?, ?, ?)", list(rows))
+            self.db.executemany("INSERT OR REPLACE INTO rendered VALUES (?, ?, ?, ?, ?)",
+                                list(rows))
 
     @_disposable
     def drop_unused_renders(self) -> None:

@@ -105,12 +105,12 @@ class FeedRenderer:
 
     def entry_pair(self, entry: Entry) -> tuple[bytes, bytes]:
         """(atom_entry, rss_entry), made together."""
-        entry = self._with_published_id(entry)
+        entry = self.with_published_id(entry)
         fast = entry_xml.entry_pair(entry, self.config.full_content)
         return fast if fast is not None else (self.feedgen_atom_entry(entry),
                                               self.feedgen_rss_entry(entry))
 
-    def _with_published_id(self, entry: Entry) -> Entry:
+    def with_published_id(self, entry: Entry) -> Entry:
         """An id validators reject (`urn:uuid:` without a UUID, "123", a tag: with an
         upper-case authority) is published as a tag: URI made from it."""
         published = published_id(entry.id, self.config.site_host, self.config.id_date)
