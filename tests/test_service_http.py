@@ -96,6 +96,10 @@ def test_gzip_when_accepted(served: tuple[int, Path]) -> None:
     ("/", "text/html"),
     ("/index.html", "text/html"),
     ("/feeds.opml", "text/x-opml"),
+    ("/tech/python/feed.json", "application/json"),
+    ("/tech/python/", "text/html"),
+    ("/style.css", "text/css"),
+    ("/page.js", "text/javascript"),  # else nosniff stops browsers running it
 ])
 def test_content_types(served: tuple[int, Path], path: str, ctype: str) -> None:
     status, headers, _body = get(served[0], path)

@@ -49,6 +49,7 @@ CONTENT_TYPES = {
     ".json": "application/json",
     ".txt": "text/plain; charset=utf-8",
     ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",  # the pages' script (nosniff: needs its type)
 }
 GZIP_MIN_BYTES = 256
 _GZIP_CACHE_MAX = 256
