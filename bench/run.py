@@ -73,13 +73,19 @@ def _generate(folder: Path, posts: int) -> None:
                         + f"date: {date}\n---\n\n{body}", encoding="utf-8")
 
 
+# more keys of the `output` mapping of every site's config (--output), e.g.
+# "formats: [atom, rss], pages: false"
+OUTPUT_KEYS: list[str] = []
+
+
 def write_config(site: Path, content: Path, max_items: int, extra: str = "",
                  archives: bool = False) -> Path:
     config = site / "config.yaml"
+    more = "".join(f", {keys}" for keys in OUTPUT_KEYS)
     config.write_text(
         "site: {url: 'http://127.0.0.1:8080/', title: Bench, timezone: UTC}\n"
         f"content: {{dir: '{content}'}}\n"
-        f"output: {{dir: feeds, max_items: {max_items}"
+        f"output: {{dir: feeds, max_items: {max_items}{more}"
         f"{', archives: true' if archives else ''}}}\n"
         "images: {probe: false}\n"
         "state: {path: state/bench.sqlite}\n" + extra, encoding="utf-8")
@@ -366,8 +372,13 @@ def main() -> int:
                         help="the working tree's builds with output.archives: true (a "
                              "--compare'd commit's without: the cost of the archives)")
     parser.add_argument("--work", type=Path, help="keep corpora here (default: a temp dir)")
+    parser.add_argument("--output", metavar="KEYS",
+                        help="more output keys for every site, e.g. "
+                             "'formats: [atom, rss], pages: false'")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.output:
+        OUTPUT_KEYS.append(args.output)
     work = (args.work or Path(tempfile.mkdtemp(prefix="aggregator-bench-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

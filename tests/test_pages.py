@@ -206,3 +206,16 @@ def test_chromium_shows_entries_links_and_feed_urls(tmp_path: Path) -> None:
                 assert field.get("value").startswith(base + folder) and status == 200
                 if field.get("value").endswith(".json"):
                     assert [i["title"] for i in json.loads(body)["items"]] == entries
+
+
+def test_switching_pages_and_json_off_removes_their_files(tmp_path: Path) -> None:
+    config = load_config(_site(tmp_path))
+    build(config, clock=fixed_clock())
+    out = config.output_dir
+    assert (out / "tech/python/index.html").is_file() and (out / "tech/feed.json").is_file()
+    config = load_config(_site(tmp_path, pages=False, formats=["atom", "rss"]))
+    report = build(config, clock=fixed_clock())
+    left = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert left == {p for p in left if p.endswith(".xml")} | {"index.html", "feeds.opml"}
+    assert "tech/python/index.html" in report.removed and "style.css" in report.removed
+    assert "Newest entries" not in (out / "index.html").read_text()
