@@ -1,4 +1,5 @@
-"""The XSS corpus end to end: each vector as a post body → build → atom.xml / rss.xml.
+"""The XSS corpus end to end: each vector as a post body → build → atom.xml / rss.xml,
+feed.json and the pages.
 
 The published entry HTML (Atom content type="html", RSS content:encoded and description)
 is read back with lxml and with feedparser, then checked with html5lib: 0 survivors.
@@ -6,16 +7,19 @@ is read back with lxml and with feedparser, then checked with html5lib: 0 surviv
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import feedparser
 import pytest
 import yaml
 from lxml import etree
+from lxml import html as lxml_html
 from test_sanitize_xss import VECTORS, Vector, survivors
 
 from aggregator.config import load_config
 from aggregator.pipeline import build
+from aggregator.writers.pages import PAGE_ITEMS
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 CONTENT = "{http://purl.org/rss/1.0/modules/content/}encoded"
@@ -96,3 +100,25 @@ def test_published_feeds_have_no_survivors(feeds: Path, name: str) -> None:
             assert any(title in h for h in htmls), f"{title}: body lost in {name}"
             for html in htmls:
                 assert survivors(html) == [], f"{title} in {name} ({read.__name__}): {html!r}"
+
+
+@pytest.mark.parametrize("name", ["feed.json", "xss/feed.json"])
+def test_json_feed_content_html_has_no_survivors(feeds: Path, name: str) -> None:
+    items = json.loads((feeds / name).read_bytes())["items"]
+    assert sorted(i["title"] for i in items) == sorted(marker(v) for v in VECTORS)
+    for item in items:
+        assert item["title"] in item["content_html"], f"{item['title']}: body lost"
+        assert survivors(item["content_html"]) == [], f"{item['title']} in {name}"
+
+
+@pytest.mark.parametrize("name", ["index.html", "xss/index.html"])
+def test_pages_show_entries_without_any_of_their_markup(feeds: Path, name: str) -> None:
+    """A page's cards (the only part made from entries) hold no survivor; the page's
+    only script is ours."""
+    page = lxml_html.fromstring((feeds / name).read_bytes())
+    cards = page.find_class("entry")
+    assert len(cards) == min(len(VECTORS), PAGE_ITEMS)
+    for card in cards:
+        markup = lxml_html.tostring(card, encoding="unicode")
+        assert survivors(markup) == [], markup
+    assert [s.get("src") for s in page.iter("script")] in (["page.js"], ["../page.js"])
