@@ -109,7 +109,7 @@ def test_content_types(served: tuple[int, Path], path: str, ctype: str) -> None:
 
 @pytest.mark.parametrize("path", [
     "/../secret.txt", "/%2e%2e/secret.txt", "/tech/../../secret.txt", "/.aggregator-manifest",
-    "/tech/%2e%2e/%2e%2e/secret.txt", "/nope.xml", "/tech/", "/..%2fsecret.txt",
+    "/tech/%2e%2e/%2e%2e/secret.txt", "/nope.xml", "/tech/nope/", "/..%2fsecret.txt",
     "/%00atom.xml",
 ])
 def test_no_traversal_or_hidden_files(served: tuple[int, Path], path: str) -> None:
