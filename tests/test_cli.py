@@ -179,7 +179,8 @@ def test_build_json_is_one_object_with_counts_timings_and_problems(
     assert code == data["exit_code"] == 0
     assert data["command"] == "build" and data["up_to_date"] is False
     assert data["posts"] == {"found": 4, "read": 4, "skipped": 0}
-    assert data["feeds"] == 4 and data["written"] == 6 and data["entries"] == 4
+    # 2 nodes: Atom, RSS, JSON Feed and a page each, the OPML, the pages' CSS and script
+    assert data["feeds"] == 6 and data["written"] == 11 and data["entries"] == 4
     assert isinstance(data["seconds"], float)
     assert data["warnings"] == len(data["problems"]) == 1
     assert data["problems"][0] | {"message": ""} == {  # (the title's line: 1 is blank)
@@ -316,7 +317,7 @@ def test_progress_shows_on_a_terminal_only_and_not_with_quiet(
         assert terminal.isatty()
         assert _build_on(terminal, config, monkeypatch) == 0
         shown = _drain(master)
-        assert "feeds written" in shown and "published 4 feeds" in shown
+        assert "feeds written" in shown and "published 6 feeds" in shown
         (tmp_path / "feeds" / "atom.xml").unlink()
         assert _build_on(terminal, config, monkeypatch, "--quiet") == 0
         assert "feeds written" not in _drain(master)
@@ -327,7 +328,7 @@ def test_progress_shows_on_a_terminal_only_and_not_with_quiet(
     (tmp_path / "feeds" / "atom.xml").unlink()
     with open(piped, "w", encoding="utf-8") as stream:
         assert _build_on(stream, config, monkeypatch) == 0
-    assert "feeds written" not in piped.read_text() and "published 4 feeds" in \
+    assert "feeds written" not in piped.read_text() and "published 6 feeds" in \
         piped.read_text()
 
 

@@ -79,11 +79,11 @@ def _fill(where: Path, leave: int) -> Path:
 
 def test_disk_full_keeps_old_feeds_exit_3_then_recovers(tmp_path: Path, capsys: Any) -> None:
     config = _site(tmp_path)
-    with tmpfs(tmp_path / "feeds", "2m") as out:
+    with tmpfs(tmp_path / "feeds", "4m") as out:
         code, err = _build(config, capsys)
         assert code == 0, err
         before = _snapshot(out)
-        # a big new post: its body goes into 4 nodes x 2 feeds, far more than is free
+        # a big new post: its body goes into 4 nodes x 3 feeds, far more than is free
         write_post(tmp_path / "posts", "big.md", "title: Big\ncategories: [A, B, C]\n"
                    "date: 2026-02-01 10:00:00", body="<p>" + "word " * 40_000 + "</p>")
         filler = _fill(out, 64 * 1024)
