@@ -82,7 +82,8 @@ def _site(tmp_path: Path, hub_urls: list[str], **websub: object) -> Path:
 
 
 def _feeds(out: Path) -> set[str]:
-    return {SITE + p.relative_to(out).as_posix() for p in out.rglob("*.xml")}
+    return {SITE + p.relative_to(out).as_posix() for p in out.rglob("*")
+            if p.name in ("atom.xml", "rss.xml", "feed.json")}
 
 
 def _run(*args: str) -> int:
@@ -102,6 +103,9 @@ def test_every_feed_links_each_hub(tmp_path: Path, hubs: list[Hub]) -> None:
             [h.url for h in hubs], path
         assert [link.get("href") for link in links if link.get("rel") == "self"] == \
             [SITE + path.relative_to(tmp_path / "feeds").as_posix()]
+    for path in (tmp_path / "feeds").rglob("feed.json"):  # JSON Feed's `hubs`
+        assert json.loads(path.read_bytes())["hubs"] == [
+            {"type": "WebSub", "url": h.url} for h in hubs], path
 
 
 def test_one_ping_per_changed_feed_per_publish(tmp_path: Path, hubs: list[Hub]) -> None:
@@ -110,7 +114,7 @@ def test_one_ping_per_changed_feed_per_publish(tmp_path: Path, hubs: list[Hub]) 
     assert all(not hub.pings for hub in hubs)  # build never uses the network
     assert _run("fetch", "-c", str(config)) == 0
     everything = _feeds(tmp_path / "feeds")
-    assert len(everything) == 2 * 9  # root, 2 categories, 3 sub-categories each
+    assert len(everything) == 3 * 9  # root, 2 categories, 3 sub-categories each
     for hub in hubs:
         assert hub.topics() == Counter(everything)  # each once: the first build's files
 
@@ -119,9 +123,8 @@ def test_one_ping_per_changed_feed_per_publish(tmp_path: Path, hubs: list[Hub]) 
     post = tmp_path / "posts/p1.md"  # Alpha / Sub1
     post.write_text(post.read_text().replace("Body", "Edited"))
     assert _run("fetch", "-c", str(config)) == 0
-    changed = {SITE + rel for rel in ("atom.xml", "rss.xml", "alpha/atom.xml",
-                                      "alpha/rss.xml", "alpha/sub1/atom.xml",
-                                      "alpha/sub1/rss.xml")}
+    changed = {SITE + folder + name for folder in ("", "alpha/", "alpha/sub1/")
+               for name in ("atom.xml", "rss.xml", "feed.json")}
     for hub in hubs:
         assert hub.topics() == Counter(changed)
 

@@ -123,7 +123,7 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
                 continue
             head = [feed_title(config, node), feed_url(config, node, kind)]
             if kind == "json":  # (its home page is the node's page when there is one)
-                head.append(page_url(config, node))
+                head += [page_url(config, node), *config.websub_hubs]
             extra = heads.current(node, kind, rel) if kind != "json" else b""
             plans.append((node, kind, rel, members, member_keys,
                           fingerprint_of(kind, *head, member_keys,
@@ -228,7 +228,8 @@ def _file(config: Config, renderer: FeedRenderer | None, heads: FeedHeads, node:
     if kind == "json":
         count = sum(1 for row in members if row[1] not in failed)
         return jsonfeed.feed(feed_title(config, node), feed_url(config, node, kind),
-                             page_url(config, node), config.site_title, parts, count)
+                             page_url(config, node), config.site_title, parts, count,
+                             config.websub_hubs)
     assert renderer is not None
     title, url, extra = heads.head(node, kind, rel)
     return (renderer.atom_feed if kind == "atom" else renderer.rss_feed)(

@@ -83,12 +83,16 @@ def item(entry: Entry, full_content: bool) -> bytes:
 
 
 def feed(title: str, feed_url: str, home_page_url: str, author: str, items: Parts,
-         count: int) -> Parts:
+         count: int, hubs: tuple[str, ...] = ()) -> Parts:
     """The feed of `count` items (`items`: their bytes, in order; an empty one, an
-    entry that could not be rendered, is left out and not counted)."""
-    head = {"version": VERSION, "title": title, "home_page_url": home_page_url,
-            "feed_url": feed_url, "description": f"{title}: every entry, newest first",
-            "authors": [{"name": author}]}
+    entry that could not be rendered, is left out and not counted); `hubs`: its
+    WebSub hubs."""
+    head: dict[str, Any] = {
+        "version": VERSION, "title": title, "home_page_url": home_page_url,
+        "feed_url": feed_url, "description": f"{title}: every entry, newest first",
+        "authors": [{"name": author}]}
+    if hubs:
+        head["hubs"] = [{"type": "WebSub", "url": hub} for hub in hubs]
     start = _dumps(head)[:-1] + b',"items":[\n'
     end = b"\n]}\n"
 
