@@ -252,20 +252,6 @@ def test_assets_never_leave_the_content_dir(tmp_path: Path, follow: bool) -> Non
         "{% asset_path link.png %}: no such file in the post's asset folder; dropped"]
 
 
-def test_a_body_read_again_with_assets_is_the_body_parse_gave(tmp_path: Path) -> None:
-    """Renders read a body again (html_of): with asset folders it needs the post (its
-    URL) and gives the html parse gave."""
-    _write(tmp_path, "a.md", "---\ntitle: A\n---\n![x](x.png)\n")
-    (tmp_path / "posts" / "a").mkdir()
-    (tmp_path / "posts" / "a" / "x.png").write_bytes(b"\x89PNG")
-    reader, _ = _reader(tmp_path, BodySettings(post_asset_folder=True))
-    [post] = discover(reader.config, ProblemLog(echo=False))
-    data = Path(post.location).read_bytes()
-    entry = reader.parse(post, data)
-    assert entry is not None and "http://example.com/a/x.png" in entry.html
-    assert reader.html_of(data, post) == entry.html
-
-
 def test_tags_in_an_html_body_are_rendered_as_hexo_does(tmp_path: Path) -> None:
     """Hexo runs tag plugins over every post, HTML bodies too; an HTML body without
     tags is used as it is."""

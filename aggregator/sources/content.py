@@ -97,12 +97,6 @@ class PostReader:
         self.links.append((slug, found))
         return found
 
-    def links_hold(self, links: tuple[tuple[str, object], ...]) -> bool:
-        """Each slug still finds what it found when a post was parsed (its cached
-        entry, whose body links to those posts, is still right)."""
-        slugs = self._slugs
-        return slugs is None or all(slugs.find(slug) == found for slug, found in links)
-
     def read(self, post: PostFile) -> Entry | None:
         data = self.read_bytes(post)
         return None if data is None else self.parse(post, data)
@@ -149,24 +143,6 @@ class PostReader:
         self.links = []
         where = display(post.rel)
         return self._parse(post, self._text(data, where), where)
-
-    def html_of(self, data: bytes, post: PostFile | None = None) -> str:
-        """The body html `parse` gives for these bytes, and only that (the build cache
-        keeps entries without their html: a post's is read again to render it).
-        Problems go to this reader's log: they were reported when it was parsed.
-        With asset folders, a post's images depend on its URL: `post` is parsed whole."""
-        if post is not None and self.bodies.post_asset_folder:
-            entry = self.parse(post, data)
-            return entry.html if entry is not None else ""
-        text = self._text(data, "")
-        try:
-            split = split_front_matter(text)
-        except ValueError:
-            split = Split(None, "", "yaml", True, 0)  # (parse skips such a post)
-        body = split.body
-        if split.front is not None and not split.opened:  # front matter only if it reads
-            body = self._front_matter(text, "")[1]  # as one, as parse decided
-        return self._body(body, "", text).html
 
     def _text(self, data: bytes, where: str) -> str:
         text = self._decode(data, where)

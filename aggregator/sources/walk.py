@@ -22,7 +22,7 @@ from typing import NamedTuple, overload
 from aggregator import nofollow
 from aggregator.config import Config
 from aggregator.problems import ProblemLog
-from aggregator.source_keys import source_key, split_source
+from aggregator.source_keys import source_key
 
 # (Hexo's drafts folder too: its posts are not published)
 SKIPPED_DIRS = {".git", ".hg", ".svn", "_drafts"}
@@ -53,13 +53,6 @@ class PostFile(NamedTuple):
     def order(self) -> tuple[str, str]:
         """Posts (and their problems) are handled in this order."""
         return self.rel, str(self.root)
-
-
-def post_of_source(source: str,
-                   identity: tuple[int, int, int] = (0, 0, 0)) -> PostFile:
-    """The PostFile a PostFile.source key names (`identity`: as last seen, if known)."""
-    root, rel = split_source(source)
-    return PostFile(os.path.join(root, *rel.split("/")), rel, Path(root), identity)
 
 
 # PostFile(...) goes through a generated Python __new__: ~0.1 s for 100k posts
