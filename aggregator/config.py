@@ -101,6 +101,8 @@ class Config:
     websub_retry: float = 60.0  # seconds before the first retry of a failed ping (doubling)
     formats: tuple[str, ...] = FEED_FORMATS  # output.formats: the feed files of each node
     pages: bool = True  # output.pages: an index.html page for every node
+    # state.url: a PostgreSQL database holding the whole store (else the SQLite file)
+    state_url: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -224,7 +226,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
                  "retention", "write_posts"},
     "fetch": {"allow_private_addresses", "per_host_limit", "max_bytes", "timeout_seconds",
               "deadline_seconds", "concurrency", "parse_processes", "failing_after"},
-    "state": {"path"},
+    "state": {"path", "url"},
     "serve": {"host", "port"},
     "websub": {"hubs", "timeout_seconds", "retry_seconds"},
 }
@@ -418,6 +420,7 @@ def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
         websub_retry=_positive(r, "retry_seconds", 60.0, "websub"),
         formats=formats,
         pages=r.typed(bool, "output", "pages", default=True),
+        state_url=_state_url(r),
         raw=data,
     )
 
@@ -437,6 +440,24 @@ def _positive(r: _Reader, key: str, default: float, section: str = "fetch") -> f
     if isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{r.where(section, key)}: {section}.{key} must be a positive number")
     return float(value)
+
+
+def _state_url(r: _Reader) -> str | None:
+    """state.url: a PostgreSQL URL; with state.path as well it is a config error (which
+    of the two holds the state would be a guess)."""
+    url = r.get("state", "url")
+    if url is None:
+        return None
+    if not isinstance(url, str):
+        raise ConfigError(f"{r.where('state', 'url')}: state.url must be str, not {url!r}")
+    if r.get("state", "path") is not None:
+        raise ConfigError(f"{r.where('state', 'url')}: state.url and state.path are both "
+                          "set; keep one (state.url: the PostgreSQL database, state.path: "
+                          "the SQLite file)")
+    if urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"{r.where('state', 'url')}: state.url must be a PostgreSQL URL "
+                          "(postgresql://user@host/database)")
+    return str(url)
 
 
 def _hubs(r: _Reader) -> tuple[str, ...]:
