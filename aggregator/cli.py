@@ -403,12 +403,13 @@ def _check_pings(config: Config, problems: ProblemLog) -> list[dict[str, Any]]:
     warning naming its last error."""
     import sqlite3
 
+    from aggregator.state.address import StateAddress
     from aggregator.state.websub import PingQueue
 
     if not config.websub_hubs or not config.state_path.exists():
         return []
     try:
-        hubs = {hub.hub: hub for hub in PingQueue(config.state_path).pending()}
+        hubs = {hub.hub: hub for hub in PingQueue(StateAddress.of(config)).pending()}
     except sqlite3.Error as exc:
         problems.warn(str(config.state_path), f"cannot read WebSub pings: {exc}")
         return []

@@ -22,7 +22,7 @@ from aggregator.publish.atomic import Publisher, PublishError
 from aggregator.report import BuildReport
 from aggregator.sources.walk import PostFile, Posts, Walk, rediscover, walk_posts
 from aggregator.state.last_build import LastBuild, inputs_print, published_files
-from aggregator.state.open import open_state
+from aggregator.state.open import StateUnreachable, open_state
 from aggregator.state.store import Clock, StateStore, utc_now
 from aggregator.store import EntryStore, open_store
 from aggregator.store.rows import decode
@@ -89,7 +89,10 @@ class Builder:
             self.close()
             self._config = config
         report = BuildReport(problems=ProblemLog(echo=echo_problems))
-        state = open_state(config, clock, report.problems)
+        try:
+            state = open_state(config, clock, report.problems)
+        except StateUnreachable as exc:  # nothing published: the previous feeds stay
+            raise PublishError(str(exc)) from exc
         if self._store is None:
             self._store = open_store(config)
         store = self._store

@@ -115,7 +115,10 @@ def _write_one(store: StateStore, root: Path, source: UpstreamSource, entry: Ent
         problems.error(str(path), f"not written for {entry.id} from {source.url}: "
                                   f"{exc.strerror}; posts are never written through a link")
         return 0
-    store.db.execute("INSERT OR REPLACE INTO written_post VALUES (?, ?, ?, ?, ?)",
+    store.db.execute("INSERT INTO written_post VALUES (?, ?, ?, ?, ?) ON CONFLICT "
+                     "(entry_id) DO UPDATE SET source_url = excluded.source_url, "
+                     "path = excluded.path, sha256 = excluded.sha256, "
+                     "written_at = excluded.written_at",
                      (entry.id, source.url, str(path), _sha(data), now.isoformat()))
     log.info("%s: wrote %s", source.url, path)
     return 1

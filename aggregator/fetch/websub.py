@@ -30,6 +30,7 @@ import httpcore
 from aggregator.config import Config
 from aggregator.sources.upstream.guard import tls_context
 from aggregator.sources.upstream.http import USER_AGENT
+from aggregator.state.address import StateAddress
 from aggregator.state.websub import Ping, PingQueue
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def send_pings(config: Config, *, due_only: bool, hubs: Sequence[str] | None = N
     report = PingReport()
     if not config.websub_hubs:
         return report
-    queue = PingQueue(config.state_path)
+    queue = PingQueue(StateAddress.of(config))
     try:
         if hubs is None:
             queue.forget_other_hubs(config.websub_hubs)

@@ -23,6 +23,7 @@ from aggregator.publish.atomic import Publisher
 from aggregator.publish.heads import FeedHeads
 from aggregator.publish.websub import record_pings
 from aggregator.report import BuildReport
+from aggregator.state.address import StateAddress
 from aggregator.state.published import PublishedRecord
 from aggregator.store import (
     RENDERS,
@@ -73,7 +74,7 @@ def publish(config: Config, root: Node, store: EntryStore, report: BuildReport,
     its walks). `memo` (kept by a session) saves remaking the index and OPML files
     when no count or slug changed."""
     publisher = Publisher(config.output_dir,
-                          PublishedRecord(config.state_path, config.output_dir))
+                          PublishedRecord(StateAddress.of(config), config.output_dir))
     try:
         _publish(publisher, config, root, store, report, workers, stat, memo)
     except BaseException:

@@ -12,6 +12,7 @@ import logging
 import sqlite3
 
 from aggregator.config import Config
+from aggregator.state.address import StateAddress
 from aggregator.state.websub import PingQueue
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def record_pings(config: Config, written: list[str]) -> int:
         return 0
     urls = topic_urls(config, written)
     try:
-        return PingQueue(config.state_path).record(config.websub_hubs, urls)
+        return PingQueue(StateAddress.of(config)).record(config.websub_hubs, urls)
     except (OSError, sqlite3.Error) as exc:
         log.warning("%s: cannot record %d WebSub pings (%s); the hubs learn of these "
                     "feeds' changes at their next change", config.state_path,

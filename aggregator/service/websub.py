@@ -14,6 +14,7 @@ from collections.abc import Callable
 from aggregator.config import Config
 from aggregator.fetch.websub import send_pings
 from aggregator.service.metrics import ServiceStats
+from aggregator.state.address import StateAddress
 from aggregator.state.websub import PingQueue
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class PingSender:
                 continue
             if forgotten != config.websub_hubs:  # at start and after a reload
                 try:
-                    PingQueue(config.state_path).forget_other_hubs(config.websub_hubs)
+                    PingQueue(StateAddress.of(config)).forget_other_hubs(config.websub_hubs)
                     forgotten = config.websub_hubs
                 except (OSError, sqlite3.Error) as exc:
                     log.warning("WebSub pings of removed hubs kept: %s", exc)
@@ -74,7 +75,7 @@ class PingSender:
     def _round(self, config: Config, hub: str) -> None:
         try:
             report = send_pings(config, due_only=True, hubs=[hub])
-            waiting = sum(h.pending for h in PingQueue(config.state_path).pending())
+            waiting = sum(h.pending for h in PingQueue(StateAddress.of(config)).pending())
         except (OSError, sqlite3.Error) as exc:
             log.warning("%s: WebSub pings not sent: %s", hub, exc)
             return

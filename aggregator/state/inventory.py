@@ -17,9 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from aggregator.state.database import Database
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def load(state: Path) -> Inventory | None:
         return None
 
 
-def count(db: sqlite3.Connection, generation: str) -> Inventory:
+def count(db: Database, generation: str) -> Inventory:
     """What the state behind `db` holds now."""
     def one(sql: str) -> int:
         return int(db.execute(sql).fetchone()[0])

@@ -47,7 +47,10 @@ class ProbeCache:
         return out
 
     def put(self, probe: Probe) -> None:
-        self.db.execute("INSERT OR REPLACE INTO image_probe VALUES (?, ?, ?, ?, ?)",
+        self.db.execute("INSERT INTO image_probe VALUES (?, ?, ?, ?, ?) ON CONFLICT (url) "
+                        "DO UPDATE SET status = excluded.status, mime_type = "
+                        "excluded.mime_type, length = excluded.length, "
+                        "probed_at = excluded.probed_at",
                         (probe.url, probe.status, probe.mime_type, probe.length,
                          probe.probed_at.astimezone(UTC).isoformat()))
 

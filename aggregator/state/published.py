@@ -17,14 +17,10 @@ import logging
 import sqlite3
 from pathlib import Path
 
-from aggregator.state import store
+from aggregator.state.address import StateAddress
+from aggregator.state.database import Database
 
 log = logging.getLogger(__name__)
-
-# The longest wait for a state another process holds: the build has waited for it
-# already (and gone on without it); a record not read removes nothing, one not saved
-# keeps the last.
-BUSY_SECONDS = 5.0
 
 
 class PublishedRecord:
@@ -32,8 +28,8 @@ class PublishedRecord:
     what this build published. A state that cannot be read gives an empty record
     (nothing is removed); one that cannot be written keeps the old record."""
 
-    def __init__(self, state_path: Path, out_dir: Path) -> None:
-        self.state_path = state_path
+    def __init__(self, state: Path | StateAddress, out_dir: Path) -> None:
+        self.state = state if isinstance(state, StateAddress) else StateAddress(state)
         self.key = str(out_dir)
         self._known: set[str] | None = None  # what the state holds, once read
 
@@ -48,16 +44,15 @@ class PublishedRecord:
             return set(self._known)
         except (OSError, sqlite3.Error) as exc:
             log.warning("%s: cannot read the record of published files (%s); no stale "
-                        "feed is removed this time", self.state_path, exc)
+                        "feed is removed this time", self.state, exc)
             return set()
 
-    def _connect(self) -> sqlite3.Connection:
-        """The state file the build opened (and migrated) already: a plain connection,
-        which never creates a file (mode=rw) and reports nothing of its own; the
-        build's StateStore has said what there is to say about the state."""
-        return sqlite3.connect(f"{self.state_path.absolute().as_uri()}?mode=rw", uri=True,
-                               timeout=min(BUSY_SECONDS, store.BUSY_TIMEOUT_SECONDS),
-                               isolation_level=None)
+    def _connect(self) -> Database:
+        """The state the build opened (and migrated) already, in a plain connection
+        that reports nothing of its own (the build's StateStore has said what there
+        is to say about the state). A record not read removes nothing; one not saved
+        keeps the last."""
+        return self.state.connect()
 
     def save(self, published: set[str]) -> bool:
         """Record `published`; False when the record could not be read or written."""
@@ -68,19 +63,24 @@ class PublishedRecord:
             try:
                 db = self._connect()
                 try:
-                    with db:  # one transaction
-                        db.execute("BEGIN")
+                    db.execute("BEGIN")
+                    try:
                         db.executemany(
                             "DELETE FROM published_file WHERE out_dir = ? AND rel = ?",
                             [(self.key, rel) for rel in gone])
-                        db.executemany("INSERT OR IGNORE INTO published_file VALUES (?, ?)",
+                        db.executemany("INSERT INTO published_file VALUES (?, ?) "
+                                       "ON CONFLICT DO NOTHING",
                                        [(self.key, rel) for rel in added])
+                    except BaseException:
+                        db.execute("ROLLBACK")
+                        raise
+                    db.execute("COMMIT")
                 finally:
                     db.close()
             except (OSError, sqlite3.Error) as exc:
                 log.warning("%s: cannot record the published files (%s); feeds of "
                             "categories removed later may be left behind",
-                            self.state_path, exc)
+                            self.state, exc)
                 return False
             self._known = set(published)
         return True

@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 from aggregator.problems import ProblemLog
 from aggregator.state import inventory
+from aggregator.state.database import Database
 from aggregator.state.inventory import Inventory
 
 log = logging.getLogger(__name__)
@@ -141,6 +143,7 @@ class StateStore:
     def __init__(self, path: Path, clock: Clock = utc_now,
                  problems: ProblemLog | None = None) -> None:
         self.path = path
+        self.where = str(path)  # for messages (the file, or the database without password)
         self.clock = clock
         self.problems = problems if problems is not None else ProblemLog()
         # Why the state cannot be written (a read-only file, folder or mount; a full
@@ -151,7 +154,7 @@ class StateStore:
         self._first_seen: dict[str, datetime] | None = None
         self._writes_failed = False  # a write failed (locked, full): not tried again
         self._inventory: Inventory | None = None
-        self.db = self._open()
+        self.db: Database = self._open()
 
     @property
     def temporary(self) -> bool:
@@ -169,7 +172,7 @@ class StateStore:
         finally:
             self.db.execute(f"PRAGMA wal_autocheckpoint={DEFAULT_CHECKPOINT_PAGES}")
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self) -> Database:
         if self.temporary:
             return self._connect_and_migrate()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -314,14 +317,14 @@ class StateStore:
             return
         if self.read_only is not None:
             self._writes_failed = True
-            self.problems.error(str(self.path), f"state file cannot be written "
+            self.problems.error(self.where, f"state file cannot be written "
                                 f"({self.read_only}): new first-seen times are not recorded, "
                                 "so undated entries get new dates at every build; make the "
                                 "file and its folder writable for this user (owner, mode, "
                                 "mount, free space) and build again")
             return
         try:
-            self.db.execute("INSERT OR IGNORE INTO first_seen VALUES (?, ?)",
+            self.db.execute("INSERT INTO first_seen VALUES (?, ?) ON CONFLICT DO NOTHING",
                             (entry_id, seen.isoformat()))
         except sqlite3.OperationalError as exc:
             # Locked by another process, disk full, read-only: not a reason to stop the
@@ -333,7 +336,7 @@ class StateStore:
                 return
             self._writes_failed = True
             log.warning("%s: cannot record first-seen times (%s); undated entries "
-                        "may get new dates on the next build", self.path, exc)
+                        "may get new dates on the next build", self.where, exc)
 
     def generation(self) -> str | None:
         """Changes whenever first-seen times, upstream entries or image probes change;
@@ -355,7 +358,7 @@ class StateStore:
                     self._vacuum()
                 self._take_inventory()
         except sqlite3.Error as exc:
-            log.warning("%s: %s (at close; what was stored stays stored)", self.path, exc)
+            log.warning("%s: %s (at close; what was stored stays stored)", self.where, exc)
         finally:
             self.db.close()
 
@@ -366,7 +369,7 @@ class StateStore:
         older file is vacuumed once, which turns that mode on."""
         if self.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:  # incremental
             # executescript steps the pragma to its end; execute() frees one page
-            self.db.executescript("PRAGMA incremental_vacuum;")
+            cast(sqlite3.Connection, self.db).executescript("PRAGMA incremental_vacuum;")
         else:
             self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self.db.execute("VACUUM")

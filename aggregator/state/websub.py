@@ -14,16 +14,14 @@ service's sender thread and its build thread never share a connection.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aggregator.state import store
-
-BUSY_SECONDS = 5.0
+from aggregator.state.address import StateAddress
+from aggregator.state.database import Database
 
 
 @dataclass(frozen=True)
@@ -47,15 +45,12 @@ class HubPending:
 
 
 class PingQueue:
-    def __init__(self, state_path: Path) -> None:
-        self.state_path = state_path
+    def __init__(self, state: Path | StateAddress) -> None:
+        self.state = state if isinstance(state, StateAddress) else StateAddress(state)
 
     @contextmanager
-    def _db(self, read_only: bool = False) -> Iterator[sqlite3.Connection]:
-        mode = "ro" if read_only else "rw"
-        db = sqlite3.connect(f"{self.state_path.absolute().as_uri()}?mode={mode}", uri=True,
-                             timeout=min(BUSY_SECONDS, store.BUSY_TIMEOUT_SECONDS),
-                             isolation_level=None)
+    def _db(self, read_only: bool = False) -> Iterator[Database]:
+        db = self.state.connect(read_only)
         try:
             yield db
         finally:
@@ -110,7 +105,8 @@ class PingQueue:
         """Per hub: the pings waiting (read-only; none when the state has no table)."""
         with self._db(read_only=True) as db:
             rows = db.execute(
-                "SELECT hub, count(*), sum(attempts > 0), min(queued_at), min(next_try), "
+                "SELECT hub, count(*), sum(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), "
+                "min(queued_at), min(next_try), "
                 "(SELECT last_error FROM websub_ping AS w WHERE w.hub = p.hub AND "
                 " last_error IS NOT NULL ORDER BY next_try DESC LIMIT 1) "
                 "FROM websub_ping AS p GROUP BY hub ORDER BY hub").fetchall()
