@@ -129,7 +129,9 @@ def _split_where(line: str) -> tuple[str, str]:
     return (match.group(1), match.group(2)) if match else ("", line)
 
 
-def _load(path: Path, problems: ProblemLog) -> Config | None:
+def _load(path: Path, problems: ProblemLog, content: bool = True) -> Config | None:
+    """The config, or None after telling why not. `content`: its content dirs must
+    exist (a fetch worker has none)."""
     try:
         config = load_config(path, problems)
     except UnknownKeys as exc:
@@ -144,7 +146,7 @@ def _load(path: Path, problems: ProblemLog) -> Config | None:
         from aggregator.sources.upstream.opml import with_opml_sources
 
         config = with_opml_sources(config, problems)
-    missing = [d for d in config.content_dirs if not d.is_dir()]
+    missing = [d for d in config.content_dirs if not d.is_dir()] if content else []
     if missing:
         for folder in missing:
             problems.error(str(folder), f"content dir does not exist (content.dir in "
@@ -171,9 +173,9 @@ def _build(config: Config, problems: ProblemLog, earlier: BuildReport | None = N
     counted. The first build also warns about silent defaults. `images`: the report
     lists the post images no probe told the type of yet."""
     from aggregator.pipeline import build
-    from aggregator.service.lock import BuildLock
+    from aggregator.service.lock import build_lock
 
-    lock = BuildLock(config.state_path)
+    lock = build_lock(config)
     try:
         with lock:  # never at the same time as `aggregator run`
             report = build(config, workers=os.cpu_count() or 1,
@@ -341,8 +343,18 @@ def _opml_arguments(cmd: argparse.ArgumentParser) -> None:
 def cmd_run(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
     from aggregator.service.runner import Service
 
-    return Service(config, _load, quiet=args.debounce_ms / 1000,
-                   max_delay=args.max_delay_ms / 1000, problems=problems.items).run()
+    if args.role != "both" and config.state_url is None:
+        problems.error(config_label(config), f"--role {args.role} needs a shared state: set "
+                       "state.url to a PostgreSQL database (docs/scaling.md); the SQLite "
+                       "file serves one machine, which runs both roles")
+        return EXIT_CONFIG
+
+    def loader(path: Path, found: ProblemLog) -> Config | None:
+        return _load(path, found, content=args.role != "fetch")
+
+    return Service(config, loader, quiet=args.debounce_ms / 1000,
+                   max_delay=args.max_delay_ms / 1000, problems=problems.items,
+                   role=args.role).run()
 
 
 def _run_arguments(cmd: argparse.ArgumentParser) -> None:
@@ -350,6 +362,10 @@ def _run_arguments(cmd: argparse.ArgumentParser) -> None:
                      help="quiet window after file events before a rebuild (default 50)")
     cmd.add_argument("--max-delay-ms", type=int, default=1000,
                      help="rebuild at least this often during a steady stream (default 1000)")
+    cmd.add_argument("--role", choices=("both", "fetch", "publish"), default="both",
+                     help="on a PostgreSQL state (state.url): fetch polls due sources as one "
+                          "of many workers; publish builds and publishes, one at a time "
+                          "(others stand by); both (default) does each")
 
 
 def cmd_fetch(config: Config, problems: ProblemLog, args: argparse.Namespace) -> int:
@@ -524,7 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (not in the service: its builds and polls run on threads of their own)
     progress.show(sys.stderr.isatty() and not args.quiet and args.command != "run")
     problems = ProblemLog()
-    config = _load(args.config, problems)
+    config = _load(args.config, problems,
+                   content=not (args.command == "run" and args.role == "fetch"))
     if config is None:
         if getattr(args, "json", False):
             _print_json({"command": args.command, "exit_code": EXIT_CONFIG,

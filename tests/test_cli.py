@@ -90,7 +90,7 @@ def test_the_shipped_example_builds_clean(tmp_path: Path,
                                 "did you mean 'output.max_items'?"),
     ("websub:\n  hub: []\n", "config.yaml:4: error: unknown key 'hub' in 'websub'; "
                               "did you mean 'hubs'?"),
-    ("state:\n  url: postgresql://x/y\n", "config.yaml:4: error: unknown key 'url' in 'state'"),
+    ("state:\n  uri: postgresql://x/y\n", "config.yaml:4: error: unknown key 'uri' in 'state'"),
     ("output: feeds\n", "config.yaml:3: error: 'output' must be a mapping of keys"),
 ])
 def test_unknown_keys_exit_2_with_line_and_suggestion(

@@ -122,8 +122,11 @@ def _processes(config: Config, count: int) -> int:
 
 
 def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
-         everything: bool = False, only: Sequence[UpstreamSource] | None = None) -> PollReport:
-    """Poll the due enabled sources (`everything`: all enabled; `only`: exactly these)."""
+         everything: bool = False, only: Sequence[UpstreamSource] | None = None,
+         write: bool = True) -> PollReport:
+    """Poll the due enabled sources (`everything`: all enabled; `only`: exactly these).
+    `write`: also write the posts `write_posts` sources ask for (a fetch worker does
+    not: the publisher, which has the content dir, does)."""
     started = time.perf_counter()
     report = PollReport()
     state = UpstreamState(store)
@@ -200,7 +203,7 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
         finally:
             if parsers is not None:
                 parsers.shutdown(wait=False, cancel_futures=True)
-    _after_poll(config, store, problems, clock, sources)
+    _after_poll(config, store, problems, clock, sources, write)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -305,17 +308,26 @@ def _moved(source: UpstreamSource, url: str, state: UpstreamState,
 
 
 def _after_poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
-                sources: list[UpstreamSource]) -> None:
+                sources: list[UpstreamSource], write: bool = True) -> None:
     """write_posts sources become posts; unknown image types are probed (never fatal)."""
-    from aggregator.fetch.posts import write_posts
     from aggregator.fetch.probe import probe_images
 
-    try:
-        write_posts(config, store, sources, problems, clock())
-    except Exception as exc:  # the poll is stored; a post we could not write is reported
-        problems.error(str(config.content_dirs[0]) if config.content_dirs else "write_posts",
-                       f"writing posts stopped: {exc!r}")
+    if write:
+        write_posts_of(config, store, sources, problems, clock)
     try:
         probe_images(config, store, sources, clock())
     except Exception as exc:  # probing is an extra: it never fails a poll
         log.warning("image probing stopped: %s", exc)
+
+
+def write_posts_of(config: Config, store: StateStore, sources: Sequence[UpstreamSource],
+                   problems: ProblemLog, clock: Clock) -> None:
+    """The posts `write_posts` sources ask for, written into the first content dir
+    (never fatal: the poll is stored; a post we could not write is reported)."""
+    from aggregator.fetch.posts import write_posts
+
+    try:
+        write_posts(config, store, list(sources), problems, clock())
+    except Exception as exc:
+        problems.error(str(config.content_dirs[0]) if config.content_dirs else "write_posts",
+                       f"writing posts stopped: {exc!r}")

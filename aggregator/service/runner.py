@@ -3,17 +3,24 @@
 Every trigger (start, file events, polls, SIGHUP) only *requests* a build; one worker
 thread runs them one after another, folding requests that arrive meanwhile into the
 next build, so builds never overlap and a burst costs at most one extra build.
+
+On a shared (PostgreSQL) state the service has roles (docs/scaling.md): `fetch` polls
+as one of many fetch workers (no builds); `publish` builds when the workers' stored
+entries wake it, one publisher at a time (a standby waits for the lock); `both`, the
+default, is one of each in one process.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from aggregator.advice import warn_defaults
 from aggregator.config import Config
@@ -21,12 +28,17 @@ from aggregator.pipeline import Builder
 from aggregator.problems import Problem, ProblemLog
 from aggregator.publish.atomic import PublishError
 from aggregator.service.http import HTTPService
-from aggregator.service.lock import BuildLock
+from aggregator.service.lock import AdvisoryLock, build_lock
 from aggregator.service.metrics import ServiceStats
 from aggregator.service.notify import Notifier
 from aggregator.service.scheduler import PollScheduler
 from aggregator.service.watcher import ContentWatcher
 from aggregator.service.websub import PingSender
+
+if TYPE_CHECKING:
+    from aggregator.fetch.poll import PollReport
+    from aggregator.fetch.worker import FetchWorker
+    from aggregator.service.listener import EntryListener
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +74,10 @@ class BuildWorker:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
 
     def request(self, reason: str, changed: Collection[str] | None = ()) -> None:
         """Ask for a build. `changed`: the content files that changed (empty: none, e.g.
@@ -104,7 +120,7 @@ class BuildWorker:
         if changed is None:
             self._last_full_walk = time.monotonic()
         why = reasons[0] if len(reasons) == 1 else f"{reasons[0]} +{len(reasons) - 1} more"
-        lock = BuildLock(config.state_path)
+        lock = build_lock(config)
         started = time.perf_counter()
         try:
             if not lock.acquire(cancel=self._stopping):
@@ -152,9 +168,15 @@ class BuildWorker:
 class Service:
     def __init__(self, config: Config, loader: Loader, *, quiet: float = 0.05,
                  max_delay: float = 1.0, notifier: Notifier | None = None,
-                 problems: Sequence[Problem] = ()) -> None:
-        """`problems`: what loading `config` found (told already)."""
+                 problems: Sequence[Problem] = (), role: str = "both") -> None:
+        """`problems`: what loading `config` found (told already). `role`: fetch,
+        publish or both (fetch and publish need a shared state)."""
         self.config = config
+        self.role = role
+        self.shared = config.state_url is not None
+        self.fetcher: FetchWorker | None = None
+        self.listener: EntryListener | None = None
+        self.publisher: AdvisoryLock | None = None
         # a config and its load's problems, replaced together on reload
         self._load: tuple[Config, tuple[Problem, ...]] = (config, tuple(problems))
         self.loader = loader
@@ -192,6 +214,12 @@ class Service:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, self._on_hup)
+        if self.shared and self.role in ("fetch", "both"):
+            self._start_fetcher()
+        if self.role == "fetch":
+            return self._run_fetch_only()
+        if self.shared and not self._become_publisher():
+            return self._shutdown()
         # Bind before the first build: a busy port is exit 1 at once, and systemd restarts
         # the unit with its backoff (exit 2 stays "unusable config").
         try:
@@ -216,7 +244,10 @@ class Service:
             self._stop.set()
             self._exit = 1
         if not self._stop.is_set():
-            self.scheduler.start()
+            if self.shared:
+                self._start_listener()
+            else:
+                self.scheduler.start()
             health = self.stats.health()
             state = "published" if health["ok"] else "FAILED (previous feeds kept)"
             log.info("first build %s; service ready, watching %s", state,
@@ -233,7 +264,104 @@ class Service:
             if self._reload.is_set() and not self._stop.is_set():
                 self._reload.clear()
                 self.reload()
+            if self.publisher is not None and not self.publisher.held():
+                # Its connection dropped, and the lock with it: another publisher may
+                # have it now. Exit 1; systemd restarts us as a standby or publisher.
+                log.error("lost the publisher lock (%s); exiting", self.publisher.path)
+                self._exit = 1
+                self._stop.set()
             self._ping()
+
+    # roles on a shared state
+    def _start_fetcher(self) -> None:
+        from aggregator.fetch.worker import FetchWorker
+
+        self.fetcher = FetchWorker(lambda: self.config, self._stop, self._record_polls)
+        self.fetcher.start()
+        log.info("fetch worker %s started", self.fetcher.name)
+
+    def _record_polls(self, report: PollReport) -> None:
+        for url, outcome in report.outcomes.items():
+            self.stats.record_poll(url, outcome, "poll failed" if outcome == "failed" else "")
+
+    def _run_fetch_only(self) -> int:
+        try:
+            self.http = self._bind_http(self.config)  # /metrics and /healthz
+        except OSError as exc:
+            log.error("%s; exiting", self._serve_error(self.config, exc))
+            self._stop.set()
+            self.notifier.close()
+            return 1
+        if self._start_http() is not None:
+            self.http = None
+        self.notifier.ready("fetch worker: polling due sources")
+        self._main_loop()
+        return self._shutdown()
+
+    def _become_publisher(self) -> bool:
+        """Take the publisher lock, waiting as a standby while another holds it; False
+        when stopped first or the database cannot be reached."""
+        from aggregator.service.lock import publisher_lock
+
+        self.publisher = publisher_lock(self.config)
+        self.notifier.ready("standby: waiting for the publisher lock")
+        try:
+            taken = self.publisher.acquire(
+                cancel=self._stop, waiting="another publisher holds {}; standing by")
+        except OSError as exc:
+            log.error("cannot take the publisher lock: %s", exc)
+            self._exit = 1
+            self.publisher = None
+            return False
+        if not taken:
+            self.publisher = None
+            return False
+        log.info("publishing (holding %s)", self.publisher.path)
+        self._publish_sources()
+        return True
+
+    def _publish_sources(self) -> None:
+        from aggregator.state.address import StateAddress
+        from aggregator.state.fleet import publish_sources
+
+        try:
+            db = StateAddress.of(self.config).connect()
+            try:
+                count = publish_sources(db, self.config)
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            log.error("cannot write the sources to the state database: %s", exc)
+            return
+        log.info("%d upstream sources written to the state database for the fetch "
+                 "workers", count)
+
+    def _start_listener(self) -> None:
+        from aggregator.service.listener import EntryListener
+
+        assert self.config.state_url is not None
+        self.listener = EntryListener(self.config.state_url, self._on_entries, self._stop)
+        self.listener.start()
+
+    def _on_entries(self, reason: str) -> None:
+        """Workers stored entries: the posts `write_posts` sources ask for are written
+        here (the publisher has the content dir), then a build."""
+        sources = [s for s in self.config.upstream if s.enabled and s.write_posts]
+        if sources:
+            from aggregator.fetch.poll import write_posts_of
+            from aggregator.state.open import StateUnreachable, open_state
+            from aggregator.state.store import utc_now
+
+            try:
+                state = open_state(self.config, utc_now, ProblemLog())
+            except StateUnreachable as exc:
+                log.error("%s", exc)
+            else:
+                try:
+                    write_posts_of(self.config, state, sources, ProblemLog(), utc_now)
+                finally:
+                    state.close()
+        self.worker.request(reason)
 
     def _ping(self) -> None:
         # A dead build thread means no more feeds: stop pinging and let systemd restart us.
@@ -323,8 +451,13 @@ class Service:
                 self.watcher.stop()
             self._start_watcher()
         serve_error = self._reload_http(old)
-        self.scheduler.schedule(new)
-        self.worker.request("config reloaded")
+        if self.shared:
+            if self.publisher is not None:
+                self._publish_sources()
+        else:
+            self.scheduler.schedule(new)
+        if self.role != "fetch":
+            self.worker.request("config reloaded")
         if serve_error is None:
             log.info("%s: config reloaded", path)
             self.notifier.ready("config reloaded")
@@ -337,10 +470,17 @@ class Service:
     def _shutdown(self) -> int:
         log.info("stopping: finishing the current build")
         self.notifier.stopping()
+        self._stop.set()
         self.scheduler.shutdown()
         if self.watcher is not None:
             self.watcher.stop()
-        finished = self.worker.stop()
+        finished = self.worker.stop() if self.worker.started else True
+        if self.fetcher is not None:  # its poll stores what it has, then ends
+            finished = self.fetcher.join(STOP_TIMEOUT) and finished
+        if self.listener is not None:
+            self.listener.join(2.0)
+        if self.publisher is not None:
+            self.publisher.release()
         self.pings.stop()
         if self.http is not None:
             self.http.stop()
@@ -352,5 +492,5 @@ class Service:
         return self._exit
 
 
-def run_service(config: Config, loader: Loader) -> int:
-    return Service(config, loader).run()
+def run_service(config: Config, loader: Loader, role: str = "both") -> int:
+    return Service(config, loader, role=role).run()

@@ -40,7 +40,7 @@ class StateAddress:
         if self.url is not None:
             from aggregator.state.postgres import PostgresDatabase
 
-            return PostgresDatabase.connect(self.url)
+            return PostgresDatabase.migrated(self.url)
         mode = "ro" if read_only else "rw"
         return sqlite3.connect(f"{self.path.absolute().as_uri()}?mode={mode}", uri=True,
                                timeout=BUSY_SECONDS, isolation_level=None)

@@ -108,6 +108,35 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (hub, url)
     );
     """,
+    # 2: fetch workers on many machines (state/fleet.py): the sources as the publisher's
+    # config gives them, host leases (one worker polls a host at a time, so the
+    # per-host limit holds across workers), the workers seen, the publisher's settings
+    """
+    ALTER TABLE upstream_source ADD COLUMN config TEXT;
+    ALTER TABLE upstream_source ADD COLUMN host TEXT;
+    CREATE INDEX upstream_source_due ON upstream_source (host, next_poll_at)
+        WHERE config IS NOT NULL AND disabled IS NULL;
+    CREATE TABLE fetch_host (
+        host        TEXT PRIMARY KEY,
+        owner       TEXT,
+        lease_until DOUBLE PRECISION
+    );
+    CREATE TABLE fetch_worker (
+        name        TEXT PRIMARY KEY,
+        machine     TEXT NOT NULL,
+        pid         INTEGER NOT NULL,
+        started_at  DOUBLE PRECISION NOT NULL,
+        seen_at     DOUBLE PRECISION NOT NULL,
+        polled      BIGINT NOT NULL DEFAULT 0,
+        fetched     BIGINT NOT NULL DEFAULT 0,
+        failed      BIGINT NOT NULL DEFAULT 0,
+        hosts       INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE shared_setting (
+        name  TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 ]
 
 
@@ -137,8 +166,16 @@ class PostgresDatabase:
         self._conn = self._open()
 
     @classmethod
-    def connect(cls, url: str) -> PostgresDatabase:
-        return cls(url)
+    def migrated(cls, url: str) -> PostgresDatabase:
+        """A connection to a database whose schema is this version's (migrated now if
+        it is older: any process may be the first to reach a new database)."""
+        db = cls(url)
+        try:
+            migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def _open(self) -> Any:
         import psycopg
@@ -253,17 +290,16 @@ class PostgresStateStore(StateStore):
         return False
 
     def _open(self) -> Any:
-        db = PostgresDatabase(self.url)
-        try:
-            migrate(db)
-        except BaseException:
-            db.close()
-            raise
-        return db
+        return PostgresDatabase.migrated(self.url)
 
     @contextmanager
     def bulk_writes(self) -> Iterator[None]:
         yield
+
+    def entries_stored(self) -> None:
+        from aggregator.state.fleet import notify_entries
+
+        notify_entries(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -338,6 +338,10 @@ class StateStore:
             log.warning("%s: cannot record first-seen times (%s); undated entries "
                         "may get new dates on the next build", self.where, exc)
 
+    def entries_stored(self) -> None:
+        """Called in the transaction that stored a source's entries: a shared state
+        wakes its publishers here (state/postgres.py); a file has no one to wake."""
+
     def generation(self) -> str | None:
         """Changes whenever first-seen times, upstream entries or image probes change;
         None for a temporary in-memory state (which no later build will see again)."""

@@ -152,6 +152,7 @@ class UpstreamState:
                 (source.url, source.url, source.retention)).rowcount
             # (its rows changed: last_seen at least; once a source, not a trigger a row)
             self.db.execute("UPDATE generation SET counter = counter + 1")
+            self.store.entries_stored()
             self._save(source, 200, etag, last_modified, None, now, floor=floor)
         self.store.pruned += max(pruned, 0)  # committed: close() gives the pages back
         return new
