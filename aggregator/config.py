@@ -103,6 +103,9 @@ class Config:
     pages: bool = True  # output.pages: an index.html page for every node
     # state.url: a PostgreSQL database holding the whole store (else the SQLite file)
     state_url: str | None = None
+    # fetch.lease_seconds: how long a fetch worker's hosts stay its own after its last
+    # renewal (a killed worker's sources wait this long for another worker)
+    lease_seconds: float = 30.0
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -225,7 +228,8 @@ KNOWN_KEYS: dict[str, set[str]] = {
     "upstream": {"url", "category", "title", "every", "enabled", "drop_selectors",
                  "retention", "write_posts"},
     "fetch": {"allow_private_addresses", "per_host_limit", "max_bytes", "timeout_seconds",
-              "deadline_seconds", "concurrency", "parse_processes", "failing_after"},
+              "deadline_seconds", "concurrency", "parse_processes", "failing_after",
+              "lease_seconds"},
     "state": {"path", "url"},
     "serve": {"host", "port"},
     "websub": {"hubs", "timeout_seconds", "retry_seconds"},
@@ -421,6 +425,7 @@ def load_config(path: Path, problems: ProblemLog | None = None) -> Config:
         formats=formats,
         pages=r.typed(bool, "output", "pages", default=True),
         state_url=_state_url(r),
+        lease_seconds=_positive(r, "lease_seconds", 30.0),
         raw=data,
     )
 

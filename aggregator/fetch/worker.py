@@ -22,7 +22,6 @@ from aggregator.state.store import utc_now
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 30.0  # a dead worker's hosts wait this long before others take them
 IDLE_SECONDS = 5.0  # the longest sleep between looks for due sources
 RETRY_SECONDS = 2.0  # after the database failed
 
@@ -41,12 +40,10 @@ class FetchWorker:
     (the service's metrics)."""
 
     def __init__(self, config: Callable[[], Config], stop: threading.Event,
-                 on_poll: Callable[[PollReport], None] = lambda report: None,
-                 lease_seconds: float = LEASE_SECONDS) -> None:
+                 on_poll: Callable[[PollReport], None] = lambda report: None) -> None:
         self._config = config
         self._stop = stop
         self._on_poll = on_poll
-        self.lease_seconds = lease_seconds
         self.name = fleet.WorkerName.here()
         self.started = time.time()
         self.totals = WorkerTotals()
@@ -89,7 +86,7 @@ class FetchWorker:
         config = self._config()
         now = utc_now()
         limit = max(1, config.fetch_concurrency // max(1, config.per_host_limit))
-        hosts = fleet.claim_hosts(db, str(self.name), limit, self.lease_seconds,
+        hosts = fleet.claim_hosts(db, str(self.name), limit, self._config().lease_seconds,
                                   now.isoformat())
         if not hosts:
             self._heartbeat(db, 0)
@@ -140,13 +137,13 @@ class FetchWorker:
 
     def _renew_loop(self) -> None:
         """Keep this worker's leases alive while it polls (a long cycle outlives one)."""
-        while not self._stop.wait(self.lease_seconds / 3):
+        while not self._stop.wait(self._config().lease_seconds / 3):
             with self._held_lock:
                 held = list(self._held)
             if not held:
                 continue
             try:
-                fleet.renew(self._database(), str(self.name), held, self.lease_seconds)
+                fleet.renew(self._database(), str(self.name), held, self._config().lease_seconds)
             except PostgresError as exc:
                 log.warning("fetch worker %s: cannot renew leases: %s", self.name, exc)
 
