@@ -242,6 +242,7 @@ def cmd_check(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
     warn_defaults(config, linkless, problems)
     sources = _check_sources(config, problems)
     hubs = _check_pings(config, problems)
+    fleet = _check_fleet(config, problems) if config.state_url is not None else None
     failing = sum(1 for s in sources if s["state"] in ("failing", "disabled"))
     log.info("checked %d posts: %d usable, %d skipped; %d sources failing; %d errors, "
              "%d warnings", report.posts_found, report.posts_read, report.skipped, failing,
@@ -252,8 +253,40 @@ def cmd_check(config: Config, problems: ProblemLog, args: argparse.Namespace) ->
                      "posts": _posts_json(report), "sources": sources,
                      "failing_sources": failing,
                      **({"websub": hubs} if config.websub_hubs else {}),
+                     **({"fleet": fleet} if fleet is not None else {}),
                      **_problems_json(problems)})
     return code
+
+
+def _check_fleet(config: Config, problems: ProblemLog) -> dict[str, Any] | None:
+    """On a shared state: the fetch workers seen, the host leases and the queue (due,
+    running, failing), as the database has them (read-only)."""
+    import sqlite3
+
+    from aggregator.state.address import StateAddress
+    from aggregator.state.fleet import queue_view
+    from aggregator.state.store import utc_now
+
+    address = StateAddress.of(config)
+    try:
+        db = address.connect()
+        try:
+            view = queue_view(db, utc_now().isoformat(), config.failing_after)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        problems.warn(str(address), f"cannot read the fetch workers' queue: {exc}")
+        return None
+    log.info("queue: %d sources, %d due, %d being polled, %d failing; %d hosts leased",
+             view.sources, view.due, view.running, view.failing, len(view.leases))
+    for worker in view.workers:
+        log.info("worker %s: last seen %.0fs ago; %d polled, %d fetched, %d failed; "
+                 "%d hosts", worker["name"], worker["seen_seconds_ago"], worker["polled"],
+                 worker["fetched"], worker["failed"], worker["hosts"])
+    return {"sources": view.sources, "due": view.due, "running": view.running,
+            "failing": view.failing, "workers": view.workers,
+            "leases": [{"host": h, "owner": o, "seconds_left": round(s, 1)}
+                       for h, o, s in view.leases]}
 
 
 def _check_sources(config: Config, problems: ProblemLog) -> list[dict[str, Any]]:
@@ -264,17 +297,22 @@ def _check_sources(config: Config, problems: ProblemLog) -> list[dict[str, Any]]
 
     if not config.upstream:
         return []
+    from aggregator.state.address import StateAddress
+
     rows: dict[str, dict[str, Any]] = {}
-    if config.state_path.exists():
+    address = StateAddress.of(config)
+    if address.shared or config.state_path.exists():
+        columns = ("url", "etag", "last_modified", "last_status", "error_count",
+                   "last_error", "last_polled_at", "next_poll_at", "disabled", "moved_to")
         try:
-            db = sqlite3.connect(f"file:{config.state_path}?mode=ro", uri=True, timeout=5)
+            db = address.connect(read_only=True)
             try:
-                db.row_factory = sqlite3.Row
-                rows = {r["url"]: dict(r) for r in db.execute("SELECT * FROM upstream_source")}
+                rows = {r[0]: dict(zip(columns, r, strict=True)) for r in db.execute(
+                    f"SELECT {', '.join(columns)} FROM upstream_source")}  # noqa: S608
             finally:
                 db.close()
         except sqlite3.Error as exc:
-            problems.warn(str(config.state_path), f"cannot read source state: {exc}")
+            problems.warn(str(address), f"cannot read source state: {exc}")
     out: list[dict[str, Any]] = []
     for source in config.upstream:
         row = rows.get(source.url)
@@ -422,7 +460,8 @@ def _check_pings(config: Config, problems: ProblemLog) -> list[dict[str, Any]]:
     from aggregator.state.address import StateAddress
     from aggregator.state.websub import PingQueue
 
-    if not config.websub_hubs or not config.state_path.exists():
+    if not config.websub_hubs or (config.state_url is None
+                                  and not config.state_path.exists()):
         return []
     try:
         hubs = {hub.hub: hub for hub in PingQueue(StateAddress.of(config)).pending()}

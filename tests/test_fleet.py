@@ -6,6 +6,7 @@ killed mid-poll, a publisher killed, the database restarted under load."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -140,9 +141,14 @@ def test_two_workers_and_a_publisher_poll_each_source_once(
         assert [n for n, s in enumerate(stats) if (s.ok, s.not_modified) != (1, 0)] == []
         assert max(upstream.max_in_flight().values()) <= PER_HOST
         assert max(upstream.max_in_flight().values()) == PER_HOST  # the limit was reached
-        workers = _query(pg_url, "SELECT name, polled FROM fetch_worker")
-        assert len(workers) == 2 and all(polled > 0 for _, polled in workers), workers
-        assert sum(polled for _, polled in workers) == 2000
+        checked = subprocess.run([sys.executable, "-m", "aggregator", "check", "--json",
+                                  "-c", str(publisher)], capture_output=True, text=True,
+                                 timeout=120, check=False)
+        fleet = json.loads(checked.stdout)["fleet"]
+        assert (fleet["sources"], fleet["due"], fleet["leases"]) == (2000, 0, [])
+        assert len(fleet["workers"]) == 2, fleet["workers"]
+        assert all(w["polled"] > 0 for w in fleet["workers"])
+        assert sum(w["polled"] for w in fleet["workers"]) == 2000
         _wait("the publisher built the stored entries", lambda: _root_entries(
             tmp_path / "pub" / "out") == 20, 120)
         assert procs[0].stop() == 0

@@ -208,7 +208,8 @@ SERVICE_UNITS = [p for p in sorted(UNITS.glob("*.service")) if _runs_the_service
 
 
 def test_a_unit_runs_the_service() -> None:
-    assert [p.name for p in SERVICE_UNITS] == ["aggregator.service"]
+    assert [p.name for p in SERVICE_UNITS] == [
+        "aggregator-fetch@.service", "aggregator-publish.service", "aggregator.service"]
 
 
 @pytest.mark.parametrize("unit", SERVICE_UNITS, ids=lambda p: p.name)

@@ -365,7 +365,9 @@ class Service:
 
     def _ping(self) -> None:
         # A dead build thread means no more feeds: stop pinging and let systemd restart us.
-        if self.notifier.watchdog_seconds and self.worker.alive:
+        working = self.fetcher.alive if self.role == "fetch" and self.fetcher is not None \
+            else self.worker.alive
+        if self.notifier.watchdog_seconds and working:
             self.notifier.watchdog()
 
     def _start_watcher(self) -> None:
