@@ -123,10 +123,11 @@ def _processes(config: Config, count: int) -> int:
 
 def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
          everything: bool = False, only: Sequence[UpstreamSource] | None = None,
-         write: bool = True) -> PollReport:
+         write: bool = True, parse_pool: ParsePool | None = None) -> PollReport:
     """Poll the due enabled sources (`everything`: all enabled; `only`: exactly these).
     `write`: also write the posts `write_posts` sources ask for (a fetch worker does
-    not: the publisher, which has the content dir, does)."""
+    not: the publisher, which has the content dir, does). `parse_pool`: processes kept
+    between polls (a fetch worker's), instead of ones started for this poll."""
     started = time.perf_counter()
     report = PollReport()
     state = UpstreamState(store)
@@ -146,9 +147,11 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
     validators = {s.url: state.source(s.url) for s in sources}
     limits = limits_from(config)
     processes = _processes(config, len(sources))
-    # spawn, not fork: the parent has live fetch and SQLite threads.
-    parsers: Executor | None = ProcessPoolExecutor(
-        processes, mp_context=multiprocessing.get_context("spawn")) if processes > 1 else None
+    parsers: Executor | None
+    if parse_pool is not None:
+        parsers = parse_pool.get(processes) if processes > 1 else None
+    else:
+        parsers = spawn_parsers(processes) if processes > 1 else None
     finished: SimpleQueue[Future[Any]] = SimpleQueue()  # futures, as they complete
     pending: set[Future[Any]] = set()  # fetches and parses, both
 
@@ -201,11 +204,37 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
                 log.warning("could not store the last not-modified results: %s", exc)
             raise
         finally:
-            if parsers is not None:
+            if parsers is not None and parse_pool is None:
                 parsers.shutdown(wait=False, cancel_futures=True)
     _after_poll(config, store, problems, clock, sources, write)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def spawn_parsers(processes: int) -> ProcessPoolExecutor:
+    # spawn, not fork: the parent has live fetch and SQLite threads.
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+
+
+class ParsePool:
+    """Parse processes that outlive one poll: a fetch worker polls a batch of hosts
+    every few seconds, and starting processes (~0.3 s of CPU each, with their imports)
+    for each batch would cost more than the parsing of a batch of mostly 304s."""
+
+    def __init__(self) -> None:
+        self._executor: ProcessPoolExecutor | None = None
+        self._size = 0
+
+    def get(self, processes: int) -> ProcessPoolExecutor:
+        if self._executor is None or self._size != processes:
+            self.close()
+            self._executor, self._size = spawn_parsers(processes), processes
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
 
 def _explain(config: Config, state: UpstreamState, sources: list[UpstreamSource],

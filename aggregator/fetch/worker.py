@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from aggregator.config import Config
-from aggregator.fetch.poll import PollReport, poll
+from aggregator.fetch.poll import ParsePool, PollReport, poll
 from aggregator.problems import ProblemLog
 from aggregator.state import fleet
 from aggregator.state.postgres import PostgresDatabase, PostgresError, PostgresStateStore
@@ -51,6 +51,7 @@ class FetchWorker:
         self._state: PostgresStateStore | None = None
         self._held: list[str] = []
         self._held_lock = threading.Lock()
+        self._parsers = ParsePool()
         self._thread = threading.Thread(target=self.run, name="fetch-worker", daemon=True)
 
     def start(self) -> None:
@@ -78,10 +79,12 @@ class FetchWorker:
                 continue
             except Exception:  # one bad cycle must not end the worker
                 log.exception("fetch worker %s: a poll cycle crashed", self.name)
+                self._parsers.close()  # (a broken pool is started again)
                 self._stop.wait(RETRY_SECONDS)
                 continue
             if not busy:
                 self._stop.wait(self._idle_seconds())
+        self._parsers.close()
         self._drop_connections()
 
     def cycle(self) -> bool:
@@ -105,7 +108,7 @@ class FetchWorker:
                              upstream=tuple(sources))
             problems = ProblemLog()
             report = poll(shared, self._store(config), problems, utc_now, only=sources,
-                          write=False)
+                          write=False, parse_pool=self._parsers)
         finally:
             with self._held_lock:
                 self._held = []
