@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -51,3 +54,16 @@ def atom_ids(path: Path) -> list[str]:
 def rss_guids(path: Path) -> list[str]:
     tree = etree.parse(str(path))
     return [i.findtext("guid") for i in tree.iter("item")]
+
+
+def bench_module(name: str) -> ModuleType:
+    """bench/<name>.py, loaded apart (bench/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-from helpers import REPO
+from helpers import REPO, bench_module
 
 
 def test_bench_smoke_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -60,7 +58,7 @@ def test_bench_compare_runs_both_codes_side_by_side(tmp_path) -> None:  # type: 
 def test_bench_compare_table_prints_both_columns(capsys) -> None:  # type: ignore[no-untyped-def]
     """The printed comparison: a row a scenario with old, new and new/old of wall time and
     RSS, a differing output named, the growth a post and Hugo's line."""
-    report = _bench_module("report")
+    report = bench_module("report")
 
     def result(scenario: str, posts: int, code: str, wall: float, rss: float,
                size: int = 1000) -> object:
@@ -100,7 +98,7 @@ def test_bench_compare_table_prints_both_columns(capsys) -> None:  # type: ignor
 def test_bench_old_tree_needs_a_venv_when_its_dependencies_are_unmet(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A commit whose dependencies this interpreter lacks (absent, or outside the range)
     is not run with it: those requirements are named; met and other-platform ones are not."""
-    trees = _bench_module("trees")
+    trees = bench_module("trees")
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[project]\ndependencies = ["PyYAML>=6", "no-such-dist-here>=1",\n'
                          '  "lxml<1", "other-os-only; sys_platform == \'nonexistent\'"]\n')
@@ -113,7 +111,7 @@ def test_bench_old_tree_needs_a_venv_when_its_dependencies_are_unmet(tmp_path) -
 def test_bench_rss_growth_a_post_between_corpus_sizes() -> None:
     """(peak at the larger corpus - peak at the smaller) / the posts between, in KB, for
     each code and max_items, from the cold builds only."""
-    report = _bench_module("report")
+    report = bench_module("report")
 
     def cold(code: str, posts: int, rss: float, max_items: int = 50) -> object:
         return report.Result(f"full build, empty cache (max_items={max_items})", posts, 1.0,
@@ -129,16 +127,3 @@ def test_bench_rss_growth_a_post_between_corpus_sizes() -> None:
     assert growth == {("old", 50): (10_000, 100_000, round(293 * 1024 / 90_000, 3)),
                       ("new", 50): (10_000, 100_000, round(30 * 1024 / 90_000, 3)),
                       ("old", 0): (1_000, 10_000, round(69 * 1024 / 9_000, 3))}
-
-
-def _bench_module(name: str) -> Any:
-    """bench/<name>.py, loaded apart (bench/ is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
