@@ -219,9 +219,9 @@ class PgCluster:
         """The running postmaster's process id (postmaster.pid's first line), or None."""
         try:
             first = (self.data / "postmaster.pid").read_text(encoding="ascii").split("\n", 1)[0]
-        except FileNotFoundError:
+            pid = int(first)
+        except (FileNotFoundError, ValueError):  # none, or one being written
             return None
-        pid = int(first)
         return pid if _alive(pid) else None
 
     def close(self) -> None:
