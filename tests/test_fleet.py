@@ -272,3 +272,30 @@ def test_workers_survive_a_database_restart_under_load(
         stored = _query(pg_url, "SELECT count(*) FROM upstream_entry")[0][0]
         assert stored == 400 * 3
         assert max(upstream.max_in_flight().values()) <= PER_HOST
+
+
+def test_a_fetch_worker_serves_its_own_metrics(tmp_path: Path, pg_url: str,
+                                               procs: list[Proc]) -> None:
+    import urllib.request
+
+    from pg_cluster import free_port
+
+    with MultiHostUpstream(sources=30, hosts=20, delay=0.0) as upstream:
+        publisher = _config(tmp_path / "pub", pg_url, upstream)
+        procs.append(Proc(publisher, "publish", tmp_path / "pub.log"))
+        _wait("the publisher wrote the sources", lambda: "written to the state database"
+              in procs[0].text(), 60)
+        port = free_port()
+        worker = _config(tmp_path / "worker", pg_url, None)
+        with worker.open("a") as config:
+            config.write(f"serve: {{host: 127.0.0.1, port: {port}}}\n")
+        procs.append(Proc(worker, "fetch", tmp_path / "w.log"))
+        _wait("every source stored", lambda: _stored(pg_url) == 30, 60)
+
+        def get(path: str) -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+                return str(r.read().decode())
+
+        _wait("the polls counted", lambda: 'aggregator_polls_total{outcome="fetched"} 30.0'
+              in get("/metrics"), 30)
+        assert json.loads(get("/healthz"))["ok"] is True

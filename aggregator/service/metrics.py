@@ -23,6 +23,7 @@ class ServiceStats:
     last_build_ok: bool | None = None
     last_build_seconds: float | None = None
     failing_sources: dict[str, str] = field(default_factory=dict)
+    builds_here: bool = True  # False for a fetch worker: healthy without a build
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -87,7 +88,7 @@ class ServiceStats:
     def health(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "ok": bool(self.last_build_ok),
+                "ok": bool(self.last_build_ok) or not self.builds_here,
                 "last_build": self.last_build.isoformat() if self.last_build else None,
                 "last_build_ok": self.last_build_ok,
                 "last_build_seconds": self.last_build_seconds,

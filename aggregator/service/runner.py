@@ -285,6 +285,7 @@ class Service:
             self.stats.record_poll(url, outcome, "poll failed" if outcome == "failed" else "")
 
     def _run_fetch_only(self) -> int:
+        self.stats.builds_here = False
         try:
             self.http = self._bind_http(self.config)  # /metrics and /healthz
         except OSError as exc:
