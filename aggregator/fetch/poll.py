@@ -130,7 +130,7 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
     between polls (a fetch worker's), instead of ones started for this poll."""
     started = time.perf_counter()
     report = PollReport()
-    state = UpstreamState(store)
+    state = UpstreamState(store, None if only is None else [s.url for s in only])
     enabled = [s for s in config.upstream if s.enabled]
     if only is not None:
         sources = list(only)

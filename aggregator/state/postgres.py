@@ -14,11 +14,11 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from aggregator.problems import ProblemLog
 from aggregator.state.database import redacted
@@ -234,6 +234,27 @@ class PostgresDatabase:
                 return cursor
         raise AssertionError("unreachable")
 
+    @contextmanager
+    def pipeline(self) -> Iterator[None]:
+        """The statements run inside are sent without waiting for each answer (one
+        round trip at the end, or when a result is fetched). An error, raised at the
+        latest when the block ends, rolls back the transaction it broke."""
+        import psycopg
+
+        with self._lock:
+            try:
+                with self._conn.pipeline():
+                    yield
+            except (psycopg.Error, PostgresError) as exc:
+                self._in_transaction = False
+                try:
+                    self._conn.execute("ROLLBACK")
+                except psycopg.Error:
+                    log.debug("rolling back after a failed pipeline failed", exc_info=True)
+                if isinstance(exc, PostgresError):
+                    raise
+                raise PostgresError(str(exc)) from exc
+
     def _reconnect(self) -> None:
         try:
             self._conn.close()
@@ -295,6 +316,9 @@ class PostgresStateStore(StateStore):
     @contextmanager
     def bulk_writes(self) -> Iterator[None]:
         yield
+
+    def pipelined(self) -> AbstractContextManager[None]:
+        return cast(PostgresDatabase, self.db).pipeline()
 
     def entries_stored(self) -> None:
         from aggregator.state.fleet import notify_entries

@@ -14,7 +14,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -337,6 +337,11 @@ class StateStore:
             self._writes_failed = True
             log.warning("%s: cannot record first-seen times (%s); undated entries "
                         "may get new dates on the next build", self.where, exc)
+
+    def pipelined(self) -> AbstractContextManager[None]:
+        """Statements inside need not wait for each other's answers (a network
+        database's round trips: state/postgres.py); a file's are local calls."""
+        return contextlib.nullcontext()
 
     def entries_stored(self) -> None:
         """Called in the transaction that stored a source's entries: a shared state

@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -73,13 +73,16 @@ _UPSERT_SOURCE = (
 
 
 class UpstreamState:
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, only: Collection[str] | None = None) -> None:
+        """`only`: the URLs of the sources this poll may ask about (a fetch worker's
+        batch of a shared state that holds many more)."""
         self.store = store
         self.db = store.db
-        # Every source's row, read in one query when first needed: a poll asks for
-        # each row four times (two queries each), ~1 s of a 1,000-source re-poll.
-        # Our own writes keep it current; an UpstreamState lives for one poll.
+        # Every source's row (or `only` those), read in one query when first needed: a
+        # poll asks for each row four times (two queries each), ~1 s of a 1,000-source
+        # re-poll. Our own writes keep it current; an UpstreamState lives for one poll.
         self._rows: dict[str, SourceState] | None = None
+        self._only = None if only is None else list(only)
         # 304s waiting for flush(): one executemany for many sources. Each statement
         # of the polling thread gives up the GIL and waits to get it back from the
         # fetch threads (~0.8 ms), so one write per 304 was most of a re-poll.
@@ -87,9 +90,19 @@ class UpstreamState:
 
     def source(self, url: str) -> SourceState:
         if self._rows is None:
-            self._rows = {row[0]: _source_state(row) for row in self.db.execute(
-                f"SELECT {_SOURCE_COLUMNS} FROM upstream_source")}  # noqa: S608
+            self._rows = self._read_rows()
         return self._rows.get(url) or SourceState(url)
+
+    def _read_rows(self) -> dict[str, SourceState]:
+        query = f"SELECT {_SOURCE_COLUMNS} FROM upstream_source"  # noqa: S608
+        if self._only is None:
+            return {row[0]: _source_state(row) for row in self.db.execute(query)}
+        rows: dict[str, SourceState] = {}
+        for start in range(0, len(self._only), 500):  # SQLite allows 32,766 parameters
+            part = self._only[start:start + 500]
+            rows.update((row[0], _source_state(row)) for row in self.db.execute(
+                f"{query} WHERE url IN ({', '.join('?' * len(part))})", part))
+        return rows
 
     def _reload(self, url: str) -> None:
         """After a write: the row as stored."""
@@ -126,7 +139,9 @@ class UpstreamState:
         poll)."""
         stamp = _iso(now)
         base = now.astimezone(UTC).replace(microsecond=0)  # _iso's steps, done once
-        with self._transaction():
+        # One round trip to a network database for BEGIN and the read, one for the
+        # writes and COMMIT (not one a statement: the polling thread waits on them).
+        with self.store.pipelined(), self._transaction():
             known = dict(self.db.execute(
                 "SELECT entry_id, first_seen FROM upstream_entry WHERE source_url = ?",
                 (source.url,)))
@@ -145,16 +160,18 @@ class UpstreamState:
                 "ON CONFLICT (source_url, entry_id) DO UPDATE SET "
                 "last_seen = excluded.last_seen, sort_at = excluded.sort_at, "
                 "data = excluded.data", list(rows.values()))
-            pruned = self.db.execute(
+            pruning = self.db.execute(
                 "DELETE FROM upstream_entry WHERE source_url = ? AND entry_id NOT IN ("
                 "SELECT entry_id FROM upstream_entry WHERE source_url = ? "
                 "ORDER BY sort_at DESC, first_seen DESC, entry_id LIMIT ?)",
-                (source.url, source.url, source.retention)).rowcount
+                (source.url, source.url, source.retention))
             # (its rows changed: last_seen at least; once a source, not a trigger a row)
             self.db.execute("UPDATE generation SET counter = counter + 1")
             self.store.entries_stored()
             self._save(source, 200, etag, last_modified, None, now, floor=floor)
-        self.store.pruned += max(pruned, 0)  # committed: close() gives the pages back
+        # committed (the count is known once the writes were answered): close() gives
+        # the pages back
+        self.store.pruned += max(pruning.rowcount, 0)
         return new
 
     def not_modified(self, source: UpstreamSource, etag: str | None,
