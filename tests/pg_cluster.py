@@ -113,11 +113,11 @@ class PgCluster:
             as_user = SERVER_USER
         folder = Path(tempfile.mkdtemp(prefix="pgtest-"))
         cluster = cls(bin_dir, folder, free_port(), as_user)
+        cluster._watch()  # first: from here on, the folder goes away whatever happens
         try:
             if as_user is not None:
                 entry = pwd.getpwnam(as_user)
                 os.chown(folder, entry.pw_uid, entry.pw_gid)
-            cluster._watch()
             cluster._initdb()
             cluster._first_start()
         except BaseException:
