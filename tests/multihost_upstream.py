@@ -24,7 +24,9 @@ address, a thread a connection answers.
   overlap and the in-flight counts show a fetcher's concurrency.
 - Counters are kept under one lock: per host the requests in flight now and the most
   at once (`max_in_flight`), per source the 200s, the 304s and the time.time() of each
-  request's arrival (`source_stats`). `reset_stats()` zeroes them.
+  request's arrival (`source_stats`). `reset_stats()` zeroes them. A request is in
+  flight from its head's arrival until its answer is ready to send, and is counted then,
+  before the client can have the answer: what a client has received is counted.
 """
 
 from __future__ import annotations
@@ -268,22 +270,21 @@ class _Handler(BaseHTTPRequestHandler):
         at = time.time()
         upstream._arrived(host)
         n = self._source(upstream)
-        status = 404
+        answer: tuple[int, bytes, str | None, str | None] = (404, b"not found\n",
+                                                            "text/plain", None)
         try:
             if upstream.delay > 0:
                 time.sleep(upstream.delay)
-            if n is None:
-                self._reply(404, b"not found\n", "text/plain", None)
-                return
-            etag, body = upstream.feed(n)
-            if _etag_matches(self.headers.get("If-None-Match"), etag):
-                status = 304
-                self._reply(304, b"", None, etag)
-            else:
-                status = 200
-                self._reply(200, body, "application/rss+xml; charset=utf-8", etag)
+            if n is not None:
+                etag, body = upstream.feed(n)
+                if _etag_matches(self.headers.get("If-None-Match"), etag):
+                    answer = (304, b"", None, etag)
+                else:
+                    answer = (200, body, "application/rss+xml; charset=utf-8", etag)
         finally:
-            upstream._answered(host, n, status, at)
+            # counted before the answer is sent: a client holding it sees it counted
+            upstream._answered(host, n, answer[0], at)
+        self._reply(*answer)
 
     def _source(self, upstream: MultiHostUpstream) -> int | None:
         """The source number of /feed/<n>.xml when n lives on this host, else None."""

@@ -72,11 +72,12 @@ def test_in_flight_maximum_per_host(upstream: MultiHostUpstream) -> None:
     in_flight = upstream.max_in_flight()
     assert in_flight["127.0.0.2"] == 3 and in_flight["127.0.0.3"] == 2
     assert sum(in_flight.values()) == 5
-    # one after the other: never more than one at once
+    # one after the other: never more than one at once, each counted once answered
     upstream.reset_stats()
     upstream.delay = 0.0
-    for _ in range(3):
+    for i in range(30):
         get(upstream.url(5))
+        assert upstream.source_stats(5).ok == i + 1
     assert upstream.max_in_flight()[upstream.host_of(5)] == 1
 
 
