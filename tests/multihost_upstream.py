@@ -34,6 +34,7 @@ from __future__ import annotations
 import email.utils
 import selectors
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -245,6 +246,12 @@ class _Server(ThreadingHTTPServer):
         with self.upstream._lock:
             self.upstream._connections.add(request)
         super().process_request(request, client_address)
+
+    def handle_error(self, request: socket.socket | tuple[bytes, socket.socket],
+                     client_address: tuple[str, int] | str) -> None:
+        """A client gone mid-answer (a killed worker) is expected: no traceback for it."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     def shutdown_request(self, request: socket.socket | tuple[bytes, socket.socket]) -> None:
         assert isinstance(request, socket.socket)

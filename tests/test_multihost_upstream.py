@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import http.client
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -91,3 +93,18 @@ def test_change_gives_a_new_item_and_etag(upstream: MultiHostUpstream) -> None:
     assert ids[0] == "urn:multihost:33:3" and len(ids) == 4
     assert get(upstream.url(33), new_etag)[0] == 304
     assert get(upstream.url(34), upstream.etag(34))[0] == 304  # the others unchanged
+
+
+def test_a_client_gone_mid_answer_is_counted_quietly(upstream: MultiHostUpstream,
+                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    """A killed fetcher's request: counted (the upstream did answer it), no traceback."""
+    upstream.delay = 0.2
+    with socket.create_connection((upstream.host_of(3), upstream.port), timeout=5) as conn:
+        conn.sendall(b"GET /feed/3.xml HTTP/1.1\r\nHost: upstream\r\n\r\n")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    deadline = time.monotonic() + 10
+    while upstream.source_stats(3).ok == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.1)  # the failed send and its handling
+    assert "Traceback" not in capfd.readouterr().err
