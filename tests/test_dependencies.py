@@ -22,9 +22,15 @@ def _name(requirement: str) -> str:
     return re.split(r"[<>=!~ \[;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
+# Extras a user installs for a feature (the test extra is not one): declared too.
+FEATURE_EXTRAS = ("postgres",)
+
+
 def _declared() -> set[str]:
     data = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    return {_name(requirement) for requirement in data["project"]["dependencies"]}
+    extras = data["project"]["optional-dependencies"]
+    return {_name(requirement) for requirement in data["project"]["dependencies"]} | {
+        _name(requirement) for extra in FEATURE_EXTRAS for requirement in extras[extra]}
 
 
 def _imported() -> dict[str, set[str]]:
