@@ -1,7 +1,7 @@
 """The entry store: every entry a row, a node's feed a query (see docs/entry-store.md).
 
 `EntryStore` is what the build stages use; `sqlite.SQLiteStore` is the embedded
-implementation. Another database is another module with these methods.
+implementation, `postgres.PostgresStore` the one in PostgreSQL (`state.url`).
 """
 
 from __future__ import annotations
@@ -82,8 +82,13 @@ class EntryStore(Protocol):
 
 
 def open_store(config: Config) -> EntryStore:
-    """The store beside the state file (`<state>.cache`), or one in memory when the
-    state is (or its folder cannot be made)."""
+    """The store in the PostgreSQL database of `state.url` when it is set; else the
+    one beside the state file (`<state>.cache`), or one in memory when the state is
+    (or its folder cannot be made)."""
+    if config.state_url is not None:
+        from aggregator.store.postgres import PostgresStore
+
+        return PostgresStore(config.state_url)
     from aggregator.store.sqlite import SQLiteStore
 
     if str(config.state_path) == ":memory:":

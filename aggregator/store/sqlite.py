@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import pickle
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 from aggregator.state.last_build import LastBuild
 from aggregator.store import FeedRow, Render, RenderRow
+from aggregator.store.common import MemberChanges, follow_groups, pack_record, unpack_record
 from aggregator.store.rows import Names, Row, node_key, node_names, paths_of, prefixes
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,6 @@ _INSERT = (f"INSERT INTO entry (rid, {', '.join(_COLUMNS)}, winner) "
 # (rid, winner, nodes, undated, neg_stamp, id) of a row, to take it out of its nodes
 _OLD = "SELECT rid, winner, nodes, undated, neg_stamp, id FROM entry"
 _OLD_KEYED = "SELECT rid, winner, nodes, undated, neg_stamp, id, key, root FROM entry"
-# A member: (node, undated, stamp, id, rid); a node's feed reads them in key order.
-Member = tuple[int, int, float, bytes, int]
 
 
 def _rows_in(db: sqlite3.Connection, query: str, values: list[Any]) -> Iterator[Any]:
@@ -324,7 +322,7 @@ class SQLiteStore:
         the time one statement a row takes."""
         batch = list({(row.key, row.root): row for row in rows}.values())  # (keys once)
         with self.db:
-            changes = _Members()
+            changes = MemberChanges()
             self._forget_folders((row.key, row.root) for row in batch)
             self._take_out(self._old_rows([(row.key, row.root) for row in batch]), changes)
             rid = self.db.execute("SELECT coalesce(max(rid), 0) FROM entry").fetchone()[0]
@@ -346,7 +344,7 @@ class SQLiteStore:
 
     def delete(self, keys: Iterable[tuple[bytes, bytes]]) -> None:
         with self.db:
-            changes = _Members()
+            changes = MemberChanges()
             keys = list(keys)
             self._forget_folders(keys)
             self._take_out(self._old_rows(keys), changes)
@@ -359,7 +357,7 @@ class SQLiteStore:
                                             list({key for key, _root in keys}))
                 if (row[6], row[7]) in wanted]
 
-    def _take_out(self, old: list[tuple[Any, ...]], changes: _Members) -> None:
+    def _take_out(self, old: list[tuple[Any, ...]], changes: MemberChanges) -> None:
         """Delete these rows, and their members."""
         for rid, winner, nodes, undated, neg_stamp, sid in old:
             if winner:
@@ -368,19 +366,15 @@ class SQLiteStore:
         self.db.executemany("DELETE FROM entry WHERE rid=?", rids)
         self.db.executemany("DELETE FROM body WHERE rid=?", rids)
 
-    def _members(self, changes: _Members, rid: int, nodes: bytes, undated: int,
+    def _members(self, changes: MemberChanges, rid: int, nodes: bytes, undated: int,
                  neg_stamp: float, sid: bytes, change: int) -> None:
         nids = self._node_nids.get(nodes)
         if nids is None:  # (many entries share their category paths)
             nids = self._node_nids[nodes] = [self.nid(names) for names in
                                              prefixes(paths_of(nodes))]
-        member = changes.added if change > 0 else changes.removed
-        counts = changes.counts
-        for nid in nids:
-            member.append((nid, undated, neg_stamp, sid, rid))
-            counts[nid] = counts.get(nid, 0) + change
+        changes.add(nids, rid, undated, neg_stamp, sid, change)
 
-    def _apply(self, changes: _Members) -> None:
+    def _apply(self, changes: MemberChanges) -> None:
         """The member changes gathered, with their counts and dirty marks (a batch:
         one statement each, not one per entry and node)."""
         db = self.db
@@ -434,20 +428,7 @@ class SQLiteStore:
                 "SELECT rid FROM entry INDEXED BY entry_loser "
                 "WHERE winner = 0 AND id IS NOT NULL")])
             return [row[:6] for row in found.values()]
-        found = self._rows_where("e.rid", seeds)
-        ids: set[bytes] = set()
-        links: set[bytes] = set()
-        new = dict(found)
-        while new:  # the groups of what was found, until they hold nothing more
-            new_ids = {row[6] for row in new.values()} - ids
-            new_links = {row[7] for row in new.values() if row[7] is not None} - links
-            ids |= new_ids
-            links |= new_links
-            more = self._rows_where("id", list(new_ids)) | self._rows_where(
-                "link", list(new_links))
-            new = {rid: row for rid, row in more.items() if rid not in found}
-            found.update(new)
-        return [row[:6] for row in found.values()]
+        return follow_groups(self._rows_where("e.rid", seeds), self._rows_where)
 
     def _rows_where(self, column: str, values: list[Any]) -> dict[int, tuple[Any, ...]]:
         select = ("SELECT e.rid, key, root, seq, winner, packed, id, link FROM entry e "
@@ -459,7 +440,7 @@ class SQLiteStore:
         also forgets which entries were put in since the last merge."""
         with self.db:
             self.db.execute("DELETE FROM unmerged")
-            changes = _Members()
+            changes = MemberChanges()
             for rid, winner in winners.items():
                 old = self.db.execute(f"{_OLD} WHERE rid=?", (rid,)).fetchone()
                 if old is None or bool(old[1]) == winner or old[5] is None:
@@ -610,11 +591,7 @@ class SQLiteStore:
         row = self.db.execute("SELECT record FROM last_build").fetchone()
         if row is None:
             return None
-        try:
-            record = pickle.loads(row[0])
-        except Exception:  # noqa: BLE001 (another version's record: a full build)
-            return None
-        return record if isinstance(record, LastBuild) else None
+        return unpack_record(row[0])
 
     @_disposable
     def store_last_build(self, record: LastBuild | None) -> None:
@@ -622,7 +599,7 @@ class SQLiteStore:
             self.db.execute("DELETE FROM last_build")
             if record is not None:
                 self.db.execute("INSERT INTO last_build VALUES (1, ?)",
-                                (pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL),))
+                                (pack_record(record),))
 
 
 def packed_rows(db: sqlite3.Connection, rids: list[int]
@@ -632,14 +609,6 @@ def packed_rows(db: sqlite3.Connection, rids: list[int]
         db, "SELECT b.rid, packed, probe_mime, probe_len FROM body b JOIN entry e "
             "ON e.rid = b.rid WHERE b.rid IN ({marks})", rids)}
 
-
-class _Members:
-    """Member rows to add and remove, and each node's change of count."""
-
-    def __init__(self) -> None:
-        self.added: list[Member] = []
-        self.removed: list[Member] = []
-        self.counts: dict[int, int] = {}
 
 
 def open_read_only(path: Path) -> sqlite3.Connection:
