@@ -5,6 +5,8 @@
     python bench/run.py --posts --upstream 1000       # first poll and re-poll only
     python bench/run.py --posts 200 --json            # the smoke run the tests use
     python bench/run.py --compare main --posts 10000 --repeat 3   # main beside this tree
+    python bench/run.py --posts 10000 --state-url postgresql://postgres@/postgres?host=/run/x
+                                                      # the SQLite store beside PostgreSQL
 
 Every scenario runs `python -m aggregator …` as a child process and reads its wall
 time, CPU time and peak RSS from os.wait4 (the largest single process of the build), so
@@ -17,8 +19,10 @@ corpus when `hugo` is installed.
 corpora, each in a site of its own, interleaved: every measurement is taken of one and
 then of the other, and the order flips from one repeat to the next, so the machine's
 drift (2x by the hour on the shared machine) hits both alike. The table gives both
-columns and new/old. Not part of the test suite: timings on a shared 2-core machine are
-noisy; compare figures taken in one run.
+columns and new/old. `--state-url URL` compares the same way the working tree on its
+SQLite store (old) and on the PostgreSQL server of URL (new; every site a database of
+its own, made afresh: the URL's user may create databases). Not part of the test
+suite: timings on a shared 2-core machine are noisy; compare figures taken in one run.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from report import COLD, PEER, Result, comparison_json, medians, print_comparison, print_table
 from trees import REPO, Code, commit_tree, working_tree
@@ -79,7 +83,7 @@ OUTPUT_KEYS: list[str] = []
 
 
 def write_config(site: Path, content: Path, max_items: int, extra: str = "",
-                 archives: bool = False) -> Path:
+                 archives: bool = False, state_url: str | None = None) -> Path:
     config = site / "config.yaml"
     more = "".join(f", {keys}" for keys in OUTPUT_KEYS)
     config.write_text(
@@ -88,8 +92,26 @@ def write_config(site: Path, content: Path, max_items: int, extra: str = "",
         f"output: {{dir: feeds, max_items: {max_items}{more}"
         f"{', archives: true' if archives else ''}}}\n"
         "images: {probe: false}\n"
-        "state: {path: state/bench.sqlite}\n" + extra, encoding="utf-8")
+        + (f"state: {{url: '{state_url}'}}\n" if state_url else
+           "state: {path: state/bench.sqlite}\n") + extra, encoding="utf-8")
     return config
+
+
+def site_state_url(code: Code, site: Path) -> str | None:
+    """The state.url of a site of `code`: a new empty database on its server, named
+    after the site (None: the SQLite store)."""
+    if code.state_url is None:
+        return None
+    import psycopg
+    from psycopg import sql
+
+    name = "bench_" + re.sub(r"\W", "_", site.name)
+    with psycopg.connect(code.state_url, autocommit=True) as db:
+        db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+        db.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    parts = urlsplit(code.state_url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 def machine_speed(corpus: Path) -> tuple[float, float]:
@@ -203,7 +225,8 @@ def build_scenarios(work: Path, posts: int, codes: list[Code], max_items_values:
         label = f"max_items={max_items}"
         sites = {code: _site(work, f"site-{posts}-{max_items}", code) for code in codes}
         for code, site in sites.items():
-            write_config(site, corpus, max_items, archives=archives and code.label != "old")
+            write_config(site, corpus, max_items, archives=archives and code.label != "old",
+                         state_url=site_state_url(code, site))
 
         def measure(name: str, label: str = label, sites: dict[Code, Path] = sites) -> None:
             results.extend(_build_each(codes, sites, f"{name} ({label})", posts, speed))
@@ -269,7 +292,7 @@ def service_scenario(work: Path, posts: int, code: Code) -> Result:
     corpus = work / f"corpus-{posts}"
     make_corpus(corpus, posts)
     site = _site(work, f"site-{posts}-service", code)
-    config = write_config(site, corpus, 50)
+    config = write_config(site, corpus, 50, state_url=site_state_url(code, site))
     run_cli(code, ["build", "-c", str(config)])
     proc = subprocess.Popen(code.command("--log-level", "warning", "run", "-c", str(config)),
                             cwd=code.tree, env=code.env(), stdout=subprocess.DEVNULL,
@@ -336,7 +359,8 @@ def upstream_scenarios(work: Path, sources: int, codes: list[Code]) -> list[Resu
             (site / "posts").mkdir()
             configs[code] = (site, write_config(
                 site, site / "posts", 50,
-                "fetch: {allow_private_addresses: true, per_host_limit: 64}\n" + listing))
+                "fetch: {allow_private_addresses: true, per_host_limit: 64}\n" + listing,
+                state_url=site_state_url(code, site)))
         results = []
         for name in ("upstream first poll", "upstream re-poll, nothing changed"):
             for code in codes:
@@ -375,14 +399,20 @@ def main() -> int:
     parser.add_argument("--output", metavar="KEYS",
                         help="more output keys for every site, e.g. "
                              "'formats: [atom, rss], pages: false'")
+    parser.add_argument("--state-url", metavar="URL",
+                        help="compare the SQLite store (old) with PostgreSQL (new): a server's "
+                             "database URL; each site gets a new database there")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.state_url and args.compare:
+        parser.error("--state-url and --compare: one comparison at a time")
     if args.output:
         OUTPUT_KEYS.append(args.output)
     work = (args.work or Path(tempfile.mkdtemp(prefix="aggregator-bench-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     codes = [commit_tree(args.compare, work), working_tree("new")] if args.compare \
+        else [working_tree("old"), working_tree("new", args.state_url)] if args.state_url \
         else [working_tree()]
     described: dict[str, dict[str, str]] = {}
     for code in codes:
@@ -404,11 +434,11 @@ def main() -> int:
             samples += upstream_scenarios(work, args.upstream, order)
     results = medians(samples)
     progress(f"{time.perf_counter() - started:.0f} s in all")
-    if args.json and args.compare:
+    if args.json and len(codes) > 1:
         print(json.dumps(comparison_json(results, described), indent=1))
     elif args.json:
         print(json.dumps([asdict(r) for r in results], indent=1))
-    elif args.compare:
+    elif len(codes) > 1:
         print_comparison(results, {label: f"{info['code']}, package {info['package']}"
                                    for label, info in described.items()})
     else:

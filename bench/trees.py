@@ -34,6 +34,7 @@ class Code:
     tree: Path  # the folder that holds aggregator/
     python: str
     describe: str  # what the tree is, for the report: a revision and its commit
+    state_url: str | None = None  # its sites' store: a PostgreSQL server (else SQLite)
 
     def command(self, *args: str) -> list[str]:
         return [self.python, "-m", "aggregator", *args]
@@ -57,9 +58,11 @@ class Code:
         compileall.compile_dir(self.tree / "aggregator", quiet=1)
 
 
-def working_tree(label: str = "") -> Code:
+def working_tree(label: str = "", state_url: str | None = None) -> Code:
     described = _git("describe", "--always", "--dirty")
-    return Code(label, REPO, sys.executable, f"working tree ({described})")
+    store = "" if state_url is None else ", PostgreSQL store (state.url)"
+    return Code(label, REPO, sys.executable, f"working tree ({described}){store}",
+                state_url)
 
 
 def commit_tree(rev: str, work: Path, label: str = "old") -> Code:

@@ -2,6 +2,8 @@
 
 After every kind of change, an incremental build (warm cache) must publish exactly
 the bytes a clean build (no cache, no state) publishes, and touch only what it must.
+Tests taking `store` run on the SQLite store and on the PostgreSQL one (`state.url`);
+the clean build they are compared with is always a SQLite one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from urllib.parse import quote
 import pytest
 import yaml
 from helpers import fixed_clock, write_config, write_post
+from pg_stopgap import pg_url  # noqa: F401 (a fixture)
 
 import aggregator.fingerprints
 from aggregator.config import load_config
@@ -35,6 +38,35 @@ def _site(tmp_path: Path) -> Path:
     return write_config(tmp_path)
 
 
+def _use_store(request: pytest.FixtureRequest, config_path: Path, store: str) -> None:
+    """The site's entry store: the SQLite file its config names, or (postgres) a
+    fresh PostgreSQL database named by state.url."""
+    if store == "postgres":
+        url = request.getfixturevalue("pg_url")
+        data = yaml.safe_load(config_path.read_text())
+        data["state"] = {"url": url}
+        config_path.write_text(yaml.safe_dump(data, allow_unicode=True))
+        request.addfinalizer(lambda: _assert_stored_in(url))
+
+
+def _assert_stored_in(url: str) -> None:
+    """The test's builds really kept their entries in the PostgreSQL database."""
+    import psycopg
+
+    with psycopg.connect(url) as db:
+        found = db.execute("SELECT to_regclass('entry_store.entry')").fetchone()
+        assert found is not None and found[0] is not None, "no entry store in PostgreSQL"
+        assert db.execute("SELECT count(*) FROM entry_store.entry").fetchone() != (0,)
+
+
+def _copy_config(config_path: Path, target: Path) -> None:
+    """The config for a build of the same inputs from nothing: always the SQLite store
+    (a state.url would share the database of the build compared)."""
+    data = yaml.safe_load(config_path.read_text())
+    data.get("state", {}).pop("url", None)
+    target.write_text(yaml.safe_dump(data, allow_unicode=True))
+
+
 def _feeds(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
             if p.is_file() and not p.name.startswith(".")}
@@ -46,7 +78,7 @@ def _clean_build(tmp_path: Path, config_path: Path) -> dict[str, bytes]:
     shutil.rmtree(clean, ignore_errors=True)
     clean.mkdir()
     shutil.copytree(tmp_path / "posts", clean / "posts", symlinks=True)
-    shutil.copy(config_path, clean / "config.yaml")
+    _copy_config(config_path, clean / "config.yaml")
     build(load_config(clean / "config.yaml"), clock=fixed_clock())
     return _feeds(clean / "feeds")
 
@@ -97,9 +129,18 @@ CHANGES: dict[str, tuple[Callable[[Path, Path], None], set[str] | None]] = {
 }
 
 
-@pytest.mark.parametrize("change", sorted(CHANGES))
-def test_incremental_build_equals_clean_build(tmp_path: Path, change: str) -> None:
+# the changes also run on the PostgreSQL store (each kind of change to the rows, and a
+# setting that changes them all)
+POSTGRES_CHANGES = ["edit", "rename", "delete", "recategorise", "several-categories",
+                    "touch-only", "move-to-another-folder", "sanitiser-setting", "max-items"]
+
+
+@pytest.mark.parametrize(("store", "change"), [*(("sqlite", c) for c in sorted(CHANGES)),
+                                               *(("postgres", c) for c in POSTGRES_CHANGES)])
+def test_incremental_build_equals_clean_build(tmp_path: Path, change: str, store: str,
+                                              request: pytest.FixtureRequest) -> None:
     config_path = _site(tmp_path)
+    _use_store(request, config_path, store)
     config = load_config(config_path)
     build(config, clock=fixed_clock())
     before = _feeds(config.output_dir)
@@ -177,6 +218,66 @@ def test_feed_states_kept_in_memory_see_another_process_commit(tmp_path: Path) -
     session.invalidate_if_changed("render", "another", "feed_state")
     assert session.feed_states() == {}
     session.close()
+
+
+@pytest.mark.parametrize("loss", ["schema dropped", "tables emptied", "another version"])
+def test_a_lost_postgresql_store_costs_only_time(tmp_path: Path, loss: str,
+                                                 request: pytest.FixtureRequest) -> None:
+    """The PostgreSQL store dropped, emptied (as a server crash empties UNLOGGED
+    tables) or of another schema version: the next build is a cold one that publishes
+    the same files, and writes none."""
+    import psycopg
+
+    from aggregator.store import postgres
+
+    config_path = _site(tmp_path)
+    _use_store(request, config_path, "postgres")
+    config = load_config(config_path)
+    build(config, clock=fixed_clock())
+    reference = _feeds(config.output_dir)
+    assert config.state_url is not None
+    with psycopg.connect(config.state_url, autocommit=True) as db:
+        if loss == "schema dropped":
+            db.execute("DROP SCHEMA entry_store CASCADE")
+        elif loss == "tables emptied":
+            tables = [name for (name,) in db.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'entry_store'")]
+            db.execute(f"TRUNCATE {', '.join(f'entry_store.{t}' for t in tables)}")
+        else:
+            db.execute("UPDATE entry_store.meta SET value = 'old' WHERE key = 'schema'")
+    report = build(config, clock=fixed_clock())
+    assert _feeds(config.output_dir) == reference and report.written == []
+    assert report.rendered == 12  # (cold: the store held nothing usable)
+    with psycopg.connect(config.state_url) as db:
+        assert db.execute("SELECT value FROM entry_store.meta WHERE key = 'schema'"
+                          ).fetchone() == (postgres.SCHEMA_VERSION,)
+
+
+def test_the_sqlite_and_postgresql_stores_publish_the_same_bytes(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The same posts (an undated one, a duplicate link, several categories) and the
+    same upstream entry, built cold and then patched on each store: byte-identical
+    files and the same problems."""
+    published, problems = [], []
+    for store in ("sqlite", "postgres"):
+        config_path = _undated_site(tmp_path / store)
+        _use_store(request, config_path, store)
+        posts = tmp_path / store / "posts"
+        for name in ("a/p3.md", "a/p5.md"):
+            _rewrite(posts / name, "title: ", "link: https://x.example/same\ntitle: ")
+        _rewrite(posts / "a/p1.md", "[Alpha, Sub1]", "[[Alpha, Sub1], [Beta, Sub0]]")
+        _store_upstream_entry(config_path)
+        config = load_config(config_path)
+        report = build(config, clock=fixed_clock())
+        cold = _feeds(config.output_dir)
+        _rewrite(posts / "b/p0.md", "[Beta, Sub0]", "[Alpha, Sub0]")
+        (posts / "a/p7.md").unlink()
+        again = build(config, clock=fixed_clock())
+        assert again.patched
+        published.append((cold, _feeds(config.output_dir)))
+        problems.append([str(p) for p in [*report.problems.items, *again.problems.items]])
+    assert published[0] == published[1] and problems[0] == problems[1]
+    assert b"From upstream" in published[1][0]["atom.xml"] and problems[0]
 
 
 def test_a_lost_or_corrupt_cache_costs_only_time(tmp_path: Path) -> None:
@@ -290,12 +391,16 @@ SESSION_CHANGES: dict[str, Callable[[Path], set[Path]]] = {
 }
 
 
-@pytest.mark.parametrize("change", sorted(SESSION_CHANGES))
-def test_service_session_with_changed_paths_equals_clean_build(tmp_path: Path,
-                                                               change: str) -> None:
+@pytest.mark.parametrize(("store", "change"), [
+    *(("sqlite", c) for c in sorted(SESSION_CHANGES)),
+    *(("postgres", c) for c in ("edit", "create", "delete", "rename", "duplicate-link",
+                                "back-to-one-category", "empty-a-category"))])
+def test_service_session_with_changed_paths_equals_clean_build(
+        tmp_path: Path, change: str, store: str, request: pytest.FixtureRequest) -> None:
     from aggregator.pipeline import Builder
 
     config_path = _site(tmp_path)
+    _use_store(request, config_path, store)
     config = load_config(config_path)
     session = Builder(persistent=True)
     session.build(config, clock=fixed_clock())
@@ -588,7 +693,7 @@ def _reference_with_state(tmp_path: Path, config_path: Path) -> dict[str, bytes]
     clean = tmp_path / "clean"
     shutil.rmtree(clean, ignore_errors=True)
     shutil.copytree(tmp_path / "posts", clean / "posts", symlinks=True)
-    shutil.copy(config_path, clean / "config.yaml")
+    _copy_config(config_path, clean / "config.yaml")
     config = load_config(clean / "config.yaml")
     state = load_config(config_path).state_path
     config.state_path.parent.mkdir(parents=True)
@@ -634,10 +739,14 @@ def test_a_killed_builds_temp_files_are_swept_even_when_up_to_date(tmp_path: Pat
     assert not leftover.exists()
 
 
-@pytest.mark.parametrize("seed", [7, 2, 13, 29, 41, 58])  # (2 adds a post, then deletes it)
-@pytest.mark.parametrize(("one_off", "max_items"), [(False, 0), (False, 2), (True, 0), (True, 2)])
+@pytest.mark.parametrize(("store", "seed", "one_off", "max_items"), [
+    *(("sqlite", seed, one_off, max_items)
+      for seed in (7, 2, 13, 29, 41, 58)  # (2 adds a post, then deletes it)
+      for one_off, max_items in ((False, 0), (False, 2), (True, 0), (True, 2))),
+    ("postgres", 7, True, 2)])
 def test_a_long_session_of_random_edits_always_equals_a_clean_build(
-        tmp_path: Path, one_off: bool, max_items: int, seed: int) -> None:
+        tmp_path: Path, one_off: bool, max_items: int, seed: int, store: str,
+        request: pytest.FixtureRequest) -> None:
     """Random edits, each followed by an incremental build through the entry store,
     publish what a clean build does and report the same problems: in a service session
     (told the changed paths) and in one-off builds (which compare the walk with the
@@ -647,6 +756,7 @@ def test_a_long_session_of_random_edits_always_equals_a_clean_build(
     from aggregator.pipeline import Builder
 
     config_path = _site(tmp_path)
+    _use_store(request, config_path, store)
     if max_items:
         _edit_config(config_path, "output", "max_items", max_items)
     config = load_config(config_path)
@@ -765,7 +875,7 @@ def _clean_problems(tmp_path: Path, config_path: Path) -> list[str]:
     shutil.rmtree(clean, ignore_errors=True)
     clean.mkdir()
     shutil.copytree(tmp_path / "posts", clean / "posts", symlinks=True)
-    shutil.copy(config_path, clean / "config.yaml")
+    _copy_config(config_path, clean / "config.yaml")
     report = build(load_config(clean / "config.yaml"), clock=fixed_clock())
     return sorted(map(str, report.problems.items))
 
@@ -849,7 +959,7 @@ def test_entries_of_every_content_dir_are_rendered_again(tmp_path: Path,
     clean = tmp_path / "clean"
     for folder in ("posts", "more"):
         shutil.copytree(tmp_path / folder, clean / folder)
-    shutil.copy(config_path, clean / "config.yaml")
+    _copy_config(config_path, clean / "config.yaml")
     build(load_config(clean / "config.yaml"), clock=fixed_clock())
     assert after == _feeds(clean / "feeds")
 
@@ -885,10 +995,12 @@ def test_a_change_undone_between_patched_builds_leaves_no_stale_feed(
     assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path)
 
 
-@pytest.mark.parametrize("seed", [3, 17])
-@pytest.mark.parametrize("session", [False, True])
+@pytest.mark.parametrize(("store", "seed", "session"), [
+    *(("sqlite", seed, session) for seed in (3, 17) for session in (False, True)),
+    ("postgres", 3, True)])
 def test_upstream_rows_added_changed_and_pruned_equal_a_clean_build(
-        tmp_path: Path, seed: int, session: bool) -> None:
+        tmp_path: Path, seed: int, session: bool, store: str,
+        request: pytest.FixtureRequest) -> None:
     """Polls that add upstream entries, change them, claim a local post's link and push
     old ones out of a source's retention: each following build, through the entry
     store, publishes what a build with no store (the same state) does."""
@@ -901,6 +1013,7 @@ def test_upstream_rows_added_changed_and_pruned_equal_a_clean_build(
     from aggregator.state.upstream import UpstreamState
 
     config_path = _site(tmp_path)
+    _use_store(request, config_path, store)
     data = yaml.safe_load(config_path.read_text())
     data["upstream"] = [{"url": UPSTREAM_URL, "category": "Up", "retention": 4},
                         {"url": UPSTREAM_URL + "?2", "category": "Alpha/Sub1"}]

@@ -1,15 +1,19 @@
-"""The entry store on real SQLite: a node's feed is a query in model.sort_key's order,
-members follow upserts, deletes and merges, and a failed batch leaves the old rows."""
+"""The entry store on real SQLite and real PostgreSQL: a node's feed is a query in
+model.sort_key's order, members follow upserts, deletes and merges, and a failed batch
+leaves the old rows."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from pg_stopgap import pg_url  # noqa: F401 (a fixture)
 
 from aggregator.model import Enclosure, Entry, Image, changed, sort_key
+from aggregator.store import EntryStore
 from aggregator.store.rows import (
     Row,
     encode,
@@ -19,6 +23,20 @@ from aggregator.store.rows import (
     unpack_entry,
 )
 from aggregator.store.sqlite import SQLiteStore
+
+# opens the test's store (again: the same one each call)
+Opener = Callable[[], EntryStore]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Each store test runs on both stores (PostgreSQL: a fresh database)."""
+    if request.param == "sqlite":
+        return lambda: SQLiteStore(tmp_path / "store.sqlite")
+    from aggregator.store.postgres import PostgresStore
+
+    url: str = request.getfixturevalue("pg_url")
+    return lambda: PostgresStore(url)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -36,15 +54,15 @@ def _row(entry: Entry, n: int) -> Row:
     return entry_row(encode(entry.source), b"/posts", 0, (n, n, n), f"c{n}", entry, (), ())
 
 
-def _feed_ids(store: SQLiteStore, names: tuple[str, ...], limit: int = 0) -> list[str]:
+def _feed_ids(store: EntryStore, names: tuple[str, ...], limit: int = 0) -> list[str]:
     nid = {names_: nid for nid, names_, _count in store.nodes()}[names]
     rows = store.packed([rid for rid, *_ in store.feed(nid, limit)])
     return [unpack_entry(rows[rid][0]).id for rid, *_ in store.feed(nid, limit)]
 
 
 def test_a_nodes_feed_is_its_own_and_its_descendants_entries_in_sort_key_order(
-        tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "store.sqlite")
+        open_store: Opener) -> None:
+    store = open_store()
     entries = [_entry(n, ("A", "B") if n % 2 else ("A",), dated=n % 5 != 0,
                       minutes=(n * 37) % 11) for n in range(30)]
     entries.append(_entry(30, ("C",), more=(("A", "B"),)))  # in two paths: once each
@@ -62,8 +80,8 @@ def test_a_nodes_feed_is_its_own_and_its_descendants_entries_in_sort_key_order(
     store.close()
 
 
-def test_upserts_and_deletes_move_members_and_dirty_their_nodes(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "store.sqlite")
+def test_upserts_and_deletes_move_members_and_dirty_their_nodes(open_store: Opener) -> None:
+    store = open_store()
     store.upsert([_row(_entry(1, ("A", "B")), 1), _row(_entry(2, ("C",)), 2)])
     nids = {names: nid for nid, names, _ in store.nodes()}
     store.clear_dirty(store.dirty())
@@ -76,13 +94,13 @@ def test_upserts_and_deletes_move_members_and_dirty_their_nodes(tmp_path: Path) 
     store.close()
 
 
-def test_a_merged_entry_leaves_every_feed_and_comes_back(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "store.sqlite")
+def test_a_merged_entry_leaves_every_feed_and_comes_back(open_store: Opener) -> None:
+    store = open_store()
     store.upsert([_row(_entry(1, ("A",)), 1), _row(_entry(2, ("A",)), 2)])
-    assert {row[0] for row in store.duplicates()} == {1, 2}  # put in, not merged yet
+    rids = {row[1]: row[0] for row in store.duplicates()}
+    assert set(rids.values()) == {1, 2}  # put in, not merged yet
     store.set_winners({})
     assert store.duplicates() == []  # merged, and nothing shared
-    rids = {row[1]: row[0] for row in store.db.execute("SELECT rid, key FROM entry")}
     store.set_winners({rids[encode("p2.md")]: False})
     assert _feed_ids(store, ()) == ["id-001"]
     assert [row[0] for row in store.duplicates()] == [rids[encode("p2.md")]]  # a loser
@@ -91,8 +109,8 @@ def test_a_merged_entry_leaves_every_feed_and_comes_back(tmp_path: Path) -> None
     store.close()
 
 
-def test_a_batch_that_fails_half_way_leaves_the_old_rows(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "store.sqlite")
+def test_a_batch_that_fails_half_way_leaves_the_old_rows(open_store: Opener) -> None:
+    store = open_store()
     store.upsert([_row(_entry(1, ("A",)), 1)])
 
     def rows() -> object:
@@ -101,14 +119,14 @@ def test_a_batch_that_fails_half_way_leaves_the_old_rows(tmp_path: Path) -> None
     with pytest.raises(RuntimeError):
         store.upsert(rows())  # type: ignore[arg-type]
     store.close()
-    store = SQLiteStore(tmp_path / "store.sqlite")
+    store = open_store()
     assert {names for _nid, names, _ in store.nodes()} == {(), ("A",)}
     assert _feed_ids(store, ("A",)) == ["id-001"]
     store.close()
 
 
-def test_settings_that_change_entries_forget_them(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "store.sqlite")
+def test_settings_that_change_entries_forget_them(open_store: Opener) -> None:
+    store = open_store()
     assert store.invalidate_if_changed("read", "one", "entry", "body", "node", "member")
     store.upsert([_row(_entry(1, ("A",)), 1)])
     store.set_meta("upstream", "g1")
@@ -118,10 +136,10 @@ def test_settings_that_change_entries_forget_them(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_change_of_a_post_row_forgets_its_folders_print(tmp_path: Path) -> None:
+def test_a_change_of_a_post_row_forgets_its_folders_print(open_store: Opener) -> None:
     """walk_changes trusts a folder's print to say its rows hold the identities it was
     made of: every write of a post row forgets it, in the same transaction."""
-    store = SQLiteStore(tmp_path / "store.sqlite")
+    store = open_store()
     store.upsert([_row(_entry(1, ("A",)), 1), _row(_entry(2, ("A",)), 2)])
     folders = [(b"/posts", b"", b"print", 2), (b"/posts", b"sub/", b"print", 1),
                (b"/other", b"", b"print", 1)]
