@@ -19,7 +19,6 @@ from urllib.parse import quote
 import pytest
 import yaml
 from helpers import fixed_clock, write_config, write_post
-from pg_stopgap import pg_url  # noqa: F401 (a fixture)
 
 import aggregator.fingerprints
 from aggregator.config import load_config
@@ -577,11 +576,12 @@ def test_unchanged_inputs_reuse_the_last_build_and_report_the_same(tmp_path: Pat
 def _store_upstream_entry(config_path: Path) -> None:
     from aggregator.config import UpstreamSource
     from aggregator.model import Entry
-    from aggregator.state.store import StateStore
+    from aggregator.problems import ProblemLog
+    from aggregator.state.open import open_state
     from aggregator.state.upstream import UpstreamState
 
     config = load_config(config_path)
-    state = StateStore(config.state_path)
+    state = open_state(config, fixed_clock(), ProblemLog())  # (SQLite or PostgreSQL)
     when = datetime(2026, 2, 1, tzinfo=UTC)
     UpstreamState(state).store_entries(
         UpstreamSource(url=UPSTREAM_URL, category=("Up",)),
@@ -1009,6 +1009,8 @@ def test_upstream_rows_added_changed_and_pruned_equal_a_clean_build(
     from aggregator.config import UpstreamSource
     from aggregator.model import Entry
     from aggregator.pipeline import Builder
+    from aggregator.problems import ProblemLog
+    from aggregator.state.open import open_state
     from aggregator.state.store import StateStore
     from aggregator.state.upstream import UpstreamState
 
@@ -1037,10 +1039,12 @@ def test_upstream_rows_added_changed_and_pruned_equal_a_clean_build(
                 id=f"urn:up:{n}", title=f"Up {n} v{rng.randint(0, 2)}", link=link,
                 author=None, published=when, updated=when, category=(), tags=(),
                 html=f"<p>u{n} step {step}</p>", summary="", image=None))
-        state = StateStore(config.state_path)
-        UpstreamState(state).store_entries(source, entries, None, None,
-                                           datetime(2026, 2, 1 + step, tzinfo=UTC))
-        state.close()
+        # the site's state, and (PostgreSQL) a SQLite one alike for the reference build
+        for state in (StateStore(config.state_path), *(
+                [open_state(config, fixed_clock(), ProblemLog())] if store != "sqlite" else [])):
+            UpstreamState(state).store_entries(source, entries, None, None,
+                                               datetime(2026, 2, 1 + step, tzinfo=UTC))
+            state.close()
         builder.build(config, clock=fixed_clock())
         assert _feeds(config.output_dir) == _reference_with_state(tmp_path, config_path), step
     builder.close()

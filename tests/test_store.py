@@ -10,7 +10,6 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from pg_stopgap import pg_url  # noqa: F401 (a fixture)
 
 from aggregator.model import Enclosure, Entry, Image, changed, sort_key
 from aggregator.store import EntryStore
