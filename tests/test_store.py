@@ -93,6 +93,31 @@ def test_upserts_and_deletes_move_members_and_dirty_their_nodes(open_store: Open
     store.close()
 
 
+def test_a_nodes_newest_entry_follows_every_change(open_store: Opener) -> None:
+    """feed(nid, 1), which a page asks of every node it links (the PostgreSQL store
+    answers it for every node at once), is the feed's first entry after each change."""
+    store = open_store()
+
+    def newest_of_each() -> dict[tuple[str, ...], list[object]]:
+        return {names: [row[0] for row in store.feed(nid, 1)]
+                for nid, names, _count in store.nodes()}
+
+    def first_of_each() -> dict[tuple[str, ...], list[object]]:
+        return {names: [row[0] for row in store.feed(nid, 0)[:1]]
+                for nid, names, _count in store.nodes()}
+
+    store.upsert([_row(_entry(n, ("A", "B") if n % 2 else ("C",)), n) for n in range(6)])
+    for change in (lambda: store.upsert([_row(_entry(9, ("A", "B")), 1)]),  # newest now
+                   lambda: store.upsert([_row(_entry(1, ("C",)), 1)]),  # moved
+                   lambda: store.delete([(encode("p4.md"), b"/posts")]),
+                   lambda: store.set_winners({3: False}),
+                   lambda: store.invalidate_if_changed("read", "x", "entry", "member")):
+        assert newest_of_each() == first_of_each()
+        change()
+        assert newest_of_each() == first_of_each()
+    store.close()
+
+
 def test_a_merged_entry_leaves_every_feed_and_comes_back(open_store: Opener) -> None:
     store = open_store()
     store.upsert([_row(_entry(1, ("A",)), 1), _row(_entry(2, ("A",)), 2)])

@@ -149,6 +149,7 @@ class PostgresStore:
         self._setup()
         self._nids: dict[Names, int] | None = None
         self._node_nids: dict[bytes, list[int]] = {}  # an entry's `nodes` → its nodes
+        self._newest: dict[int, FeedRow] | None = None  # see feed()
 
     def _setup(self) -> None:
         """The schema, made (or made again when its version is another) under an
@@ -176,6 +177,7 @@ class PostgresStore:
     @contextlib.contextmanager
     def _write(self) -> Iterator[psycopg.Connection[Any]]:
         """One transaction; when it fails, the nodes it made are forgotten too."""
+        self._newest = None
         try:
             with self.db.transaction():
                 yield self.db
@@ -549,13 +551,25 @@ class PostgresStore:
             "SELECT nid, path, count FROM node WHERE count > 0 ORDER BY nid")]
 
     def feed(self, nid: int, limit: int) -> list[FeedRow]:
-        """The node's entries, newest first, at most `limit` (0: all)."""
+        """The node's entries, newest first, at most `limit` (0: all). The newest
+        entry alone (a page asks it of every node it links) comes from one query for
+        every node, kept until the next write or dirty(): a query a node would cost
+        ~0.5 ms each (a round trip), ~0.4 s for a build of 800 pages."""
+        if limit == 1:
+            if self._newest is None:
+                self._newest = {row[0]: row[1:] for row in self.db.execute(
+                    "SELECT n.nid, f.* FROM node n CROSS JOIN LATERAL (SELECT e.rid, e.rkey, "
+                    "e.updated, e.updated_iso FROM member m JOIN entry e ON e.rid = m.rid "
+                    "WHERE m.nid = n.nid ORDER BY m.undated, m.neg_stamp, m.sid LIMIT 1) f")}
+            newest = self._newest.get(nid)
+            return [] if newest is None else [newest]
         return self.db.execute(
             "SELECT e.rid, e.rkey, e.updated, e.updated_iso FROM member m "
             "JOIN entry e ON e.rid = m.rid WHERE m.nid = %s "
             "ORDER BY m.undated, m.neg_stamp, m.sid LIMIT %s", (nid, limit or None)).fetchall()
 
     def dirty(self) -> set[int]:
+        self._newest = None  # (a publish starts here: what changed since is read again)
         return {nid for (nid,) in self.db.execute("SELECT nid FROM dirty")}
 
     def mark_dirty(self) -> None:
