@@ -4,9 +4,7 @@ in parallel when it pays (the store keeps them under each entry's render key).""
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 from selectolax.lexbor import LexborHTMLParser
 
@@ -16,9 +14,8 @@ from aggregator.media import image_type_from_url
 from aggregator.model import Entry, Image, changed
 from aggregator.sanitize.html import Sanitizer
 from aggregator.sanitize.text import summarize
-from aggregator.store import Render, pack_render
+from aggregator.store import EntryReader, ReaderSource, Render, open_reader, pack_render
 from aggregator.store.rows import entry_of
-from aggregator.store.sqlite import open_read_only, packed_rows
 from aggregator.writers import jsonfeed, pages
 from aggregator.writers.feeds import FeedRenderer
 
@@ -70,17 +67,21 @@ Loader = Callable[[list[int]], dict[int, Entry]]
 
 
 def _render(config: Config, rids: Sequence[int], load: Loader | None,
-            store_file: Path | None) -> list[Render | RenderFailure]:
+            source: ReaderSource | None) -> list[Render | RenderFailure]:
     """The entries are loaded from the store a chunk at a time, by the process that
-    renders them (a worker opens the store file read-only). An entry whose render
-    fails costs only itself: its place holds why."""
+    renders them (a worker opens a reader of its own: the store file read-only, or
+    a connection). An entry whose render fails costs only itself: its place holds
+    why."""
     render = entry_renderer(config)
     out: list[Render | RenderFailure] = []
-    db = open_read_only(store_file) if load is None and store_file is not None else None
+    reader = open_reader(source) if load is None and source is not None else None
+    if reader is not None:
+        load = _loader(reader)
+    assert load is not None
     try:
         for start in range(0, len(rids), 500):
             chunk = list(rids[start:start + 500])
-            entries = load(chunk) if load is not None else _load(db, chunk)
+            entries = load(chunk)
             for rid in chunk:
                 try:
                     out.append(render(entries[rid]))
@@ -88,35 +89,35 @@ def _render(config: Config, rids: Sequence[int], load: Loader | None,
                     out.append(f"cannot be rendered ({type(exc).__name__}: {exc}); left "
                                f"out of the feeds")
     finally:
-        if db is not None:
-            db.close()
+        if reader is not None:
+            reader.close()
     return out
 
 
-def _load(db: sqlite3.Connection | None, rids: list[int]) -> dict[int, Entry]:
-    assert db is not None
-    return {rid: entry_of(*row) for rid, row in packed_rows(db, rids).items()}
+def _loader(reader: EntryReader) -> Loader:
+    return lambda rids: {rid: entry_of(*row) for rid, row in reader.packed(rids).items()}
 
 
 def render_entries(config: Config, rids: Sequence[int], load: Loader, workers: int = 1,
-                   store_file: Path | None = None
+                   source: ReaderSource | None = None
                    ) -> Iterator[Render | RenderFailure]:
     """The renders (store.RENDERS) of each entry (by its rid), in order, packed (in the
     workers, not the parent), as each chunk is done: the caller stores them and need
-    not hold them all. Workers read the entries from `store_file`; without one, this
-    process renders them all, loaded by `load`. An entry that cannot be rendered gives
-    a RenderFailure, the reason, in its place."""
+    not hold them all. Workers read the entries through a reader of `source`
+    (store.open_reader); without one, this process renders them all, loaded by
+    `load`. An entry that cannot be rendered gives a RenderFailure, the reason, in
+    its place."""
     workers = min(workers, os.cpu_count() or 1)
     if workers <= 1 or len(rids) < PARALLEL_THRESHOLD or not can_fork() \
-            or store_file is None:
+            or source is None:
         yield from _render(config, rids, load, None)
         return
     ranges = chunk_ranges(len(rids), workers, 1000)
-    for chunk in map_inherited(_render_range, (config, rids, store_file), ranges, workers):
+    for chunk in map_inherited(_render_range, (config, rids, source), ranges, workers):
         yield from chunk
 
 
-def _render_range(shared: tuple[Config, Sequence[int], Path],
+def _render_range(shared: tuple[Config, Sequence[int], ReaderSource],
                   bounds: tuple[int, int]) -> list[Render | RenderFailure]:
-    config, rids, store_file = shared
-    return _render(config, rids[bounds[0]:bounds[1]], None, store_file)
+    config, rids, source = shared
+    return _render(config, rids[bounds[0]:bounds[1]], None, source)

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -420,9 +421,15 @@ def test_service_session_with_changed_paths_equals_clean_build(
     session.close()
 
 
-def test_parallel_cold_build_equals_sequential_build(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_parallel_cold_build_equals_sequential_build(
+        tmp_path: Path, store: str, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parallel build (on `store`: its render workers read the entries through a
+    connection of their own) publishes what a sequential SQLite one does."""
     from aggregator.forking import can_fork
     from aggregator.render import PARALLEL_THRESHOLD
+    from aggregator.store import sqlite
 
     if not can_fork():
         pytest.skip("another thread is alive in this test process: workers would not fork")
@@ -433,7 +440,21 @@ def test_parallel_cold_build_equals_sequential_build(tmp_path: Path) -> None:
                        f"title: Post {i}\ncategories: [C{i % 9}, D{i % 4}]\n{dated}\n"
                        f"headimg: https://img.example/{i}.jpg")
     one = load_config(write_config(tmp_path / "one"))
-    two = load_config(write_config(tmp_path / "two"))
+    _use_store(request, write_config(tmp_path / "two"), store)
+    two = load_config(tmp_path / "two" / "config.yaml")
+    readers = tmp_path / "readers"  # the processes that read entries through a reader
+    if store == "postgres":
+        from aggregator.store import postgres
+        reader: type[sqlite.SQLiteReader | postgres.PostgresReader] = postgres.PostgresReader
+    else:
+        reader = sqlite.SQLiteReader
+    read = reader.packed
+
+    def packed(self: Any, rids: list[int]) -> Any:
+        with readers.open("a") as log:
+            log.write(f"{os.getpid()}\n")
+        return read(self, rids)
+    monkeypatch.setattr(reader, "packed", packed)  # (the forked workers inherit it)
     first = build(one, clock=fixed_clock(), workers=1)
     second = build(two, clock=fixed_clock(), workers=2)
     assert _feeds(one.output_dir) == _feeds(two.output_dir)
@@ -450,6 +471,8 @@ def test_parallel_cold_build_equals_sequential_build(tmp_path: Path) -> None:
     assert third.rendered == fourth.rendered == PARALLEL_THRESHOLD + 20
     assert _feeds(one.output_dir) == _feeds(two.output_dir)
     assert b"Renamed" in (one.output_dir / "atom.xml").read_bytes()
+    workers = set(readers.read_text().split())
+    assert len(workers) >= 2 and str(os.getpid()) not in workers
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -150,7 +150,8 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
         def load(rids: list[int]) -> dict[int, Entry]:
             return {rid: entry_of(*row) for rid, row in store.packed(rids).items()}
 
-        pairs = render_entries(config, [rid for rid, _ in missing], load, workers, store.file)
+        pairs = render_entries(config, [rid for rid, _ in missing], load, workers,
+                               store.readers)
         with progress.bar("entries rendered", len(missing), "entry") as shown:
             renders.store(_rendered(missing, pairs, renders, report), shown.advance)
     report.rendered += len(missing)  # (plus any rendered as they were read)

@@ -25,8 +25,25 @@ Render = tuple[bytes, bytes, bytes, bytes]
 RenderRow = tuple[str, bytes, bytes, bytes, bytes]  # (render key, *Render)
 
 
+# rid → (packed entry, probed type, probed length)
+Packed = dict[int, tuple[bytes, str | None, int | None]]
+# what a worker process opens to read entries: the SQLite file or the PostgreSQL URL
+ReaderSource = Path | str
+
+
+class EntryReader(Protocol):
+    """A worker process's own read-only access to the entries (open_reader)."""
+
+    def packed(self, rids: list[int]) -> Packed: ...
+    def close(self) -> None: ...
+
+
 class EntryStore(Protocol):
-    file: Path | None  # a file worker processes may open read-only (None: in memory)
+    file: Path | None  # the store's file (None: in memory, or not a file)
+
+    @property
+    def readers(self) -> ReaderSource | None:
+        """What worker processes open (open_reader) to read entries; None: none can."""
 
     def close(self) -> None: ...
     def meta(self, name: str) -> str | None: ...
@@ -54,7 +71,7 @@ class EntryStore(Protocol):
     def set_winners(self, winners: dict[int, bool]) -> None: ...
     def probe_candidates(self) -> list[tuple[int, str, str | None, int | None, str]]: ...
     def set_probes(self, rows: list[tuple[int, str | None, int | None, str]]) -> None: ...
-    def packed(self, rids: list[int]) -> dict[int, tuple[bytes, str | None, int | None]]: ...
+    def packed(self, rids: list[int]) -> Packed: ...
 
     # what a build reports
     def post_problems(self) -> Iterator[bytes]: ...
@@ -98,6 +115,17 @@ def open_store(config: Config) -> EntryStore:
     except OSError:
         return SQLiteStore(None)
     return SQLiteStore(config.state_path.with_name(config.state_path.name + ".cache"))
+
+
+def open_reader(source: ReaderSource) -> EntryReader:
+    """A worker's own connection to the store that `source` names."""
+    if isinstance(source, Path):
+        from aggregator.store.sqlite import SQLiteReader
+
+        return SQLiteReader(source)
+    from aggregator.store.postgres import PostgresReader
+
+    return PostgresReader(source)
 
 
 def pack_render(data: bytes) -> bytes:

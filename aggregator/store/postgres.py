@@ -135,11 +135,12 @@ def _disposable(method: Callable[..., None]) -> Callable[..., None]:
 class PostgresStore:
     """store.EntryStore on a PostgreSQL database (psycopg 3)."""
 
-    file: Path | None = None  # no file: render workers are not given one
+    file: Path | None = None  # (no file of its own)
 
-    def __init__(self, url: str, schema: str = SCHEMA_NAME) -> None:
+    def __init__(self, url: str) -> None:
         self.url = url
-        self.schema = schema
+        self.readers: str | None = url  # render workers connect themselves
+        self.schema = SCHEMA_NAME
         self.failed = False
         self._stale: set[str] = set()  # tables we could not clear: read as empty
         try:
@@ -511,12 +512,7 @@ class PostgresStore:
 
     def packed(self, rids: list[int]) -> dict[int, tuple[bytes, str | None, int | None]]:
         """rid → (packed entry, probed type, probed length)."""
-        if not rids:
-            return {}
-        cursor = self.db.cursor(binary=True)
-        cursor.execute("SELECT b.rid, packed, probe_mime, probe_len FROM body b JOIN entry e "
-                       "ON e.rid = b.rid WHERE b.rid = ANY(%s::int8[])", (rids,))
-        return {rid: (packed, mime, length) for rid, packed, mime, length in cursor}
+        return packed_rows(self.db, rids)
 
     # -- what a build reports --------------------------------------------------------
 
@@ -666,6 +662,31 @@ class PostgresStore:
                 db.execute("INSERT INTO last_build VALUES (1, %b)",
                            (pack_record(record),))
 
+
+
+class PostgresReader:
+    """store.EntryReader: a render worker's own connection to the store's database."""
+
+    def __init__(self, url: str) -> None:
+        self.db = psycopg.connect(url, autocommit=True, application_name="aggregator render")
+        self.db.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(SCHEMA_NAME)))
+
+    def packed(self, rids: list[int]) -> dict[int, tuple[bytes, str | None, int | None]]:
+        return packed_rows(self.db, rids)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def packed_rows(db: psycopg.Connection[Any], rids: list[int]
+                ) -> dict[int, tuple[bytes, str | None, int | None]]:
+    """rid → (packed entry, probed type, probed length), read in binary."""
+    if not rids:
+        return {}
+    cursor = db.cursor(binary=True)
+    cursor.execute("SELECT b.rid, packed, probe_mime, probe_len FROM body b JOIN entry e "
+                   "ON e.rid = b.rid WHERE b.rid = ANY(%s::int8[])", (rids,))
+    return {rid: (packed, mime, length) for rid, packed, mime, length in cursor}
 
 
 def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:

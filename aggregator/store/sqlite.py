@@ -166,6 +166,7 @@ class SQLiteStore:
         # the file really in use (None when it fell back to memory): workers read it
         name = self.db.execute("PRAGMA database_list").fetchone()[2]
         self.file: Path | None = Path(name) if name else None
+        self.readers: Path | None = self.file
         self._nids: dict[Names, int] | None = None
         self._node_nids: dict[bytes, list[int]] = {}  # an entry's `nodes` → its nodes
         # feed_states() as last read and since updated, with the data_version it read
@@ -614,6 +615,19 @@ def packed_rows(db: sqlite3.Connection, rids: list[int]
 def open_read_only(path: Path) -> sqlite3.Connection:
     """For worker processes that read entries while the parent holds the store."""
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+
+
+class SQLiteReader:
+    """store.EntryReader on the store file, read-only."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = open_read_only(path)
+
+    def packed(self, rids: list[int]) -> dict[int, tuple[bytes, str | None, int | None]]:
+        return packed_rows(self.db, rids)
+
+    def close(self) -> None:
+        self.db.close()
 
 
 def _unlink(path: Path) -> None:
