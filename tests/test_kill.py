@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import write_config, write_post
 from lxml import etree
 
@@ -50,10 +51,15 @@ def _assert_every_feed_parses(out: Path) -> int:
     return count
 
 
-def _kill_loop(tmp_path: Path, kills: int, check_every: int) -> None:
+def _kill_loop(tmp_path: Path, kills: int, check_every: int, url: str | None = None) -> None:
     """Kill `kills` builds at random moments; every `check_every` kills, let the next
-    build finish and compare its output with a clean build of the same posts."""
+    build finish and compare its output with a clean build of the same posts (on
+    SQLite). `url`: the store in that PostgreSQL database instead."""
     config = _content(tmp_path)
+    if url is not None:
+        data = yaml.safe_load(config.read_text())
+        data["state"] = {"url": url}
+        config.write_text(yaml.safe_dump(data))
     out = tmp_path / "feeds"
     cold = _timed_build(config)
     rng = random.Random(11)
@@ -69,6 +75,8 @@ def _kill_loop(tmp_path: Path, kills: int, check_every: int) -> None:
         if round_ % 4 == 1:  # a cold build: the store lost
             for cache in (tmp_path / "state").glob("*.cache*"):
                 cache.unlink()
+            if url is not None:
+                _drop_entry_store(url)
         proc = _build(config)
         # a moment anywhere in the build, from its start to its last write
         time.sleep(rng.uniform(0, cold if round_ % 4 == 1 else incremental))
@@ -79,6 +87,13 @@ def _kill_loop(tmp_path: Path, kills: int, check_every: int) -> None:
         if (round_ + 1) % check_every == 0:
             _assert_next_build_equals_a_clean_one(tmp_path, config, f"clean{round_}")
     print(f"{caught_mid_write} of {kills} kills left a temp file behind")
+
+
+def _drop_entry_store(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("DROP SCHEMA IF EXISTS entry_store CASCADE")
 
 
 def _timed_build(config: Path) -> float:
@@ -94,7 +109,9 @@ def _assert_next_build_equals_a_clean_one(tmp_path: Path, config: Path, name: st
     assert _assert_every_feed_parses(out) >= 2 * (1 + 8 + 8 * 6)
     clean = tmp_path / name
     shutil.copytree(tmp_path / "posts", clean / "posts")
-    shutil.copy(config, clean / "config.yaml")
+    data = yaml.safe_load(config.read_text())
+    data["state"].pop("url", None)  # (the clean build's store: a SQLite file)
+    (clean / "config.yaml").write_text(yaml.safe_dump(data))
     assert _build(clean / "config.yaml").wait(timeout=120) == 0
     assert _files(out) == _files(clean / "feeds")
     shutil.rmtree(clean)
@@ -107,6 +124,13 @@ def _files(out: Path) -> dict[str, bytes]:
 
 def test_killed_builds_leave_only_whole_feeds(tmp_path: Path) -> None:
     _kill_loop(tmp_path, kills=12, check_every=4)
+
+
+def test_killed_builds_on_postgresql_leave_a_store_the_next_build_uses(
+        tmp_path: Path, pg_url: str) -> None:
+    """The same on the PostgreSQL store: a killed build's transactions are rolled back
+    by the server, and the next build equals a clean one."""
+    _kill_loop(tmp_path, kills=4, check_every=2, url=pg_url)
 
 
 @pytest.mark.slow
