@@ -81,8 +81,8 @@ def walk_changes(store: EntryStore, walk: Walk
         else:
             compared.append(where)
     compared += stored  # folders kept but no longer walked: their posts are gone
-    rows = {(key, root): (size, mtime, inode, content) for root, prefix in set(compared)
-            for key, size, mtime, inode, content in store.folder_posts(root, prefix)}
+    rows = {(key, root): (size, mtime, inode, content) for key, root, size, mtime, inode, content
+            in store.folder_posts(sorted(set(compared)))}
     if counted + len(rows) != store.post_count():  # rows of folders no print names
         return _every_change(store, walk)
     parts: list[PostFile | Run] = []

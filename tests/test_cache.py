@@ -131,8 +131,8 @@ CHANGES: dict[str, tuple[Callable[[Path, Path], None], set[str] | None]] = {
 
 # the changes also run on the PostgreSQL store (each kind of change to the rows, and a
 # setting that changes them all)
-POSTGRES_CHANGES = ["edit", "rename", "delete", "recategorise", "several-categories",
-                    "touch-only", "move-to-another-folder", "sanitiser-setting", "max-items"]
+POSTGRES_CHANGES = ["edit", "rename", "delete", "recategorise",
+                    "touch-only", "move-to-another-folder", "sanitiser-setting"]
 
 
 @pytest.mark.parametrize(("store", "change"), [*(("sqlite", c) for c in sorted(CHANGES)),

@@ -173,7 +173,7 @@ def test_a_change_of_a_post_row_forgets_its_folders_print(open_store: Opener) ->
         store.store_folders(folders)
         change()
         assert set(store.folder_prints()) == {(b"/posts", b"sub/"), (b"/other", b"")}
-    assert [key for key, *_ in store.folder_posts(b"/posts", b"")] == [encode("p1.md")]
+    assert [key for key, *_ in store.folder_posts([(b"/posts", b"")])] == [encode("p1.md")]
     store.close()
 
 

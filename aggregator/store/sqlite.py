@@ -267,15 +267,16 @@ class SQLiteStore:
         return {(root, prefix): (folder_print, posts) for root, prefix, folder_print, posts
                 in self.db.execute("SELECT root, prefix, print, posts FROM folder")}
 
-    def folder_posts(self, root: bytes, prefix: bytes
-                     ) -> list[tuple[bytes, int, int, int, str]]:
-        """(key, size, mtime_ns, inode, content digest) of the posts right in a folder
-        (`prefix`: its path in the content dir `root`, "" or ending in "/"): a range of
-        the (key, root) index, less the posts of its subfolders."""
-        return list(self.db.execute(
-            "SELECT key, size, mtime_ns, inode, content FROM entry WHERE key >= ? AND "
-            "key < ? AND root = ? AND instr(substr(key, ?), x'2f') = 0",
-            (prefix, prefix + b"\xff", root, len(prefix) + 1)))
+    def folder_posts(self, folders: list[tuple[bytes, bytes]]
+                     ) -> list[tuple[bytes, bytes, int, int, int, str]]:
+        """(key, root, size, mtime_ns, inode, content digest) of the posts right in
+        these folders (root, prefix: its path in the content dir `root`, "" or ending
+        in "/"): a range of the (key, root) index a folder, less the posts of its
+        subfolders."""
+        return [row for root, prefix in folders for row in self.db.execute(
+            "SELECT key, root, size, mtime_ns, inode, content FROM entry WHERE key >= ? "
+            "AND key < ? AND root = ? AND instr(substr(key, ?), x'2f') = 0",
+            (prefix, prefix + b"\xff", root, len(prefix) + 1))]
 
     @_disposable
     def store_folders(self, rows: Iterable[tuple[bytes, bytes, bytes, int]]) -> None:
