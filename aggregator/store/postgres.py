@@ -257,7 +257,10 @@ class PostgresStore:
         """(key, root, size, mtime_ns, inode, content digest) of the posts right in
         these folders (root, prefix: its path in the content dir `root`, "" or ending
         in "/"): a range of the (key, root) index a folder, less the posts of its
-        subfolders; one query for all (a touched tree asks of every folder)."""
+        subfolders; one query for all (a touched tree asks of every folder). OFFSET 0
+        keeps the planner from flattening the subquery into a hash join on root that
+        compares every row with every folder (1.2 s for 600 folders at 10k posts, 16 ms
+        as an index range a folder)."""
         if not folders:
             return []
         return self.db.execute(
@@ -265,7 +268,7 @@ class PostgresStore:
             "unnest(%b::bytea[], %b::bytea[]) f(root, prefix) CROSS JOIN LATERAL "
             "(SELECT * FROM entry WHERE key >= f.prefix AND key < f.prefix || '\\xff'::bytea "
             "AND root = f.root AND position('\\x2f'::bytea IN substr(key, length(f.prefix) + 1)) "
-            "= 0) e", _columns(folders, 2)).fetchall()
+            "= 0 OFFSET 0) e", _columns(folders, 2)).fetchall()
 
     @_disposable
     def store_folders(self, rows: Iterable[tuple[bytes, bytes, bytes, int]]) -> None:
