@@ -24,7 +24,7 @@ from aggregator.sources.walk import PostFile, Posts, Walk, rediscover, walk_post
 from aggregator.state.last_build import LastBuild, inputs_print, published_files
 from aggregator.state.open import StateUnreachable, open_state
 from aggregator.state.store import Clock, StateStore, utc_now
-from aggregator.store import EntryStore, open_store
+from aggregator.store import EntryStore, StoreUnavailable, open_store
 from aggregator.store.rows import decode
 from aggregator.store.sqlite import SQLiteStore
 
@@ -94,7 +94,11 @@ class Builder:
         except StateUnreachable as exc:  # nothing published: the previous feeds stay
             raise PublishError(str(exc)) from exc
         if self._store is None:
-            self._store = open_store(config)
+            try:
+                self._store = open_store(config)
+            except StoreUnavailable as exc:  # as an unreachable state: nothing published
+                state.close()
+                raise PublishError(str(exc)) from exc
         store = self._store
         try:
             try:

@@ -214,3 +214,20 @@ def test_entries_differing_in_any_field_have_different_digests() -> None:
         ("published", None), ("image", Image("https://i.example/x.png", None)),
         ("category", ("B",)), ("summary", "s"))}
     assert len(digests) == 7 and entry_digest(entry) not in digests
+
+
+def test_a_postgresql_store_that_cannot_be_opened_says_so_without_the_password(
+        pg_url: str) -> None:
+    """A missing database (or one refusing us) is StoreUnavailable, which a build
+    reports as it does an unreachable state (exit 3, the previous feeds kept); the
+    message names the database, never the password."""
+    from aggregator.store import StoreUnavailable
+    from aggregator.store.postgres import PostgresStore
+
+    base, _, query = pg_url.partition("?")
+    missing = base.rsplit("/", 1)[0].replace("://postgres@", "://postgres:s3cret@") \
+        + "/no_such_db" + (f"?{query}" if query else "")
+    assert "s3cret" in missing
+    with pytest.raises(StoreUnavailable) as caught:
+        PostgresStore(missing)
+    assert "no_such_db" in str(caught.value) and "s3cret" not in str(caught.value)

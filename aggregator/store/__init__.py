@@ -31,6 +31,10 @@ Packed = dict[int, tuple[bytes, str | None, int | None]]
 ReaderSource = Path | str
 
 
+class StoreUnavailable(Exception):
+    """The store's database cannot be used (PostgreSQL: unreachable, refused)."""
+
+
 class EntryReader(Protocol):
     """A worker process's own read-only access to the entries (open_reader)."""
 

@@ -24,7 +24,7 @@ import psycopg
 from psycopg import conninfo, sql
 
 from aggregator.state.last_build import LastBuild
-from aggregator.store import FeedRow, Render, RenderRow
+from aggregator.store import FeedRow, Render, RenderRow, StoreUnavailable
 from aggregator.store.common import MemberChanges, follow_groups, pack_record, unpack_record
 from aggregator.store.rows import Names, Row, node_key, node_names, paths_of, prefixes
 
@@ -116,10 +116,6 @@ _KEYS = "(key, root) IN (SELECT * FROM unnest(%b::bytea[], %b::bytea[]))"
 _MEMBERS = "unnest(%s::int[], %s::int2[], %s::float8[], %b::bytea[], %s::int8[])"
 
 
-class StoreUnavailable(Exception):
-    """The PostgreSQL server cannot be reached (or refuses us)."""
-
-
 def _disposable(method: Callable[..., None]) -> Callable[..., None]:
     """A write of renders, feed states or folder prints that fails (the server's disk
     full) costs speed, never the build."""
@@ -145,9 +141,10 @@ class PostgresStore:
         self._stale: set[str] = set()  # tables we could not clear: read as empty
         try:
             self.db = psycopg.connect(url, autocommit=True, application_name="aggregator")
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"entry store {_safe(url)}: {exc}".strip()) from exc
-        self._setup()
+            self._setup()
+        except psycopg.Error as exc:  # unreachable, refused, no right to make the schema
+            raise StoreUnavailable(f"{_safe(url)}: entry store unusable: {exc}".strip()
+                                   ) from exc
         self._nids: dict[Names, int] | None = None
         self._node_nids: dict[bytes, list[int]] = {}  # an entry's `nodes` → its nodes
         self._newest: dict[int, FeedRow] | None = None  # see feed()
