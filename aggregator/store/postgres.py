@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA_NAME = "entry_store"
 SCHEMA_VERSION = "1"
-# one process at a time makes (or drops) the schema
+# one process at a time makes (or drops) the schema (an advisory lock key apart from
+# the state's 0x616767xx: state/postgres.py, state/fleet.py)
 _SETUP_LOCK = 0x656E7472  # "entr"
 _PACKED = Row._fields.index("packed")
 _COLUMNS = [name for name in Row._fields if name != "packed"]
