@@ -87,6 +87,11 @@ def _kill_loop(tmp_path: Path, kills: int, check_every: int, url: str | None = N
         if (round_ + 1) % check_every == 0:
             _assert_next_build_equals_a_clean_one(tmp_path, config, f"clean{round_}")
     print(f"{caught_mid_write} of {kills} kills left a temp file behind")
+    if url is not None:  # (the builds' entries were in PostgreSQL, not in a cache file)
+        import psycopg
+
+        with psycopg.connect(url) as db:
+            assert db.execute("SELECT count(*) FROM entry_store.entry").fetchone() == (400,)
 
 
 def _drop_entry_store(url: str) -> None:
