@@ -21,8 +21,10 @@ from aggregator.problems import Problem, ProblemLog
 from aggregator.publish.atomic import Publisher, PublishError
 from aggregator.report import BuildReport
 from aggregator.sources.walk import PostFile, Posts, Walk, rediscover, walk_posts
+from aggregator.state.address import StateAddress
 from aggregator.state.last_build import LastBuild, inputs_print, published_files
 from aggregator.state.open import StateUnreachable, open_state
+from aggregator.state.postgres import PostgresError
 from aggregator.state.store import Clock, StateStore, utc_now
 from aggregator.store import EntryStore, StoreUnavailable, open_store
 from aggregator.store.rows import decode
@@ -146,6 +148,15 @@ class Builder:
                 report.unknown_images = store.unknown_images()
         except BaseException as exc:
             self.close()  # after a failure, trust nothing kept in memory
+            if not isinstance(exc, PublishError) and (
+                    store.lost(exc) or isinstance(exc, PostgresError)):
+                # a database lost mid-build: the feeds replaced so far stay, the rest are
+                # the previous ones; the next build (the database back) redoes the rest
+                failed = PublishError(f"{StateAddress.of(config)}: the database was lost "
+                                      f"during the build ({exc}); feeds not yet replaced "
+                                      "stay as they were")
+                failed.found = tuple(report.problems.items)
+                raise failed from exc
             if isinstance(exc, PublishError):  # the caller reports the inputs' problems too
                 exc.found = tuple(report.problems.items)
             raise

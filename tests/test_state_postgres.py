@@ -94,3 +94,47 @@ def test_a_build_whose_database_is_unreachable_fails_and_keeps_the_feeds(
     assert done.returncode == 3, done.stderr
     assert "state database unusable" in done.stderr or "build lock" in done.stderr
     assert (tmp_path / "feeds" / "atom.xml").read_text() == "the last good feed"
+
+
+def test_a_database_lost_mid_build_fails_the_build_and_the_next_one_finishes(
+        tmp_path: Path, pg_cluster: PgCluster, pg_url: str) -> None:
+    import time
+
+    import psycopg
+
+    posts = tmp_path / "posts"
+    for n in range(3000):
+        folder = posts / f"c{n % 30}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"p{n}.md").write_text(f"---\ntitle: Post {n}\n"
+                                         f"date: 2026-01-01 10:00:{n % 60:02d}\n---\n"
+                                         f"<p>{'body ' * 200}</p>\n")
+    config = tmp_path / "config.yaml"
+    config.write_text('site: {url: "https://x.example/"}\ncontent: {dir: posts}\n'
+                      f'state: {{url: "{pg_url}"}}\n')
+    build = subprocess.Popen([sys.executable, "-m", "aggregator", "build", "-q", "-c",
+                              str(config)], stderr=subprocess.PIPE, text=True)
+
+    def writing() -> bool:
+        try:
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                return bool(conn.execute("SELECT count(*) FROM entry_store.entry"
+                                         ).fetchone()[0])
+        except psycopg.Error:
+            return False
+
+    while not writing():
+        assert build.poll() is None, build.stderr.read() if build.stderr else ""
+        time.sleep(0.05)
+    pg_cluster.kill()
+    _, err = build.communicate(timeout=120)
+    assert build.returncode == 3, err
+    assert "Traceback" not in err and "lost during the build" in err, err
+    pg_cluster.start()
+    again = subprocess.run([sys.executable, "-m", "aggregator", "build", "-q", "-c",
+                            str(config)], capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert again.returncode == 0, again.stderr
+    import feedparser
+
+    assert len(feedparser.parse((tmp_path / "feeds" / "atom.xml").read_bytes()).entries) == 50

@@ -191,6 +191,9 @@ class PostgresStore:
                         _safe(self.url), exc)
         self.failed = True
 
+    def lost(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.OperationalError) or self.db.broken
+
     def close(self) -> None:
         self.db.close()
 

@@ -208,6 +208,9 @@ class SQLiteStore:
                         self.path, exc)
         self.failed = True
 
+    def lost(self, exc: BaseException) -> bool:
+        return False  # a file does not go away mid-build (its errors are its own)
+
     def close(self) -> None:
         self.db.close()
 
