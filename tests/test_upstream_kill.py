@@ -146,3 +146,57 @@ def test_exception_while_storing_rolls_the_source_back(tmp_path: Path, server: _
     assert code == 0, err
     assert "polled 4 sources" in err
     _check_complete(tmp_path)
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.add(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_parse_processes_exit_when_a_poll_is_killed(tmp_path: Path, server: _Server) -> None:
+    """A poll of 16 sources or more parses in worker processes; SIGKILL of the poll
+    never shuts them down, so they must notice their parent is gone and exit."""
+    paths = [f"/s{n}.xml" for n in range(20)]
+    config = upstream_config(tmp_path, [{"url": server.url(p), "category": "K"}
+                                        for p in paths],
+                             timeout_seconds=30, deadline_seconds=60, concurrency=20,
+                             per_host_limit=20, parse_processes=2)
+    proc = subprocess.Popen([sys.executable, "-m", "aggregator", "fetch", "--all", "-c",
+                             str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        parsers: set[int] = set()
+        while time.monotonic() < deadline and len(parsers) < 2:
+            time.sleep(0.1)
+            parsers = {pid for pid in _children(proc.pid) if b"spawn_main" in
+                       Path(f"/proc/{pid}/cmdline").read_bytes()}
+        assert len(parsers) == 2, "no parse processes started"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(pid) for pid in parsers):
+            time.sleep(0.1)
+        left = [pid for pid in parsers if _alive(pid)]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert left == []
+    finally:
+        proc.kill()
+        proc.wait()
+        server.release.set()

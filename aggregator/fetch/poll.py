@@ -213,7 +213,26 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
 
 def spawn_parsers(processes: int) -> ProcessPoolExecutor:
     # spawn, not fork: the parent has live fetch and SQLite threads.
-    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=exit_with_parent, initargs=(os.getpid(),))
+
+
+def exit_with_parent(parent: int) -> None:
+    """In a parse process: exit once `parent` is gone. A parent killed by SIGKILL
+    (`kill -9` of a poll, a fetch worker killed) never shuts its pool down, and the
+    pool's processes, each holding the task queue's pipe open for the others, would
+    wait on it for ever."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+PARENT_CHECK_SECONDS = 1.0
 
 
 class ParsePool:
