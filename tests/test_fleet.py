@@ -83,6 +83,13 @@ def procs() -> Iterator[list[Proc]]:
             proc.process.wait(10)
 
 
+def _start_publisher(config: Path, tmp_path: Path, procs: list[Proc]) -> None:
+    """A publisher (`procs[0]`), once it has written its sources for the workers."""
+    procs.append(Proc(config, "publish", tmp_path / "pub.log"))
+    _wait("the publisher wrote the sources", lambda: "written to the state database"
+          in procs[0].text(), 60)
+
+
 def _wait(what: str, done: Callable[[], bool], timeout: float) -> None:
     end = time.monotonic() + timeout
     while not done():
@@ -130,9 +137,7 @@ def test_two_workers_and_a_publisher_poll_each_source_once(
     with MultiHostUpstream(sources=2000, hosts=20, delay=0.01) as upstream:
         publisher = _config(tmp_path / "pub", pg_url, upstream)
         worker = _config(tmp_path / "worker", pg_url, None)
-        procs.append(Proc(publisher, "publish", tmp_path / "pub.log"))
-        _wait("the publisher wrote the sources", lambda: "written to the state database"
-              in procs[0].text(), 60)
+        _start_publisher(publisher, tmp_path, procs)
         procs += [Proc(worker, "fetch", tmp_path / f"w{i}.log") for i in (1, 2)]
         _wait("2,000 sources stored", lambda: _stored(pg_url) == 2000, 240)
         time.sleep(1.0)  # a poll cycle's end (release, heartbeat) reaches the database
@@ -201,9 +206,7 @@ def test_a_killed_worker_s_sources_go_to_another_within_the_lease(
     with MultiHostUpstream(sources=200, hosts=20, delay=0.3) as upstream:
         publisher = _config(tmp_path / "pub", pg_url, upstream, lease=lease)
         worker = _config(tmp_path / "worker", pg_url, None, lease=lease)
-        procs.append(Proc(publisher, "publish", tmp_path / "pub.log"))
-        _wait("the publisher wrote the sources", lambda: "written to the state database"
-              in procs[0].text(), 60)
+        _start_publisher(publisher, tmp_path, procs)
         first = Proc(worker, "fetch", tmp_path / "w1.log")
         procs.append(first)
         _wait("the first worker polls", lambda: sum(
@@ -258,9 +261,7 @@ def test_workers_survive_a_database_restart_under_load(
     with MultiHostUpstream(sources=400, hosts=20, delay=0.05) as upstream:
         publisher = _config(tmp_path / "pub", pg_url, upstream)
         worker = _config(tmp_path / "worker", pg_url, None)
-        procs.append(Proc(publisher, "publish", tmp_path / "pub.log"))
-        _wait("the publisher wrote the sources", lambda: "written to the state database"
-              in procs[0].text(), 60)
+        _start_publisher(publisher, tmp_path, procs)
         procs += [Proc(worker, "fetch", tmp_path / f"w{i}.log") for i in (1, 2)]
         _wait("polling under way", lambda: sum(
             upstream.source_stats(n).ok for n in range(400)) >= 40, 60)
@@ -283,9 +284,7 @@ def test_a_fetch_worker_serves_its_own_metrics(tmp_path: Path, pg_url: str,
 
     with MultiHostUpstream(sources=30, hosts=20, delay=0.0) as upstream:
         publisher = _config(tmp_path / "pub", pg_url, upstream)
-        procs.append(Proc(publisher, "publish", tmp_path / "pub.log"))
-        _wait("the publisher wrote the sources", lambda: "written to the state database"
-              in procs[0].text(), 60)
+        _start_publisher(publisher, tmp_path, procs)
         port = free_port()
         worker = _config(tmp_path / "worker", pg_url, None)
         with worker.open("a") as config:

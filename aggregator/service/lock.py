@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from aggregator.config import Config
-from aggregator.state.address import StateAddress
+from aggregator.state.database import redacted
 from aggregator.state.fleet import BUILD_LOCK, PUBLISHER_LOCK
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class AdvisoryLock:
     def __init__(self, url: str, key: int, what: str) -> None:
         self.url = url
         self.key = key
-        self.path = f"{StateAddress(Path(), url)} ({what})"  # for messages
+        self.path = f"{redacted(url)} ({what})"  # for messages
         self._db: PostgresDatabase | None = None
 
     def acquire(self, cancel: threading.Event | None = None, poll: float = 0.5,

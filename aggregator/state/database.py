@@ -6,6 +6,7 @@ default) or a PostgreSQL database's (`state.url`). They write one SQL that both 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,6 +28,18 @@ class Database(Protocol):
     def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Any]], /
                     ) -> Cursor: ...
     def close(self) -> None: ...
+
+
+@contextmanager
+def transaction(db: Database) -> Iterator[None]:
+    """BEGIN … COMMIT, rolled back on any error."""
+    db.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def redacted(url: str) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aggregator.config import Config, UpstreamSource
-from aggregator.state.database import Database
+from aggregator.state.database import Database, transaction
 
 CHANNEL = "aggregator_entries"
 # advisory lock keys: one build at a time (the service's and a shell `build`'s), and
@@ -55,15 +55,11 @@ def load_source(text: str) -> UpstreamSource:
 def publish_sources(db: Database, config: Config) -> int:
     """The publisher's sources and settings, as workers will read them; sources gone
     from the config keep their rows (state, stored entries) but no longer polled."""
-    rows = []
-    for source in config.upstream:
-        if source.enabled:
-            rows.append((source.url, dump_source(source), host_of(source.url)))
-    db.execute("BEGIN")
-    try:
+    with transaction(db):
         moved = dict(db.execute("SELECT url, moved_to FROM upstream_source "
                                 "WHERE moved_to IS NOT NULL").fetchall())
-        rows = [(url, text, host_of(moved.get(url) or url)) for url, text, _ in rows]
+        rows = [(s.url, dump_source(s), host_of(moved.get(s.url) or s.url))
+                for s in config.upstream if s.enabled]
         db.execute("UPDATE upstream_source SET config = NULL WHERE config IS NOT NULL")
         db.executemany("INSERT INTO upstream_source (url, config, host) VALUES (?, ?, ?) "
                        "ON CONFLICT (url) DO UPDATE SET config = excluded.config, "
@@ -73,10 +69,6 @@ def publish_sources(db: Database, config: Config) -> int:
         db.executemany("INSERT INTO shared_setting VALUES (?, ?) ON CONFLICT (name) "
                        "DO UPDATE SET value = excluded.value",
                        [(name, str(getattr(config, name))) for name in SHARED_SETTINGS])
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     return len(rows)
 
 

@@ -21,14 +21,14 @@ from types import TracebackType
 from typing import Any, cast
 
 from aggregator.problems import ProblemLog
-from aggregator.state.database import redacted
+from aggregator.state.database import redacted, transaction
 from aggregator.state.store import Clock, StateStore, utc_now
 
 log = logging.getLogger(__name__)
 
 CONNECT_SECONDS = 10
 # Migrations of different processes (workers starting together) take turns under this
-# advisory lock; the roles' own locks use other keys (state/roles.py).
+# advisory lock; the roles' own locks use other keys (state/fleet.py).
 MIGRATION_LOCK = 0x61676701
 
 # Each step runs once, in order; `state_version` records how many have run. The tables
@@ -188,7 +188,7 @@ class PostgresDatabase:
 
     @property
     def raw(self) -> Any:
-        """The psycopg connection (LISTEN, advisory locks: state/roles.py)."""
+        """The psycopg connection (the advisory locks of service/lock.py)."""
         return self._conn
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
@@ -278,8 +278,7 @@ class PostgresDatabase:
 
 def migrate(db: PostgresDatabase) -> None:
     """Run the steps this database has not run, one process at a time."""
-    db.execute("BEGIN")
-    try:
+    with transaction(db):
         db.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
         db.execute("CREATE TABLE IF NOT EXISTS state_version (version INTEGER NOT NULL)")
         row = db.execute("SELECT version FROM state_version").fetchone()
@@ -290,10 +289,6 @@ def migrate(db: PostgresDatabase) -> None:
             db.execute("INSERT INTO state_version VALUES (?)", (len(MIGRATIONS),))
         elif version != len(MIGRATIONS):
             db.execute("UPDATE state_version SET version = ?", (len(MIGRATIONS),))
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
 
 
 class PostgresStateStore(StateStore):
@@ -328,14 +323,3 @@ class PostgresStateStore(StateStore):
     def close(self) -> None:
         self.db.close()
 
-
-@contextmanager
-def transaction(db: PostgresDatabase) -> Iterator[None]:
-    """BEGIN … COMMIT, rolled back on any error."""
-    db.execute("BEGIN")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")

@@ -18,7 +18,7 @@ import sqlite3
 from pathlib import Path
 
 from aggregator.state.address import StateAddress
-from aggregator.state.database import Database
+from aggregator.state.database import Database, transaction
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +63,13 @@ class PublishedRecord:
             try:
                 db = self._connect()
                 try:
-                    db.execute("BEGIN")
-                    try:
+                    with transaction(db):
                         db.executemany(
                             "DELETE FROM published_file WHERE out_dir = ? AND rel = ?",
                             [(self.key, rel) for rel in gone])
                         db.executemany("INSERT INTO published_file VALUES (?, ?) "
                                        "ON CONFLICT DO NOTHING",
                                        [(self.key, rel) for rel in added])
-                    except BaseException:
-                        db.execute("ROLLBACK")
-                        raise
-                    db.execute("COMMIT")
                 finally:
                     db.close()
             except (OSError, sqlite3.Error) as exc:
