@@ -16,6 +16,7 @@ from aggregator.forking import PARALLEL_THRESHOLD, can_fork, chunk_ranges, map_i
 from aggregator.model import Entry
 from aggregator.problems import Problem, ProblemLog
 from aggregator.sources.content import PostReader
+from aggregator.sources.prefetch import Prefetch
 from aggregator.sources.walk import PostFile, display
 
 Links = tuple[tuple[str, object], ...]
@@ -66,8 +67,9 @@ def read_posts(config: Config, posts: Sequence[PostFile], known: list[str | None
                 shown.advance(stop - start)
         return
     reader = PostReader(config, ProblemLog(echo=False), first_seen, posts=every_post)
-    for post, content in zip(posts, known, strict=True):
-        yield pack(read_one(reader, post, content))
+    with Prefetch(config, posts if len(posts) >= PARALLEL_THRESHOLD else ()):
+        for post, content in zip(posts, known, strict=True):
+            yield pack(read_one(reader, post, content))
 
 
 def _seen(read: Read, first_seen: Callable[[str], datetime]) -> Read:
@@ -87,11 +89,12 @@ def _read_range(shared: tuple[Config, Sequence[PostFile], list[str | None],
     # one reader for the chunk (it remembers each folder's quoted path)
     reader = PostReader(config, ProblemLog(), lambda _id: _NOT_SEEN_YET, posts=every_post)
     out: list[Packed | Read] = []
-    for post, content in zip(posts[start:stop], known[start:stop], strict=True):
-        read = read_one(reader, post, content)
-        entry = read.entry
-        out.append(read if entry is not None and entry.updated == _NOT_SEEN_YET
-                   else pack(read))
+    with Prefetch(config, posts[start:stop]):
+        for post, content in zip(posts[start:stop], known[start:stop], strict=True):
+            read = read_one(reader, post, content)
+            entry = read.entry
+            out.append(read if entry is not None and entry.updated == _NOT_SEEN_YET
+                       else pack(read))
     return out
 
 

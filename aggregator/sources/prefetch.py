@@ -1,0 +1,68 @@
+"""Asking the kernel to read post files ahead of the parser.
+
+A cold build reads every post once. From a cold page cache each read waits on the
+disk, and the parser with it: on this project's virtual disk, 10,000 posts read one
+after the other wait ~8 s. A prefetch thread opens the posts about to be parsed,
+through the same symlink-refusing opener as the reader (`SafeOpener`), and gives the
+kernel POSIX_FADV_WILLNEED for each: the reads are queued at once and served side by
+side, and the parser finds the pages in the cache (reading 10,000 cold posts with two
+workers: 8.4 → 3.9 s; unchanged when they are cached). It reads no byte itself and
+never fails a build: a post it cannot open is left to the reader, which reports it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from types import TracebackType
+
+from aggregator.config import Config
+from aggregator.sources.safe_open import Refused, SafeOpener
+from aggregator.sources.walk import PostFile
+
+
+class Prefetch:
+    """A context: prefetches `posts` in order on a thread of its own until done or
+    the context exits (which waits for the thread: no descriptor outlives it)."""
+
+    def __init__(self, config: Config, posts: Sequence[PostFile]) -> None:
+        self._posts = posts
+        self._config = config
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Prefetch:
+        if self._posts:
+            self._thread = threading.Thread(target=self._run, name="aggregator-prefetch",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        config = self._config
+        limit = config.max_post_bytes
+        opener = SafeOpener([str(d) for d in config.content_dirs], config.follow_symlinks)
+        try:
+            for post in self._posts:
+                if self._stopped.is_set():
+                    return
+                try:
+                    fd, st = opener.open(str(post.root), post.rel)
+                except (Refused, OSError):
+                    continue
+                try:
+                    os.posix_fadvise(fd, 0, min(st.st_size, limit) + 1,
+                                     os.POSIX_FADV_WILLNEED)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+        finally:
+            opener.close()
