@@ -5,6 +5,7 @@
     python bench/run.py --posts --upstream 1000       # first poll and re-poll only
     python bench/run.py --posts 200 --json            # the smoke run the tests use
     python bench/run.py --compare main --posts 10000 --repeat 3   # main beside this tree
+    python bench/run.py --posts 10000 --max-items 0 --cold-cache  # cold builds from disk
     python bench/run.py --posts 10000 --state-url postgresql://postgres@/postgres?host=/run/x
                                                       # the SQLite store beside PostgreSQL
 
@@ -188,12 +189,21 @@ def _site(work: Path, name: str, code: Code) -> Path:
     return site
 
 
+def drop_page_cache() -> None:
+    """Empty the OS page cache (root only), so the next build reads its posts from disk."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
 def _build_each(codes: list[Code], sites: dict[Code, Path], scenario: str, posts: int,
-                speed: tuple[float, float]) -> list[Result]:
-    """One build of each code's site, in the order of `codes`."""
+                speed: tuple[float, float], cold_cache: bool = False) -> list[Result]:
+    """One build of each code's site, in the order of `codes` (`cold_cache`: each
+    after drop_page_cache)."""
     results = []
     for code in codes:
         site = sites[code]
+        if cold_cache:
+            drop_page_cache()
         wall, cpu, rss = run_cli(code, ["build", "-c", str(site / "config.yaml")])
         feeds, size = output_size(site / "feeds")
         results.append(Result(scenario, posts, round(wall, 3), round(cpu, 3), round(rss, 1),
@@ -210,10 +220,13 @@ def progress(message: str) -> None:
 
 
 def build_scenarios(work: Path, posts: int, codes: list[Code], max_items_values: list[int],
-                    hugo: bool, archives: bool = False) -> list[Result]:
+                    hugo: bool, archives: bool = False,
+                    cold_cache: bool = False) -> list[Result]:
     """Each build scenario on one corpus, each measured of every code in `codes` in turn
     (each code builds a site of its own from the same corpus). `archives`: the working
-    tree's sites (not a compared commit's) build with output.archives on."""
+    tree's sites (not a compared commit's) build with output.archives on. `cold_cache`:
+    the page cache is dropped before each cold build (ours and Hugo's); the other
+    scenarios run warm."""
     corpus = work / f"corpus-{posts}"
     make_corpus(corpus, posts)
     # warm the OS page cache: the targets are for warm runs
@@ -228,12 +241,19 @@ def build_scenarios(work: Path, posts: int, codes: list[Code], max_items_values:
             write_config(site, corpus, max_items, archives=archives and code.label != "old",
                          state_url=site_state_url(code, site))
 
-        def measure(name: str, label: str = label, sites: dict[Code, Path] = sites) -> None:
-            results.extend(_build_each(codes, sites, f"{name} ({label})", posts, speed))
+        def measure(name: str, label: str = label, sites: dict[Code, Path] = sites,
+                    cold_cache: bool = False) -> None:
+            results.extend(_build_each(codes, sites, f"{name} ({label})", posts, speed,
+                                       cold_cache))
 
-        measure(COLD)
+        measure(COLD, cold_cache=cold_cache)
         if max_items == 0 and hugo:
+            if cold_cache:
+                drop_page_cache()
             results.extend(hugo_scenario(work, corpus, posts))
+        if cold_cache:  # the other scenarios are for warm runs
+            for path in corpus.rglob("*.md"):
+                path.read_bytes()
         for site in sites.values():
             shutil.rmtree(site / "feeds")
         # the inputs are the last build's: the feeds are rewritten from its saved index
@@ -395,6 +415,9 @@ def main() -> int:
     parser.add_argument("--archives", action="store_true",
                         help="the working tree's builds with output.archives: true (a "
                              "--compare'd commit's without: the cost of the archives)")
+    parser.add_argument("--cold-cache", action="store_true",
+                        help="drop the OS page cache before every cold build, ours and "
+                             "Hugo's (root only): the first build of posts not read lately")
     parser.add_argument("--work", type=Path, help="keep corpora here (default: a temp dir)")
     parser.add_argument("--output", metavar="KEYS",
                         help="more output keys for every site, e.g. "
@@ -408,6 +431,8 @@ def main() -> int:
         parser.error("--state-url and --compare: one comparison at a time")
     if args.output:
         OUTPUT_KEYS.append(args.output)
+    if args.cold_cache and not os.access("/proc/sys/vm/drop_caches", os.W_OK):
+        parser.error("--cold-cache: only root may drop the page cache")
     work = (args.work or Path(tempfile.mkdtemp(prefix="aggregator-bench-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -427,7 +452,7 @@ def main() -> int:
         order = codes if repeat % 2 == 0 else codes[::-1]
         for posts in args.posts:
             samples += build_scenarios(work, posts, order, args.max_items, hugo,
-                                       args.archives)
+                                       args.archives, args.cold_cache)
             if args.service:
                 samples += [service_scenario(work, posts, code) for code in order]
         if args.upstream:
