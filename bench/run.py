@@ -29,7 +29,6 @@ suite: timings on a shared 2-core machine are noisy; compare figures taken in on
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -42,6 +41,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from report import COLD, PEER, Result, comparison_json, medians, print_comparison, print_table
@@ -153,33 +153,58 @@ def output_size(out: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-def run_cli(code: Code, args: list[str], timeout: float = 3600) -> tuple[float, float, float]:
-    """(wall s, cpu s, peak RSS MB) of one `python -m aggregator` run of `code`."""
-    _reset_peak_rss()
+# The children are started by this small process, launched before the benchmark lists
+# any corpus: a child started by (v)fork counts its parent's peak RSS in its own
+# ru_maxrss, and the benchmark's own peak (~75 MB after listing 100k posts) would be
+# the floor of every figure. The launcher's is ~10 MB.
+_LAUNCHER_CODE = """
+import json, os, subprocess, sys, time
+for line in sys.stdin:
+    job = json.loads(line)
     started = time.perf_counter()
-    proc = subprocess.Popen(code.command(*args), cwd=code.tree, env=code.env(),
+    proc = subprocess.Popen(job["argv"], cwd=job["cwd"], env=job["env"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - started
+    print(json.dumps({"wall": time.perf_counter() - started,
+                      "cpu": usage.ru_utime + usage.ru_stime,
+                      "rss": usage.ru_maxrss / 1024,
+                      "rc": os.waitstatus_to_exitcode(status), "err": err[-4000:]}),
+          flush=True)
+"""
+
+
+class Launcher:
+    """Runs commands in the launcher process; one at a time."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER_CODE],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+
+    def run(self, argv: list[str], cwd: Path, env: dict[str, str]) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"argv": argv, "cwd": str(cwd), "env": env}) + "\n")
+        self.proc.stdin.flush()
+        answer: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return answer
+
+
+_launcher: Launcher | None = None
+
+
+def run_cli(code: Code, args: list[str]) -> tuple[float, float, float]:
+    """(wall s, cpu s, peak RSS MB) of one `python -m aggregator` run of `code`."""
+    global _launcher
+    if _launcher is None:
+        _launcher = Launcher()
+    result = _launcher.run(code.command(*args), code.tree, code.env())
+    err = result["err"]
     # 1 means "some inputs skipped", but an uncaught exception exits 1 too
-    if proc.returncode not in (0, 1) or "Traceback (most recent call last)" in err:
+    if result["rc"] not in (0, 1) or "Traceback (most recent call last)" in err:
         raise RuntimeError(f"{code.describe}: aggregator {' '.join(args)} exited "
-                           f"{proc.returncode}:\n{err[-2000:]}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
-
-
-def _reset_peak_rss() -> None:
-    """Forget this process's own peak RSS (Linux: /proc/self/clear_refs). A child is
-    started by vfork, and Linux counts the peak of the memory it started in (ours) in
-    the child's ru_maxrss: after this process listed 100k paths, every child would
-    report at least that peak (~95 MB), whatever it used. Its RSS now (~30 MB) is
-    still a floor: figures near it are the floor's."""
-    with contextlib.suppress(OSError):
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-            handle.write("5")
+                           f"{result['rc']}:\n{err[-2000:]}")
+    return result["wall"], result["cpu"], result["rss"]
 
 
 def _site(work: Path, name: str, code: Code) -> Path:
@@ -433,6 +458,8 @@ def main() -> int:
         OUTPUT_KEYS.append(args.output)
     if args.cold_cache and not os.access("/proc/sys/vm/drop_caches", os.W_OK):
         parser.error("--cold-cache: only root may drop the page cache")
+    global _launcher
+    _launcher = Launcher()  # (before any corpus is listed: see _LAUNCHER_CODE)
     work = (args.work or Path(tempfile.mkdtemp(prefix="aggregator-bench-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import write_config, write_post
 
 from aggregator.config import Config, load_config
 from aggregator.problems import ProblemLog
 from aggregator.sources.prefetch import Prefetch
 from aggregator.sources.walk import PostFile, discover
-from tests.helpers import write_config, write_post
 
 pytestmark = pytest.mark.skipif(shutil.which("fincore") is None,
                                 reason="fincore (util-linux) is not installed")
