@@ -81,12 +81,17 @@ def _generate(folder: Path, posts: int) -> None:
 # more keys of the `output` mapping of every site's config (--output), e.g.
 # "formats: [atom, rss], pages: false"
 OUTPUT_KEYS: list[str] = []
+# more keys for the working tree's sites only (--new-output): a compared commit may not
+# know them
+NEW_OUTPUT_KEYS: list[str] = []
 
 
 def write_config(site: Path, content: Path, max_items: int, extra: str = "",
-                 archives: bool = False, state_url: str | None = None) -> Path:
+                 archives: bool = False, state_url: str | None = None,
+                 working_tree: bool = True) -> Path:
     config = site / "config.yaml"
-    more = "".join(f", {keys}" for keys in OUTPUT_KEYS)
+    more = "".join(f", {keys}" for keys in
+                   OUTPUT_KEYS + (NEW_OUTPUT_KEYS if working_tree else []))
     config.write_text(
         "site: {url: 'http://127.0.0.1:8080/', title: Bench, timezone: UTC}\n"
         f"content: {{dir: '{content}'}}\n"
@@ -264,7 +269,8 @@ def build_scenarios(work: Path, posts: int, codes: list[Code], max_items_values:
         sites = {code: _site(work, f"site-{posts}-{max_items}", code) for code in codes}
         for code, site in sites.items():
             write_config(site, corpus, max_items, archives=archives and code.label != "old",
-                         state_url=site_state_url(code, site))
+                         state_url=site_state_url(code, site),
+                         working_tree=code.label != "old")
 
         def measure(name: str, label: str = label, sites: dict[Code, Path] = sites,
                     cold_cache: bool = False) -> None:
@@ -447,6 +453,9 @@ def main() -> int:
     parser.add_argument("--output", metavar="KEYS",
                         help="more output keys for every site, e.g. "
                              "'formats: [atom, rss], pages: false'")
+    parser.add_argument("--new-output", metavar="KEYS",
+                        help="as --output, for the working tree's sites only (keys a "
+                             "--compare'd commit does not know)")
     parser.add_argument("--state-url", metavar="URL",
                         help="compare the SQLite store (old) with PostgreSQL (new): a server's "
                              "database URL; each site gets a new database there")
@@ -456,6 +465,8 @@ def main() -> int:
         parser.error("--state-url and --compare: one comparison at a time")
     if args.output:
         OUTPUT_KEYS.append(args.output)
+    if args.new_output:
+        NEW_OUTPUT_KEYS.append(args.new_output)
     if args.cold_cache and not os.access("/proc/sys/vm/drop_caches", os.W_OK):
         parser.error("--cold-cache: only root may drop the page cache")
     global _launcher
