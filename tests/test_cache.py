@@ -74,13 +74,19 @@ def _feeds(out: Path) -> dict[str, bytes]:
 
 def _clean_build(tmp_path: Path, config_path: Path) -> dict[str, bytes]:
     """The same inputs built from nothing: the reference an incremental build must match."""
+    return _clean_build_and_problems(tmp_path, config_path)[0]
+
+
+def _clean_build_and_problems(tmp_path: Path,
+                              config_path: Path) -> tuple[dict[str, bytes], list[str]]:
+    """The feeds of a build of the same inputs from nothing, and the problems it reports."""
     clean = tmp_path / "clean"
     shutil.rmtree(clean, ignore_errors=True)
     clean.mkdir()
     shutil.copytree(tmp_path / "posts", clean / "posts", symlinks=True)
     _copy_config(config_path, clean / "config.yaml")
-    build(load_config(clean / "config.yaml"), clock=fixed_clock())
-    return _feeds(clean / "feeds")
+    report = build(load_config(clean / "config.yaml"), clock=fixed_clock())
+    return _feeds(clean / "feeds"), sorted(map(str, report.problems.items))
 
 
 def _edit_config(path: Path, section: str, key: str, value: object) -> None:
@@ -828,8 +834,8 @@ def test_a_long_session_of_random_edits_always_equals_a_clean_build(
         report = session.build(config, clock=fixed_clock(),
                                changed=None if one_off else {str(p) for p in touched})
         patched += report.patched
-        clean_problems = _clean_problems(tmp_path, config_path)
-        assert _feeds(config.output_dir) == _clean_build(tmp_path, config_path), (step, action)
+        clean_feeds, clean_problems = _clean_build_and_problems(tmp_path, config_path)
+        assert _feeds(config.output_dir) == clean_feeds, (step, action)
         assert sorted(map(str, report.problems.items)) == clean_problems, (step, action)
     session.close()
     assert patched >= 15  # most steps were patched in, not rebuilt
@@ -891,16 +897,6 @@ def _published_id(tmp_path: Path, title: str) -> str:
     found: list[str] = feed.xpath(f"//a:entry[a:title='{title}']/a:id/text()", namespaces=ns)
     assert found, title
     return found[0]
-
-
-def _clean_problems(tmp_path: Path, config_path: Path) -> list[str]:
-    clean = tmp_path / "clean-problems"
-    shutil.rmtree(clean, ignore_errors=True)
-    clean.mkdir()
-    shutil.copytree(tmp_path / "posts", clean / "posts", symlinks=True)
-    _copy_config(config_path, clean / "config.yaml")
-    report = build(load_config(clean / "config.yaml"), clock=fixed_clock())
-    return sorted(map(str, report.problems.items))
 
 
 @pytest.mark.parametrize("session", [False, True])
