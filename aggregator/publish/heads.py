@@ -15,8 +15,9 @@ from aggregator.writers.links import head_links
 
 
 class FeedHeads:
-    """Asked node by node while a build plans its feeds; remembers each written
-    document's (title, self URL, extra head elements) for when it is written."""
+    """Asked node by node while a build plans its feeds; remembers each current feed's
+    (title, self URL, extra head elements) for when it is written (an archive page
+    carries its own)."""
 
     def __init__(self, config: Config, previous: Iterable[str]) -> None:
         self.config = config
@@ -44,8 +45,6 @@ class FeedHeads:
         current, pages = archives.split(self.config, node, rows)
         if pages:
             self._newest[node.rel_dir] = pages[-1].name
-        for page in pages:
-            self._heads[page.rel] = (page.title, page.url, page.extra)
         return current, pages
 
     def current(self, node: Node, kind: str, rel: str) -> bytes:
@@ -61,6 +60,6 @@ class FeedHeads:
         return extra
 
     def head(self, node: Node, kind: str, rel: str) -> tuple[str, str, bytes]:
-        """(title, self URL, extra head elements) of a document to write."""
+        """(title, self URL, extra head elements) of a current feed to write."""
         return self._heads.get(rel) or (feed_title(self.config, node),
                                         feed_url(self.config, node, kind), b"")

@@ -4,7 +4,9 @@ A node's feeds are planned when a change dirtied the node (or their files are no
 what was written): its entries are a query of the entry store. A feed whose
 fingerprint (head + the render keys of its entries, in order) and file are as the
 last build left them is kept; only entries of feeds that must be written, and only
-those with no render in the store, are sanitised and serialised.
+those with no render in the store, are sanitised and serialised. A node's archive
+pages (output.archives) are planned as its feeds are and written after all of them
+(publish/archive_pass.py).
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aggregator import progress
 from aggregator.config import Config
 from aggregator.fingerprints import fingerprint_of, render_fingerprint
 from aggregator.model import Entry
+from aggregator.publish.archive_pass import ArchivePass, newest_updated
 from aggregator.publish.atomic import Publisher
 from aggregator.publish.heads import FeedHeads
 from aggregator.publish.websub import record_pings
@@ -99,6 +101,8 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
     counts: dict[tuple[str, ...], int] = {}
     kept: list[str] = []
     heads = FeedHeads(config, previous)  # hub and archive links; archive documents
+    archived_pages = ArchivePass(lambda rel, feed_print: _untouched(publisher, rel, feed_print,
+                                                                    previous))
     kinds = (*config.formats, "page") if config.pages else config.formats
     newest = _Newest(store)
     frames: dict[str, tuple[bytes, bytes]] = {}  # a page's rel → its frame
@@ -112,6 +116,8 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
             continue
         members = store.feed(node.nid, heads.query_limit) if node.nid else []
         members, archived = heads.split(node, members)
+        archived_pages.plan(archived)
+        del archived  # (not held while the next node is queried)
         newest.seen(node, members)
         member_keys = [row[1] for row in members]  # once for every format
         for kind, rel in zip(kinds, rels[:len(kinds)], strict=True):
@@ -129,15 +135,13 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
             plans.append((node, kind, rel, members, member_keys,
                           fingerprint_of(kind, *head, member_keys,
                                          *((extra,) if extra else ()))))
-        for page in archived:
-            keys = [row[1] for row in page.rows]
-            plans.append((node, page.kind, page.rel, page.rows, keys,
-                          fingerprint_of(page.kind, page.title, page.url, keys, page.extra)))
     todo = {plan[2] for plan in plans if not _untouched(publisher, plan[2], plan[5], previous)}
     if log.isEnabledFor(logging.DEBUG):
-        _explain_plans(plans, todo, previous, len(kept))
+        _explain_plans(plans, todo, previous, len(kept), archived_pages)
 
     needed = {row[1]: row[0] for plan in plans if plan[2] in todo for row in plan[3]}
+    needed.update(archived_pages.needed)
+    archived_pages.needed = {}
     cached = store.rendered_keys(needed)
     missing = [(rid, key) for key, rid in needed.items() if key not in cached]
     renders = _Renders(store)
@@ -160,9 +164,11 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
     unpacked = _SubtreeRenders(renders.fetch, _uses_by_subtree(plans, todo))
     publisher.keep_all(kept)
     report.feeds += sum(1 for rel in kept if not rel.endswith(pages.PAGE_FILE))
-    xml = any(plan[1] in ("atom", "rss") and plan[2] in todo for plan in plans)
+    archives_todo = len(archived_pages.todo)
+    xml = archives_todo > 0 or any(plan[1] in ("atom", "rss") and plan[2] in todo
+                               for plan in plans)
     renderer = _feed_renderer(config) if xml else None
-    with progress.bar("feeds written", len(todo), "feed") as shown:
+    with progress.bar("feeds written", len(todo) + archives_todo, "feed") as shown:
         for node, kind, rel, members, member_keys, feed_print in plans:
             report.feeds += kind != "page"
             if rel in todo:
@@ -177,6 +183,15 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
                 prints[rel] = feed_print
             # (else no state is kept: the next build writes it again, trying that entry
             # again)
+        unpacked.release()
+        if archives_todo:
+            assert renderer is not None
+            archived_pages.write(publisher, renderer, renders.fetch, renders.failed, prints,
+                                 shown.advance)
+    for rel, feed_print in archived_pages.kept:
+        publisher.keep(rel)
+        prints[rel] = feed_print
+    report.feeds += archives_todo + len(archived_pages.kept)
     # counts holds every node in walk order, and within one config the names decide
     # the slugs: names and counts are the whole shape the two files show
     shape = tuple(counts.items())
@@ -202,7 +217,8 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
     store.update_feed_states([row for row in states if previous.get(row[0]) != row[1:]],
                              previous.keys() - published)
     store.clear_dirty(dirty)
-    if report.rendered >= _SWEEP_AFTER or len(todo) == len(plans) and todo:
+    if report.rendered >= _SWEEP_AFTER or len(todo) == len(plans) and todo \
+            and not archived_pages.kept:
         store.drop_unused_renders()  # bounded disk: no render of an entry gone
     report.written = publisher.written
     report.unchanged = len(publisher.unchanged)
@@ -230,7 +246,7 @@ def _file(config: Config, renderer: FeedRenderer | None, heads: FeedHeads, node:
     assert renderer is not None
     title, url, extra = heads.head(node, kind, rel)
     return (renderer.atom_feed if kind == "atom" else renderer.rss_feed)(
-        title, url, _newest(members), parts, extra)
+        title, url, newest_updated(members), parts, extra)
 
 
 class _Newest:
@@ -249,19 +265,6 @@ class _Newest:
             first = self.store.feed(node.nid, 1) if node.nid else []
             self.known[node.nid] = first[0][3] if first else None
         return self.known[node.nid]
-
-
-def _newest(members: list[FeedRow]) -> datetime:
-    """The newest `updated` of a feed's entries, as the entry has it (its zone)."""
-    if not members:
-        from aggregator.writers.feeds import EMPTY_FEED_UPDATED
-
-        return EMPTY_FEED_UPDATED
-    best = members[0]
-    for row in members:
-        if row[2] > best[2]:
-            best = row
-    return datetime.fromisoformat(best[3])
 
 
 def _rendered(missing: list[tuple[int, str]], pairs: Iterable[Render | str],
@@ -287,7 +290,7 @@ def _rendered(missing: list[tuple[int, str]], pairs: Iterable[Render | str],
 
 def _explain_plans(plans: list[Plan],
                    todo: set[str], previous: dict[str, tuple[str, int, int]],
-                   kept: int) -> None:
+                   kept: int, archived: ArchivePass) -> None:
     """Debug: each feed to write and why; how many were kept and how."""
     for _node, _kind, rel, members, _keys, feed_print in plans:
         if rel in todo:
@@ -297,6 +300,9 @@ def _explain_plans(plans: list[Plan],
             log.debug("feed %s: written (%s; entries: %d)", rel, why, len(members))
     log.debug("feeds: %d to write, %d planned and unchanged, %d kept unplanned (their "
               "nodes' entries did not change)", len(todo), len(plans) - len(todo), kept)
+    if archived.todo or archived.kept:
+        log.debug("archive documents: %d to write, %d planned and unchanged",
+                  len(archived.todo), len(archived.kept))
 
 
 def _feed_renderer(config: Config) -> FeedRenderer:
@@ -421,6 +427,10 @@ class _SubtreeRenders:
                     self.size += len(data)
             return data
         return Parts(lambda: map(unpacked, keys), size)
+
+    def release(self) -> None:
+        """Drop the renders held (a feed still being staged keeps its own)."""
+        self.packed, self.kept, self.started = {}, {}, False
 
 
 def _untouched(publisher: Publisher, rel: str, feed_print: str,

@@ -90,6 +90,7 @@ def split(config: Config, node: Node, rows: Sequence[FeedRow]
     title = feed_title(config, node)
     out: list[ArchivePage] = []
     for number, (name, page) in enumerate(zip(names, pages, strict=True)):
+        newest_first = page[::-1]  # (one list for both formats)
         for kind in ("atom", "rss"):
             links = [("current", feed_url(config, node, kind))]
             if number > 0:
@@ -101,5 +102,5 @@ def split(config: Config, node: Node, rows: Sequence[FeedRow]
             out.append(ArchivePage(kind, name, archive_rel(node, name, kind),
                                    f"{title} (archive from {page[0][3][:10]})",
                                    archive_url(config, node, name, kind),
-                                   ARCHIVE_MARK + head_links(kind, links), page[::-1]))
+                                   ARCHIVE_MARK + head_links(kind, links), newest_first))
     return list(rows[:size]), out
