@@ -316,8 +316,9 @@ _NOTHING = pack_render(b"")  # the render of an entry left out
 
 class _Renders:
     """Packed renders by key, kept in the store as they are made and read back a
-    subtree at a time (30k renders are ~100 MB at 100k posts). Those the store could
-    not keep (disk full, a table it could not clear) are held here instead."""
+    subtree at a time for the feeds (30k renders are ~100 MB at 100k posts), a few
+    pages at a time for the archive pages. Those the store could not keep (disk full,
+    a table it could not clear) are held here instead."""
 
     def __init__(self, store: EntryStore) -> None:
         self.cache = store
