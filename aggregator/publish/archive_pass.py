@@ -48,7 +48,8 @@ class _Page:
 
 class ArchivePass:
     """The archive documents of one build: `plan` each node's pages as the walk
-    splits them off, render the `needed` entries with the feeds', then `write`."""
+    splits them off, render the entries they need (`take_needed`) with the feeds',
+    then `write`."""
 
     def __init__(self, untouched: Callable[[str, str], bool]) -> None:
         self.untouched = untouched  # (rel, fingerprint) → the file is as last written
@@ -74,6 +75,11 @@ class ArchivePass:
                     needed[key] = row[0]
             self.todo.append(_Page(page.kind, page.rel, page.title, page.url, page.extra,
                                    newest_updated(page.rows), keys, feed_print))
+
+    def take_needed(self) -> dict[str, int]:
+        """The render keys (→ rid) of the pages to write; no longer held here."""
+        needed, self.needed = self.needed, {}
+        return needed
 
     def write(self, publisher: Publisher, renderer: FeedRenderer,
               fetch: Callable[[set[str]], dict[str, Render]], failed: set[str],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
+from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 from aggregator import progress
@@ -140,8 +141,7 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
         _explain_plans(plans, todo, previous, len(kept), archived_pages)
 
     needed = {row[1]: row[0] for plan in plans if plan[2] in todo for row in plan[3]}
-    needed.update(archived_pages.needed)
-    archived_pages.needed = {}
+    needed.update(archived_pages.take_needed())
     cached = store.rendered_keys(needed)
     missing = [(rid, key) for key, rid in needed.items() if key not in cached]
     renders = _Renders(store)
@@ -361,20 +361,14 @@ def _uses_by_subtree(plans: list[Plan],
     """Top-level category (None: the root's feeds) → render key → how many of its
     nodes write a file holding that entry."""
     uses: dict[str | None, dict[str, int]] = {}
-    node: Node | None = None
-    keys: set[str] = set()
-    for plan in [*plans, None]:  # (a node's plans are consecutive; None ends the last)
-        if plan is not None and plan[0] is node:
-            if plan[2] in todo:
-                keys.update(plan[4])
-            continue
-        if node is not None and keys:
-            counts = uses.setdefault(node.names[0] if node.names else None, {})
+    for _, node_plans in groupby(plans, key=lambda plan: id(plan[0])):  # (consecutive)
+        group = list(node_plans)
+        keys = set().union(*(plan[4] for plan in group if plan[2] in todo))
+        if keys:
+            names = group[0][0].names
+            counts = uses.setdefault(names[0] if names else None, {})
             for key in keys:
                 counts[key] = counts.get(key, 0) + 1
-        if plan is None:
-            break
-        node, keys = plan[0], set(plan[4]) if plan[2] in todo else set()
     return uses
 
 
