@@ -219,6 +219,12 @@ def _site(work: Path, name: str, code: Code) -> Path:
     return site
 
 
+def warm_page_cache(corpus: Path) -> None:
+    """Read every post once, so the builds that follow find them cached."""
+    for path in corpus.rglob("*.md"):
+        path.read_bytes()
+
+
 def drop_page_cache() -> None:
     """Empty the OS page cache (root only), so the next build reads its posts from disk."""
     os.sync()
@@ -259,9 +265,7 @@ def build_scenarios(work: Path, posts: int, codes: list[Code], max_items_values:
     scenarios run warm."""
     corpus = work / f"corpus-{posts}"
     make_corpus(corpus, posts)
-    # warm the OS page cache: the targets are for warm runs
-    for path in corpus.rglob("*.md"):
-        path.read_bytes()
+    warm_page_cache(corpus)  # the targets are for warm runs
     speed = machine_speed(corpus)
     results: list[Result] = []
     for max_items in max_items_values:
@@ -283,8 +287,7 @@ def build_scenarios(work: Path, posts: int, codes: list[Code], max_items_values:
                 drop_page_cache()
             results.extend(hugo_scenario(work, corpus, posts))
         if cold_cache:  # the other scenarios are for warm runs
-            for path in corpus.rglob("*.md"):
-                path.read_bytes()
+            warm_page_cache(corpus)
         for site in sites.values():
             shutil.rmtree(site / "feeds")
         # the inputs are the last build's: the feeds are rewritten from its saved index
