@@ -37,8 +37,16 @@ def _content(tmp_path: Path, posts: int = 400) -> Path:
     return write_config(tmp_path)
 
 
-def _build(config: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "aggregator", "--log-level", "error",
+# A build that stages every feed in forked workers whatever its size (400 posts are
+# below publish/forked_staging.py's threshold).
+_STAGING_IN_WORKERS = ("import sys; from aggregator.publish import forked_staging; "
+                       "forked_staging.FORK_AT_ENTRIES = 1; from aggregator.cli import main; "
+                       "sys.exit(main(sys.argv[1:]))")
+
+
+def _build(config: Path, staging_in_workers: bool = False) -> subprocess.Popen[bytes]:
+    command = ["-c", _STAGING_IN_WORKERS] if staging_in_workers else ["-m", "aggregator"]
+    return subprocess.Popen([sys.executable, *command, "--log-level", "error",
                              "build", "-c", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -51,10 +59,12 @@ def _assert_every_feed_parses(out: Path) -> int:
     return count
 
 
-def _kill_loop(tmp_path: Path, kills: int, check_every: int, url: str | None = None) -> None:
+def _kill_loop(tmp_path: Path, kills: int, check_every: int, url: str | None = None,
+               staging_in_workers: bool = False) -> None:
     """Kill `kills` builds at random moments; every `check_every` kills, let the next
     build finish and compare its output with a clean build of the same posts (on
-    SQLite). `url`: the store in that PostgreSQL database instead."""
+    SQLite). `url`: the store in that PostgreSQL database instead;
+    `staging_in_workers`: the killed builds stage their feeds in forked workers."""
     config = _content(tmp_path)
     if url is not None:
         data = yaml.safe_load(config.read_text())
@@ -77,7 +87,7 @@ def _kill_loop(tmp_path: Path, kills: int, check_every: int, url: str | None = N
                 cache.unlink()
             if url is not None:
                 _drop_entry_store(url)
-        proc = _build(config)
+        proc = _build(config, staging_in_workers)
         # a moment anywhere in the build, from its start to its last write
         time.sleep(rng.uniform(0, cold if round_ % 4 == 1 else incremental))
         os.kill(proc.pid, signal.SIGKILL)
@@ -129,6 +139,10 @@ def _files(out: Path) -> dict[str, bytes]:
 
 def test_killed_builds_leave_only_whole_feeds(tmp_path: Path) -> None:
     _kill_loop(tmp_path, kills=12, check_every=4)
+
+
+def test_killed_builds_staging_in_workers_leave_only_whole_feeds(tmp_path: Path) -> None:
+    _kill_loop(tmp_path, kills=8, check_every=4, staging_in_workers=True)
 
 
 def test_killed_builds_on_postgresql_leave_a_store_the_next_build_uses(

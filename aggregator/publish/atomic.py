@@ -124,7 +124,7 @@ class Publisher:
         while len(self._pending) >= 2 * STAGING_THREADS:
             self._settle(self._pending.popleft())  # bounded: each holds its feed's parts
         self._pending.append((rel, target, self._pool.submit(
-            _stage, self.out_dir, self._top, rel.split("/"), parts)))
+            stage, self.out_dir, self._top, rel.split("/"), parts)))
 
     def _settle(self, pending: tuple[str, Path, Future[Path | None]]) -> None:
         """Wait for one staging (in the order they were asked for); on a failure,
@@ -169,6 +169,17 @@ class Publisher:
         if self._top is not None:
             os.close(self._top)
             self._top = None
+
+    def adopt(self, rel: str, temp: Path | None) -> None:
+        """`rel`, staged by a worker process (`stage`) as `temp`, beside its target
+        (None: the file there already holds its bytes): `finish` publishes it with the
+        rest, `abort` removes it."""
+        target = self._target(rel)
+        self._published.add(rel)
+        if temp is None:
+            self.unchanged.append(rel)
+        else:
+            self._staged.append((rel, temp, target))
 
     def keep(self, rel: str) -> None:
         """`rel` is current as it is: published, not rewritten."""
@@ -331,10 +342,10 @@ def _sync_filesystem(folder: Path) -> None:
     os.sync()
 
 
-def _stage(out_dir: Path, top: int | None, names: list[str], parts: Parts) -> Path | None:
+def stage(out_dir: Path, top: int | None, names: list[str], parts: Parts) -> Path | None:
     """The temp file holding `parts` beside out_dir/names... (`top`: out_dir's
     descriptor); None when that file already holds exactly those bytes. Runs in a
-    staging thread."""
+    staging thread, or in a worker process (Publisher.adopt)."""
     folder = _open_folder(out_dir, names[:-1], create=True, top=top)
     try:
         name = names[-1]

@@ -14,16 +14,23 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from itertools import groupby
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aggregator import progress
 from aggregator.config import Config
 from aggregator.fingerprints import fingerprint_of, render_fingerprint
 from aggregator.model import Entry
-from aggregator.publish.archive_pass import ArchivePass, newest_updated
-from aggregator.publish.atomic import Publisher
+from aggregator.publish.archive_pass import ArchivePass
+from aggregator.publish.atomic import Publisher, PublishError
+from aggregator.publish.forked_staging import (
+    StagingJob,
+    stage_in_workers,
+    subtree_groups,
+    worth_forking,
+)
 from aggregator.publish.heads import FeedHeads
+from aggregator.publish.splice import Plan, SubtreeRenders, feed_file, uses_by_subtree
 from aggregator.publish.websub import record_pings
 from aggregator.report import BuildReport
 from aggregator.state.address import StateAddress
@@ -35,14 +42,12 @@ from aggregator.store import (
     Render,
     RenderRow,
     pack_render,
-    unpack_render,
-    unpacked_size,
 )
 from aggregator.tree.categories import Node
 
 if TYPE_CHECKING:
     from aggregator.writers.feeds import FeedRenderer
-from aggregator.writers import jsonfeed, pages
+from aggregator.writers import pages
 from aggregator.writers.index import (
     FEED_FILES,
     feed_title,
@@ -51,7 +56,6 @@ from aggregator.writers.index import (
     index_html,
     page_url,
 )
-from aggregator.writers.parts import Parts
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +88,6 @@ def publish(config: Config, root: Node, store: EntryStore, report: BuildReport,
         publisher.abort()  # no staging thread may go on writing after this build
         raise
     record_pings(config, report.written)  # (the files are replaced: hubs may fetch them)
-
-
-Plan = tuple[Node, str, str, list[FeedRow], list[str], str]
 
 
 def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore,
@@ -161,21 +162,32 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
     report.rendered += len(missing)  # (plus any rendered as they were read)
 
     prints: dict[str, str] = {}
-    unpacked = _SubtreeRenders(renders.fetch, _uses_by_subtree(plans, todo))
+    uses = uses_by_subtree(plans, todo)
+    unpacked = SubtreeRenders(renders.fetch, uses)
     publisher.keep_all(kept)
     report.feeds += sum(1 for rel in kept if not rel.endswith(pages.PAGE_FILE))
     archives_todo = len(archived_pages.todo)
     xml = archives_todo > 0 or any(plan[1] in ("atom", "rss") and plan[2] in todo
                                for plan in plans)
     renderer = _feed_renderer(config) if xml else None
+    todo_plans = [plan for plan in plans if plan[2] in todo]
+    source = store.readers if store.keeps_renders() else None
+    forked = source is not None and worth_forking(todo_plans, workers)
     with progress.bar("feeds written", len(todo) + archives_todo, "feed") as shown:
+        if forked:
+            assert source is not None
+            _stage_forked(publisher, StagingJob(
+                config, renderer, heads, frames, uses, renders.failed, renders.held, source,
+                subtree_groups(todo_plans)), todo_plans, workers, shown.advance)
         for node, kind, rel, members, member_keys, feed_print in plans:
             report.feeds += kind != "page"
             if rel in todo:
-                parts = unpacked.parts(node.names, member_keys, RENDERS.index(kind))
-                publisher.write(rel, _file(config, renderer, heads, node, kind, rel, members,
-                                           parts, frames.get(rel), renders.failed))
-                shown.advance()
+                if not forked:
+                    parts = unpacked.parts(node.names, member_keys, RENDERS.index(kind))
+                    publisher.write(rel, feed_file(config, renderer, heads, node, kind, rel,
+                                                   members, parts, frames.get(rel),
+                                                   renders.failed))
+                    shown.advance()
             else:
                 publisher.keep(rel)
             # (isdisjoint walks the whole list even when nothing failed)
@@ -230,23 +242,30 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
 _SWEEP_AFTER = 100
 
 
-def _file(config: Config, renderer: FeedRenderer | None, heads: FeedHeads, node: Node,
-          kind: str, rel: str, members: list[FeedRow], parts: Parts,
-          frame: tuple[bytes, bytes] | None, failed: set[str]) -> Parts:
-    """A planned file's bytes: a feed of `kind` or the node's page, around `parts`,
-    its entries' renders."""
-    if kind == "page":
-        assert frame is not None
-        return pages.page(frame, parts)
-    if kind == "json":
-        count = sum(1 for row in members if row[1] not in failed)
-        return jsonfeed.feed(feed_title(config, node), feed_url(config, node, kind),
-                             page_url(config, node), config.site_title, parts, count,
-                             config.websub_hubs)
-    assert renderer is not None
-    title, url, extra = heads.head(node, kind, rel)
-    return (renderer.atom_feed if kind == "atom" else renderer.rss_feed)(
-        title, url, newest_updated(members), parts, extra)
+def _stage_forked(publisher: Publisher, job: StagingJob, todo_plans: list[Plan],
+                  workers: int, advance: Callable[[int], None]) -> None:
+    """Stage every file to write in worker processes (forked_staging), then hand them to
+    the publisher in plan order. A file one could not stage fails the publish as
+    Publisher.write's staging does: nothing staged is published."""
+    temps: dict[str, str | None] = {}
+    problem: str | None = None
+    try:
+        for group, (staged, failed) in zip(job.groups, stage_in_workers(job, workers),
+                                           strict=True):
+            temps.update(staged)
+            problem = problem or failed
+            advance(len(group))
+    except BaseException:  # (a worker died, or this build is stopped)
+        for temp in temps.values():
+            if temp is not None:
+                Path(temp).unlink(missing_ok=True)
+        raise
+    for _node, _kind, rel, *_rest in todo_plans:
+        if rel in temps:
+            temp = temps[rel]
+            publisher.adopt(rel, None if temp is None else Path(temp))
+    if problem is not None:  # (publish aborts the publisher: every temp goes)
+        raise PublishError(problem)
 
 
 class _Newest:
@@ -354,78 +373,6 @@ class _Renders:
         found = self.cache.rendered(keys - self.held.keys())
         found.update({k: self.held[k] for k in keys & self.held.keys()})
         return found
-
-
-def _uses_by_subtree(plans: list[Plan],
-                     todo: set[str]) -> dict[str | None, dict[str, int]]:
-    """Top-level category (None: the root's feeds) → render key → how many of its
-    nodes write a file holding that entry."""
-    uses: dict[str | None, dict[str, int]] = {}
-    for _, node_plans in groupby(plans, key=lambda plan: id(plan[0])):  # (consecutive)
-        group = list(node_plans)
-        keys = set().union(*(plan[4] for plan in group if plan[2] in todo))
-        if keys:
-            names = group[0][0].names
-            counts = uses.setdefault(names[0] if names else None, {})
-            for key in keys:
-                counts[key] = counts.get(key, 0) + 1
-    return uses
-
-
-class _SubtreeRenders:
-    """The renders of the feeds being written. An entry sits in the feeds of its
-    top-level category, of the ones below it and of the root: feeds are planned in walk
-    order, the root's first, then one top-level subtree after the other. The packed
-    renders of the root's feeds, then of each subtree's, are fetched when it starts
-    and dropped when it ends. Within a subtree a render that more than one node's
-    files hold is unpacked once and kept, up to a budget; the others, and the root's,
-    are unpacked as they are written. With `max_items: 50` at 100k posts, two in three
-    entries of a subtree sit in one node's files only: keeping those too would hold
-    13 MB more at the peak (129 against 115 MB, rewriting every feed) and save no
-    unpacking."""
-
-    BUDGET = 128 << 20  # bytes kept unpacked at most
-
-    def __init__(self, fetch: Callable[[set[str]], dict[str, Render]],
-                 uses: dict[str | None, dict[str, int]]) -> None:
-        self.fetch = fetch
-        self.uses = uses  # subtree (None: the root's feeds) → key → nodes writing it
-        self.packed: dict[str, Render] = {}
-        self.top: str | None = None
-        self.started = False
-        self.kept: dict[tuple[str, int], bytes] = {}
-        self.size = 0
-
-    def parts(self, names: tuple[str, ...], keys: list[str], which: int) -> Parts:
-        """The feed's entry bytes (their source is called once to compare, once to
-        write)."""
-        top = names[0] if names else None
-        if top != self.top or not self.started:
-            self.started, self.top, self.kept, self.size = True, top, {}, 0
-            self.packed = {}  # (dropped before the next subtree's are fetched)
-            self.packed = self.fetch(set(self.uses.get(top, ())))
-        packed = self.packed
-        size = sum(unpacked_size(packed[k][which]) for k in keys)
-        if not names:
-            return Parts(lambda: (unpack_render(packed[k][which]) for k in keys), size)
-        kept = self.kept
-        uses = self.uses.get(top, {})
-
-        # (called from the publisher's staging threads, a few feeds at a time: two may
-        # unpack one render, and the budget's count may be a render off; never wrong)
-        def unpacked(key: str) -> bytes:
-            data = kept.get((key, which))
-            if data is None:
-                data = unpack_render(packed[key][which])
-                if self.size < self.BUDGET and uses.get(key, 0) > 1:
-                    kept[(key, which)] = data
-                    self.size += len(data)
-            return data
-        return Parts(lambda: map(unpacked, keys), size)
-
-    def release(self) -> None:
-        """Drop the renders held (a feed still being staged keeps its own)."""
-        self.packed, self.kept, self.started = {}, {}, False
 
 
 def _untouched(publisher: Publisher, rel: str, feed_print: str,

@@ -593,13 +593,7 @@ class PostgresStore:
 
     def rendered(self, keys: Iterable[str]) -> dict[str, Render]:
         """Render key → (atom, rss, json, card), each still packed (see pack_render)."""
-        wanted = [] if "rendered" in self._stale else list(keys)
-        if not wanted:
-            return {}
-        cursor = self.db.cursor(binary=True)
-        cursor.execute("SELECT key, atom, rss, json, card FROM rendered "
-                       "WHERE key = ANY(%s::text[])", (wanted,))
-        return {row[0]: row[1:] for row in cursor}
+        return rendered_rows(self.db, [] if "rendered" in self._stale else list(keys))
 
     def rendered_keys(self, keys: Iterable[str]) -> set[str]:
         wanted = [] if "rendered" in self._stale else list(keys)
@@ -683,8 +677,22 @@ class PostgresReader:
     def packed(self, rids: list[int]) -> dict[int, tuple[bytes, str | None, int | None]]:
         return packed_rows(self.db, rids)
 
+    def rendered(self, keys: Iterable[str]) -> dict[str, Render]:
+        return rendered_rows(self.db, list(keys))
+
     def close(self) -> None:
         self.db.close()
+
+
+def rendered_rows(db: psycopg.Connection[Any], keys: list[str]) -> dict[str, Render]:
+    """Render key → (atom, rss, json, card), each still packed (see pack_render), read
+    in binary."""
+    if not keys:
+        return {}
+    cursor = db.cursor(binary=True)
+    cursor.execute("SELECT key, atom, rss, json, card FROM rendered "
+                   "WHERE key = ANY(%s::text[])", (keys,))
+    return {row[0]: row[1:] for row in cursor}
 
 
 def packed_rows(db: psycopg.Connection[Any], rids: list[int]

@@ -534,10 +534,7 @@ class SQLiteStore:
 
     def rendered(self, keys: Iterable[str]) -> dict[str, Render]:
         """Render key → (atom, rss, json, card), each still packed (see pack_render)."""
-        wanted = [] if "rendered" in self._stale else list(keys)
-        return {row[0]: row[1:] for row in _rows_in(
-            self.db, "SELECT key, atom, rss, json, card FROM rendered WHERE key IN ({marks})",
-            wanted)}
+        return rendered_rows(self.db, [] if "rendered" in self._stale else list(keys))
 
     def rendered_keys(self, keys: Iterable[str]) -> set[str]:
         wanted = [] if "rendered" in self._stale else list(keys)
@@ -630,8 +627,17 @@ class SQLiteReader:
     def packed(self, rids: list[int]) -> dict[int, tuple[bytes, str | None, int | None]]:
         return packed_rows(self.db, rids)
 
+    def rendered(self, keys: Iterable[str]) -> dict[str, Render]:
+        return rendered_rows(self.db, list(keys))
+
     def close(self) -> None:
         self.db.close()
+
+
+def rendered_rows(db: sqlite3.Connection, keys: list[str]) -> dict[str, Render]:
+    """Render key → (atom, rss, json, card), each still packed (see pack_render)."""
+    return {row[0]: row[1:] for row in _rows_in(
+        db, "SELECT key, atom, rss, json, card FROM rendered WHERE key IN ({marks})", keys)}
 
 
 def _unlink(path: Path) -> None:
