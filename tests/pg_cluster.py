@@ -23,6 +23,7 @@ database a test) fixtures; PgUnavailable becomes a skip naming the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -31,6 +32,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -153,7 +155,8 @@ class PgCluster:
         its stdin pipe closes (close(), or this process's death)."""
         self._watchdog = subprocess.Popen(
             [sys.executable, __file__, "--watchdog", str(self.bin_dir), str(self.folder),
-             self.as_user or ""], stdin=subprocess.PIPE, start_new_session=True)
+             self.as_user or ""], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            start_new_session=True)
 
     # -- using it ---------------------------------------------------------------------
 
@@ -225,17 +228,21 @@ class PgCluster:
         return pid if _alive(pid) else None
 
     def close(self) -> None:
-        """Stop the server (immediate shutdown) and remove the folder; idempotent."""
+        """Stop the server (immediate shutdown); idempotent. Returns once the server
+        is stopped: the watchdog goes on removing the folder (a session's databases,
+        seconds of unlinking) on its own."""
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is None:
             return
-        assert watchdog.stdin is not None
+        assert watchdog.stdin is not None and watchdog.stdout is not None
         watchdog.stdin.close()
+        stopped = threading.Timer(60, watchdog.kill)  # (a hung stop ends the read)
+        stopped.start()
         try:
-            watchdog.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            watchdog.kill()
-            watchdog.wait()
+            watchdog.stdout.readline()  # "stopped", or the end of a watchdog gone
+        finally:
+            stopped.cancel()
+            watchdog.stdout.close()
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -299,6 +306,9 @@ def _watchdog(bin_dir: Path, folder: Path, as_user: str | None) -> None:
     if (data / "postmaster.pid").exists():
         _run_as(bin_dir, folder, as_user, ["pg_ctl", "stop", "-D", str(data), "-m",
                                            "immediate", "-w", "-t", "30"])
+    with contextlib.suppress(OSError):  # (close() is waiting for this line, or gone)
+        sys.stdout.write("stopped\n")
+        sys.stdout.flush()
     shutil.rmtree(folder, ignore_errors=True)
 
 

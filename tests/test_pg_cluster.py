@@ -84,6 +84,21 @@ def test_stop_then_start(pg_cluster: PgCluster, pg_url: str) -> None:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_close_returns_with_the_server_stopped_and_the_folder_goes() -> None:
+    """close() waits for the server to stop, not for its folder's removal (a session's
+    databases take seconds to unlink), which the watchdog finishes on its own."""
+    cluster = PgCluster.create()
+    pid = cluster.postmaster_pid()
+    assert pid is not None
+    cluster.close()
+    assert not _running(pid)
+    deadline = time.monotonic() + 30
+    while cluster.folder.exists():
+        assert time.monotonic() < deadline, f"{cluster.folder} left behind"
+        time.sleep(0.05)
+    cluster.close()  # (idempotent)
+
+
 def test_no_server_outlives_a_killed_test_process(pg_cluster: PgCluster) -> None:
     """A process that made a cluster and died by SIGKILL leaves neither a postmaster nor
     the cluster's folder behind (the watchdog stops and removes them)."""
