@@ -10,6 +10,7 @@ A worker never renames, so a kill still leaves every published file whole.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from aggregator.config import Config
 from aggregator.forking import can_fork, map_inherited
 from aggregator.publish.atomic import PublishError, stage
 from aggregator.publish.heads import FeedHeads
-from aggregator.publish.splice import Plan, SubtreeRenders, feed_file
+from aggregator.publish.splice import Plan, SubtreeRenders, feed_file, with_held
 from aggregator.store import RENDERS, ReaderSource, Render, open_reader
 
 if TYPE_CHECKING:
@@ -79,18 +80,12 @@ def _stage_group(job: StagingJob, index: int) -> Staged:
     out_dir = job.config.output_dir
     staged: list[tuple[str, str | None]] = []
     reader = open_reader(job.source)
-    held = job.held
-
-    def fetch(keys: set[str]) -> dict[str, Render]:
-        found = reader.rendered(keys - held.keys())
-        found.update({key: held[key] for key in keys & held.keys()})
-        return found
-
     top: int | None = None
     rel = ""
     try:
         top = nofollow.open_root(out_dir)
-        renders = SubtreeRenders(fetch, job.uses)
+        renders = SubtreeRenders(functools.partial(with_held, reader.rendered, job.held),
+                                 job.uses)
         for node, kind, rel, members, member_keys, _print in job.groups[index]:
             parts = renders.parts(node.names, member_keys, RENDERS.index(kind))
             data = feed_file(job.config, job.renderer, job.heads, node, kind, rel, members,

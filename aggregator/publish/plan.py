@@ -30,7 +30,13 @@ from aggregator.publish.forked_staging import (
     worth_forking,
 )
 from aggregator.publish.heads import FeedHeads
-from aggregator.publish.splice import Plan, SubtreeRenders, feed_file, uses_by_subtree
+from aggregator.publish.splice import (
+    Plan,
+    SubtreeRenders,
+    feed_file,
+    uses_by_subtree,
+    with_held,
+)
 from aggregator.publish.websub import record_pings
 from aggregator.report import BuildReport
 from aggregator.state.address import StateAddress
@@ -370,9 +376,7 @@ class _Renders:
         return self.cache.packed(rids)
 
     def fetch(self, keys: set[str]) -> dict[str, Render]:
-        found = self.cache.rendered(keys - self.held.keys())
-        found.update({k: self.held[k] for k in keys & self.held.keys()})
-        return found
+        return with_held(self.cache.rendered, self.held, keys)
 
 
 def _untouched(publisher: Publisher, rel: str, feed_print: str,

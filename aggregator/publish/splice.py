@@ -42,6 +42,16 @@ def feed_file(config: Config, renderer: FeedRenderer | None, heads: FeedHeads, n
         title, url, newest_updated(members), parts, extra)
 
 
+def with_held(rendered: Callable[[set[str]], dict[str, Render]], held: dict[str, Render],
+              keys: set[str]) -> dict[str, Render]:
+    """The packed renders of `keys`: those held in memory (entries left out, or renders
+    the store could not keep), the others from `rendered` (the store, or a worker's
+    reader of it)."""
+    found = rendered(keys - held.keys())
+    found.update({key: held[key] for key in keys & held.keys()})
+    return found
+
+
 def uses_by_subtree(plans: list[Plan],
                      todo: set[str]) -> dict[str | None, dict[str, int]]:
     """Top-level category (None: the root's feeds) → render key → how many of its
