@@ -46,7 +46,7 @@ PostKey = tuple[bytes, bytes]  # (relative path, content dir), encoded
 # what _pack makes of a Read: (the row, or the key and new identity of a post whose
 # bytes are the ones stored; a render made as it was read; whether to retry it)
 Packed = tuple[Row | tuple[PostKey, tuple[int, int, int]], RenderRow | None, bool]
-_BATCH = 500  # rows a transaction
+_BATCH = int(os.environ.get("XB", 500))  # rows a transaction
 
 
 def forget_if_settings_changed(config: Config, store: EntryStore) -> None:

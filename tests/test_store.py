@@ -133,6 +133,25 @@ def test_a_merged_entry_leaves_every_feed_and_comes_back(open_store: Opener) -> 
     store.close()
 
 
+def test_the_render_sweep_keeps_exactly_the_published_entries_renders(
+        open_store: Opener) -> None:
+    """drop_unused_renders keeps the render of every entry published, and drops those
+    of entries merged away, deleted or edited since (their render keys gone)."""
+    store = open_store()
+    rows = [_row(_entry(n, ("A",)), n) for n in range(4)]
+    store.upsert(rows)
+    edited = _row(changed(_entry(3, ("A",)), title="T3 again"), 3)
+    store.upsert([edited])
+    store.delete([(rows[2].key, rows[2].root)])
+    rids = {row[1]: row[0] for row in store.duplicates()}  # (all unmerged yet)
+    store.set_winners({rids[rows[1].key]: False})  # merged away
+    keys = [row.rkey for row in rows] + [edited.rkey, "not-an-entry"]
+    store.store_rendered([(key, b"a", b"r", b"j", b"c") for key in keys])
+    store.drop_unused_renders()
+    assert store.rendered_keys(keys) == {rows[0].rkey, edited.rkey}
+    store.close()
+
+
 def test_a_batch_that_fails_half_way_leaves_the_old_rows(open_store: Opener) -> None:
     store = open_store()
     store.upsert([_row(_entry(1, ("A",)), 1)])

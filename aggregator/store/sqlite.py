@@ -552,10 +552,12 @@ class SQLiteStore:
 
     @_disposable
     def drop_unused_renders(self) -> None:
-        """Renders no entry has any more go (bounded disk)."""
+        """Renders no entry has any more go (bounded disk). The keys to drop are found
+        from the key index alone: `key NOT IN (...)` would scan the table, reading every
+        render's bytes (~100 MB at 100k posts), for 3x the time."""
         with self.db:
-            self.db.execute("DELETE FROM rendered WHERE key NOT IN "
-                            "(SELECT rkey FROM entry WHERE winner=1)")
+            self.db.execute("DELETE FROM rendered WHERE key IN (SELECT key FROM rendered "
+                            "EXCEPT SELECT rkey FROM entry WHERE winner=1)")
 
     # -- published feeds -----------------------------------------------------------------
 
