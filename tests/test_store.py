@@ -4,6 +4,7 @@ leaves the old rows."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -224,6 +225,19 @@ def test_a_packed_entry_unpacks_equal_with_its_zones_and_types(entry: Entry) -> 
                                   and after.fold == before.fold)
     assert type(again.title) is type(entry.title)
     assert entry_digest(again) == entry_digest(entry)
+
+
+def test_equal_entries_have_equal_digests_however_their_values_were_made() -> None:
+    """A digest depends on the values only: not on whether two fields hold the same
+    string object, or whether a string is interned (a post read again, an entry
+    unpacked from the store)."""
+    link = "https://x.example/" + "post-1"
+    shared = changed(_entry(1, ("A",)), link=link, base_url=link, title=sys.intern("T1"))
+    apart = changed(_entry(1, ("A",)), link="".join(link), base_url="".join(link),
+                    title="".join(["T", "1"]))
+    assert shared == apart and shared.base_url is shared.link
+    assert entry_digest(shared) == entry_digest(apart)
+    assert entry_digest(unpack_entry(pack_entry(shared))) == entry_digest(apart)
 
 
 def test_entries_differing_in_any_field_have_different_digests() -> None:

@@ -86,16 +86,25 @@ def prefixes(paths: list[Names]) -> list[Names]:
 
 def entry_digest(entry: Entry) -> str:
     """A digest of every field."""
-    return _digest(_plain(entry))
+    plain = _plain(entry)
+    return _digest(plain, _marshalled(plain))
 
 
-def _digest(plain: list[object]) -> str:
-    """The digest of an entry's plain values: the repr of all but the html, then the
-    html's bytes (its repr, escaping kilobytes of text, would take most of the time)."""
-    hashed = hashlib.blake2b(encode(repr(plain[:_HTML] + plain[_HTML + 1:])), digest_size=16)
-    hashed.update(b"\0")
-    hashed.update(encode(plain[_HTML]))  # type: ignore[arg-type]
-    return hashed.hexdigest()
+def _marshalled(plain: list[object]) -> bytes | None:
+    """The entry's plain values marshalled in version 2, which writes equal values as
+    equal bytes (later versions mark objects referenced twice, which depends on how
+    the entry was built), or None when one is of a type marshal does not know."""
+    try:
+        return marshal.dumps(plain, 2)
+    except ValueError:
+        return None
+
+
+def _digest(plain: list[object], marshalled: bytes | None) -> str:
+    """The digest of an entry's values: of the bytes it is packed from when marshal
+    knows every value, else of their repr."""
+    data = marshalled if marshalled is not None else encode(repr(plain))
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def render_key(digest: str, image: Image | None) -> str:
@@ -108,16 +117,15 @@ def render_key(digest: str, image: Image | None) -> str:
 def pack_entry(entry: Entry) -> bytes:
     """The entry with its html, LZ4-compressed: its fields as plain values (a UTC
     date as its numbers, an image as a tuple) marshalled, which with the digest made
-    from the same values takes under half the time of pickling the dataclass (whose
+    from the same bytes takes under half the time of pickling the dataclass (whose
     dates and classes pickle by name); an entry holding anything else is pickled."""
-    return _packed(entry, _plain(entry))
+    plain = _plain(entry)
+    return _packed(entry, _marshalled(plain))
 
 
-def _packed(entry: Entry, plain: list[object]) -> bytes:
-    try:
-        data = _MARSHALLED + marshal.dumps(plain, 4)
-    except ValueError:  # (a value marshal does not know)
-        data = _PICKLED + pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL)
+def _packed(entry: Entry, marshalled: bytes | None) -> bytes:
+    data = _MARSHALLED + marshalled if marshalled is not None else \
+        _PICKLED + pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL)
     return bytes(lz4.block.compress(data))
 
 
@@ -212,13 +220,15 @@ def entry_row(key: bytes, root: bytes, seq: int, identity: tuple[int, int, int],
         return Row(key, root, seq, *identity, content, None, None, 0.0, "", 1, 0.0, b"[]",
                    "", "", None, None, found, linked)
     plain = _plain(entry)
-    digest = _digest(plain)
+    marshalled = _marshalled(plain)
+    digest = _digest(plain, marshalled)
     stamp = (entry.published or entry.updated).timestamp()
     return Row(key, root, seq, *identity, content, encode(entry.id),
                encode(entry.link) if entry.link else None, entry.updated.timestamp(),
                entry.updated.isoformat(), 0 if entry.published is not None else 1, -stamp,
                encode(json.dumps(entry.categories, ensure_ascii=False)), digest,
-               render_key(digest, entry.image), probe_url, _packed(entry, plain), found, linked)
+               render_key(digest, entry.image), probe_url, _packed(entry, marshalled), found,
+               linked)
 
 
 def with_probe(row: Row, mime: str | None, length: int | None) -> Row:
