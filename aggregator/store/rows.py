@@ -7,6 +7,7 @@ the parent for upstream entries; the store only moves the bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import marshal
@@ -226,9 +227,16 @@ def entry_row(key: bytes, root: bytes, seq: int, identity: tuple[int, int, int],
     return Row(key, root, seq, *identity, content, encode(entry.id),
                encode(entry.link) if entry.link else None, entry.updated.timestamp(),
                entry.updated.isoformat(), 0 if entry.published is not None else 1, -stamp,
-               encode(json.dumps(entry.categories, ensure_ascii=False)), digest,
+               _nodes_column(entry.categories), digest,
                render_key(digest, entry.image), probe_url, _packed(entry, marshalled), found,
                linked)
+
+
+@functools.lru_cache(maxsize=4096)
+def _nodes_column(categories: tuple[Names, ...]) -> bytes:
+    """The `nodes` column of an entry in these category paths (most posts share theirs
+    with the posts of their folder: made once)."""
+    return encode(json.dumps(categories, ensure_ascii=False))
 
 
 def with_probe(row: Row, mime: str | None, length: int | None) -> Row:
