@@ -10,6 +10,7 @@ service from the watcher's paths.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -288,19 +289,26 @@ def sync_upstream(config: Config, store: EntryStore, state: StateStore,
         return
     from aggregator.state.upstream import stored_upstream_entries
 
-    entries = [*stored_upstream_entries(state, config.upstream), *extra]
     existing = store.upstream_rows()
     rows: list[Row] = []
+    held = 0  # bytes of the packed entries in `rows`
     seqs: list[tuple[int, bytes]] = []
     keys: set[bytes] = set()
-    for seq, entry in enumerate(entries):
+    # (the entries a source at a time, their rows stored a batch at a time: memory
+    # holds one source's entries and one batch, not every upstream entry)
+    for seq, entry in enumerate(itertools.chain(
+            stored_upstream_entries(state, config.upstream), extra)):
         row_key = encode(f"{entry.source}\0{entry.id}")
         if row_key in keys:  # (the same id twice in one source: a duplicate to merge)
             row_key += encode(f"\0{seq}")
         keys.add(row_key)
         old = existing.pop(row_key, None)
         if old is None or old[1] != entry_digest(entry):
-            rows.append(entry_row(row_key, b"", seq, (0, 0, 0), "", entry, (), ()))
+            rows.append(row := entry_row(row_key, b"", seq, (0, 0, 0), "", entry, (), ()))
+            held += len(row.packed or b"")
+            if len(rows) >= _BATCH_ROWS or held >= _BATCH_BYTES:
+                store.upsert(rows)
+                rows, held = [], 0
         elif old[0] != seq:
             seqs.append((seq, row_key))
     store.delete((row_key, b"") for row_key in existing)

@@ -269,16 +269,23 @@ class UpstreamState:
         return out
 
 
-def stored_upstream_entries(store: StateStore, sources: Iterable[UpstreamSource]) -> list[Entry]:
-    """For `build`: what earlier polls stored, no network. Disabled sources are left out,
-    so are entries published as a post (`write_posts`); cached image probes applied."""
+def stored_upstream_entries(store: StateStore, sources: Iterable[UpstreamSource]
+                            ) -> Iterator[Entry]:
+    """For `build`: what earlier polls stored, no network, a source at a time (50k
+    entries with their html are ~0.5 GB: only one source's are held). Disabled sources
+    are left out, so are entries published as a post (`write_posts`); cached image
+    probes applied."""
     from aggregator.state.probes import apply_probes
 
-    entries = UpstreamState(store).entries(s for s in sources if s.enabled)
-    if any(s.write_posts for s in sources):
-        as_posts = written_ids(store)
-        entries = [e for e in entries if e.id not in as_posts]
-    return apply_probes(store, entries)
+    sources = list(sources)
+    as_posts = written_ids(store) if any(s.write_posts for s in sources) else set()
+    state = UpstreamState(store)
+    for source in sources:
+        if source.enabled:
+            entries = state.entries([source])
+            if as_posts:
+                entries = [e for e in entries if e.id not in as_posts]
+            yield from apply_probes(store, entries)
 
 
 def written_ids(store: StateStore) -> set[str]:
