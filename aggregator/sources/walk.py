@@ -76,7 +76,7 @@ def is_editor_artefact(name: str) -> bool:
 
 class Run(NamedTuple):
     """Plain posts next to each other in one folder, in order, kept as one string of
-    their names and one array of their identities: no object a post (~70 bytes a post
+    their names and one array of their identities: no object a post (~80 bytes a post
     at 100k, where a PostFile with its tuples and strings is ~600). PostFiles are made
     only for the posts a build reads."""
 
