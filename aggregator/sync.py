@@ -49,8 +49,8 @@ PostKey = tuple[bytes, bytes]  # (relative path, content dir), encoded
 Packed = tuple[Row | tuple[PostKey, tuple[int, int, int]], RenderRow | None, bool]
 # A transaction stores this many rows at most, or this many bytes of packed entries and
 # renders: each commit writes every page it touched (members land all over their index),
-# so fewer, larger batches write less: 5,000 rows a batch against 500 cut the parent's
-# CPU of a cold 100k build from 12.8 to 9.0 s; the bytes bound the memory held.
+# so fewer, larger batches write less (docs/decisions.md has the figure); the bytes
+# bound the memory held.
 _BATCH_ROWS = 5000
 _BATCH_BYTES = 8 << 20
 
