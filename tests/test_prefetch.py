@@ -118,3 +118,27 @@ def test_leaving_the_context_stops_the_thread_and_closes_everything(tmp_path: Pa
         pass
     assert prefetch._thread is not None and not prefetch._thread.is_alive()
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_posts_already_cached_are_not_asked_for_again(tmp_path: Path) -> None:
+    """Out of the cache every post is asked for; once cached, the probes (one post in
+    16) find them there and none is."""
+    config, posts = site(tmp_path, 64)
+    cold = Prefetch(config, posts)
+    with cold:
+        assert cold._thread is not None
+        cold._thread.join()
+    assert cold.advised == len(posts)
+    for post in posts:
+        (Path(post.root) / post.rel).read_bytes()  # as the reader does
+    warm = Prefetch(config, posts)
+    with warm:
+        assert warm._thread is not None
+        warm._thread.join()
+    assert warm.advised == 0
+    evict(Path(posts[32].root) / posts[32].rel)  # the third probe's post out again
+    again = Prefetch(config, posts)
+    with again:
+        assert again._thread is not None
+        again._thread.join()
+    assert again.advised == 16  # that probe's run of posts, no other

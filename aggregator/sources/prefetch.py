@@ -6,8 +6,14 @@ after the other wait ~8 s. A prefetch thread opens the posts about to be parsed,
 through the same symlink-refusing opener as the reader (`SafeOpener`), and gives the
 kernel POSIX_FADV_WILLNEED for each: the reads are queued at once and served side by
 side, and the parser finds the pages in the cache (reading 10,000 cold posts with two
-workers: 8.4 → 3.9 s; unchanged when they are cached). It reads no byte itself and
-never fails a build: a post it cannot open is left to the reader, which reports it.
+workers: 8.4 → 3.9 s). It never fails a build: a post it cannot open is left to
+the reader, which reports it.
+
+Posts already cached need nothing: one post in `_PROBE_EVERY` is asked whether its
+first page is in the cache (a one-byte read that the kernel refuses rather than wait
+on the disk, RWF_NOWAIT), and when it is, the posts up to the next probe are taken to
+be cached too. A warm corpus then costs the thread one open in 16 (its opens are
+~15 µs a post, ~3 % of reading one).
 """
 
 from __future__ import annotations
@@ -21,6 +27,20 @@ from aggregator.config import Config
 from aggregator.sources.safe_open import Refused, SafeOpener
 from aggregator.sources.walk import PostFile
 
+_PROBE_EVERY = 16
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)  # (Linux 4.14 and later)
+
+
+def _cached(fd: int) -> bool:
+    """Whether the file's first page is in the page cache (False when unknown)."""
+    if _NOWAIT is None:
+        return False
+    try:
+        os.preadv(fd, [bytearray(1)], 0, _NOWAIT)
+    except OSError:  # EAGAIN: not cached; EOPNOTSUPP: a filesystem that cannot tell
+        return False
+    return True
+
 
 class Prefetch:
     """A context: prefetches `posts` in order on a thread of its own until done or
@@ -31,6 +51,7 @@ class Prefetch:
         self._config = config
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self.advised = 0  # posts the kernel was asked to read
 
     def __enter__(self) -> Prefetch:
         if self._posts:
@@ -49,17 +70,24 @@ class Prefetch:
         config = self._config
         limit = config.max_post_bytes
         opener = SafeOpener([str(d) for d in config.content_dirs], config.follow_symlinks)
+        cached_until = 0  # posts before this one are taken to be cached
         try:
-            for post in self._posts:
+            for index, post in enumerate(self._posts):
                 if self._stopped.is_set():
                     return
+                if index < cached_until:
+                    continue
                 try:
                     fd, st = opener.open(str(post.root), post.rel)
                 except (Refused, OSError):
                     continue
                 try:
+                    if index % _PROBE_EVERY == 0 and _cached(fd):
+                        cached_until = index + _PROBE_EVERY
+                        continue
                     os.posix_fadvise(fd, 0, min(st.st_size, limit) + 1,
                                      os.POSIX_FADV_WILLNEED)
+                    self.advised += 1
                 except OSError:
                     pass
                 finally:
