@@ -238,3 +238,56 @@ def test_a_re_poll_of_304s_reuses_connections(tmp_path: Path, capsys: Any) -> No
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_bodies_waiting_for_a_parse_process_are_bounded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fetching outruns parsing: a poll holds the bodies waiting for a parse process up
+    to PARSE_BACKLOG_BYTES (plus the fetches under way), not every body fetched. 24
+    feeds of ~370 KB, parsed by 2 processes, the backlog set to 1 MB: the poll's Python
+    peak stays under half the bodies' total, and every feed is stored. (The files are
+    served by http.server from disk: its sendfile allocates nothing the peak counts.)"""
+    import functools
+    import random
+    import threading
+    import tracemalloc
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    import aggregator.fetch.poll as poll_module
+    from aggregator.config import load_config
+    from aggregator.fetch import poll_sources
+
+    www = tmp_path / "www"
+    www.mkdir()
+    rng = random.Random(5)
+    for n in range(24):
+        text = " ".join(rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(8000))
+        (www / f"f{n}.xml").write_bytes(rss([(f"g{n}-{k}", f"T{n}-{k}") for k in range(8)],
+                                            extra=f"<!-- {text} -->"))  # (kept by no entry)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(www)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(poll_module, "PARSE_BACKLOG_BYTES", 1 << 20)
+        config = load_config(upstream_config(
+            tmp_path, [{"url": f"http://127.0.0.1:{server.server_port}/f{n}.xml",
+                        "category": "B"} for n in range(24)],
+            timeout_seconds=30, deadline_seconds=60, concurrency=2, per_host_limit=2,
+            parse_processes=2))
+        poll_sources(config, config.upstream[:1])  # (the modules a poll imports, first)
+        total = sum((www / f"f{n}.xml").stat().st_size for n in range(1, 24))
+        tracemalloc.start()
+        try:
+            report = poll_sources(config, config.upstream[1:])
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert report.fetched == 23 and not report.failed
+    assert peak < total / 2, (peak, total)
