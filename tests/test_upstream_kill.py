@@ -200,3 +200,74 @@ def test_parse_processes_exit_when_a_poll_is_killed(tmp_path: Path, server: _Ser
         proc.kill()
         proc.wait()
         server.release.set()
+
+
+def test_a_parse_process_that_dies_costs_only_its_feeds(tmp_path: Path) -> None:
+    """A parse process killed mid-poll (out of memory, a crash in a parser) breaks its
+    pool: the feeds it held fail, and the poll goes on with a new pool for the feeds
+    fetched after (here one held back until the kill)."""
+    from aggregator.config import load_config
+    from aggregator.fetch import poll_sources
+
+    release = threading.Event()
+    held = "/late.xml"
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            if self.path == held:
+                release.wait(30)
+            body = rss([(f"https://e.example{self.path}/{i}", f"{self.path} {i}")
+                        for i in range(3)])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/rss+xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    paths = [f"/f{n}.xml" for n in range(19)] + [held]
+    config = load_config(upstream_config(
+        tmp_path, [{"url": f"http://127.0.0.1:{httpd.server_port}{p}", "category": "K"}
+                   for p in paths],
+        timeout_seconds=30, deadline_seconds=60, concurrency=4, per_host_limit=4,
+        parse_processes=2))
+    before = _children(os.getpid())
+    outcome: dict[str, Any] = {}
+
+    def poll() -> None:
+        try:
+            outcome["report"] = poll_sources(config, config.upstream)
+        except BaseException as exc:  # noqa: BLE001 (what the test reports)
+            outcome["error"] = exc
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        state = tmp_path / "state" / "test.sqlite"
+        deadline = time.monotonic() + 30
+        stored = 0
+        while time.monotonic() < deadline and stored < 19:
+            time.sleep(0.1)
+            if state.exists():
+                with sqlite3.connect(state) as db:
+                    stored = db.execute("SELECT count(DISTINCT source_url) FROM "
+                                        "upstream_entry").fetchone()[0]
+        assert stored == 19, "the feeds not held back were not stored"
+        parsers = {pid for pid in _children(os.getpid()) - before
+                   if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()}
+        assert parsers
+        os.kill(next(iter(parsers)), signal.SIGKILL)
+        time.sleep(0.5)  # (the pool notices the death)
+    finally:
+        release.set()
+        poller.join(60)
+        httpd.shutdown()
+        httpd.server_close()
+    assert "error" not in outcome, outcome.get("error")
+    report = outcome["report"]
+    assert report.fetched == 20 and not report.failed

@@ -18,6 +18,7 @@ from concurrent.futures import (
     ProcessPoolExecutor,
     ThreadPoolExecutor,
 )
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from queue import SimpleQueue
@@ -208,9 +209,15 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
                         fetching -= 1
                     if parsers is not None and outcome.error is None and outcome.parsed is None \
                             and response is not None and not response.not_modified:
-                        job = parsers.submit(parse_job, response.body, response.headers,
-                                             response.url, outcome.source, config.site_host,
-                                             config.id_date, clock())
+                        args = (response.body, response.headers, response.url,
+                                outcome.source, config.site_host, config.id_date, clock())
+                        try:
+                            job = parsers.submit(parse_job, *args)
+                        except BrokenProcessPool:
+                            # a parse process died (out of memory, a crash in a parser):
+                            # the feeds it held have failed; the others go to a new pool
+                            parsers = _new_parsers(parsers, parse_pool, processes)
+                            job = parsers.submit(parse_job, *args)
                         waiting[job] = outcome
                         backlog += len(response.body)
                         start(job)
@@ -236,6 +243,15 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
     _after_poll(config, store, problems, clock, sources, write)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _new_parsers(broken: Executor, pool: ParsePool | None, processes: int) -> Executor:
+    """Parse processes in place of a broken pool (the poll's own, or the kept ones)."""
+    if pool is not None:
+        pool.close()
+        return pool.get(processes)
+    broken.shutdown(wait=False, cancel_futures=True)
+    return spawn_parsers(processes)
 
 
 def spawn_parsers(processes: int) -> ProcessPoolExecutor:
