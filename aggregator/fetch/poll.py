@@ -11,9 +11,8 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import (
-    Executor,
     Future,
     ProcessPoolExecutor,
     ThreadPoolExecutor,
@@ -152,106 +151,144 @@ def poll(config: Config, store: StateStore, problems: ProblemLog, clock: Clock,
     validators = {s.url: state.source(s.url) for s in sources}
     limits = limits_from(config)
     processes = _processes(config, len(sources))
-    parsers: Executor | None
-    if parse_pool is not None:
-        parsers = parse_pool.get(processes) if processes > 1 else None
-    else:
-        parsers = spawn_parsers(processes) if processes > 1 else None
-    finished: SimpleQueue[Future[Any]] = SimpleQueue()  # futures, as they complete
-    pending: set[Future[Any]] = set()  # fetches and parses, both
-
-    def start(future: Future[Any]) -> None:
-        pending.add(future)
-        future.add_done_callback(finished.put)
-
+    parsers = _Parsers(parse_pool, processes) if processes > 1 else None
     with Fetcher(limits) as fetcher, store.bulk_writes(), \
             ThreadPoolExecutor(max_workers=max(1, limits.concurrency),
                                thread_name_prefix="fetch") as pool, \
             progress.bar("sources polled", len(sources), "source") as shown:
-        waiting: dict[Future[_Parsed], _Outcome] = {}
+
+        def fetch(source: UpstreamSource) -> Future[_Outcome]:
+            known = validators[source.url]
+            return pool.submit(_fetch_one, fetcher, source, known.etag, known.last_modified,
+                               None if parsers else config, clock(), known.fetch_url)
+
+        def parse(fetched: _Outcome) -> Future[_Parsed]:
+            assert parsers is not None and fetched.response is not None
+            response = fetched.response
+            return parsers.submit(response.body, response.headers, response.url,
+                                  fetched.source, config.site_host, config.id_date, clock())
+
+        work = _InFlight(sources, fetch, parse if parsers else None,
+                         2 * max(1, limits.concurrency))
         flush_at = time.monotonic() + FLUSH_SECONDS
-        to_fetch = iter(sources)
-        # fetches started and not done, and the bytes of the bodies waiting for a parse
-        # process: a few more fetches than threads keep the threads busy, and the
-        # backlog bounds the bodies held
-        fetching, backlog = 0, 0
-        most_fetching = 2 * max(1, limits.concurrency)
-
-        def fetch_more() -> None:
-            nonlocal fetching
-            while fetching < most_fetching and backlog < PARSE_BACKLOG_BYTES:
-                source = next(to_fetch, None)
-                if source is None:
-                    return
-                known = validators[source.url]
-                start(pool.submit(_fetch_one, fetcher, source, known.etag,
-                                  known.last_modified, None if parsers else config, clock(),
-                                  known.fetch_url))
-                fetching += 1
-
         try:
-            fetch_more()
-            # A queue, not wait(pending): wait() locks every pending future each time
-            # it is called, ~1M lock operations for 1,000 sources.
-            while pending:
-                done = [finished.get()]
-                while not finished.empty():
-                    done.append(finished.get())
-                pending.difference_update(done)
-                for future in done:
-                    parsed_here = future in waiting
-                    outcome = _resolve(future, waiting)
-                    response = outcome.response
-                    if parsed_here:
-                        assert response is not None
-                        backlog -= len(response.body)
-                    else:
-                        fetching -= 1
-                    if parsers is not None and outcome.error is None and outcome.parsed is None \
-                            and response is not None and not response.not_modified:
-                        args = (response.body, response.headers, response.url,
-                                outcome.source, config.site_host, config.id_date, clock())
-                        try:
-                            job = parsers.submit(parse_job, *args)
-                        except BrokenProcessPool:
-                            # a parse process died (out of memory, a crash in a parser):
-                            # the feeds it held have failed; the others go to a new pool
-                            parsers = _new_parsers(parsers, parse_pool, processes)
-                            job = parsers.submit(parse_job, *args)
-                        waiting[job] = outcome
-                        backlog += len(response.body)
-                        start(job)
-                        continue
+            work.fetch_more()
+            while work.pending:
+                for outcome in work.results():
                     _record(outcome, state, problems, clock, report)
                     shown.advance()
-                fetch_more()
+                work.fetch_more()
                 if state.deferred >= FLUSH_ROWS or time.monotonic() >= flush_at:
                     state.flush()
                     flush_at = time.monotonic() + FLUSH_SECONDS
             state.flush()
         except BaseException:
-            for future in pending:  # interrupted: do not start what has not started
-                future.cancel()
+            work.cancel()  # interrupted: do not start what has not started
             try:
                 state.flush()  # the 304s recorded so far are kept
             except Exception as exc:  # never in place of the error that stopped us
                 log.warning("could not store the last not-modified results: %s", exc)
             raise
         finally:
-            if parsers is not None and parse_pool is None:
-                parsers.shutdown(wait=False, cancel_futures=True)
+            if parsers is not None:
+                parsers.close()
     _after_poll(config, store, problems, clock, sources, write)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _new_parsers(broken: Executor, pool: ParsePool | None, processes: int) -> Executor:
-    """Parse processes in place of a broken pool (the poll's own, or the kept ones)."""
-    if pool is not None:
-        pool.close()
-        return pool.get(processes)
-    broken.shutdown(wait=False, cancel_futures=True)
-    return spawn_parsers(processes)
+class _InFlight:
+    """The fetches and parses of one poll under way. Fetches start as results come in:
+    at most `most_fetching` at a time (a few more than the fetch threads keep them
+    busy), and none while the bodies waiting for a parse process reach
+    PARSE_BACKLOG_BYTES (fetching outruns parsing)."""
+
+    def __init__(self, sources: Sequence[UpstreamSource],
+                 fetch: Callable[[UpstreamSource], Future[_Outcome]],
+                 parse: Callable[[_Outcome], Future[_Parsed]] | None,
+                 most_fetching: int) -> None:
+        self._to_fetch = iter(sources)
+        self._fetch, self._parse = fetch, parse
+        self._most_fetching = most_fetching
+        self._finished: SimpleQueue[Future[Any]] = SimpleQueue()  # as they complete
+        self.pending: set[Future[Any]] = set()  # fetches and parses, both
+        self._parsing: dict[Future[_Parsed], _Outcome] = {}  # parse → its fetch
+        self._fetching = 0  # fetches started and not done
+        self._backlog = 0  # bytes of the bodies waiting for a parse process
+
+    def fetch_more(self) -> None:
+        while self._fetching < self._most_fetching and self._backlog < PARSE_BACKLOG_BYTES:
+            source = next(self._to_fetch, None)
+            if source is None:
+                return
+            self._start(self._fetch(source))
+            self._fetching += 1
+
+    def results(self) -> list[_Outcome]:
+        """The outcomes to record among the futures finished (waiting for one): a
+        fetched body that goes to a parse process is not one yet. A queue, not
+        wait(pending): wait() locks every pending future each time it is called, ~1M
+        lock operations for 1,000 sources."""
+        done = [self._finished.get()]
+        while not self._finished.empty():
+            done.append(self._finished.get())
+        self.pending.difference_update(done)
+        out = []
+        for future in done:
+            parsed = future in self._parsing
+            outcome = _resolve(future, self._parsing)
+            response = outcome.response
+            if parsed:
+                assert response is not None
+                self._backlog -= len(response.body)
+                out.append(outcome)
+                continue
+            self._fetching -= 1
+            if self._parse is not None and outcome.error is None \
+                    and outcome.parsed is None and response is not None \
+                    and not response.not_modified:
+                job = self._parse(outcome)
+                self._parsing[job] = outcome
+                self._backlog += len(response.body)
+                self._start(job)
+            else:
+                out.append(outcome)
+        return out
+
+    def cancel(self) -> None:
+        for future in self.pending:
+            future.cancel()
+
+    def _start(self, future: Future[Any]) -> None:
+        self.pending.add(future)
+        future.add_done_callback(self._finished.put)
+
+
+class _Parsers:
+    """The parse processes of a poll: its own, or a fetch worker's kept ones."""
+
+    def __init__(self, kept: ParsePool | None, processes: int) -> None:
+        self._kept, self._processes = kept, processes
+        self._executor = kept.get(processes) if kept is not None else \
+            spawn_parsers(processes)
+
+    def submit(self, *args: Any) -> Future[_Parsed]:
+        try:
+            return self._executor.submit(parse_job, *args)
+        except BrokenProcessPool:
+            # a parse process died (out of memory, a crash in a parser): the feeds it
+            # held have failed; the others go to new processes
+            if self._kept is not None:
+                self._kept.close()
+                self._executor = self._kept.get(self._processes)
+            else:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = spawn_parsers(self._processes)
+            return self._executor.submit(parse_job, *args)
+
+    def close(self) -> None:
+        if self._kept is None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def spawn_parsers(processes: int) -> ProcessPoolExecutor:
