@@ -134,10 +134,14 @@ class Publisher:
             temp = future.result()
         except OSError as exc:
             self.abort()
-            raise PublishError(f"{target}: cannot publish: {exc.strerror or exc}") from exc
+            raise PublishError(cannot_publish(target, exc)) from exc
         except BaseException:
             self.abort()
             raise
+        self._take(rel, temp, target)
+
+    def _take(self, rel: str, temp: Path | None, target: Path) -> None:
+        """A file staged as `temp` (None: the target already holds its bytes)."""
         if temp is None:
             self.unchanged.append(rel)
         else:
@@ -176,10 +180,7 @@ class Publisher:
         rest, `abort` removes it."""
         target = self._target(rel)
         self._published.add(rel)
-        if temp is None:
-            self.unchanged.append(rel)
-        else:
-            self._staged.append((rel, temp, target))
+        self._take(rel, temp, target)
 
     def keep(self, rel: str) -> None:
         """`rel` is current as it is: published, not rewritten."""
@@ -340,6 +341,11 @@ def _sync_filesystem(folder: Path) -> None:
         finally:
             os.close(fd)
     os.sync()
+
+
+def cannot_publish(target: Path, exc: OSError) -> str:
+    """Why a file could not be staged, as a failed publish says it."""
+    return f"{target}: cannot publish: {exc.strerror or exc}"
 
 
 def stage(out_dir: Path, top: int | None, names: list[str], parts: Parts) -> Path | None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from aggregator import nofollow
 from aggregator.config import Config
 from aggregator.forking import can_fork, map_inherited
-from aggregator.publish.atomic import PublishError, stage
+from aggregator.publish.atomic import PublishError, cannot_publish, stage
 from aggregator.publish.heads import FeedHeads
 from aggregator.publish.splice import Plan, SubtreeRenders, feed_file, with_held
 from aggregator.store import RENDERS, ReaderSource, Render, open_reader
@@ -96,7 +96,7 @@ def _stage_group(job: StagingJob, index: int) -> Staged:
     except PublishError as exc:
         return staged, str(exc)
     except OSError as exc:
-        return staged, f"{Path(out_dir, rel)}: cannot publish: {exc.strerror or exc}"
+        return staged, cannot_publish(Path(out_dir, rel), exc)
     finally:
         if top is not None:
             os.close(top)
