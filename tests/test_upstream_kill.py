@@ -30,7 +30,7 @@ HANG = "/s5.xml"
 
 
 def _feed(path: str) -> bytes:
-    n = path[2]
+    n = path[2:].removesuffix(".xml")  # ("/s12.xml": 12)
     return rss([(f"https://e.example/{n}/{i}", f"S{n}-{i}") for i in range(3)])
 
 
@@ -202,38 +202,17 @@ def test_parse_processes_exit_when_a_poll_is_killed(tmp_path: Path, server: _Ser
         server.release.set()
 
 
-def test_a_parse_process_that_dies_costs_only_its_feeds(tmp_path: Path) -> None:
+def test_a_parse_process_that_dies_costs_only_its_feeds(tmp_path: Path,
+                                                       server: _Server) -> None:
     """A parse process killed mid-poll (out of memory, a crash in a parser) breaks its
     pool: the feeds it held fail, and the poll goes on with a new pool for the feeds
-    fetched after (here one held back until the kill)."""
+    fetched after (here HANG, held back by the server until the kill)."""
     from aggregator.config import load_config
     from aggregator.fetch import poll_sources
 
-    release = threading.Event()
-    held = "/late.xml"
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            if self.path == held:
-                release.wait(30)
-            body = rss([(f"https://e.example{self.path}/{i}", f"{self.path} {i}")
-                        for i in range(3)])
-            self.send_response(200)
-            self.send_header("Content-Type", "application/rss+xml")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    paths = [f"/f{n}.xml" for n in range(19)] + [held]
+    paths = [f"/s{n}.xml" for n in range(20)]
     config = load_config(upstream_config(
-        tmp_path, [{"url": f"http://127.0.0.1:{httpd.server_port}{p}", "category": "K"}
-                   for p in paths],
+        tmp_path, [{"url": server.url(p), "category": "K"} for p in paths],
         timeout_seconds=30, deadline_seconds=60, concurrency=4, per_host_limit=4,
         parse_processes=2))
     before = _children(os.getpid())
@@ -264,10 +243,8 @@ def test_a_parse_process_that_dies_costs_only_its_feeds(tmp_path: Path) -> None:
         os.kill(next(iter(parsers)), signal.SIGKILL)
         time.sleep(0.5)  # (the pool notices the death)
     finally:
-        release.set()
+        server.release.set()
         poller.join(60)
-        httpd.shutdown()
-        httpd.server_close()
     assert "error" not in outcome, outcome.get("error")
     report = outcome["report"]
     assert report.fetched == 20 and not report.failed
