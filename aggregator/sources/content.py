@@ -26,7 +26,7 @@ from aggregator.model import Entry, Image
 from aggregator.problems import ProblemLog
 from aggregator.sanitize.html import MAX_DEPTH as MAX_HTML_DEPTH
 from aggregator.sanitize.html import Sanitizer, absolute_url, html_depth, may_nest_deeper
-from aggregator.sanitize.text import clean_line, html_to_text
+from aggregator.sanitize.text import clean_line, sanitized_text
 from aggregator.sources.dates import DateError, parse_date
 from aggregator.sources.front_matter import LEADING, Split, split_front_matter
 from aggregator.sources.front_matter_yaml import load_front_matter
@@ -513,7 +513,7 @@ class PostReader:
             if self._sanitizer is None:
                 self._sanitizer = Sanitizer(self.config.drop_selectors,
                                             self.config.iframe_hosts)
-            return html_to_text(self._sanitizer.clean(excerpt, base or self.config.site_url))
+            return sanitized_text(self._sanitizer.clean(excerpt, base or self.config.site_url))
         for key in ("excerpt", "description"):
             value = meta.get(key)
             if isinstance(value, str | int):
