@@ -148,3 +148,18 @@ def test_every_real_upstream_entry_matches_feedgen(tmp_path: Path) -> None:
             _assert_same(renderers, finish_entry(entry, sanitizer))
             compared += 1
     assert compared > 100
+
+
+def test_rfc2822_dates_are_feedgens() -> None:
+    from feedgen.util import formatRFC2822
+
+    rng = random.Random(8)
+    offsets = [timedelta(0), timedelta(hours=-9, minutes=-30), timedelta(hours=14),
+               timedelta(minutes=-1), timedelta(hours=23, minutes=59, seconds=59),
+               timedelta(seconds=-1), timedelta(microseconds=5)]
+    for _ in range(5000):
+        when = datetime(rng.randint(1, 9999), rng.randint(1, 12), rng.randint(1, 28),
+                        rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59),
+                        tzinfo=timezone(rng.choice(offsets)))
+        assert entry_xml.rfc2822(when) == formatRFC2822(when), when
+    assert entry_xml.rfc2822(datetime(2024, 1, 1)) == formatRFC2822(datetime(2024, 1, 1))

@@ -60,9 +60,18 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 def rfc2822(when: datetime) -> str:
     """feedgen's formatRFC2822 (strftime under the C locale), without switching the
-    process locale twice an entry."""
+    process locale twice an entry, and with the offset written here (strftime's %z
+    is most of the cost)."""
+    offset = when.utcoffset()
+    if offset is None or offset.microseconds or offset.seconds % 60:
+        zone = f"{when:%z}"  # none, or not whole minutes: strftime says how
+    else:
+        minutes = offset.days * 1440 + offset.seconds // 60
+        sign = "-" if minutes < 0 else "+"
+        hours, minutes = divmod(abs(minutes), 60)
+        zone = f"{sign}{hours:02d}{minutes:02d}"
     return (f"{_DAYS[when.weekday()]}, {when.day:02d} {_MONTHS[when.month - 1]} "
-            f"{when.year} {when:%H:%M:%S %z}")
+            f"{when.year} {when.hour:02d}:{when.minute:02d}:{when.second:02d} {zone}")
 
 
 def categories(entry: Entry) -> list[str]:
