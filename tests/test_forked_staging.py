@@ -16,9 +16,10 @@ from helpers import fixed_clock, write_config, write_post
 from aggregator.config import load_config
 from aggregator.forking import can_fork
 from aggregator.pipeline import build
-from aggregator.publish import forked_staging
+from aggregator.publish import atomic, forked_staging, splice
 from aggregator.publish.atomic import TEMP_SUFFIX, PublishError
-from aggregator.store import postgres, sqlite
+from aggregator.store import pack_render, postgres, sqlite
+from aggregator.writers.parts import Parts
 
 
 def _posts(root: Path, count: int = 60) -> None:
@@ -87,6 +88,16 @@ def test_feeds_staged_by_workers_are_the_ones_one_process_writes(
     fourth = build(two, clock=fixed_clock(), workers=2)
     assert _files(one.output_dir) == _files(two.output_dir)
     assert sorted(third.written) == sorted(fourth.written) != []
+    # the entry store lost: every file planned again, the streamed ones compared as
+    # they are written and found unchanged (their temp files removed)
+    if url is None:
+        for config in (one, two):
+            for path in config.state_path.parent.iterdir():
+                path.unlink()
+        fifth = build(one, clock=fixed_clock(), workers=1)
+        sixth = build(two, clock=fixed_clock(), workers=2)
+        assert fifth.written == sixth.written == [] and fifth.unchanged == sixth.unchanged
+        assert not [rel for rel in _files(two.output_dir) if rel.endswith(TEMP_SUFFIX)]
     assert third.unchanged == fourth.unchanged > 0
 
 
@@ -118,3 +129,91 @@ def test_a_linked_folder_fails_the_forked_publish_and_replaces_nothing(
     assert [rel for rel in after if rel.endswith(TEMP_SUFFIX)] == []
     assert {rel: data for rel, data in after.items() if not rel.startswith("top-1/")} == \
         {rel: data for rel, data in before.items() if not rel.startswith("top-1/")}
+
+
+def _noting(method: Any, name: str, log: Path) -> Any:
+    """A reader's method that notes its name and how many keys it was asked for."""
+    def noted(self: Any, keys: Any, *args: Any) -> Any:
+        keys = list(keys)
+        with log.open("a") as out:
+            out.write(f"{name} {len(keys)}\n")
+        return method(self, keys, *args)
+    return noted
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_big_files_streamed_by_the_workers_are_the_ones_one_process_writes(
+        tmp_path: Path, store: str, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch, forking: None) -> None:
+    """With `max_items: 0` the root's files hold every entry: the workers write a
+    node's files of STREAM_AT entries or more together, from their renders read
+    STREAM_CHUNK at a time and once for all of them, and publish the same bytes."""
+    url = request.getfixturevalue("pg_url") if store == "postgres" else None
+    monkeypatch.setattr(splice, "STREAM_AT", 25)
+    monkeypatch.setattr(splice, "STREAM_CHUNK", 7)
+    sites = []
+    for name, site_url in (("one", None), ("two", url)):
+        path = _site(tmp_path, name, site_url)
+        data = yaml.safe_load(path.read_text())
+        data["output"]["max_items"] = 0
+        path.write_text(yaml.safe_dump(data, allow_unicode=True))
+        sites.append(load_config(path))
+    one, two = sites
+    reader = postgres.PostgresReader if url else sqlite.SQLiteReader
+    log = tmp_path / "fetched"
+    monkeypatch.setattr(reader, "rendered", _noting(reader.rendered, "rendered", log))
+    build(one, clock=fixed_clock(), workers=1)
+    build(two, clock=fixed_clock(), workers=2)
+    assert _files(one.output_dir) == _files(two.output_dir)
+    asked = [int(line.split()[1]) for line in log.read_text().splitlines()]
+    # each top's 20 entries fetched for its subtree; the root's 60 (its Atom, RSS and
+    # JSON Feed) 7 at a time, once for the three files; its page's 50 likewise
+    assert sorted(asked) == sorted([20] * 3 + [7] * 8 + [4] + [7] * 7 + [1]), asked
+    # an edit: the root's files streamed again, compared and rewritten
+    for site in ("one", "two"):
+        write_post(tmp_path / site / "posts", "t0/p0.md",
+                   "title: Edited\ncategories: [Top 0, Mid 0]\ndate: 2026-02-01 08:00:00")
+    third = build(one, clock=fixed_clock(), workers=1)
+    fourth = build(two, clock=fixed_clock(), workers=2)
+    assert _files(one.output_dir) == _files(two.output_dir)
+    assert sorted(third.written) == sorted(fourth.written) != []
+    # the entry store lost: every file planned again, the streamed ones compared as
+    # they are written and found unchanged (their temp files removed)
+    if url is None:
+        for config in (one, two):
+            for path in config.state_path.parent.iterdir():
+                path.unlink()
+        fifth = build(one, clock=fixed_clock(), workers=1)
+        sixth = build(two, clock=fixed_clock(), workers=2)
+        assert fifth.written == sixth.written == [] and fifth.unchanged == sixth.unchanged
+        assert not [rel for rel in _files(two.output_dir) if rel.endswith(TEMP_SUFFIX)]
+
+
+def test_files_staged_together_hold_a_few_chunks_of_renders(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """stage_together advances the file furthest behind in the shared renders, so a
+    chunk is dropped soon after it is fetched, even when one file (as a JSON Feed's)
+    writes two parts an entry; each file gets all its entries, in order."""
+    monkeypatch.setattr(splice, "STREAM_CHUNK", 10)
+    monkeypatch.setattr(atomic, "_TOGETHER_PARTS", 4)
+    keys = [f"k{i}" for i in range(100)]
+    packed = {key: tuple(pack_render(f"{key}.{which};".encode()) for which in range(4))
+              for key in keys}
+    alive: list[int] = []
+
+    def fetch(wanted: set[str]) -> dict[str, Any]:
+        alive.append(len(shared.chunks) + 1)
+        return {key: packed[key] for key in wanted}
+    shared = splice.SharedRenders(fetch, keys, 3)
+    json_like = shared.parts(2)
+    files = [(["a.xml"], shared.parts(0)), (["b.xml"], shared.parts(1)),
+             (["c.json"], Parts(lambda: (piece for part in json_like.source()
+                                         for piece in (b",", part)), 0))]
+    whiches = [0, 1, 2]
+    temps = atomic.stage_together(tmp_path, None, files, lambda active: active[
+        shared.behind([whiches[index] for index in active])])
+    assert len(alive) == 10 and max(alive) <= 2 and shared.chunks == {}
+    for temp, which, prefix in zip(temps, whiches, (b"", b"", b","), strict=True):
+        assert temp is not None
+        assert temp.read_bytes() == b"".join(prefix + f"{key}.{which};".encode()
+                                             for key in keys)

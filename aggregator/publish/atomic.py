@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import logging
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from aggregator import nofollow
 from aggregator.problems import Problem
@@ -346,6 +347,94 @@ def _sync_filesystem(folder: Path) -> None:
 def cannot_publish(target: Path, exc: OSError) -> str:
     """Why a file could not be staged, as a failed publish says it."""
     return f"{target}: cannot publish: {exc.strerror or exc}"
+
+
+# parts written at a time by stage_together (an entry is one or two)
+_TOGETHER_PARTS = 64
+
+
+def stage_together(out_dir: Path, top: int | None, files: list[tuple[list[str], Parts]],
+                   behind: Callable[[list[int]], int]) -> list[Path | None]:
+    """stage() of several files whose sources read one shared stream (a node's
+    biggest feeds, splice.SharedRenders): a few parts at a time of the file
+    `behind(unfinished files' indexes)` names, the one furthest behind in that stream,
+    so the sources advance together and what they share is dropped as they pass it.
+    Each is compared with the file it replaces as it is written, not by its size
+    first: None for one that holds exactly its bytes (its temp file removed)."""
+    opened: list[_Staging] = []
+    try:
+        for names, parts in files:
+            opened.append(_Staging(_open_folder(out_dir, names[:-1], create=True, top=top),
+                                   names[-1], iter(parts.source())))
+        active = list(range(len(opened)))
+        while active:
+            index = behind(active)
+            if not opened[index].write(_TOGETHER_PARTS):
+                active.remove(index)
+        return [None if staging.finish() else out_dir.joinpath(*names[:-1], staging.temp)
+                for staging, (names, _) in zip(opened, files, strict=True)]
+    except BaseException:
+        for staging in opened:
+            staging.discard()
+        raise
+    finally:
+        for staging in opened:
+            staging.close()
+
+
+class _Staging:
+    """One file of stage_together: its temp file, and the file there while it still
+    matches what is written."""
+
+    def __init__(self, folder: int, name: str, parts: Iterator[bytes]) -> None:
+        self.folder, self.name, self.parts = folder, name, parts
+        self.temp = f".{name}.{os.getpid()}{TEMP_SUFFIX}"
+        self.out: BinaryIO | None = None
+        self.old: BinaryIO | None = None
+        try:
+            try:
+                fd, _st = nofollow.open_file(folder, name)
+                self.old = os.fdopen(fd, "rb")
+            except (OSError, nofollow.LinkMet, nofollow.NotRegular):
+                pass
+            self.out = os.fdopen(nofollow.create(folder, self.temp), "wb",
+                                 buffering=WRITE_BUFFER)
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, most: int) -> bool:
+        """Write up to `most` parts; False when there are no more."""
+        assert self.out is not None
+        written = 0
+        for part in itertools.islice(self.parts, most):
+            self.out.write(part)
+            written += 1
+            if self.old is not None and self.old.read(len(part)) != part:
+                self.old.close()
+                self.old = None  # differs: no more comparing
+        return written == most
+
+    def finish(self) -> bool:
+        """Close the temp file; True (and the temp file removed) when the file there
+        holds exactly what was written."""
+        assert self.out is not None
+        self.out.close()
+        same = self.old is not None and self.old.read(1) == b""
+        if same:
+            os.unlink(self.temp, dir_fd=self.folder)
+        return same
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.out is not None:
+                self.out.close()
+            os.unlink(self.temp, dir_fd=self.folder)
+
+    def close(self) -> None:
+        if self.old is not None:
+            self.old.close()
+        os.close(self.folder)
 
 
 def stage(out_dir: Path, top: int | None, names: list[str], parts: Parts) -> Path | None:

@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aggregator import nofollow
 from aggregator.config import Config
 from aggregator.forking import can_fork, map_inherited
-from aggregator.publish.atomic import PublishError, cannot_publish, stage
+from aggregator.publish.atomic import PublishError, cannot_publish, stage, stage_together
 from aggregator.publish.heads import FeedHeads
-from aggregator.publish.splice import Plan, SubtreeRenders, feed_file, with_held
+from aggregator.publish.splice import (
+    Plan,
+    SharedRenders,
+    SubtreeRenders,
+    feed_file,
+    with_held,
+)
 from aggregator.store import RENDERS, ReaderSource, Render, open_reader
 
 if TYPE_CHECKING:
@@ -46,7 +53,8 @@ class StagingJob:
     renderer: FeedRenderer | None
     heads: FeedHeads
     frames: dict[str, tuple[bytes, bytes]]
-    uses: dict[str | None, dict[str, int]]
+    uses: dict[str | None, dict[str, int]]  # uses_by_subtree(..., stream_at)
+    stream_at: int  # a node's files of this many entries or more: staged together
     failed: set[str]  # render keys of entries left out
     held: dict[str, Render]  # renders the store does not hold (those left out)
     source: ReaderSource
@@ -84,14 +92,25 @@ def _stage_group(job: StagingJob, index: int) -> Staged:
     rel = ""
     try:
         top = nofollow.open_root(out_dir)
-        renders = SubtreeRenders(functools.partial(with_held, reader.rendered, job.held),
-                                 job.uses)
-        for node, kind, rel, members, member_keys, _print in job.groups[index]:
-            parts = renders.parts(node.names, member_keys, RENDERS.index(kind))
-            data = feed_file(job.config, job.renderer, job.heads, node, kind, rel, members,
-                             parts, job.frames.get(rel), job.failed)
-            temp = stage(out_dir, top, rel.split("/"), data)
-            staged.append((rel, None if temp is None else str(temp)))
+        fetch = functools.partial(with_held, reader.rendered, job.held)
+        renders = SubtreeRenders(fetch, job.uses)
+        for _, node_plans in groupby(job.groups[index], key=lambda plan: id(plan[0])):
+            plans = list(node_plans)
+            big: dict[int, list[Plan]] = {}  # (a node's feeds share their keys' list)
+            for plan in plans:
+                if len(plan[4]) >= job.stream_at:
+                    big.setdefault(id(plan[4]), []).append(plan)
+            for together in big.values():
+                rel = together[0][2]  # (named if staging them fails)
+                _stage_big(job, out_dir, top, together, fetch, staged)
+            for node, kind, rel, members, member_keys, _print in plans:
+                if len(member_keys) >= job.stream_at:
+                    continue
+                parts = renders.parts(node.names, member_keys, RENDERS.index(kind))
+                data = feed_file(job.config, job.renderer, job.heads, node, kind, rel,
+                                 members, parts, job.frames.get(rel), job.failed)
+                temp = stage(out_dir, top, rel.split("/"), data)
+                staged.append((rel, None if temp is None else str(temp)))
         return staged, None
     except PublishError as exc:
         return staged, str(exc)
@@ -101,3 +120,24 @@ def _stage_group(job: StagingJob, index: int) -> Staged:
         if top is not None:
             os.close(top)
         reader.close()
+
+
+def _stage_big(job: StagingJob, out_dir: Path, top: int, plans: list[Plan],
+               fetch: Callable[[set[str]], dict[str, Render]],
+               staged: list[tuple[str, str | None]]) -> None:
+    """Stage one node's files of job.stream_at entries or more (which hold the same
+    entries) together: their renders fetched a chunk at a time, once for all of them
+    (splice.SharedRenders)."""
+    node = plans[0][0]
+    shared = SharedRenders(fetch, plans[0][4], len(plans))
+    files = []
+    whiches = [RENDERS.index(plan[1]) for plan in plans]
+    for (_node, kind, rel, members, _keys, _print), which in zip(plans, whiches, strict=True):
+        parts = shared.parts(which)
+        files.append((rel.split("/"), feed_file(job.config, job.renderer, job.heads, node,
+                                                kind, rel, members, parts,
+                                                job.frames.get(rel), job.failed)))
+    temps = stage_together(out_dir, top, files, lambda active: active[shared.behind(
+        [whiches[index] for index in active])])
+    staged += [(plan[2], None if temp is None else str(temp))
+               for plan, temp in zip(plans, temps, strict=True)]

@@ -21,6 +21,7 @@ from aggregator import progress
 from aggregator.config import Config
 from aggregator.fingerprints import fingerprint_of, render_fingerprint
 from aggregator.model import Entry
+from aggregator.publish import splice
 from aggregator.publish.archive_pass import ArchivePass
 from aggregator.publish.atomic import Publisher, PublishError
 from aggregator.publish.forked_staging import (
@@ -168,8 +169,6 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
     report.rendered += len(missing)  # (plus any rendered as they were read)
 
     prints: dict[str, str] = {}
-    uses = uses_by_subtree(plans, todo)
-    unpacked = SubtreeRenders(renders.fetch, uses)
     publisher.keep_all(kept)
     report.feeds += sum(1 for rel in kept if not rel.endswith(pages.PAGE_FILE))
     archives_todo = len(archived_pages.todo)
@@ -179,11 +178,15 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
     todo_plans = [plan for plan in plans if plan[2] in todo]
     source = store.readers if store.keeps_renders() else None
     forked = source is not None and worth_forking(todo_plans, workers)
+    # (the renders this process unpacks itself: none when the workers stage the feeds)
+    unpacked = SubtreeRenders(renders.fetch, {} if forked else uses_by_subtree(plans, todo))
     with progress.bar("feeds written", len(todo) + archives_todo, "feed") as shown:
         if forked:
             assert source is not None
             _stage_forked(publisher, StagingJob(
-                config, renderer, heads, frames, uses, renders.failed, renders.held, source,
+                config, renderer, heads, frames,
+                uses_by_subtree(plans, todo, splice.STREAM_AT), splice.STREAM_AT,
+                renders.failed, renders.held, source,
                 subtree_groups(todo_plans)), todo_plans, workers, shown.advance)
         for node, kind, rel, members, member_keys, feed_print in plans:
             report.feeds += kind != "page"

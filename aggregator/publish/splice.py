@@ -1,9 +1,10 @@
 """A planned file's bytes: its head around its entries' renders, which are fetched a
-top-level subtree at a time and unpacked as the file is written."""
+top-level subtree at a time (a very big file's, a chunk at a time) and unpacked as
+the file is written."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import groupby
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
 
 # A file to plan: (node, kind, rel, its rows, their render keys, its fingerprint).
 Plan = tuple[Node, str, str, list[FeedRow], list[str], str]
+# A file of this many entries or more is written from its renders fetched a chunk at
+# a time (SubtreeRenders._streamed) when the workers stage the feeds.
+STREAM_AT = 20_000
+STREAM_CHUNK = 1_000
 
 
 def feed_file(config: Config, renderer: FeedRenderer | None, heads: FeedHeads, node: Node,
@@ -52,14 +57,16 @@ def with_held(rendered: Callable[[set[str]], dict[str, Render]], held: dict[str,
     return found
 
 
-def uses_by_subtree(plans: list[Plan],
-                     todo: set[str]) -> dict[str | None, dict[str, int]]:
+def uses_by_subtree(plans: list[Plan], todo: set[str], stream_at: int | None = None
+                    ) -> dict[str | None, dict[str, int]]:
     """Top-level category (None: the root's feeds) → render key → how many of its
-    nodes write a file holding that entry."""
+    nodes write a file holding that entry (not counting the files of `stream_at`
+    entries or more: those fetch their own, see SubtreeRenders)."""
     uses: dict[str | None, dict[str, int]] = {}
     for _, node_plans in groupby(plans, key=lambda plan: id(plan[0])):  # (consecutive)
         group = list(node_plans)
-        keys = set().union(*(plan[4] for plan in group if plan[2] in todo))
+        keys = set().union(*(plan[4] for plan in group if plan[2] in todo
+                             and (stream_at is None or len(plan[4]) < stream_at)))
         if keys:
             names = group[0][0].names
             counts = uses.setdefault(names[0] if names else None, {})
@@ -78,7 +85,8 @@ class SubtreeRenders:
     are unpacked as they are written. With `max_items: 50` at 100k posts, two in three
     entries of a subtree sit in one node's files only: keeping those too would hold
     13 MB more at the peak (129 against 115 MB, rewriting every feed) and save no
-    unpacking."""
+    unpacking. The files of STREAM_AT entries or more that the staging workers write
+    are not in their subtree's fetch: see SharedRenders."""
 
     BUDGET = 128 << 20  # bytes kept unpacked at most
 
@@ -122,3 +130,48 @@ class SubtreeRenders:
     def release(self) -> None:
         """Drop the renders held (a feed still being staged keeps its own)."""
         self.packed, self.kept, self.started = {}, {}, False
+
+
+class SharedRenders:
+    """The renders of `keys`, fetched STREAM_CHUNK at a time and once for the
+    `readers` files of one node that hold them all (with `max_items: 0` the root's
+    feeds hold every entry: ~500 MB of packed renders at 100k posts). The files are
+    written together, a few parts of each in turn (atomic.stage_together), so a chunk
+    is dropped soon after it is fetched."""
+
+    def __init__(self, fetch: Callable[[set[str]], dict[str, Render]], keys: list[str],
+                 readers: int) -> None:
+        self.fetch = fetch
+        self.keys = keys
+        self.readers = readers
+        self.chunks: dict[int, tuple[list[Render], int]] = {}  # → (renders, readers left)
+        self.read: dict[int, int] = {}  # RENDERS index → renders its file has read
+
+    def parts(self, which: int) -> Parts:
+        """The entry bytes of one of the files, RENDERS[which]: read once, as the file
+        is written (the size is not known: stage_together does not need it)."""
+        return Parts(lambda: self._renders(which), 0)
+
+    def behind(self, whiches: list[int]) -> int:
+        """The index in `whiches` of the file that has read the fewest renders."""
+        return min(range(len(whiches)), key=lambda index: self.read.get(whiches[index], 0))
+
+    def _renders(self, which: int) -> Iterator[bytes]:
+        read = self.read
+        read[which] = 0
+        for start in range(0, len(self.keys), STREAM_CHUNK):
+            renders, left = self.chunks.get(start) or (self._fetched(start), self.readers)
+            self.chunks[start] = renders, left
+            for render in renders:
+                read[which] += 1
+                yield unpack_render(render[which])
+            renders, left = self.chunks[start]
+            if left > 1:
+                self.chunks[start] = renders, left - 1
+            else:
+                del self.chunks[start]
+
+    def _fetched(self, start: int) -> list[Render]:
+        chunk = self.keys[start:start + STREAM_CHUNK]
+        found = self.fetch(set(chunk))
+        return [found[key] for key in chunk]
