@@ -13,7 +13,7 @@ import pytest
 import yaml
 from helpers import fixed_clock, write_config, write_post
 
-from aggregator.config import load_config
+from aggregator.config import Config, load_config
 from aggregator.forking import can_fork
 from aggregator.pipeline import build
 from aggregator.publish import atomic, forked_staging, splice
@@ -57,6 +57,30 @@ def _stagers(monkeypatch: pytest.MonkeyPatch, reader: Any, log: Path) -> None:
     monkeypatch.setattr(reader, "rendered", rendered)
 
 
+def _edited_then_store_lost(tmp_path: Path, one: Config, two: Config,
+                            url: str | None) -> None:
+    """One process (`one`) and the workers (`two`) publish the same after an edit that
+    reaches every feed of a subtree and the root, and after the entry store is lost:
+    every file planned again, found unchanged (files written together are compared as
+    they are written, their temp files removed)."""
+    for site in ("one", "two"):
+        write_post(tmp_path / site / "posts", "t0/p0.md",
+                   "title: Edited\ncategories: [Top 0, Mid 0]\ndate: 2026-02-01 08:00:00")
+    third = build(one, clock=fixed_clock(), workers=1)
+    fourth = build(two, clock=fixed_clock(), workers=2)
+    assert _files(one.output_dir) == _files(two.output_dir)
+    assert sorted(third.written) == sorted(fourth.written) != []
+    assert third.unchanged == fourth.unchanged > 0
+    if url is None:
+        for config in (one, two):
+            for path in config.state_path.parent.iterdir():
+                path.unlink()
+        fifth = build(one, clock=fixed_clock(), workers=1)
+        sixth = build(two, clock=fixed_clock(), workers=2)
+        assert fifth.written == sixth.written == [] and fifth.unchanged == sixth.unchanged
+        assert not [rel for rel in _files(two.output_dir) if rel.endswith(TEMP_SUFFIX)]
+
+
 @pytest.fixture
 def forking(monkeypatch: pytest.MonkeyPatch) -> None:
     if not can_fork():
@@ -80,25 +104,7 @@ def test_feeds_staged_by_workers_are_the_ones_one_process_writes(
     assert sorted(first.written) == sorted(second.written)
     stagers = set(log.read_text().split())
     assert len(stagers) == 2 and str(os.getpid()) not in stagers
-    # an edit that reaches every feed of one subtree, staged by the workers again
-    for site in ("one", "two"):
-        write_post(tmp_path / site / "posts", "t0/p0.md",
-                   "title: Edited\ncategories: [Top 0, Mid 0]\ndate: 2026-02-01 08:00:00")
-    third = build(one, clock=fixed_clock(), workers=1)
-    fourth = build(two, clock=fixed_clock(), workers=2)
-    assert _files(one.output_dir) == _files(two.output_dir)
-    assert sorted(third.written) == sorted(fourth.written) != []
-    # the entry store lost: every file planned again, the streamed ones compared as
-    # they are written and found unchanged (their temp files removed)
-    if url is None:
-        for config in (one, two):
-            for path in config.state_path.parent.iterdir():
-                path.unlink()
-        fifth = build(one, clock=fixed_clock(), workers=1)
-        sixth = build(two, clock=fixed_clock(), workers=2)
-        assert fifth.written == sixth.written == [] and fifth.unchanged == sixth.unchanged
-        assert not [rel for rel in _files(two.output_dir) if rel.endswith(TEMP_SUFFIX)]
-    assert third.unchanged == fourth.unchanged > 0
+    _edited_then_store_lost(tmp_path, one, two, url)
 
 
 def test_a_linked_folder_fails_the_forked_publish_and_replaces_nothing(
@@ -169,24 +175,7 @@ def test_big_files_streamed_by_the_workers_are_the_ones_one_process_writes(
     # each top's 20 entries fetched for its subtree; the root's 60 (its Atom, RSS and
     # JSON Feed) 7 at a time, once for the three files; its page's 50 likewise
     assert sorted(asked) == sorted([20] * 3 + [7] * 8 + [4] + [7] * 7 + [1]), asked
-    # an edit: the root's files streamed again, compared and rewritten
-    for site in ("one", "two"):
-        write_post(tmp_path / site / "posts", "t0/p0.md",
-                   "title: Edited\ncategories: [Top 0, Mid 0]\ndate: 2026-02-01 08:00:00")
-    third = build(one, clock=fixed_clock(), workers=1)
-    fourth = build(two, clock=fixed_clock(), workers=2)
-    assert _files(one.output_dir) == _files(two.output_dir)
-    assert sorted(third.written) == sorted(fourth.written) != []
-    # the entry store lost: every file planned again, the streamed ones compared as
-    # they are written and found unchanged (their temp files removed)
-    if url is None:
-        for config in (one, two):
-            for path in config.state_path.parent.iterdir():
-                path.unlink()
-        fifth = build(one, clock=fixed_clock(), workers=1)
-        sixth = build(two, clock=fixed_clock(), workers=2)
-        assert fifth.written == sixth.written == [] and fifth.unchanged == sixth.unchanged
-        assert not [rel for rel in _files(two.output_dir) if rel.endswith(TEMP_SUFFIX)]
+    _edited_then_store_lost(tmp_path, one, two, url)
 
 
 def test_files_staged_together_hold_a_few_chunks_of_renders(
