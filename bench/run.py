@@ -232,14 +232,19 @@ def drop_page_cache() -> None:
 
 
 def _build_each(codes: list[Code], sites: dict[Code, Path], scenario: str, posts: int,
-                speed: tuple[float, float], cold_cache: bool = False) -> list[Result]:
+                speed: tuple[float, float], cold_cache: bool = False,
+                warm: Path | None = None) -> list[Result]:
     """One build of each code's site, in the order of `codes` (`cold_cache`: each
-    after drop_page_cache)."""
+    after drop_page_cache; `warm`: each after reading that corpus, since this machine
+    evicts files not read for a few minutes and a build of 100k posts that finds a
+    third of them evicted takes seconds longer: whichever code ran first would pay)."""
     results = []
     for code in codes:
         site = sites[code]
         if cold_cache:
             drop_page_cache()
+        elif warm is not None:
+            warm_page_cache(warm)
         wall, cpu, rss = run_cli(code, ["build", "-c", str(site / "config.yaml")])
         feeds, size = output_size(site / "feeds")
         results.append(Result(scenario, posts, round(wall, 3), round(cpu, 3), round(rss, 1),
@@ -277,11 +282,11 @@ def build_scenarios(work: Path, posts: int, codes: list[Code], max_items_values:
                          working_tree=code.label != "old")
 
         def measure(name: str, label: str = label, sites: dict[Code, Path] = sites,
-                    cold_cache: bool = False) -> None:
+                    cold_cache: bool = False, warm: Path | None = None) -> None:
             results.extend(_build_each(codes, sites, f"{name} ({label})", posts, speed,
-                                       cold_cache))
+                                       cold_cache, warm))
 
-        measure(COLD, cold_cache=cold_cache)
+        measure(COLD, cold_cache=cold_cache, warm=corpus)
         if max_items == 0 and hugo:
             if cold_cache:
                 drop_page_cache()
