@@ -199,8 +199,8 @@ def test_files_staged_together_hold_a_few_chunks_of_renders(
              (["c.json"], Parts(lambda: (piece for part in json_like.source()
                                          for piece in (b",", part)), 0))]
     whiches = [0, 1, 2]
-    temps = atomic.stage_together(tmp_path, None, files, lambda active: active[
-        shared.behind([whiches[index] for index in active])])
+    temps = atomic.stage_together(tmp_path, None, files,
+                                  lambda index: shared.position(whiches[index]))
     assert len(alive) == 10 and max(alive) <= 2 and shared.chunks == {}
     for temp, which, prefix in zip(temps, whiches, (b"", b"", b","), strict=True):
         assert temp is not None

@@ -354,10 +354,10 @@ _TOGETHER_PARTS = 64
 
 
 def stage_together(out_dir: Path, top: int | None, files: list[tuple[list[str], Parts]],
-                   behind: Callable[[list[int]], int]) -> list[Path | None]:
+                   position: Callable[[int], int]) -> list[Path | None]:
     """stage() of several files whose sources read one shared stream (a node's
-    biggest feeds, splice.SharedRenders): a few parts at a time of the file
-    `behind(unfinished files' indexes)` names, the one furthest behind in that stream,
+    biggest feeds, splice.SharedRenders): a few parts at a time of the unfinished file
+    furthest behind in that stream (`position(index)`: how far files[index] has read),
     so the sources advance together and what they share is dropped as they pass it.
     Each is compared with the file it replaces as it is written, not by its size
     first: None for one that holds exactly its bytes (its temp file removed)."""
@@ -368,7 +368,7 @@ def stage_together(out_dir: Path, top: int | None, files: list[tuple[list[str], 
                                    names[-1], iter(parts.source())))
         active = list(range(len(opened)))
         while active:
-            index = behind(active)
+            index = min(active, key=position)
             if not opened[index].write(_TOGETHER_PARTS):
                 active.remove(index)
         return [None if staging.finish() else out_dir.joinpath(*names[:-1], staging.temp)
@@ -389,14 +389,13 @@ class _Staging:
     def __init__(self, folder: int, name: str, parts: Iterator[bytes]) -> None:
         self.folder, self.name, self.parts = folder, name, parts
         self.temp = f".{name}.{os.getpid()}{TEMP_SUFFIX}"
-        self.out: BinaryIO | None = None
         self.old: BinaryIO | None = None
         try:
-            try:
-                fd, _st = nofollow.open_file(folder, name)
-                self.old = os.fdopen(fd, "rb")
-            except (OSError, nofollow.LinkMet, nofollow.NotRegular):
-                pass
+            fd, _st = nofollow.open_file(folder, name)
+            self.old = os.fdopen(fd, "rb")
+        except (OSError, nofollow.LinkMet, nofollow.NotRegular):
+            pass
+        try:
             self.out = os.fdopen(nofollow.create(folder, self.temp), "wb",
                                  buffering=WRITE_BUFFER)
         except BaseException:
@@ -405,7 +404,6 @@ class _Staging:
 
     def write(self, most: int) -> bool:
         """Write up to `most` parts; False when there are no more."""
-        assert self.out is not None
         written = 0
         for part in itertools.islice(self.parts, most):
             self.out.write(part)
@@ -418,7 +416,6 @@ class _Staging:
     def finish(self) -> bool:
         """Close the temp file; True (and the temp file removed) when the file there
         holds exactly what was written."""
-        assert self.out is not None
         self.out.close()
         same = self.old is not None and self.old.read(1) == b""
         if same:
@@ -427,8 +424,7 @@ class _Staging:
 
     def discard(self) -> None:
         with contextlib.suppress(OSError):
-            if self.out is not None:
-                self.out.close()
+            self.out.close()
             os.unlink(self.temp, dir_fd=self.folder)
 
     def close(self) -> None:

@@ -28,6 +28,7 @@ from aggregator.publish.splice import (
     SharedRenders,
     SubtreeRenders,
     feed_file,
+    is_big,
     with_held,
 )
 from aggregator.store import RENDERS, ReaderSource, Render, open_reader
@@ -95,17 +96,17 @@ def _stage_group(job: StagingJob, index: int) -> Staged:
         fetch = functools.partial(with_held, reader.rendered, job.held)
         renders = SubtreeRenders(fetch, job.uses)
         for _, node_plans in groupby(job.groups[index], key=lambda plan: id(plan[0])):
-            plans = list(node_plans)
             big: dict[int, list[Plan]] = {}  # (a node's feeds share their keys' list)
-            for plan in plans:
-                if len(plan[4]) >= job.stream_at:
+            small: list[Plan] = []
+            for plan in node_plans:
+                if is_big(plan, job.stream_at):
                     big.setdefault(id(plan[4]), []).append(plan)
+                else:
+                    small.append(plan)
             for together in big.values():
                 rel = together[0][2]  # (named if staging them fails)
                 _stage_big(job, out_dir, top, together, fetch, staged)
-            for node, kind, rel, members, member_keys, _print in plans:
-                if len(member_keys) >= job.stream_at:
-                    continue
+            for node, kind, rel, members, member_keys, _print in small:
                 parts = renders.parts(node.names, member_keys, RENDERS.index(kind))
                 data = feed_file(job.config, job.renderer, job.heads, node, kind, rel,
                                  members, parts, job.frames.get(rel), job.failed)
@@ -137,7 +138,7 @@ def _stage_big(job: StagingJob, out_dir: Path, top: int, plans: list[Plan],
         files.append((rel.split("/"), feed_file(job.config, job.renderer, job.heads, node,
                                                 kind, rel, members, parts,
                                                 job.frames.get(rel), job.failed)))
-    temps = stage_together(out_dir, top, files, lambda active: active[shared.behind(
-        [whiches[index] for index in active])])
+    temps = stage_together(out_dir, top, files,
+                           lambda index: shared.position(whiches[index]))
     staged += [(plan[2], None if temp is None else str(temp))
                for plan, temp in zip(plans, temps, strict=True)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from itertools import groupby
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aggregator.config import Config
 from aggregator.publish.archive_pass import newest_updated
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # A file to plan: (node, kind, rel, its rows, their render keys, its fingerprint).
 Plan = tuple[Node, str, str, list[FeedRow], list[str], str]
 # A file of this many entries or more is written from its renders fetched a chunk at
-# a time (SubtreeRenders._streamed) when the workers stage the feeds.
+# a time (SharedRenders) when the workers stage the feeds.
 STREAM_AT = 20_000
 STREAM_CHUNK = 1_000
 
@@ -57,16 +57,21 @@ def with_held(rendered: Callable[[set[str]], dict[str, Render]], held: dict[str,
     return found
 
 
+def is_big(plan: Plan, stream_at: int | None) -> bool:
+    """A file of `stream_at` entries or more (None: none is)."""
+    return stream_at is not None and len(plan[4]) >= stream_at
+
+
 def uses_by_subtree(plans: list[Plan], todo: set[str], stream_at: int | None = None
                     ) -> dict[str | None, dict[str, int]]:
     """Top-level category (None: the root's feeds) → render key → how many of its
     nodes write a file holding that entry (not counting the files of `stream_at`
-    entries or more: those fetch their own, see SubtreeRenders)."""
+    entries or more: those fetch their own, see SharedRenders)."""
     uses: dict[str | None, dict[str, int]] = {}
     for _, node_plans in groupby(plans, key=lambda plan: id(plan[0])):  # (consecutive)
         group = list(node_plans)
         keys = set().union(*(plan[4] for plan in group if plan[2] in todo
-                             and (stream_at is None or len(plan[4]) < stream_at)))
+                             and not is_big(plan, stream_at)))
         if keys:
             names = group[0][0].names
             counts = uses.setdefault(names[0] if names else None, {})
@@ -144,7 +149,7 @@ class SharedRenders:
         self.fetch = fetch
         self.keys = keys
         self.readers = readers
-        self.chunks: dict[int, tuple[list[Render], int]] = {}  # → (renders, readers left)
+        self.chunks: dict[int, list[Any]] = {}  # start → [renders, readers left]
         self.read: dict[int, int] = {}  # RENDERS index → renders its file has read
 
     def parts(self, which: int) -> Parts:
@@ -152,23 +157,22 @@ class SharedRenders:
         is written (the size is not known: stage_together does not need it)."""
         return Parts(lambda: self._renders(which), 0)
 
-    def behind(self, whiches: list[int]) -> int:
-        """The index in `whiches` of the file that has read the fewest renders."""
-        return min(range(len(whiches)), key=lambda index: self.read.get(whiches[index], 0))
+    def position(self, which: int) -> int:
+        """How many renders the file of RENDERS[which] has read."""
+        return self.read.get(which, 0)
 
     def _renders(self, which: int) -> Iterator[bytes]:
         read = self.read
         read[which] = 0
         for start in range(0, len(self.keys), STREAM_CHUNK):
-            renders, left = self.chunks.get(start) or (self._fetched(start), self.readers)
-            self.chunks[start] = renders, left
-            for render in renders:
+            chunk = self.chunks.get(start)
+            if chunk is None:
+                chunk = self.chunks[start] = [self._fetched(start), self.readers]
+            for render in chunk[0]:
                 read[which] += 1
                 yield unpack_render(render[which])
-            renders, left = self.chunks[start]
-            if left > 1:
-                self.chunks[start] = renders, left - 1
-            else:
+            chunk[1] -= 1
+            if not chunk[1]:
                 del self.chunks[start]
 
     def _fetched(self, start: int) -> list[Render]:
