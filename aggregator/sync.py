@@ -158,38 +158,61 @@ def sync_posts(config: Config, store: EntryStore, state: StateStore, report: Bui
     render_print = render_fingerprint(config) if config.max_items == 0 else None
     if render_print is not None:  # every entry is published: rendered as it is read
         store.invalidate_if_changed("render", render_print, "rendered", "feed_state")
-    rows: list[Row] = []
-    renders: list[RenderRow] = []
+    batch = _Batch()
     moves: list[tuple[bytes, bytes, tuple[int, int, int]]] = []
     retried: list[PostKey] = []
     pack = functools.partial(_pack, config, render_print)
-    held = 0  # bytes of the packed entries and renders in `rows` and `renders`
     for row, render, again in read_posts(config, changed, known, state.first_seen, pack,
                                          workers, every_post):
         report.retry = report.retry or again
         if isinstance(row, Row):
-            rows.append(row)
-            held += len(row.packed or b"")
+            batch.add(row)
             if row.size == READ_AGAIN[0]:
                 retried.append((row.key, row.root))
         else:
             moves.append((*row[0], row[1]))
         if render is not None:
-            renders.append(render)
-            held += sum(map(len, render[1:]))
-        if len(rows) >= _BATCH_ROWS or held >= _BATCH_BYTES:
-            _store_batch(store, state, report, rows, renders)
-            rows, renders, held = [], [], 0
-    _store_batch(store, state, report, rows, renders)
+            batch.add_render(render)
+        if batch.full():
+            _store_batch(store, state, report, batch)
+    _store_batch(store, state, report, batch)
     if moves:
         store.move_posts(moves)
     return retried
 
 
+class _Batch:
+    """Rows, and renders made as they were read, held until a transaction stores them:
+    _BATCH_ROWS rows at most, or _BATCH_BYTES of packed entries and renders."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.renders: list[RenderRow] = []
+        self.held = 0  # bytes of the packed entries and renders
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        self.held += len(row.packed or b"")
+
+    def add_render(self, render: RenderRow) -> None:
+        self.renders.append(render)
+        self.held += sum(map(len, render[1:]))
+
+    def full(self) -> bool:
+        return len(self.rows) >= _BATCH_ROWS or self.held >= _BATCH_BYTES
+
+    def take(self) -> tuple[list[Row], list[RenderRow]]:
+        """The rows and renders held, which the batch then no longer holds."""
+        taken = self.rows, self.renders
+        self.rows, self.renders, self.held = [], [], 0
+        return taken
+
+
 def _store_batch(store: EntryStore, state: StateStore, report: BuildReport,
-                 rows: list[Row], renders: list[RenderRow]) -> None:
+                 batch: _Batch) -> None:
     """One batch of rows and the renders made as they were read (a transaction each,
     none when there is nothing to store)."""
+    rows, renders = batch.take()
     if renders:
         store.store_rendered(renders)
         report.rendered += len(renders)
@@ -290,8 +313,7 @@ def sync_upstream(config: Config, store: EntryStore, state: StateStore,
     from aggregator.state.upstream import stored_upstream_entries
 
     existing = store.upstream_rows()
-    rows: list[Row] = []
-    held = 0  # bytes of the packed entries in `rows`
+    batch = _Batch()
     seqs: list[tuple[int, bytes]] = []
     keys: set[bytes] = set()
     # (the entries a source at a time, their rows stored a batch at a time: memory
@@ -304,15 +326,13 @@ def sync_upstream(config: Config, store: EntryStore, state: StateStore,
         keys.add(row_key)
         old = existing.pop(row_key, None)
         if old is None or old[1] != entry_digest(entry):
-            rows.append(row := entry_row(row_key, b"", seq, (0, 0, 0), "", entry, (), ()))
-            held += len(row.packed or b"")
-            if len(rows) >= _BATCH_ROWS or held >= _BATCH_BYTES:
-                store.upsert(rows)
-                rows, held = [], 0
+            batch.add(entry_row(row_key, b"", seq, (0, 0, 0), "", entry, (), ()))
+            if batch.full():
+                store.upsert(batch.take()[0])
         elif old[0] != seq:
             seqs.append((seq, row_key))
     store.delete((row_key, b"") for row_key in existing)
-    store.upsert(rows)
+    store.upsert(batch.take()[0])
     store.set_seq(seqs)
     store.set_meta("upstream", key)
 
