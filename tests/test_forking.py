@@ -61,7 +61,8 @@ import os, sys, time
 from aggregator.forking import map_inherited
 
 def task(shared, n):
-    print(os.getpid(), flush=True)
+    # one write(2) a line: two workers' print() calls can interleave their parts
+    os.write(1, f"{os.getpid()}\\n".encode())
     time.sleep(60)
     return n
 
