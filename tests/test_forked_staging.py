@@ -40,6 +40,15 @@ def _site(tmp_path: Path, name: str, state_url: str | None = None) -> Path:
     return path
 
 
+def _every_entry_site(tmp_path: Path, name: str, state_url: str | None = None) -> Config:
+    """_site with `max_items: 0`: the root's files hold all 60 entries."""
+    path = _site(tmp_path, name, state_url)
+    data = yaml.safe_load(path.read_text())
+    data["output"]["max_items"] = 0
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return load_config(path)
+
+
 def _files(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
             if p.is_file()}
@@ -157,14 +166,7 @@ def test_big_files_streamed_by_the_workers_are_the_ones_one_process_writes(
     url = request.getfixturevalue("pg_url") if store == "postgres" else None
     monkeypatch.setattr(splice, "STREAM_AT", 25)
     monkeypatch.setattr(splice, "STREAM_CHUNK", 7)
-    sites = []
-    for name, site_url in (("one", None), ("two", url)):
-        path = _site(tmp_path, name, site_url)
-        data = yaml.safe_load(path.read_text())
-        data["output"]["max_items"] = 0
-        path.write_text(yaml.safe_dump(data, allow_unicode=True))
-        sites.append(load_config(path))
-    one, two = sites
+    one, two = _every_entry_site(tmp_path, "one"), _every_entry_site(tmp_path, "two", url)
     reader = postgres.PostgresReader if url else sqlite.SQLiteReader
     log = tmp_path / "fetched"
     monkeypatch.setattr(reader, "rendered", _noting(reader.rendered, "rendered", log))
@@ -206,3 +208,53 @@ def test_files_staged_together_hold_a_few_chunks_of_renders(
         assert temp is not None
         assert temp.read_bytes() == b"".join(prefix + f"{key}.{which};".encode()
                                              for key in keys)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_big_files_written_in_one_process_read_their_renders_a_chunk_at_a_time(
+        tmp_path: Path, store: str, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service builds in its own process (its threads forbid forking): a node's
+    files of STREAM_AT entries or more are written together there too, from renders
+    fetched STREAM_CHUNK at a time, and hold what the files written whole hold, cold,
+    after an edit and after the entry store is lost."""
+    url = request.getfixturevalue("pg_url") if store == "postgres" else None
+    whole, streamed = _every_entry_site(tmp_path, "whole"), \
+        _every_entry_site(tmp_path, "streamed", url)
+    store_class = postgres.PostgresStore if url else sqlite.SQLiteStore
+    log = tmp_path / "fetched"
+
+    def both() -> tuple[Any, Any]:
+        monkeypatch.setattr(splice, "STREAM_AT", 20_000)
+        first = build(whole, clock=fixed_clock(), workers=1)
+        monkeypatch.setattr(splice, "STREAM_AT", 25)
+        monkeypatch.setattr(store_class, "rendered",
+                            _noting(store_class.rendered, "rendered", log))
+        log.unlink(missing_ok=True)
+        second = build(streamed, clock=fixed_clock(), workers=1)
+        monkeypatch.undo()
+        assert _files(whole.output_dir) == _files(streamed.output_dir)
+        assert sorted(first.written) == sorted(second.written)
+        assert first.unchanged == second.unchanged
+        assert not [rel for rel in _files(streamed.output_dir) if rel.endswith(TEMP_SUFFIX)]
+        return first, second
+
+    monkeypatch.setattr(splice, "STREAM_CHUNK", 7)
+    both()
+    asked = [int(line.split()[1]) for line in log.read_text().splitlines()]
+    # each top's 20 entries fetched for its subtree; the root's 60 (its Atom, RSS and
+    # JSON Feed) 7 at a time, once for the three files; its page's 50 likewise
+    assert sorted(asked) == sorted([20] * 3 + [7] * 8 + [4] + [7] * 7 + [1]), asked
+    for site in ("whole", "streamed"):  # an edit that reaches the root's files
+        write_post(tmp_path / site / "posts", "t0/p0.md",
+                   "title: Edited\ncategories: [Top 0, Mid 0]\ndate: 2026-02-01 08:00:00")
+    monkeypatch.setattr(splice, "STREAM_CHUNK", 7)
+    first, _ = both()
+    assert "atom.xml" in first.written
+    if url is None:  # the store lost: every file planned again and found unchanged
+        for config in (whole, streamed):
+            for path in config.state_path.parent.iterdir():
+                path.unlink()
+        monkeypatch.setattr(splice, "STREAM_CHUNK", 7)
+        first, _ = both()
+        assert first.written == [] and first.unchanged

@@ -115,6 +115,36 @@ class Publisher:
         target = self._target(rel)
         self._published.add(rel)
         parts = data if isinstance(data, Parts) else Parts(lambda: (data,), len(data))
+        self._start()
+        assert self._pool is not None
+        while len(self._pending) >= 2 * STAGING_THREADS:
+            self._settle(self._pending.popleft())  # bounded: each holds its feed's parts
+        self._pending.append((rel, target, self._pool.submit(
+            stage, self.out_dir, self._top, rel.split("/"), parts)))
+
+    def write_together(self, files: list[tuple[str, Parts]],
+                       position: Callable[[int], int]) -> None:
+        """write() of a node's biggest files, whose parts read one shared stream
+        (splice.big_files): staged now, in this thread, by stage_together."""
+        targets = [self._target(rel) for rel, _parts in files]
+        self._published.update(rel for rel, _parts in files)
+        self._start()
+        self._settle_all()  # (staged in the order they were asked for)
+        try:
+            temps = stage_together(self.out_dir, self._top,
+                                   [(rel.split("/"), parts) for rel, parts in files],
+                                   position)
+        except OSError as exc:
+            self.abort()
+            raise PublishError(cannot_publish(targets[0], exc)) from exc
+        except BaseException:
+            self.abort()
+            raise
+        for (rel, _parts), temp, target in zip(files, temps, targets, strict=True):
+            self._take(rel, temp, target)
+
+    def _start(self) -> None:
+        """The output dir's descriptor and the staging threads, on the first write."""
         if self._pool is None:
             try:
                 self._top = nofollow.open_root(self.out_dir)
@@ -122,10 +152,6 @@ class Publisher:
                 raise PublishError(f"{self.out_dir}: cannot publish: {exc.strerror}") from exc
             self._pool = ThreadPoolExecutor(STAGING_THREADS,
                                             thread_name_prefix="aggregator-stage")
-        while len(self._pending) >= 2 * STAGING_THREADS:
-            self._settle(self._pending.popleft())  # bounded: each holds its feed's parts
-        self._pending.append((rel, target, self._pool.submit(
-            stage, self.out_dir, self._top, rel.split("/"), parts)))
 
     def _settle(self, pending: tuple[str, Path, Future[Path | None]]) -> None:
         """Wait for one staging (in the order they were asked for); on a failure,

@@ -25,8 +25,9 @@ from aggregator.publish.atomic import PublishError, cannot_publish, stage, stage
 from aggregator.publish.heads import FeedHeads
 from aggregator.publish.splice import (
     Plan,
-    SharedRenders,
     SubtreeRenders,
+    big_files,
+    big_groups,
     feed_file,
     is_big,
     with_held,
@@ -95,14 +96,10 @@ def _stage_group(job: StagingJob, index: int) -> Staged:
         top = nofollow.open_root(out_dir)
         fetch = functools.partial(with_held, reader.rendered, job.held)
         renders = SubtreeRenders(fetch, job.uses)
-        for _, node_plans in groupby(job.groups[index], key=lambda plan: id(plan[0])):
-            big: dict[int, list[Plan]] = {}  # (a node's feeds share their keys' list)
-            small: list[Plan] = []
-            for plan in node_plans:
-                if is_big(plan, job.stream_at):
-                    big.setdefault(id(plan[4]), []).append(plan)
-                else:
-                    small.append(plan)
+        for _, grouped in groupby(job.groups[index], key=lambda plan: id(plan[0])):
+            node_plans = list(grouped)
+            big = big_groups(node_plans, job.stream_at)
+            small = [plan for plan in node_plans if not is_big(plan, job.stream_at)]
             for together in big.values():
                 rel = together[0][2]  # (named if staging them fails)
                 _stage_big(job, out_dir, top, together, fetch, staged)
@@ -126,19 +123,11 @@ def _stage_group(job: StagingJob, index: int) -> Staged:
 def _stage_big(job: StagingJob, out_dir: Path, top: int, plans: list[Plan],
                fetch: Callable[[set[str]], dict[str, Render]],
                staged: list[tuple[str, str | None]]) -> None:
-    """Stage one node's files of job.stream_at entries or more (which hold the same
-    entries) together: their renders fetched a chunk at a time, once for all of them
-    (splice.SharedRenders)."""
-    node = plans[0][0]
-    shared = SharedRenders(fetch, plans[0][4], len(plans))
-    files = []
-    whiches = [RENDERS.index(plan[1]) for plan in plans]
-    for (_node, kind, rel, members, _keys, _print), which in zip(plans, whiches, strict=True):
-        parts = shared.parts(which)
-        files.append((rel.split("/"), feed_file(job.config, job.renderer, job.heads, node,
-                                                kind, rel, members, parts,
-                                                job.frames.get(rel), job.failed)))
-    temps = stage_together(out_dir, top, files,
-                           lambda index: shared.position(whiches[index]))
-    staged += [(plan[2], None if temp is None else str(temp))
-               for plan, temp in zip(plans, temps, strict=True)]
+    """Stage one node's files of job.stream_at entries or more together
+    (splice.big_files)."""
+    files, position = big_files(job.config, job.renderer, job.heads, job.frames, job.failed,
+                                plans, fetch)
+    temps = stage_together(out_dir, top, [(rel.split("/"), parts) for rel, parts in files],
+                           position)
+    staged += [(rel, None if temp is None else str(temp))
+               for (rel, _parts), temp in zip(files, temps, strict=True)]

@@ -34,7 +34,10 @@ from aggregator.publish.heads import FeedHeads
 from aggregator.publish.splice import (
     Plan,
     SubtreeRenders,
+    big_files,
+    big_groups,
     feed_file,
+    is_big,
     uses_by_subtree,
     with_held,
 )
@@ -183,8 +186,11 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
     todo_plans = [plan for plan in plans if plan[2] in todo]
     source = store.readers if store.keeps_renders() else None
     forked = source is not None and worth_forking(todo_plans, workers)
-    # (the renders this process unpacks itself: none when the workers stage the feeds)
-    unpacked = SubtreeRenders(renders.fetch, {} if forked else uses_by_subtree(plans, todo))
+    # (the renders this process unpacks itself: none when the workers stage the feeds;
+    # the biggest files read theirs a chunk at a time, see splice.big_files)
+    unpacked = SubtreeRenders(renders.fetch, {} if forked else
+                              uses_by_subtree(plans, todo, splice.STREAM_AT))
+    big = {} if forked else big_groups(todo_plans, splice.STREAM_AT)
     with progress.bar("feeds written", len(todo) + archives_todo, "feed") as shown:
         if forked:
             assert source is not None
@@ -193,10 +199,17 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
                 uses_by_subtree(plans, todo, splice.STREAM_AT), splice.STREAM_AT,
                 renders.failed, renders.held, source,
                 subtree_groups(todo_plans)), todo_plans, workers, shown.advance)
-        for node, kind, rel, members, member_keys, feed_print in plans:
+        for plan in plans:
+            node, kind, rel, members, member_keys, feed_print = plan
             report.feeds += kind != "page"
             if rel in todo:
-                if not forked:
+                if id(member_keys) in big and is_big(plan, splice.STREAM_AT):
+                    together = big.pop(id(member_keys))
+                    publisher.write_together(*big_files(
+                        config, renderer, heads, frames, renders.failed, together,
+                        renders.fetch))
+                    shown.advance(len(together))
+                elif not forked and not is_big(plan, splice.STREAM_AT):
                     parts = unpacked.parts(node.names, member_keys, RENDERS.index(kind))
                     publisher.write(rel, feed_file(config, renderer, heads, node, kind, rel,
                                                    members, parts, frames.get(rel),

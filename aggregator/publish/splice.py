@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aggregator.config import Config
 from aggregator.publish.archive_pass import newest_updated
 from aggregator.publish.heads import FeedHeads
-from aggregator.store import FeedRow, Render, unpack_render, unpacked_size
+from aggregator.store import RENDERS, FeedRow, Render, unpack_render, unpacked_size
 from aggregator.tree.categories import Node
 from aggregator.writers import jsonfeed, pages
 from aggregator.writers.index import feed_title, feed_url, page_url
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # A file to plan: (node, kind, rel, its rows, their render keys, its fingerprint).
 Plan = tuple[Node, str, str, list[FeedRow], list[str], str]
 # A file of this many entries or more is written from its renders fetched a chunk at
-# a time (SharedRenders) when the workers stage the feeds.
+# a time (SharedRenders), together with its node's other files that big.
 STREAM_AT = 20_000
 STREAM_CHUNK = 1_000
 
@@ -45,6 +45,34 @@ def feed_file(config: Config, renderer: FeedRenderer | None, heads: FeedHeads, n
     title, url, extra = heads.head(node, kind, rel)
     return (renderer.atom_feed if kind == "atom" else renderer.rss_feed)(
         title, url, newest_updated(members), parts, extra)
+
+
+def big_files(config: Config, renderer: FeedRenderer | None, heads: FeedHeads,
+              frames: dict[str, tuple[bytes, bytes]], failed: set[str], plans: list[Plan],
+              fetch: Callable[[set[str]], dict[str, Render]]
+              ) -> tuple[list[tuple[str, Parts]], Callable[[int], int]]:
+    """(rel, bytes) of one node's files of STREAM_AT entries or more (they hold the
+    same entries), read from renders fetched a chunk at a time, once for all of them
+    (SharedRenders); and how far the file at an index has read that stream, which
+    atomic.stage_together follows to write them together."""
+    node = plans[0][0]
+    shared = SharedRenders(fetch, plans[0][4], len(plans))
+    whiches = [RENDERS.index(plan[1]) for plan in plans]
+    files = [(rel, feed_file(config, renderer, heads, node, kind, rel, members,
+                             shared.parts(which), frames.get(rel), failed))
+             for (_node, kind, rel, members, _keys, _print), which
+             in zip(plans, whiches, strict=True)]
+    return files, lambda index: shared.position(whiches[index])
+
+
+def big_groups(plans: list[Plan], stream_at: int) -> dict[int, list[Plan]]:
+    """The files of `stream_at` entries or more among `plans`, by node (a node's feeds
+    share their keys' list: its id is the key)."""
+    groups: dict[int, list[Plan]] = {}
+    for plan in plans:
+        if is_big(plan, stream_at):
+            groups.setdefault(id(plan[4]), []).append(plan)
+    return groups
 
 
 def with_held(rendered: Callable[[set[str]], dict[str, Render]], held: dict[str, Render],
@@ -81,7 +109,8 @@ def uses_by_subtree(plans: list[Plan], todo: set[str], stream_at: int | None = N
 
 
 class SubtreeRenders:
-    """The renders of the feeds being written. An entry sits in the feeds of its
+    """The renders of the feeds being written (but those of STREAM_AT entries or
+    more: see SharedRenders). An entry sits in the feeds of its
     top-level category, of the ones below it and of the root: feeds are planned in walk
     order, the root's first, then one top-level subtree after the other. The packed
     renders of the root's feeds, then of each subtree's, are fetched when it starts
@@ -90,8 +119,7 @@ class SubtreeRenders:
     are unpacked as they are written. With `max_items: 50` at 100k posts, two in three
     entries of a subtree sit in one node's files only: keeping those too would hold
     13 MB more at the peak (129 against 115 MB, rewriting every feed) and save no
-    unpacking. The files of STREAM_AT entries or more that the staging workers write
-    are not in their subtree's fetch: see SharedRenders."""
+    unpacking."""
 
     BUDGET = 128 << 20  # bytes kept unpacked at most
 
