@@ -7,6 +7,7 @@ and either recovered (a warning; the post is used) or the post is skipped (an er
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import logging
 import os
@@ -56,6 +57,8 @@ MAX_TITLE_CHARS = 1_000
 NOT_TEXT_SHARE = 0.3
 _NOT_TEXT = re.compile("[\ufffd\x01-\x08\x0e-\x1f\x7f-\x9f]")
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+# clean_line of a category or tag name: a blog's posts share a few hundred of them
+_clean_name = functools.lru_cache(maxsize=4096)(clean_line)
 _HTML_START = re.compile(r"<[A-Za-z!/?]")
 _KEY_LINE = re.compile(r"^([A-Za-z_][\w-]*)\s*:(.*)$")
 _LEADING_TABS = re.compile(r"\n\t+")
@@ -217,7 +220,7 @@ class PostReader:
             updated=updated,
             category=category,
             more_categories=tuple(more),
-            tags=tuple(t for t in (clean_line(str(x)) for x in _as_list(meta.get("tags"))) if t),
+            tags=tuple(t for t in (_clean_name(str(x)) for x in _as_list(meta.get("tags"))) if t),
             html=html,
             summary=self._summary(rendered.excerpt, meta, link),
             image=image,
@@ -422,12 +425,12 @@ class PostReader:
         folder (unless the content is a Hexo site's: there it is in none)."""
         value = meta.get("categories") or meta.get("category")
         if type(value) is list and all(type(item) is str for item in value):
-            paths = [tuple(c for c in map(clean_line, value) if c)]  # the usual: one path
+            paths = [tuple(c for c in map(_clean_name, value) if c)]  # the usual: one path
         else:
-            paths = [tuple(c for c in map(clean_line, path) if c)
+            paths = [tuple(c for c in map(_clean_name, path) if c)
                      for path in category_paths(value)]
         if not any(paths) and self.config.hexo is None:
-            paths = [tuple(c for c in map(clean_line, PurePosixPath(post.rel).parent.parts)
+            paths = [tuple(c for c in map(_clean_name, PurePosixPath(post.rel).parent.parts)
                            if c)]
         depth = self.config.max_depth
         for i, path in enumerate(paths):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from email.utils import parsedate_to_datetime
 
 # Years outside this window are scraper garbage (0001, 2999, "Invalid Date" → NaN),
@@ -46,6 +46,12 @@ def _shown(value: object) -> str:
 def _parse_text(text: str) -> datetime:
     if not text:
         raise DateError("date is empty")
+    strict = _RFC822.fullmatch(text)
+    if strict is not None:  # (posts made from feeds: most of their dates)
+        try:
+            return _rfc822_date(strict)
+        except ValueError:
+            pass  # (what parsedate_to_datetime says of it, below)
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
     except ValueError:
@@ -60,6 +66,30 @@ def _parse_text(text: str) -> datetime:
     if parsed is None:
         raise DateError(f"date {text!r} is not a real RFC 822 or ISO 8601 date")
     return parsed
+
+
+# The usual RFC 822 date (`Thu, 28 Nov 2024 07:04:08 GMT`), read as
+# parsedate_to_datetime reads it (tests hold the two equal) in a fifth of its time: it
+# tries ISO 8601 first, and its tokenizer takes every form RFC 822 allows.
+_RFC822 = re.compile(r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?(\d{1,2}) "
+                     r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ([1-9]\d{3}) "
+                     r"(\d{2}):(\d{2}):(\d{2}) (GMT|UTC?|Z|[+-]\d{4})")
+_MONTHS = {name: number for number, name in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+
+
+def _rfc822_date(match: re.Match[str]) -> datetime:
+    """The date of an _RFC822 match; ValueError for a day, time or offset out of range.
+    As parsedate_to_datetime: `-0000` is a naive time, an offset's minutes may pass 59."""
+    day, month, year, hour, minute, second, zone = match.groups()
+    when = (int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
+    if zone == "-0000":
+        return datetime(*when)
+    offset = 0
+    if zone[0] in "+-":
+        offset = int(zone[1:3]) * 3600 + int(zone[3:]) * 60
+        offset = -offset if zone[0] == "-" else offset
+    return datetime(*when, tzinfo=timezone(timedelta(seconds=offset)))
 
 
 # The dates Hexo's posts are written with that ISO 8601 does not allow: one-digit
