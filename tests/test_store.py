@@ -4,6 +4,7 @@ leaves the old rows."""
 
 from __future__ import annotations
 
+import random
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -78,6 +79,24 @@ def test_a_nodes_feed_is_its_own_and_its_descendants_entries_in_sort_key_order(
     counts = {names: count for _nid, names, count in store.nodes()}
     assert counts[()] == 31 and counts[("C",)] == 1
     store.close()
+
+
+def test_entries_of_one_stamp_are_in_id_order_whatever_order_their_rows_came_in(
+        open_store: Opener) -> None:
+    """Members are keyed by row, not by id: the feed orders the entries of one stamp by
+    their ids (UTF-8 bytes: code point order), and a limit may cut inside such a group."""
+    store = open_store()
+    rng = random.Random(5)
+    ids = [f"{rng.choice(['tag:x,2026:', 'https://x.example/', 'é', 'Ω', 'z'])}"
+           f"{rng.randrange(1000)}-{n}" for n in range(40)]
+    entries = [changed(_entry(n, ("A",), dated=n % 4 != 0, minutes=n % 3), id=ids[n])
+               for n in range(40)]
+    rng.shuffle(entries)
+    store.upsert(_row(e, n) for n, e in enumerate(entries))
+    expected = [e.id for e in sorted(entries, key=sort_key)]
+    assert expected != [e.id for e in entries]
+    for limit in (0, 1, 5, 13, 27):
+        assert _feed_ids(store, ("A",), limit) == expected[:limit or None]
 
 
 def test_upserts_and_deletes_move_members_and_dirty_their_nodes(open_store: Opener) -> None:

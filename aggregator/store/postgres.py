@@ -31,7 +31,7 @@ from aggregator.store.rows import Names, Row, node_key, node_names, paths_of, pr
 log = logging.getLogger(__name__)
 
 SCHEMA_NAME = "entry_store"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 # one process at a time makes (or drops) the schema (an advisory lock key apart from
 # the state's 0x616767xx: state/postgres.py, state/fleet.py)
 _SETUP_LOCK = 0x656E7472  # "entr"
@@ -76,9 +76,8 @@ CREATE UNLOGGED TABLE member (
     nid integer NOT NULL,
     undated int2 NOT NULL,
     neg_stamp float8 NOT NULL,
-    sid bytea NOT NULL,
     rid bigint NOT NULL,
-    PRIMARY KEY (nid, undated, neg_stamp, sid, rid)
+    PRIMARY KEY (nid, undated, neg_stamp, rid)
 );
 CREATE UNLOGGED TABLE dirty (nid integer PRIMARY KEY);
 CREATE UNLOGGED TABLE folder (
@@ -114,7 +113,7 @@ CREATE UNLOGGED TABLE last_build (
 _OLD = "SELECT rid, winner, nodes, undated, neg_stamp, id FROM entry"
 # the (key, root) pairs given as two arrays
 _KEYS = "(key, root) IN (SELECT * FROM unnest(%b::bytea[], %b::bytea[]))"
-_MEMBERS = "unnest(%s::int[], %s::int2[], %s::float8[], %b::bytea[], %s::int8[])"
+_MEMBERS = "unnest(%s::int[], %s::int2[], %s::float8[], %s::int8[])"
 
 
 def _disposable(method: Callable[..., None]) -> Callable[..., None]:
@@ -347,7 +346,7 @@ class PostgresStore:
                     if row.id is not None:
                         unmerged.append(rid)
                         self._members(changes, rid, row.nodes, row.undated, row.neg_stamp,
-                                      row.id, +1)
+                                      +1)
             rid -= len(batch)
             with db.cursor().copy("COPY body FROM STDIN (FORMAT BINARY)") as bodies:
                 bodies.set_types(["int8", "bytea"])
@@ -376,9 +375,9 @@ class PostgresStore:
 
     def _take_out(self, old: list[tuple[Any, ...]], changes: MemberChanges) -> None:
         """Delete these rows, and their members."""
-        for rid, winner, nodes, undated, neg_stamp, sid in old:
+        for rid, winner, nodes, undated, neg_stamp, _id in old:
             if winner:
-                self._members(changes, rid, nodes, undated, neg_stamp, sid, -1)
+                self._members(changes, rid, nodes, undated, neg_stamp, -1)
         if old:
             rids = [row[0] for row in old]
             self.db.execute("DELETE FROM entry WHERE rid = ANY(%s::int8[])", (rids,))
@@ -403,13 +402,13 @@ class PostgresStore:
         return self._nids
 
     def _members(self, changes: MemberChanges, rid: int, nodes: bytes, undated: int,
-                 neg_stamp: float, sid: bytes, change: int) -> None:
+                 neg_stamp: float, change: int) -> None:
         nids = self._node_nids.get(nodes)
         if nids is None:  # (many entries share their category paths)
             self._nodes_of([nodes])
             known = self._known_nids()
             nids = self._node_nids[nodes] = [known[names] for names in prefixes(paths_of(nodes))]
-        changes.add(nids, rid, undated, neg_stamp, sid, change)
+        changes.add(nids, rid, undated, neg_stamp, change)
 
     def _apply(self, changes: MemberChanges) -> None:
         """The member changes gathered, with their counts and dirty marks (a batch:
@@ -417,13 +416,13 @@ class PostgresStore:
         db = self.db
         if changes.removed:
             db.execute(f"DELETE FROM member m USING {_MEMBERS} d(nid, undated, neg_stamp, "
-                       "sid, rid) WHERE (m.nid, m.undated, m.neg_stamp, m.sid, m.rid) = "
-                       "(d.nid, d.undated, d.neg_stamp, d.sid, d.rid)",
-                       _columns(changes.removed, 5))
+                       "rid) WHERE (m.nid, m.undated, m.neg_stamp, m.rid) = "
+                       "(d.nid, d.undated, d.neg_stamp, d.rid)",
+                       _columns(changes.removed, 4))
         if changes.added:
             changes.added.sort()  # in key order: each index page is visited once
             db.execute(f"INSERT INTO member SELECT * FROM {_MEMBERS} ON CONFLICT DO NOTHING",
-                       _columns(changes.added, 5))
+                       _columns(changes.added, 4))
         counted = [(nid, change) for nid, change in changes.counts.items() if change]
         if counted:
             db.execute("UPDATE node SET count = node.count + d.change FROM "
@@ -483,12 +482,12 @@ class PostgresStore:
                 return
             changes = MemberChanges()
             changed = []
-            for rid, winner, nodes, undated, neg_stamp, sid in db.execute(
+            for rid, winner, nodes, undated, neg_stamp, entry_id in db.execute(
                     f"{_OLD} WHERE rid = ANY(%s::int8[])", (list(winners),)):
-                if bool(winner) == winners[rid] or sid is None:
+                if bool(winner) == winners[rid] or entry_id is None:
                     continue
                 changed.append((rid, int(winners[rid])))
-                self._members(changes, rid, nodes, undated, neg_stamp, sid,
+                self._members(changes, rid, nodes, undated, neg_stamp,
                               +1 if winners[rid] else -1)
             if changed:
                 db.execute("UPDATE entry e SET winner = w.winner FROM unnest(%s::int8[], "
@@ -565,13 +564,13 @@ class PostgresStore:
                 self._newest = {row[0]: row[1:] for row in self.db.execute(
                     "SELECT n.nid, f.* FROM node n CROSS JOIN LATERAL (SELECT e.rid, e.rkey, "
                     "e.updated, e.updated_iso FROM member m JOIN entry e ON e.rid = m.rid "
-                    "WHERE m.nid = n.nid ORDER BY m.undated, m.neg_stamp, m.sid LIMIT 1) f")}
+                    "WHERE m.nid = n.nid ORDER BY m.undated, m.neg_stamp, e.id LIMIT 1) f")}
             newest = self._newest.get(nid)
             return [] if newest is None else [newest]
         return self.db.execute(
             "SELECT e.rid, e.rkey, e.updated, e.updated_iso FROM member m "
             "JOIN entry e ON e.rid = m.rid WHERE m.nid = %s "
-            "ORDER BY m.undated, m.neg_stamp, m.sid LIMIT %s", (nid, limit or None)).fetchall()
+            "ORDER BY m.undated, m.neg_stamp, e.id LIMIT %s", (nid, limit or None)).fetchall()
 
     def dirty(self) -> set[int]:
         self._newest = None  # (a publish starts here: what changed since is read again)

@@ -80,9 +80,8 @@ CREATE TABLE IF NOT EXISTS member (
     nid       INTEGER NOT NULL,
     undated   INTEGER NOT NULL,
     neg_stamp REAL NOT NULL,
-    sid       BLOB NOT NULL,
     rid       INTEGER NOT NULL,
-    PRIMARY KEY (nid, undated, neg_stamp, sid, rid)
+    PRIMARY KEY (nid, undated, neg_stamp, rid)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dirty (nid INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS folder (
@@ -120,7 +119,7 @@ CREATE TABLE IF NOT EXISTS last_build (
     record BLOB NOT NULL
 );
 """
-SCHEMA_VERSION = "14"
+SCHEMA_VERSION = "15"
 ENTRY_TABLES = ("entry", "body", "node", "member", "dirty", "unmerged", "folder")
 
 _PACKED = Row._fields.index("packed")
@@ -340,8 +339,7 @@ class SQLiteStore:
                     bodies.append((rid, row.packed))
                 if row.id is not None:
                     unmerged.append((rid,))
-                    self._members(changes, rid, row.nodes, row.undated, row.neg_stamp,
-                                  row.id, +1)
+                    self._members(changes, rid, row.nodes, row.undated, row.neg_stamp, +1)
             self.db.executemany(_INSERT, entries)
             self.db.executemany("INSERT INTO body VALUES (?, ?)", bodies)
             self.db.executemany("INSERT OR IGNORE INTO unmerged VALUES (?)", unmerged)
@@ -364,29 +362,29 @@ class SQLiteStore:
 
     def _take_out(self, old: list[tuple[Any, ...]], changes: MemberChanges) -> None:
         """Delete these rows, and their members."""
-        for rid, winner, nodes, undated, neg_stamp, sid in old:
+        for rid, winner, nodes, undated, neg_stamp, _id in old:
             if winner:
-                self._members(changes, rid, nodes, undated, neg_stamp, sid, -1)
+                self._members(changes, rid, nodes, undated, neg_stamp, -1)
         rids = [(row[0],) for row in old]
         self.db.executemany("DELETE FROM entry WHERE rid=?", rids)
         self.db.executemany("DELETE FROM body WHERE rid=?", rids)
 
     def _members(self, changes: MemberChanges, rid: int, nodes: bytes, undated: int,
-                 neg_stamp: float, sid: bytes, change: int) -> None:
+                 neg_stamp: float, change: int) -> None:
         nids = self._node_nids.get(nodes)
         if nids is None:  # (many entries share their category paths)
             nids = self._node_nids[nodes] = [self.nid(names) for names in
                                              prefixes(paths_of(nodes))]
-        changes.add(nids, rid, undated, neg_stamp, sid, change)
+        changes.add(nids, rid, undated, neg_stamp, change)
 
     def _apply(self, changes: MemberChanges) -> None:
         """The member changes gathered, with their counts and dirty marks (a batch:
         one statement each, not one per entry and node)."""
         db = self.db
         db.executemany("DELETE FROM member WHERE nid=? AND undated=? AND neg_stamp=? "
-                       "AND sid=? AND rid=?", changes.removed)
+                       "AND rid=?", changes.removed)
         changes.added.sort()  # in key order: each B-tree page is visited once
-        db.executemany("INSERT OR IGNORE INTO member VALUES (?, ?, ?, ?, ?)", changes.added)
+        db.executemany("INSERT OR IGNORE INTO member VALUES (?, ?, ?, ?)", changes.added)
         db.executemany("UPDATE node SET count = count + ? WHERE nid=?",
                        [(change, nid) for nid, change in changes.counts.items() if change])
         db.executemany("INSERT OR IGNORE INTO dirty VALUES (?)",
@@ -451,8 +449,7 @@ class SQLiteStore:
                 if old is None or bool(old[1]) == winner or old[5] is None:
                     continue
                 self.db.execute("UPDATE entry SET winner=? WHERE rid=?", (int(winner), rid))
-                self._members(changes, rid, old[2], old[3], old[4], old[5],
-                              +1 if winner else -1)
+                self._members(changes, rid, old[2], old[3], old[4], +1 if winner else -1)
             self._apply(changes)
 
     def probe_candidates(self) -> list[tuple[int, str, str | None, int | None, str]]:
@@ -515,7 +512,7 @@ class SQLiteStore:
         return list(self.db.execute(
             "SELECT e.rid, e.rkey, e.updated, e.updated_iso FROM member m "
             "JOIN entry e ON e.rid = m.rid WHERE m.nid = ? "
-            "ORDER BY m.undated, m.neg_stamp, m.sid LIMIT ?", (nid, limit or -1)))
+            "ORDER BY m.undated, m.neg_stamp, e.id LIMIT ?", (nid, limit or -1)))
 
     def dirty(self) -> set[int]:
         return {nid for (nid,) in self.db.execute("SELECT nid FROM dirty")}
