@@ -14,7 +14,6 @@ import functools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,8 +26,8 @@ from aggregator.publish.splice import (
     Plan,
     SubtreeRenders,
     big_files,
-    big_groups,
     feed_file,
+    in_turn,
     is_big,
     with_held,
 )
@@ -96,14 +95,12 @@ def _stage_group(job: StagingJob, index: int) -> Staged:
         top = nofollow.open_root(out_dir)
         fetch = functools.partial(with_held, reader.rendered, job.held)
         renders = SubtreeRenders(fetch, job.uses)
-        for _, grouped in groupby(job.groups[index], key=lambda plan: id(plan[0])):
-            node_plans = list(grouped)
-            big = big_groups(node_plans, job.stream_at)
-            small = [plan for plan in node_plans if not is_big(plan, job.stream_at)]
-            for together in big.values():
-                rel = together[0][2]  # (named if staging them fails)
-                _stage_big(job, out_dir, top, together, fetch, staged)
-            for node, kind, rel, members, member_keys, _print in small:
+        for group in in_turn(job.groups[index], job.stream_at):
+            # (rel: the file named if staging fails)
+            node, kind, rel, members, member_keys, _print = group[0]
+            if is_big(group[0], job.stream_at):
+                _stage_big(job, out_dir, top, group, fetch, staged)
+            else:
                 parts = renders.parts(node.names, member_keys, RENDERS.index(kind))
                 data = feed_file(job.config, job.renderer, job.heads, node, kind, rel,
                                  members, parts, job.frames.get(rel), job.failed)

@@ -35,8 +35,8 @@ from aggregator.publish.splice import (
     Plan,
     SubtreeRenders,
     big_files,
-    big_groups,
     feed_file,
+    in_turn,
     is_big,
     uses_by_subtree,
     with_held,
@@ -186,43 +186,40 @@ def _publish(publisher: Publisher, config: Config, root: Node, store: EntryStore
     todo_plans = [plan for plan in plans if plan[2] in todo]
     source = store.readers if store.keeps_renders() else None
     forked = source is not None and worth_forking(todo_plans, workers)
-    # (the renders this process unpacks itself: none when the workers stage the feeds;
-    # the biggest files read theirs a chunk at a time, see splice.big_files)
-    unpacked = SubtreeRenders(renders.fetch, {} if forked else
-                              uses_by_subtree(plans, todo, splice.STREAM_AT))
-    big = {} if forked else big_groups(todo_plans, splice.STREAM_AT)
+    # (the renders of each subtree's files; the biggest files read theirs a chunk at a
+    # time, see splice.big_files)
+    uses = uses_by_subtree(plans, todo, splice.STREAM_AT)
     with progress.bar("feeds written", len(todo) + archives_todo, "feed") as shown:
         if forked:
             assert source is not None
             _stage_forked(publisher, StagingJob(
-                config, renderer, heads, frames,
-                uses_by_subtree(plans, todo, splice.STREAM_AT), splice.STREAM_AT,
-                renders.failed, renders.held, source,
-                subtree_groups(todo_plans)), todo_plans, workers, shown.advance)
-        for plan in plans:
-            node, kind, rel, members, member_keys, feed_print = plan
-            report.feeds += kind != "page"
-            if rel in todo:
-                if id(member_keys) in big and is_big(plan, splice.STREAM_AT):
-                    together = big.pop(id(member_keys))
+                config, renderer, heads, frames, uses, splice.STREAM_AT, renders.failed,
+                renders.held, source, subtree_groups(todo_plans)), todo_plans, workers,
+                shown.advance)
+        else:
+            unpacked = SubtreeRenders(renders.fetch, uses)
+            for group in in_turn(todo_plans, splice.STREAM_AT):
+                if is_big(group[0], splice.STREAM_AT):
                     publisher.write_together(*big_files(
-                        config, renderer, heads, frames, renders.failed, together,
+                        config, renderer, heads, frames, renders.failed, group,
                         renders.fetch))
-                    shown.advance(len(together))
-                elif not forked and not is_big(plan, splice.STREAM_AT):
+                else:
+                    node, kind, rel, members, member_keys, _print = group[0]
                     parts = unpacked.parts(node.names, member_keys, RENDERS.index(kind))
                     publisher.write(rel, feed_file(config, renderer, heads, node, kind, rel,
                                                    members, parts, frames.get(rel),
                                                    renders.failed))
-                    shown.advance()
-            else:
+                shown.advance(len(group))
+            unpacked.release()
+        for _node, kind, rel, _members, member_keys, feed_print in plans:
+            report.feeds += kind != "page"
+            if rel not in todo:
                 publisher.keep(rel)
             # (isdisjoint walks the whole list even when nothing failed)
             if not renders.failed or renders.failed.isdisjoint(member_keys):
                 prints[rel] = feed_print
             # (else no state is kept: the next build writes it again, trying that entry
             # again)
-        unpacked.release()
         if archives_todo:
             assert renderer is not None
             archived_pages.write(publisher, renderer, renders.fetch, renders.failed, prints,

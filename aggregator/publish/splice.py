@@ -65,14 +65,20 @@ def big_files(config: Config, renderer: FeedRenderer | None, heads: FeedHeads,
     return files, lambda index: shared.position(whiches[index])
 
 
-def big_groups(plans: list[Plan], stream_at: int) -> dict[int, list[Plan]]:
-    """The files of `stream_at` entries or more among `plans`, by node (a node's feeds
-    share their keys' list: its id is the key)."""
-    groups: dict[int, list[Plan]] = {}
+def in_turn(plans: list[Plan], stream_at: int) -> Iterator[list[Plan]]:
+    """The files of `plans` in the order they are written: each alone, but a node's
+    files of `stream_at` entries or more together (big_files), where the first of them
+    stands. Those share their keys' list: its id tells the node's."""
+    big: dict[int, list[Plan]] = {}
     for plan in plans:
         if is_big(plan, stream_at):
-            groups.setdefault(id(plan[4]), []).append(plan)
-    return groups
+            big.setdefault(id(plan[4]), []).append(plan)
+    for plan in plans:
+        together = big.pop(id(plan[4]), None)
+        if together is not None:
+            yield together
+        elif not is_big(plan, stream_at):
+            yield [plan]
 
 
 def with_held(rendered: Callable[[set[str]], dict[str, Render]], held: dict[str, Render],
